@@ -1,0 +1,143 @@
+"""Which daemons this process uses, their devices as one list of ordinals, and the sessions.
+
+Device ordinals span daemons: with ``GPUPOOL_DAEMONS=a:7001,b:7001`` and two devices on each,
+ordinals 0-1 are a's and 2-3 are b's. A session opens on first use of a device. The current
+device is per thread, as in CUDA.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from gpupool.client.session import Session
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto import gpupool_pb2_grpc as pb_grpc
+
+from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
+
+ENV_DAEMONS = "GPUPOOL_DAEMONS"
+MESSAGE_LIMIT = 64 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+]
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device ordinal's place: which daemon, and which of its devices."""
+
+    address: str
+    index: int
+    properties: pb.DeviceProperties
+
+
+class Context:
+    """The daemons of this process and the sessions opened on their devices."""
+
+    def __init__(self, addresses: Sequence[str], connect_timeout: float = 10.0) -> None:
+        self.devices: list[Device] = []
+        self._stubs: dict[str, pb_grpc.DaemonStub] = {}
+        self._channels: list[grpc.Channel] = []
+        self._sessions: dict[int, Session] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        for address in addresses:
+            channel = grpc.insecure_channel(address.removeprefix("grpc://"), CHANNEL_OPTIONS)
+            self._channels.append(channel)
+            stub = pb_grpc.DaemonStub(channel)
+            try:
+                info = stub.GetInfo(pb.InfoRequest(), timeout=connect_timeout, wait_for_ready=True)
+            except grpc.RpcError as exc:
+                self.close()
+                raise ConnectionLost(f"cannot reach daemon {address}: {exc.code().name}") from exc
+            self._stubs[address] = stub
+            self.devices += [Device(address, i, props) for i, props in enumerate(info.devices)]
+
+    @property
+    def current_device(self) -> int:
+        return getattr(self._local, "device", 0)
+
+    @current_device.setter
+    def current_device(self, ordinal: int) -> None:
+        self.device(ordinal)  # validates
+        self._local.device = ordinal
+
+    def device(self, ordinal: int) -> Device:
+        if not 0 <= ordinal < len(self.devices):
+            raise CUDARuntimeError(
+                "cudaErrorInvalidDevice",
+                f"device {ordinal} does not exist ({len(self.devices)} devices)",
+            )
+        return self.devices[ordinal]
+
+    def session(self, ordinal: int | None = None) -> Session:
+        """The session on ``ordinal`` (the current device by default), opened on first use."""
+        ordinal = self.current_device if ordinal is None else ordinal
+        with self._lock:
+            session = self._sessions.get(ordinal)
+            if session is None:
+                device = self.device(ordinal)
+                session = Session(self._stubs[device.address], device.index)
+                self._sessions[ordinal] = session
+            return session
+
+    def close(self) -> None:
+        """End every session (their memory is freed) and close the channels."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.close()
+        for channel in self._channels:
+            channel.close()
+
+
+_context: Context | None = None
+_context_lock = threading.Lock()
+
+
+def connect(addresses: str | Sequence[str] | None = None) -> Context:
+    """Use the daemons at ``addresses`` (``host:port``, comma-separated or a list).
+
+    Without addresses, ``GPUPOOL_DAEMONS`` names them. Replaces an earlier connection.
+    """
+    global _context
+    if addresses is None:
+        addresses = os.environ.get(ENV_DAEMONS, "")
+    if isinstance(addresses, str):
+        addresses = [part.strip() for part in addresses.split(",") if part.strip()]
+    if not addresses:
+        raise GpupoolError(
+            f"no daemons: call gpupool.connect('host:port') or set {ENV_DAEMONS}=host:port[,...]"
+        )
+    context = Context(addresses)
+    with _context_lock:
+        previous, _context = _context, context
+    if previous is not None:
+        previous.close()
+    return context
+
+
+def current() -> Context:
+    """The process's context, connecting through ``GPUPOOL_DAEMONS`` on first use."""
+    if _context is None:
+        connect()
+    assert _context is not None
+    return _context
+
+
+def disconnect() -> None:
+    """End every session and forget the daemons."""
+    global _context
+    with _context_lock:
+        context, _context = _context, None
+    if context is not None:
+        context.close()
+
+
+atexit.register(disconnect)

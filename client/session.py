@@ -1,0 +1,187 @@
+"""One session: a device of one daemon, reached over one ordered stream of requests.
+
+Asynchronous calls (launches, frees, memsets, small async copies) are queued here and travel
+together, in one ``Batch``, with the next synchronizing call, so a loop of launches costs one
+round trip per synchronization rather than one per launch. A sticky CUDA error ends the
+session as it ends a CUDA context: every later call raises the same error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto import gpupool_pb2_grpc as pb_grpc
+
+from gpupool.errors import CompileError, ConnectionLost, CUDARuntimeError, GpupoolError
+
+CHUNK_SIZE = 2 << 20  # host-to-device payload bytes per message
+MAX_QUEUED_CALLS = 4096  # flush the queue earlier than the next sync past these
+MAX_QUEUED_BYTES = 8 << 20
+_IN_FLIGHT = 8  # messages the stream may hold before a sender waits: bounds client memory
+_END = None
+
+
+@dataclass
+class Stats:
+    """What the client has sent, so that batching can be seen and tested."""
+
+    calls: int = 0  # runtime calls made (each launch, copy, malloc, ...)
+    messages: int = 0  # messages sent on session streams
+    round_trips: int = 0  # calls that waited for a reply
+
+
+STATS = Stats()
+_handles = itertools.count(1)  # streams, events, modules and functions: unique per process
+
+
+def new_handle() -> int:
+    """A fresh client-chosen handle (the daemon refuses one already in use)."""
+    return next(_handles)
+
+
+def raise_for(error: pb.Error) -> None:
+    """Raise the exception an error reply stands for."""
+    if error.name == "CompileError":
+        raise CompileError(error.message, error.log)
+    raise CUDARuntimeError(error.name, error.message)
+
+
+class Session:
+    """A session on one device of one daemon."""
+
+    def __init__(self, stub: pb_grpc.DaemonStub, device: int, token: str = "") -> None:
+        self._outbox: queue.Queue[pb.Request | None] = queue.Queue(_IN_FLIGHT)
+        self._replies = stub.Session(iter(self._outbox.get, _END))
+        self._queued: list[pb.Request] = []
+        self._queued_bytes = 0
+        self._lock = threading.RLock()
+        self._sticky: CUDARuntimeError | None = None
+        opened = self.call(pb.Request(open=pb.OpenSession(device=device, token=token))).opened
+        self.session_id = opened.session_id
+        self.properties = opened.properties
+
+    def submit(self, request: pb.Request) -> None:
+        """Queue an asynchronous call; it travels with the next synchronizing one."""
+        with self._lock:
+            self._check_alive()
+            STATS.calls += 1
+            self._queued.append(request)
+            self._queued_bytes += request.ByteSize()
+            if len(self._queued) >= MAX_QUEUED_CALLS or self._queued_bytes >= MAX_QUEUED_BYTES:
+                self._flush()
+
+    def call(self, request: pb.Request) -> pb.Reply:
+        """Send ``request`` with everything queued and return its reply (raising its error)."""
+        with self._lock:
+            request.wait = True
+            self._send_with_queue(request)
+            return self._final_reply()
+
+    def read(self, request: pb.Request) -> Iterator[bytes]:
+        """Send a device-to-host copy and yield its data chunks as they arrive."""
+        with self._lock:
+            request.wait = True
+            self._send_with_queue(request)
+            while True:
+                reply = self._next_reply()
+                yield reply.data
+                if not reply.more:
+                    return
+
+    def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
+        """Send a host-to-device copy: inline when small, else its header then chunks."""
+        with self._lock:
+            size = header.memcpy_htod.size
+            if size <= CHUNK_SIZE:
+                header.memcpy_htod.data = data.tobytes()
+                if not wait:
+                    self.submit(header)
+                    return
+                self.call(header)
+                return
+            STATS.calls += 1
+            header.wait = wait
+            self._flush()
+            self._send(header)
+            for start in range(0, size, CHUNK_SIZE):
+                chunk = data[start : start + CHUNK_SIZE].tobytes()
+                self._send(pb.Request(chunk=pb.Chunk(data=chunk)))
+            if wait:
+                self._final_reply()
+
+    def close(self) -> None:
+        """Send what is queued and end the session; the daemon frees its memory."""
+        with self._lock:
+            if self._sticky is None:
+                try:
+                    self._flush()
+                except ConnectionLost:
+                    pass
+            self._outbox.put(_END)
+            self._replies.cancel()
+
+    # internals
+
+    def _check_alive(self) -> None:
+        if self._sticky is not None:
+            raise self._sticky
+
+    def _send_with_queue(self, request: pb.Request) -> None:
+        self._check_alive()
+        STATS.calls += 1
+        STATS.round_trips += 1
+        if self._queued:
+            request = pb.Request(batch=pb.Batch(requests=[*self._queued, request]))
+            self._queued.clear()
+            self._queued_bytes = 0
+        self._send(request)
+
+    def _flush(self) -> None:
+        if self._queued:
+            self._send(pb.Request(batch=pb.Batch(requests=self._queued)))
+            self._queued = []
+            self._queued_bytes = 0
+
+    def _send(self, request: pb.Request) -> None:
+        STATS.messages += 1
+        while True:
+            try:
+                self._outbox.put(request, timeout=0.5)
+                return
+            except queue.Full:
+                if self._replies.done():  # the stream ended: nobody will take it
+                    self._next_reply()  # raises the reason
+
+    def _final_reply(self) -> pb.Reply:
+        while True:
+            reply = self._next_reply()
+            if not reply.more:
+                return reply
+
+    def _next_reply(self) -> pb.Reply:
+        try:
+            reply: pb.Reply = next(self._replies)
+        except StopIteration:
+            raise self._lost("the daemon ended the session") from None
+        except grpc.RpcError as exc:
+            raise self._lost(f"{exc.code().name}: {exc.details()}") from exc
+        if reply.HasField("error"):
+            try:
+                raise_for(reply.error)
+            except CUDARuntimeError as exc:
+                if exc.sticky:
+                    self._sticky = exc
+                raise
+        return reply
+
+    def _lost(self, why: str) -> GpupoolError:
+        error = ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")
+        if self._sticky is not None:
+            return self._sticky
+        return error

@@ -1,0 +1,24 @@
+"""gpupool: remote GPUs that look local.
+
+``gpupool.connect`` names the daemons (or ``GPUPOOL_DAEMONS`` does); ``gpupool.runtime``
+mirrors ``cupy.cuda.runtime``; ``gpupool.Module`` loads CUDA C, PTX or cubin.
+"""
+
+__version__ = "0.1.0"
+
+from gpupool.client import connect, disconnect, stats
+from gpupool.client.module import Function, Module
+from gpupool.errors import CompileError, ConnectionLost, CUDARuntimeError, GpupoolError
+
+__all__ = [
+    "CUDARuntimeError",
+    "CompileError",
+    "ConnectionLost",
+    "Function",
+    "GpupoolError",
+    "Module",
+    "__version__",
+    "connect",
+    "disconnect",
+    "stats",
+]

@@ -1,0 +1,411 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ScalarType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCALAR_TYPE_UNSPECIFIED: _ClassVar[ScalarType]
+    BOOL: _ClassVar[ScalarType]
+    INT8: _ClassVar[ScalarType]
+    UINT8: _ClassVar[ScalarType]
+    INT16: _ClassVar[ScalarType]
+    UINT16: _ClassVar[ScalarType]
+    INT32: _ClassVar[ScalarType]
+    UINT32: _ClassVar[ScalarType]
+    INT64: _ClassVar[ScalarType]
+    UINT64: _ClassVar[ScalarType]
+    FLOAT16: _ClassVar[ScalarType]
+    FLOAT32: _ClassVar[ScalarType]
+    FLOAT64: _ClassVar[ScalarType]
+    COMPLEX64: _ClassVar[ScalarType]
+    COMPLEX128: _ClassVar[ScalarType]
+SCALAR_TYPE_UNSPECIFIED: ScalarType
+BOOL: ScalarType
+INT8: ScalarType
+UINT8: ScalarType
+INT16: ScalarType
+UINT16: ScalarType
+INT32: ScalarType
+UINT32: ScalarType
+INT64: ScalarType
+UINT64: ScalarType
+FLOAT16: ScalarType
+FLOAT32: ScalarType
+FLOAT64: ScalarType
+COMPLEX64: ScalarType
+COMPLEX128: ScalarType
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeviceProperties(_message.Message):
+    __slots__ = ("name", "total_memory", "major", "minor", "multiprocessor_count", "max_threads_per_block", "warp_size", "shared_memory_per_block", "clock_rate_khz", "pci_bus_id", "uuid")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MAJOR_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
+    MULTIPROCESSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_THREADS_PER_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    WARP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_PER_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_RATE_KHZ_FIELD_NUMBER: _ClassVar[int]
+    PCI_BUS_ID_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    total_memory: int
+    major: int
+    minor: int
+    multiprocessor_count: int
+    max_threads_per_block: int
+    warp_size: int
+    shared_memory_per_block: int
+    clock_rate_khz: int
+    pci_bus_id: str
+    uuid: str
+    def __init__(self, name: _Optional[str] = ..., total_memory: _Optional[int] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ..., multiprocessor_count: _Optional[int] = ..., max_threads_per_block: _Optional[int] = ..., warp_size: _Optional[int] = ..., shared_memory_per_block: _Optional[int] = ..., clock_rate_khz: _Optional[int] = ..., pci_bus_id: _Optional[str] = ..., uuid: _Optional[str] = ...) -> None: ...
+
+class DaemonInfo(_message.Message):
+    __slots__ = ("version", "backend", "devices", "endpoints")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    backend: str
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceProperties]
+    endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., backend: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceProperties, _Mapping]]] = ..., endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Dim3(_message.Message):
+    __slots__ = ("x", "y", "z")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    Z_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    z: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., z: _Optional[int] = ...) -> None: ...
+
+class Scalar(_message.Message):
+    __slots__ = ("type", "data")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    type: ScalarType
+    data: bytes
+    def __init__(self, type: _Optional[_Union[ScalarType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class KernelArg(_message.Message):
+    __slots__ = ("pointer", "scalar")
+    POINTER_FIELD_NUMBER: _ClassVar[int]
+    SCALAR_FIELD_NUMBER: _ClassVar[int]
+    pointer: int
+    scalar: Scalar
+    def __init__(self, pointer: _Optional[int] = ..., scalar: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
+
+class OpenSession(_message.Message):
+    __slots__ = ("device", "token")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    device: int
+    token: str
+    def __init__(self, device: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
+
+class MemGetInfo(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Malloc(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
+class Free(_message.Message):
+    __slots__ = ("ptr",)
+    PTR_FIELD_NUMBER: _ClassVar[int]
+    ptr: int
+    def __init__(self, ptr: _Optional[int] = ...) -> None: ...
+
+class MemcpyHtoD(_message.Message):
+    __slots__ = ("dst", "size", "stream", "data")
+    DST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dst: int
+    size: int
+    stream: int
+    data: bytes
+    def __init__(self, dst: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class MemcpyDtoH(_message.Message):
+    __slots__ = ("src", "size", "stream")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    src: int
+    size: int
+    stream: int
+    def __init__(self, src: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class MemcpyDtoD(_message.Message):
+    __slots__ = ("dst", "src", "size", "stream")
+    DST_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    dst: int
+    src: int
+    size: int
+    stream: int
+    def __init__(self, dst: _Optional[int] = ..., src: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class Memset(_message.Message):
+    __slots__ = ("ptr", "value", "size", "stream")
+    PTR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    ptr: int
+    value: int
+    size: int
+    stream: int
+    def __init__(self, ptr: _Optional[int] = ..., value: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class ModuleLoad(_message.Message):
+    __slots__ = ("module", "cuda_source", "ptx", "cubin", "options")
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    CUDA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PTX_FIELD_NUMBER: _ClassVar[int]
+    CUBIN_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    module: int
+    cuda_source: str
+    ptx: bytes
+    cubin: bytes
+    options: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, module: _Optional[int] = ..., cuda_source: _Optional[str] = ..., ptx: _Optional[bytes] = ..., cubin: _Optional[bytes] = ..., options: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModuleUnload(_message.Message):
+    __slots__ = ("module",)
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    module: int
+    def __init__(self, module: _Optional[int] = ...) -> None: ...
+
+class GetFunction(_message.Message):
+    __slots__ = ("module", "name", "function")
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    module: int
+    name: str
+    function: int
+    def __init__(self, module: _Optional[int] = ..., name: _Optional[str] = ..., function: _Optional[int] = ...) -> None: ...
+
+class Launch(_message.Message):
+    __slots__ = ("function", "grid", "block", "shared_mem", "stream", "args")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    GRID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEM_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    function: int
+    grid: Dim3
+    block: Dim3
+    shared_mem: int
+    stream: int
+    args: _containers.RepeatedCompositeFieldContainer[KernelArg]
+    def __init__(self, function: _Optional[int] = ..., grid: _Optional[_Union[Dim3, _Mapping]] = ..., block: _Optional[_Union[Dim3, _Mapping]] = ..., shared_mem: _Optional[int] = ..., stream: _Optional[int] = ..., args: _Optional[_Iterable[_Union[KernelArg, _Mapping]]] = ...) -> None: ...
+
+class StreamCreate(_message.Message):
+    __slots__ = ("stream",)
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream: int
+    def __init__(self, stream: _Optional[int] = ...) -> None: ...
+
+class StreamDestroy(_message.Message):
+    __slots__ = ("stream",)
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream: int
+    def __init__(self, stream: _Optional[int] = ...) -> None: ...
+
+class StreamSynchronize(_message.Message):
+    __slots__ = ("stream",)
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream: int
+    def __init__(self, stream: _Optional[int] = ...) -> None: ...
+
+class StreamWaitEvent(_message.Message):
+    __slots__ = ("stream", "event")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    stream: int
+    event: int
+    def __init__(self, stream: _Optional[int] = ..., event: _Optional[int] = ...) -> None: ...
+
+class EventCreate(_message.Message):
+    __slots__ = ("event", "disable_timing")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_TIMING_FIELD_NUMBER: _ClassVar[int]
+    event: int
+    disable_timing: bool
+    def __init__(self, event: _Optional[int] = ..., disable_timing: _Optional[bool] = ...) -> None: ...
+
+class EventDestroy(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: int
+    def __init__(self, event: _Optional[int] = ...) -> None: ...
+
+class EventRecord(_message.Message):
+    __slots__ = ("event", "stream")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    event: int
+    stream: int
+    def __init__(self, event: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class EventQuery(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: int
+    def __init__(self, event: _Optional[int] = ...) -> None: ...
+
+class EventSynchronize(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: int
+    def __init__(self, event: _Optional[int] = ...) -> None: ...
+
+class EventElapsedTime(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class DeviceSynchronize(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[Request]
+    def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
+
+class Request(_message.Message):
+    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch")
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    MEM_GET_INFO_FIELD_NUMBER: _ClassVar[int]
+    MALLOC_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    MEMCPY_HTOD_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    MEMCPY_DTOH_FIELD_NUMBER: _ClassVar[int]
+    MEMCPY_DTOD_FIELD_NUMBER: _ClassVar[int]
+    MEMSET_FIELD_NUMBER: _ClassVar[int]
+    MODULE_LOAD_FIELD_NUMBER: _ClassVar[int]
+    MODULE_UNLOAD_FIELD_NUMBER: _ClassVar[int]
+    GET_FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CREATE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DESTROY_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SYNCHRONIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_WAIT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_CREATE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_DESTROY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_RECORD_FIELD_NUMBER: _ClassVar[int]
+    EVENT_QUERY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SYNCHRONIZE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ELAPSED_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SYNCHRONIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    wait: bool
+    open: OpenSession
+    mem_get_info: MemGetInfo
+    malloc: Malloc
+    free: Free
+    memcpy_htod: MemcpyHtoD
+    chunk: Chunk
+    memcpy_dtoh: MemcpyDtoH
+    memcpy_dtod: MemcpyDtoD
+    memset: Memset
+    module_load: ModuleLoad
+    module_unload: ModuleUnload
+    get_function: GetFunction
+    launch: Launch
+    stream_create: StreamCreate
+    stream_destroy: StreamDestroy
+    stream_synchronize: StreamSynchronize
+    stream_wait_event: StreamWaitEvent
+    event_create: EventCreate
+    event_destroy: EventDestroy
+    event_record: EventRecord
+    event_query: EventQuery
+    event_synchronize: EventSynchronize
+    event_elapsed_time: EventElapsedTime
+    device_synchronize: DeviceSynchronize
+    batch: Batch
+    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("name", "message", "log")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    message: str
+    log: str
+    def __init__(self, name: _Optional[str] = ..., message: _Optional[str] = ..., log: _Optional[str] = ...) -> None: ...
+
+class SessionOpened(_message.Message):
+    __slots__ = ("session_id", "properties")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    properties: DeviceProperties
+    def __init__(self, session_id: _Optional[str] = ..., properties: _Optional[_Union[DeviceProperties, _Mapping]] = ...) -> None: ...
+
+class MemInfo(_message.Message):
+    __slots__ = ("free", "total")
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    free: int
+    total: int
+    def __init__(self, free: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class Reply(_message.Message):
+    __slots__ = ("error", "more", "opened", "mem_info", "ptr", "data", "ready", "elapsed_ms")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    MEM_INFO_FIELD_NUMBER: _ClassVar[int]
+    PTR_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    more: bool
+    opened: SessionOpened
+    mem_info: MemInfo
+    ptr: int
+    data: bytes
+    ready: bool
+    elapsed_ms: float
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., more: _Optional[bool] = ..., opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., mem_info: _Optional[_Union[MemInfo, _Mapping]] = ..., ptr: _Optional[int] = ..., data: _Optional[bytes] = ..., ready: _Optional[bool] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...

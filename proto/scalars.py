@@ -1,0 +1,41 @@
+"""Kernel scalar types: NumPy dtypes on either side of the wire, ``ScalarType`` on it."""
+
+from __future__ import annotations
+
+import numpy as np
+from gpupool.proto import gpupool_pb2 as pb
+
+DTYPE_OF: dict[int, np.dtype] = {
+    pb.BOOL: np.dtype(np.bool_),
+    pb.INT8: np.dtype(np.int8),
+    pb.UINT8: np.dtype(np.uint8),
+    pb.INT16: np.dtype(np.int16),
+    pb.UINT16: np.dtype(np.uint16),
+    pb.INT32: np.dtype(np.int32),
+    pb.UINT32: np.dtype(np.uint32),
+    pb.INT64: np.dtype(np.int64),
+    pb.UINT64: np.dtype(np.uint64),
+    pb.FLOAT16: np.dtype(np.float16),
+    pb.FLOAT32: np.dtype(np.float32),
+    pb.FLOAT64: np.dtype(np.float64),
+    pb.COMPLEX64: np.dtype(np.complex64),
+    pb.COMPLEX128: np.dtype(np.complex128),
+}
+SCALAR_TYPE_OF: dict[np.dtype, int] = {dtype: code for code, dtype in DTYPE_OF.items()}
+
+
+def to_scalar(value: np.generic) -> pb.Scalar:
+    """The wire form of a NumPy scalar; TypeError for a dtype CUDA kernels cannot take."""
+    dtype = np.dtype(value.dtype).newbyteorder("=")
+    code = SCALAR_TYPE_OF.get(dtype)
+    if code is None:
+        raise TypeError(f"unsupported kernel argument type: {value.dtype}")
+    return pb.Scalar(type=code, data=np.asarray(value, dtype.newbyteorder("<")).tobytes())
+
+
+def from_scalar(scalar: pb.Scalar) -> np.generic:
+    """The NumPy scalar a wire scalar holds; ValueError when type and size disagree."""
+    dtype = DTYPE_OF.get(scalar.type)
+    if dtype is None or len(scalar.data) != dtype.itemsize:
+        raise ValueError(f"malformed scalar argument: type {scalar.type}, {len(scalar.data)} bytes")
+    return np.frombuffer(scalar.data, dtype.newbyteorder("<"))[0].astype(dtype)

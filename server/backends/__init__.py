@@ -1,0 +1,83 @@
+"""Backends: the CuPy backend on a GPU, the CPU emulator elsewhere.
+
+The daemon's front process picks one and learns its devices here without importing CuPy
+itself: a CUDA context must never live in the front process (design.md, process model), so
+the GPU probe runs in a short-lived spawned process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gpupool.server.backends.base import Backend, DeviceInfo
+
+BACKENDS = ("auto", "cupy", "emu")
+Translate = Callable[[Exception], Exception]
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which backend a daemon runs, and the emulator's shape."""
+
+    kind: str  # "cupy" or "emu", never "auto" once resolved
+    emu_devices: int = 2
+    emu_memory: int = 8 << 30
+
+
+def resolve(kind: str, emu_devices: int, emu_memory: int) -> tuple[BackendConfig, list[DeviceInfo]]:
+    """The backend ``kind`` names (``auto``: CuPy when it sees a GPU) and its devices."""
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
+    if kind in ("auto", "cupy"):
+        devices = _probe_gpus() if importlib.util.find_spec("cupy") else []
+        if devices:
+            return BackendConfig("cupy"), devices
+        if kind == "cupy":
+            raise RuntimeError(
+                "backend cupy: CuPy sees no GPU (install gpupool[gpu] on a GPU host)"
+            )
+    from gpupool.server.backends.emu import emulated_device
+
+    config = BackendConfig("emu", emu_devices, emu_memory)
+    return config, [emulated_device(index, emu_memory) for index in range(emu_devices)]
+
+
+def open_backend(
+    config: BackendConfig, device: int, ledger_path: str | None, slot: int
+) -> tuple[Backend, Translate]:
+    """The backend for ``device`` in this worker process, and its error translator.
+
+    ``ledger_path`` and ``slot`` are the emulator's: the device's shared memory ledger and
+    this worker's place in it.
+    """
+    if config.kind == "cupy":
+        from gpupool.server.backends import cupy_backend
+
+        return cupy_backend.CupyBackend(device), cupy_backend.translate
+    from gpupool.server.backends.emu import EmuBackend, MemoryLedger
+
+    assert ledger_path is not None
+    return EmuBackend(device, MemoryLedger(ledger_path, config.emu_memory), slot), _no_translation
+
+
+def _no_translation(exc: Exception) -> Exception:
+    return exc
+
+
+def _probe_gpus() -> list[DeviceInfo]:
+    """The GPUs CuPy sees, asked in a spawned process; empty when there are none."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_describe_gpus)
+
+
+def _describe_gpus() -> list[DeviceInfo]:
+    try:
+        from gpupool.server.backends import cupy_backend
+
+        return [cupy_backend.device_info(i) for i in range(cupy_backend.device_count())]
+    except Exception:  # no driver, no device, broken install: no GPUs
+        return []

@@ -1,0 +1,118 @@
+"""What a backend does for one device inside one worker process.
+
+A backend is the only place that touches the device. The session executor checks every
+request (handles, pointer ranges) before it calls a backend, so a backend may trust its
+arguments; it raises :class:`~gpupool.errors.CUDARuntimeError` with CUDA's error name when
+the device refuses.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Dim = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The properties a client sees for a device (the wire's ``DeviceProperties``)."""
+
+    name: str
+    total_memory: int
+    major: int
+    minor: int
+    multiprocessor_count: int
+    max_threads_per_block: int = 1024
+    warp_size: int = 32
+    shared_memory_per_block: int = 48 * 1024
+    clock_rate_khz: int = 0
+    pci_bus_id: str = ""
+    uuid: str = ""
+
+
+class Backend(ABC):
+    """One device of the daemon, driven from the worker process that owns a session.
+
+    Streams, events, modules and functions are opaque objects of the backend's own; ``None``
+    stands for the null stream.
+    """
+
+    @abstractmethod
+    def properties(self) -> DeviceInfo: ...
+
+    @abstractmethod
+    def mem_info(self) -> tuple[int, int]:
+        """(free, total) bytes of the device, as cudaMemGetInfo."""
+
+    @abstractmethod
+    def malloc(self, size: int) -> int: ...
+
+    @abstractmethod
+    def free(self, ptr: int) -> None: ...
+
+    @abstractmethod
+    def write(self, ptr: int, data: memoryview, stream: object) -> None:
+        """Copy host bytes to the device at ``ptr``."""
+
+    @abstractmethod
+    def read(self, ptr: int, size: int, stream: object) -> memoryview:
+        """Copy ``size`` bytes at ``ptr`` to the host; the view is read before the next call."""
+
+    @abstractmethod
+    def copy(self, dst: int, src: int, size: int, stream: object) -> None: ...
+
+    @abstractmethod
+    def memset(self, ptr: int, value: int, size: int, stream: object) -> None: ...
+
+    @abstractmethod
+    def load_module(self, kind: str, image: str | bytes, options: Sequence[str]) -> object:
+        """Load a module; ``kind`` is ``cuda_source``, ``ptx`` or ``cubin``."""
+
+    @abstractmethod
+    def get_function(self, module: object, name: str) -> object: ...
+
+    @abstractmethod
+    def launch(
+        self,
+        function: object,
+        grid: Dim,
+        block: Dim,
+        shared_mem: int,
+        stream: object,
+        args: Sequence[np.generic],
+    ) -> None:
+        """Launch ``function``; device pointers arrive as ``np.uint64`` scalars."""
+
+    @abstractmethod
+    def create_stream(self) -> object: ...
+
+    @abstractmethod
+    def destroy_stream(self, stream: object) -> None: ...
+
+    @abstractmethod
+    def synchronize_stream(self, stream: object) -> None: ...
+
+    @abstractmethod
+    def stream_wait_event(self, stream: object, event: object) -> None: ...
+
+    @abstractmethod
+    def create_event(self, disable_timing: bool) -> object: ...
+
+    @abstractmethod
+    def record_event(self, event: object, stream: object) -> None: ...
+
+    @abstractmethod
+    def query_event(self, event: object) -> bool: ...
+
+    @abstractmethod
+    def synchronize_event(self, event: object) -> None: ...
+
+    @abstractmethod
+    def elapsed_ms(self, start: object, end: object) -> float: ...
+
+    @abstractmethod
+    def synchronize(self) -> None: ...

@@ -1,0 +1,186 @@
+"""The GPU backend: CuPy's bindings of the CUDA runtime, driver and NVRTC.
+
+Imported only inside worker processes (and the device probe), never in the daemon's front
+process, so the front never holds a CUDA context (design.md, process model). Memory comes
+straight from cudaMalloc, not from CuPy's pool, so that ``memGetInfo`` and the daemon's
+accounting see a free at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import cupy
+import numpy as np
+from cupy.cuda import runtime
+from cupy_backends.cuda.api.driver import CUDADriverError
+from cupy_backends.cuda.api.runtime import CUDARuntimeError as CupyRuntimeError
+from gpupool.server.backends.base import Backend, DeviceInfo, Dim
+
+from gpupool.errors import CompileError, CUDARuntimeError
+
+# Driver error names whose runtime name is not their CamelCase spelling.
+_DRIVER_TO_RUNTIME = {
+    "CUDA_ERROR_NOT_FOUND": "cudaErrorSymbolNotFound",
+    "CUDA_ERROR_LAUNCH_FAILED": "cudaErrorLaunchFailure",
+    "CUDA_ERROR_INVALID_HANDLE": "cudaErrorInvalidResourceHandle",
+    "CUDA_ERROR_INVALID_IMAGE": "cudaErrorInvalidKernelImage",
+    "CUDA_ERROR_OUT_OF_MEMORY": "cudaErrorMemoryAllocation",
+}
+
+
+def runtime_name(driver_name: str) -> str:
+    """The CUDA runtime's name for a driver error name (``CUDA_ERROR_ILLEGAL_ADDRESS``)."""
+    if driver_name in _DRIVER_TO_RUNTIME:
+        return _DRIVER_TO_RUNTIME[driver_name]
+    words = driver_name.removeprefix("CUDA_ERROR_").split("_")
+    return "cudaError" + "".join(word.capitalize() for word in words)
+
+
+def translate(exc: Exception) -> Exception:
+    """gpupool's error for an error CuPy raised; other errors as they are."""
+    if not isinstance(exc, CupyRuntimeError | CUDADriverError):
+        return exc
+    name, _, detail = str(exc).partition(":")
+    if isinstance(exc, CUDADriverError):
+        name = runtime_name(name.strip())
+    return CUDARuntimeError(name.strip(), detail.strip())
+
+
+class CupyBackend(Backend):
+    """One GPU, for the session of one worker."""
+
+    def __init__(self, index: int) -> None:
+        self._device = cupy.cuda.Device(index)
+        self._device.use()
+        runtime.free(0)  # create the context now, while the worker is warming up
+
+    def properties(self) -> DeviceInfo:
+        return device_info(self._device.id)
+
+    def mem_info(self) -> tuple[int, int]:
+        free, total = runtime.memGetInfo()
+        return int(free), int(total)
+
+    def malloc(self, size: int) -> int:
+        return int(runtime.malloc(size))
+
+    def free(self, ptr: int) -> None:
+        runtime.free(ptr)
+
+    def write(self, ptr: int, data: memoryview, stream: object) -> None:
+        host = np.frombuffer(data, np.uint8)
+        runtime.memcpyAsync(
+            ptr, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice, _ptr(stream)
+        )
+        _stream(stream).synchronize()  # the host bytes are freed when this returns
+
+    def read(self, ptr: int, size: int, stream: object) -> memoryview:
+        host = np.empty(size, np.uint8)
+        runtime.memcpyAsync(host.ctypes.data, ptr, size, runtime.memcpyDeviceToHost, _ptr(stream))
+        _stream(stream).synchronize()
+        return memoryview(host.data)
+
+    def copy(self, dst: int, src: int, size: int, stream: object) -> None:
+        runtime.memcpyAsync(dst, src, size, runtime.memcpyDeviceToDevice, _ptr(stream))
+
+    def memset(self, ptr: int, value: int, size: int, stream: object) -> None:
+        runtime.memsetAsync(ptr, value, size, _ptr(stream))
+
+    def load_module(self, kind: str, image: str | bytes, options: Sequence[str]) -> object:
+        if kind == "cuda_source":
+            module = cupy.RawModule(code=image, options=tuple(options))
+            try:
+                module.compile()
+            except cupy.cuda.compiler.CompileException as exc:
+                raise CompileError("CUDA source did not compile", log=str(exc)) from exc
+            return module
+        loaded = cupy.cuda.function.Module()
+        loaded.load(image.encode() if isinstance(image, str) else image)
+        return loaded
+
+    def get_function(self, module: object, name: str) -> object:
+        assert isinstance(module, cupy.RawModule | cupy.cuda.function.Module)
+        return module.get_function(name)
+
+    def launch(
+        self,
+        function: object,
+        grid: Dim,
+        block: Dim,
+        shared_mem: int,
+        stream: object,
+        args: Sequence[np.generic],
+    ) -> None:
+        assert isinstance(function, cupy.RawKernel | cupy.cuda.function.Function)
+        with _stream(stream):
+            function(grid, block, tuple(args), shared_mem=shared_mem)
+
+    def create_stream(self) -> object:
+        return cupy.cuda.Stream(non_blocking=False)
+
+    def destroy_stream(self, stream: object) -> None:
+        pass  # CuPy destroys the stream when the last reference goes
+
+    def synchronize_stream(self, stream: object) -> None:
+        _stream(stream).synchronize()
+
+    def stream_wait_event(self, stream: object, event: object) -> None:
+        _stream(stream).wait_event(event)
+
+    def create_event(self, disable_timing: bool) -> object:
+        return cupy.cuda.Event(disable_timing=disable_timing)
+
+    def record_event(self, event: object, stream: object) -> None:
+        assert isinstance(event, cupy.cuda.Event)
+        event.record(_stream(stream))
+
+    def query_event(self, event: object) -> bool:
+        assert isinstance(event, cupy.cuda.Event)
+        return bool(event.done)
+
+    def synchronize_event(self, event: object) -> None:
+        assert isinstance(event, cupy.cuda.Event)
+        event.synchronize()
+
+    def elapsed_ms(self, start: object, end: object) -> float:
+        return float(cupy.cuda.get_elapsed_time(start, end))
+
+    def synchronize(self) -> None:
+        self._device.synchronize()
+
+
+def device_count() -> int:
+    return int(runtime.getDeviceCount())
+
+
+def device_info(index: int) -> DeviceInfo:
+    props = runtime.getDeviceProperties(index)
+    name = props["name"]
+    return DeviceInfo(
+        name=name.decode() if isinstance(name, bytes) else str(name),
+        total_memory=int(props["totalGlobalMem"]),
+        major=int(props["major"]),
+        minor=int(props["minor"]),
+        multiprocessor_count=int(props["multiProcessorCount"]),
+        max_threads_per_block=int(props["maxThreadsPerBlock"]),
+        warp_size=int(props["warpSize"]),
+        shared_memory_per_block=int(props["sharedMemPerBlock"]),
+        clock_rate_khz=int(props.get("clockRate", 0)),
+        pci_bus_id=runtime.deviceGetPCIBusId(index),
+        uuid=_uuid(props.get("uuid", b"")),
+    )
+
+
+def _uuid(raw: bytes) -> str:
+    text = raw.hex() if isinstance(raw, bytes) else str(raw)
+    return "GPU-" + re.sub(r"(.{8})(.{4})(.{4})(.{4})(.{12})", r"\1-\2-\3-\4-\5", text)
+
+
+def _stream(stream: object) -> cupy.cuda.Stream:
+    return stream if isinstance(stream, cupy.cuda.Stream) else cupy.cuda.Stream.null
+
+
+def _ptr(stream: object) -> int:
+    return int(_stream(stream).ptr)

@@ -1,0 +1,222 @@
+"""The CPU emulator: device memory in host memory, CUDA C kernels compiled by the host compiler.
+
+CI and most laptops have no GPU; the emulator lets them run the daemon, the client and every
+test of the kernel path. Work runs synchronously in the worker process, so streams and events
+keep CUDA's ordering trivially. A device pointer is the host address of the emulated memory in
+the worker: kernels then use it as is. Device-wide memory accounting spans the workers of one
+device through a :class:`MemoryLedger` in shared memory, so ``memGetInfo`` in one session sees
+what another session holds, and a killed session's memory is back as soon as its slot is
+cleared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import mmap
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from gpupool.server.backends.base import Backend, DeviceInfo, Dim
+from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
+
+from gpupool.errors import CUDARuntimeError
+
+ALIGNMENT = 256  # cudaMalloc's alignment
+
+
+class MemoryLedger:
+    """Bytes held by each worker slot of one emulated device, in a file every worker maps.
+
+    The front process creates it; workers attach by path (they are started as fresh
+    interpreters, so nothing else is shared). ``flock`` serialises the check-and-reserve of
+    an allocation across processes.
+    """
+
+    def __init__(self, path: str, total: int) -> None:
+        self.path = path
+        self.total = total
+        self._file = open(path, "r+b")
+        self._map = mmap.mmap(self._file.fileno(), 0)
+        self._slots = memoryview(self._map).cast("q")
+
+    @classmethod
+    def create(cls, total: int, slots: int) -> MemoryLedger:
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="gpupool-ledger-", dir=folder)
+        os.ftruncate(fd, slots * 8)
+        os.close(fd)
+        return cls(path, total)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[memoryview]:
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            yield self._slots
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+
+    def used(self) -> int:
+        with self._locked() as slots:
+            return sum(slots)
+
+    def reserve(self, slot: int, size: int) -> None:
+        """Count ``size`` more bytes for ``slot``; cudaErrorMemoryAllocation when they don't fit."""
+        with self._locked() as slots:
+            free = self.total - sum(slots)
+            if size > free:
+                raise CUDARuntimeError(
+                    "cudaErrorMemoryAllocation",
+                    f"out of memory allocating {size} bytes ({free} free of {self.total})",
+                )
+            slots[slot] += size
+
+    def release(self, slot: int, size: int) -> None:
+        with self._locked() as slots:
+            slots[slot] -= size
+
+    def clear(self, slot: int) -> None:
+        """Forget everything ``slot`` held: its worker has ended."""
+        with self._locked() as slots:
+            slots[slot] = 0
+
+    def remove(self) -> None:
+        """Unmap and delete the ledger's file (the front process, when the daemon stops)."""
+        self._slots.release()
+        self._map.close()
+        self._file.close()
+        os.unlink(self.path)
+
+
+class _Event:
+    __slots__ = ("timing", "when")
+
+    def __init__(self, timing: bool) -> None:
+        self.timing = timing
+        self.when: float | None = None
+
+
+class EmuBackend(Backend):
+    """One emulated device, for the session of one worker."""
+
+    def __init__(self, index: int, ledger: MemoryLedger, slot: int) -> None:
+        self._index = index
+        self._ledger = ledger
+        self._slot = slot
+        self._buffers: dict[int, np.ndarray] = {}
+
+    def properties(self) -> DeviceInfo:
+        return emulated_device(self._index, self._ledger.total)
+
+    def mem_info(self) -> tuple[int, int]:
+        return self._ledger.total - self._ledger.used(), self._ledger.total
+
+    def malloc(self, size: int) -> int:
+        self._ledger.reserve(self._slot, size)
+        try:
+            buffer = np.empty(size + ALIGNMENT, np.uint8)
+        except MemoryError as exc:
+            self._ledger.release(self._slot, size)
+            raise CUDARuntimeError("cudaErrorMemoryAllocation", str(exc)) from exc
+        ptr = -buffer.ctypes.data % ALIGNMENT + buffer.ctypes.data
+        self._buffers[ptr] = buffer
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        buffer = self._buffers.pop(ptr)
+        self._ledger.release(self._slot, buffer.size - ALIGNMENT)
+
+    def write(self, ptr: int, data: memoryview, stream: object) -> None:
+        memoryview(_at(ptr, len(data))).cast("B")[:] = data
+
+    def read(self, ptr: int, size: int, stream: object) -> memoryview:
+        return memoryview(_at(ptr, size)).cast("B")
+
+    def copy(self, dst: int, src: int, size: int, stream: object) -> None:
+        ctypes.memmove(dst, src, size)
+
+    def memset(self, ptr: int, value: int, size: int, stream: object) -> None:
+        ctypes.memset(ptr, value, size)
+
+    def load_module(self, kind: str, image: str | bytes, options: Sequence[str]) -> object:
+        if kind != "cuda_source":
+            raise CUDARuntimeError(
+                "cudaErrorNotSupported",
+                f"the emulator cannot load {kind.upper()}: send CUDA C source, or use a GPU daemon",
+            )
+        assert isinstance(image, str)
+        return EmuModule.from_source(image, options)
+
+    def get_function(self, module: object, name: str) -> object:
+        assert isinstance(module, EmuModule)
+        return module.get_function(name)
+
+    def launch(
+        self,
+        function: object,
+        grid: Dim,
+        block: Dim,
+        shared_mem: int,
+        stream: object,
+        args: Sequence[np.generic],
+    ) -> None:
+        assert isinstance(function, EmuFunction)
+        function.launch(grid, block, shared_mem, [arg.tobytes() for arg in args])
+
+    def create_stream(self) -> object:
+        return object()
+
+    def destroy_stream(self, stream: object) -> None:
+        pass  # work runs synchronously: a stream holds nothing
+
+    def synchronize_stream(self, stream: object) -> None:
+        pass
+
+    def stream_wait_event(self, stream: object, event: object) -> None:
+        pass
+
+    def create_event(self, disable_timing: bool) -> object:
+        return _Event(timing=not disable_timing)
+
+    def record_event(self, event: object, stream: object) -> None:
+        assert isinstance(event, _Event)
+        event.when = time.perf_counter()
+
+    def query_event(self, event: object) -> bool:
+        return True
+
+    def synchronize_event(self, event: object) -> None:
+        pass
+
+    def elapsed_ms(self, start: object, end: object) -> float:
+        assert isinstance(start, _Event) and isinstance(end, _Event)
+        if not (start.timing and end.timing):
+            raise CUDARuntimeError(
+                "cudaErrorInvalidResourceHandle", "elapsed time of an event created without timing"
+            )
+        if start.when is None or end.when is None:
+            raise CUDARuntimeError("cudaErrorInvalidResourceHandle", "event was never recorded")
+        return (end.when - start.when) * 1e3
+
+    def synchronize(self) -> None:
+        pass
+
+
+def emulated_device(index: int, total_memory: int) -> DeviceInfo:
+    """The properties an emulated device reports: a Hopper-class device backed by the host."""
+    return DeviceInfo(
+        name="gpupool CPU emulator",
+        total_memory=total_memory,
+        major=9,
+        minor=0,
+        multiprocessor_count=os.cpu_count() or 1,
+        pci_bus_id=f"emu:{index}",
+    )
+
+
+def _at(ptr: int, size: int) -> ctypes.Array[ctypes.c_char]:
+    return (ctypes.c_char * size).from_address(ptr)

@@ -1,0 +1,364 @@
+"""The calls of one session, checked and carried out on a backend, in order.
+
+Runs inside the session's worker process. Asynchronous calls (no ``wait``) get no reply: the
+first error among them is held and reported by the next reply, as CUDA reports an
+asynchronous error at the next synchronizing call. A sticky error (an illegal address, say)
+poisons the CUDA context, so the executor reports it at once, even for an asynchronous call,
+and marks itself poisoned: the worker then ends, and with it the context.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import numpy as np
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.scalars import from_scalar
+from gpupool.server.allocations import AllocationTable
+from gpupool.server.backends.base import Backend, DeviceInfo
+
+from gpupool.errors import CompileError, CUDARuntimeError, GpupoolError
+from gpupool.logs import fields
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 2 << 20  # bytes of device-to-host data per reply
+T = TypeVar("T")
+
+
+def error_message(exc: GpupoolError) -> pb.Error:
+    """The wire form of an error."""
+    if isinstance(exc, CUDARuntimeError):
+        return pb.Error(name=exc.name, message=exc.detail)
+    if isinstance(exc, CompileError):
+        return pb.Error(name="CompileError", message=exc.message, log=exc.log)
+    return pb.Error(name="cudaErrorUnknown", message=str(exc))
+
+
+def properties_message(info: DeviceInfo) -> pb.DeviceProperties:
+    return pb.DeviceProperties(**vars(info))
+
+
+class _Handles:
+    """Client-chosen handles of one kind (streams, events, modules, functions)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._objects: dict[int, object] = {}
+
+    def add(self, handle: int, obj: object) -> None:
+        if handle == 0 or handle in self._objects:
+            raise _invalid_handle(self.kind, handle, "is zero or already in use")
+        self._objects[handle] = obj
+
+    def get(self, handle: int) -> object:
+        try:
+            return self._objects[handle]
+        except KeyError:
+            raise _invalid_handle(self.kind, handle, "does not exist") from None
+
+    def pop(self, handle: int) -> object:
+        obj = self.get(handle)
+        del self._objects[handle]
+        return obj
+
+
+class _Streams(_Handles):
+    """Streams, where handle 0 is the null stream."""
+
+    def get(self, handle: int) -> object:
+        return None if handle == 0 else super().get(handle)
+
+
+def _invalid_handle(kind: str, handle: int, why: str) -> CUDARuntimeError:
+    return CUDARuntimeError("cudaErrorInvalidResourceHandle", f"{kind} handle {handle} {why}")
+
+
+class _PendingCopy:
+    """A host-to-device copy whose payload is still arriving in chunks.
+
+    A copy that failed is still followed by its chunks: they are consumed and dropped, and the
+    error is reported once the last one has arrived.
+    """
+
+    def __init__(
+        self, dst: int, size: int, stream: object, wait: bool, error: GpupoolError | None = None
+    ) -> None:
+        self.dst = dst
+        self.remaining = size
+        self.stream = stream
+        self.wait = wait
+        self.error = error
+
+
+_DEFERRED = pb.Reply()  # returned by a call whose reply comes with a later request
+
+
+class SessionExecutor:
+    """Carries out the requests of one session on one backend."""
+
+    def __init__(self, backend: Backend, translate: Callable[[Exception], Exception]) -> None:
+        """``translate`` turns a backend library's own exception types into gpupool's."""
+        self.backend = backend
+        self.poisoned = False
+        self._translate = translate
+        self._allocations = AllocationTable()
+        self._streams = _Streams("stream")
+        self._events = _Handles("event")
+        self._modules = _Handles("module")
+        self._functions = _Handles("function")
+        self._held: pb.Error | None = None
+        self._copy: _PendingCopy | None = None
+
+    def handle(self, request: pb.Request) -> Iterator[pb.Reply]:
+        """The replies to ``request``: none unless it waits or poisons the context."""
+        wait = request.wait
+        if request.HasField("chunk") and self._copy is not None:
+            wait = self._copy.wait  # the copy's header asked for the reply
+        try:
+            yield from self._execute(request, wait)
+        except GpupoolError as exc:
+            yield from self._failed(wait, exc)
+        except Exception as exc:  # a daemon bug: report it to this session, keep serving
+            log.exception("unexpected failure", extra=fields(call=request.WhichOneof("call")))
+            unknown = CUDARuntimeError("cudaErrorUnknown", f"{type(exc).__name__}: {exc}")
+            yield from self._failed(wait, unknown)
+
+    def _execute(self, request: pb.Request, wait: bool) -> Iterator[pb.Reply]:
+        call = request.WhichOneof("call")
+        if self._copy is not None and call != "chunk":
+            self._copy = None
+            raise CUDARuntimeError(
+                "cudaErrorInvalidValue", f"expected the rest of a host-to-device copy, got {call}"
+            )
+        if call == "batch":
+            for inner in request.batch.requests:
+                if inner.WhichOneof("call") in ("batch", "chunk", "open"):
+                    raise CUDARuntimeError("cudaErrorInvalidValue", "a batch cannot hold that")
+                yield from self.handle(inner)
+                if self.poisoned:
+                    return
+            if wait:
+                yield self._reply()
+            return
+        if call is None:
+            raise CUDARuntimeError("cudaErrorInvalidValue", "request names no call")
+        if call == "memcpy_dtoh":
+            view = self._guarded(lambda: self._read(request.memcpy_dtoh))
+            if wait:  # nobody reads the data of a copy that does not wait
+                yield from self._chunks(view)
+            return
+        method = getattr(self, f"_do_{call}")
+        reply = self._guarded(lambda: method(getattr(request, call), wait))
+        if reply is not _DEFERRED and wait:
+            yield self._reply(reply)
+
+    def _guarded(self, action: Callable[[], T]) -> T:
+        """Run a backend action, with backend library errors turned into gpupool's."""
+        try:
+            return action()
+        except GpupoolError:
+            raise
+        except Exception as exc:
+            translated = self._translate(exc)
+            if not isinstance(translated, GpupoolError):
+                raise
+            raise translated from exc
+
+    def _failed(self, wait: bool, exc: GpupoolError) -> Iterator[pb.Reply]:
+        error = error_message(exc)
+        sticky = isinstance(exc, CUDARuntimeError) and exc.sticky
+        log.info("call failed", extra=fields(error=error.name, detail=error.message, wait=wait))
+        if sticky:
+            self.poisoned = True
+            yield pb.Reply(error=error)
+        elif wait:
+            self._held = None
+            yield pb.Reply(error=error)
+        elif self._held is None:
+            self._held = error
+
+    def _reply(self, reply: pb.Reply | None = None) -> pb.Reply:
+        """The final reply to a waiting request, carrying a held error if there is one."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            return pb.Reply(error=held)
+        return reply if reply is not None else pb.Reply()
+
+    def _chunks(self, view: memoryview) -> Iterator[pb.Reply]:
+        """A device-to-host copy's data, in replies of at most CHUNK_SIZE bytes."""
+        if self._held is not None:
+            yield self._reply()
+            return
+        for start in range(0, len(view), CHUNK_SIZE):
+            end = min(start + CHUNK_SIZE, len(view))
+            yield pb.Reply(data=bytes(view[start:end]), more=end < len(view))
+        if not view:
+            yield pb.Reply(data=b"")
+
+    # One method a call: each checks its arguments and returns the reply's result.
+
+    def _do_open(self, call: pb.OpenSession, wait: bool) -> pb.Reply:
+        props = properties_message(self.backend.properties())
+        return pb.Reply(opened=pb.SessionOpened(properties=props))
+
+    def _do_mem_get_info(self, call: pb.MemGetInfo, wait: bool) -> pb.Reply:
+        free, total = self.backend.mem_info()
+        return pb.Reply(mem_info=pb.MemInfo(free=free, total=total))
+
+    def _do_malloc(self, call: pb.Malloc, wait: bool) -> pb.Reply:
+        if call.size == 0:
+            return pb.Reply(ptr=0)
+        _, total = self.backend.mem_info()
+        if call.size > total:
+            raise CUDARuntimeError(
+                "cudaErrorMemoryAllocation",
+                f"cannot allocate {call.size} bytes on a device of {total} bytes",
+            )
+        ptr = self.backend.malloc(call.size)
+        self._allocations.add(ptr, call.size)
+        return pb.Reply(ptr=ptr)
+
+    def _do_free(self, call: pb.Free, wait: bool) -> None:
+        if call.ptr == 0:
+            return
+        self._allocations.remove(call.ptr)
+        self.backend.free(call.ptr)
+
+    def _do_memcpy_htod(self, call: pb.MemcpyHtoD, wait: bool) -> pb.Reply | None:
+        inline = len(call.data) == call.size
+        try:
+            if call.data and not inline:
+                raise CUDARuntimeError(
+                    "cudaErrorInvalidValue",
+                    f"copy of {call.size} bytes carries {len(call.data)} bytes inline",
+                )
+            self._allocations.check(call.dst, call.size, "host-to-device copy")
+            stream = self._streams.get(call.stream)
+        except GpupoolError as exc:
+            if inline or call.data:
+                raise
+            self._copy = _PendingCopy(call.dst, call.size, None, wait, error=exc)
+            return _DEFERRED
+        if inline:
+            self.backend.write(call.dst, memoryview(call.data), stream)
+            return None
+        self._copy = _PendingCopy(call.dst, call.size, stream, wait)
+        return _DEFERRED
+
+    def _do_chunk(self, call: pb.Chunk, wait: bool) -> pb.Reply | None:
+        copy = self._copy
+        if copy is None:
+            raise CUDARuntimeError("cudaErrorInvalidValue", "data chunk outside a copy")
+        size = len(call.data)
+        if size > copy.remaining:
+            self._copy = None
+            raise CUDARuntimeError("cudaErrorInvalidValue", "more data than the copy announced")
+        if copy.error is None:
+            dst, stream = copy.dst, copy.stream
+            try:
+                self._guarded(lambda: self.backend.write(dst, memoryview(call.data), stream))
+            except CUDARuntimeError as exc:
+                if exc.sticky:
+                    raise
+                copy.error = exc
+        copy.dst += size
+        copy.remaining -= size
+        if copy.remaining:
+            return _DEFERRED
+        self._copy = None
+        if copy.error is not None:
+            raise copy.error
+        return None
+
+    def _read(self, call: pb.MemcpyDtoH) -> memoryview:
+        self._allocations.check(call.src, call.size, "device-to-host copy")
+        return self.backend.read(call.src, call.size, self._streams.get(call.stream))
+
+    def _do_memcpy_dtod(self, call: pb.MemcpyDtoD, wait: bool) -> None:
+        self._allocations.check(call.src, call.size, "device-to-device copy source")
+        self._allocations.check(call.dst, call.size, "device-to-device copy destination")
+        self.backend.copy(call.dst, call.src, call.size, self._streams.get(call.stream))
+
+    def _do_memset(self, call: pb.Memset, wait: bool) -> None:
+        if call.value > 0xFF:
+            raise CUDARuntimeError("cudaErrorInvalidValue", f"memset value {call.value} > 255")
+        self._allocations.check(call.ptr, call.size, "memset")
+        self.backend.memset(call.ptr, call.value, call.size, self._streams.get(call.stream))
+
+    def _do_module_load(self, call: pb.ModuleLoad, wait: bool) -> None:
+        kind = call.WhichOneof("image")
+        if kind is None:
+            raise CUDARuntimeError("cudaErrorInvalidValue", "module load carries no image")
+        module = self.backend.load_module(kind, getattr(call, kind), list(call.options))
+        self._modules.add(call.module, module)
+
+    def _do_module_unload(self, call: pb.ModuleUnload, wait: bool) -> None:
+        self._modules.pop(call.module)
+
+    def _do_get_function(self, call: pb.GetFunction, wait: bool) -> None:
+        function = self.backend.get_function(self._modules.get(call.module), call.name)
+        self._functions.add(call.function, function)
+
+    def _do_launch(self, call: pb.Launch, wait: bool) -> None:
+        grid = (call.grid.x, call.grid.y, call.grid.z)
+        block = (call.block.x, call.block.y, call.block.z)
+        if 0 in grid or 0 in block:
+            raise CUDARuntimeError(
+                "cudaErrorInvalidConfiguration", f"grid {grid} or block {block} has a zero size"
+            )
+        args: list[np.generic] = []
+        for index, arg in enumerate(call.args):
+            kind = arg.WhichOneof("value")
+            if kind == "pointer":
+                args.append(np.uint64(arg.pointer))
+            elif kind == "scalar":
+                try:
+                    args.append(from_scalar(arg.scalar))
+                except ValueError as exc:
+                    raise CUDARuntimeError(
+                        "cudaErrorInvalidValue", f"argument {index}: {exc}"
+                    ) from exc
+            else:
+                raise CUDARuntimeError("cudaErrorInvalidValue", f"argument {index} is empty")
+        function = self._functions.get(call.function)
+        stream = self._streams.get(call.stream)
+        self.backend.launch(function, grid, block, call.shared_mem, stream, args)
+
+    def _do_stream_create(self, call: pb.StreamCreate, wait: bool) -> None:
+        self._streams.add(call.stream, self.backend.create_stream())
+
+    def _do_stream_destroy(self, call: pb.StreamDestroy, wait: bool) -> None:
+        self.backend.destroy_stream(self._streams.pop(call.stream))
+
+    def _do_stream_synchronize(self, call: pb.StreamSynchronize, wait: bool) -> None:
+        self.backend.synchronize_stream(self._streams.get(call.stream))
+
+    def _do_stream_wait_event(self, call: pb.StreamWaitEvent, wait: bool) -> None:
+        stream = self._streams.get(call.stream)
+        self.backend.stream_wait_event(stream, self._events.get(call.event))
+
+    def _do_event_create(self, call: pb.EventCreate, wait: bool) -> None:
+        self._events.add(call.event, self.backend.create_event(call.disable_timing))
+
+    def _do_event_destroy(self, call: pb.EventDestroy, wait: bool) -> None:
+        self._events.pop(call.event)
+
+    def _do_event_record(self, call: pb.EventRecord, wait: bool) -> None:
+        event = self._events.get(call.event)
+        self.backend.record_event(event, self._streams.get(call.stream))
+
+    def _do_event_query(self, call: pb.EventQuery, wait: bool) -> pb.Reply:
+        return pb.Reply(ready=self.backend.query_event(self._events.get(call.event)))
+
+    def _do_event_synchronize(self, call: pb.EventSynchronize, wait: bool) -> None:
+        self.backend.synchronize_event(self._events.get(call.event))
+
+    def _do_event_elapsed_time(self, call: pb.EventElapsedTime, wait: bool) -> pb.Reply:
+        start, end = self._events.get(call.start), self._events.get(call.end)
+        return pb.Reply(elapsed_ms=self.backend.elapsed_ms(start, end))
+
+    def _do_device_synchronize(self, call: pb.DeviceSynchronize, wait: bool) -> None:
+        self.backend.synchronize()

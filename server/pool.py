@@ -1,0 +1,193 @@
+"""Worker processes of one device: a few kept warm, each used by one session, then retired.
+
+A fresh worker costs seconds on a GPU (importing CuPy, creating a context), so each device
+keeps ``warm`` started workers ready; opening a session takes one and starts a replacement
+in the background. Workers are never reused: a session's end is its worker's end.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+
+from gpupool.server.backends import BackendConfig
+from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.worker import WorkerSpec
+
+from gpupool.errors import CUDARuntimeError
+from gpupool.logs import fields
+
+log = logging.getLogger(__name__)
+
+MAX_WORKERS = 256  # sessions at once on one device
+STOP_GRACE_S = 5.0
+
+
+class Worker:
+    """The front process's handle on one worker process."""
+
+    def __init__(self, process: subprocess.Popen[bytes], conn: Connection, slot: int) -> None:
+        self.process = process
+        self.slot = slot
+        self._conn = conn
+        self._send_lock = threading.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, raw: bytes) -> None:
+        """Pass one serialized request on; BrokenPipeError once the worker has ended."""
+        with self._send_lock:
+            self._conn.send_bytes(raw)
+
+    def replies(self) -> Iterator[bytes]:
+        """The worker's serialized replies, until it ends."""
+        while True:
+            try:
+                yield self._conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+
+    def end_session(self) -> None:
+        """Ask the worker to finish its queued work and exit."""
+        try:
+            self.send(b"")
+        except OSError:
+            pass  # already gone
+
+    def kill(self) -> None:
+        """End the worker now: its client is gone."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
+    def wait(self, timeout: float | None = STOP_GRACE_S) -> int | None:
+        """The worker's exit status once it has ended, None if it is still running."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def exit_reason(self) -> str:
+        """How the worker ended, for the session's error message."""
+        code = self.wait()
+        if code is None:
+            return "still running"
+        if code < 0:
+            return f"ended by signal {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class WorkerPool:
+    """The workers of one device."""
+
+    def __init__(self, config: BackendConfig, device: int, warm: int, log_level: str) -> None:
+        self.device = device
+        self._config = config
+        self._warm = warm
+        self._log_level = log_level
+        self.ledger = (
+            MemoryLedger.create(config.emu_memory, MAX_WORKERS) if config.kind == "emu" else None
+        )
+        self._lock = threading.Lock()
+        self._free_slots = list(range(MAX_WORKERS - 1, -1, -1))
+        self._idle: list[Worker] = []
+        self._busy: set[Worker] = set()
+        self._closed = False
+        self._refill()
+
+    def acquire(self) -> Worker:
+        """A started worker for a new session."""
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop(0)
+                if worker.process.poll() is None:
+                    break
+                self._reap(worker)
+            else:
+                worker = self._spawn()
+            self._busy.add(worker)
+        threading.Thread(target=self._refill, name=f"refill-{self.device}", daemon=True).start()
+        return worker
+
+    def release(self, worker: Worker) -> None:
+        """Wait for a worker whose session has ended to exit (killing it if it lingers)."""
+        if worker.wait() is None:
+            worker.kill()
+            worker.wait(None)
+        worker.close()
+        with self._lock:
+            if worker in self._busy:  # not yet reaped by close()
+                self._busy.discard(worker)
+                self._reap(worker)
+
+    def close(self) -> None:
+        """End every worker of this device."""
+        with self._lock:
+            self._closed = True
+            workers = self._idle + list(self._busy)
+            self._idle.clear()
+        for worker in workers:
+            worker.kill()
+            worker.wait(None)
+        with self._lock:
+            for worker in workers:
+                self._busy.discard(worker)
+                self._reap(worker)
+            self._busy.clear()
+        if self.ledger is not None:
+            self.ledger.remove()
+
+    def _refill(self) -> None:
+        with self._lock:
+            while not self._closed and len(self._idle) < self._warm:
+                try:
+                    self._idle.append(self._spawn())
+                except CUDARuntimeError:
+                    log.warning("no slot for a warm worker", extra=fields(device=self.device))
+                    return
+
+    def _spawn(self) -> Worker:
+        """Start a worker; the caller holds the lock."""
+        if not self._free_slots:
+            raise CUDARuntimeError(
+                "cudaErrorDevicesUnavailable", f"device {self.device} has {MAX_WORKERS} sessions"
+            )
+        slot = self._free_slots.pop()
+        spec = WorkerSpec(
+            self._config,
+            self.device,
+            slot,
+            self.ledger.path if self.ledger else None,
+            self._log_level,
+        )
+        ours, theirs = socket.socketpair()
+        with theirs:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gpupool.server.worker",
+                    spec.to_json(),
+                    str(theirs.fileno()),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
+        return Worker(process, Connection(ours.detach()), slot)
+
+    def _reap(self, worker: Worker) -> None:
+        """Give an exited worker's slot and accounted memory back; the caller holds the lock."""
+        if self.ledger is not None:
+            self.ledger.clear(worker.slot)
+        self._free_slots.append(worker.slot)

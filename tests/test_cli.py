@@ -1,0 +1,109 @@
+"""The ``gpupool`` command as a user runs it: a daemon process, and ``gpupool run``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from gpupool.units import format_size, parse_size
+from tests.conftest import EXAMPLES, run_client
+
+GPUPOOL = [sys.executable, "-m", "gpupool.cli"]
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    assert parse_size("8GiB") == 8 << 30
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("4096") == 4096
+    assert parse_size("1.5GB") == 1_500_000_000
+    assert format_size(8 << 30) == "8GiB"
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("lots")
+
+
+def test_daemon_command_serves_the_issue_program() -> None:
+    daemon = subprocess.Popen(
+        [
+            *GPUPOOL,
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "emu",
+            "--emu-devices",
+            "1",
+            "--emu-memory",
+            "1GiB",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None
+        banner = daemon.stdout.readline()
+        match = re.search(r"on (127\.0\.0\.1:\d+) \(emu, 1 x 1GiB\)", banner)
+        assert match, banner
+        result = run_client((EXAMPLES / "saxpy.py").read_text(), match.group(1))
+        assert result.returncode == 0, result.stderr
+        assert "1048576 elements OK" in result.stdout
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=30)
+    assert daemon.returncode == 0
+
+
+def test_run_starts_an_embedded_daemon_when_none_is_named() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GPUPOOL_DAEMONS"}
+    result = subprocess.run(
+        [
+            *GPUPOOL,
+            "run",
+            "--backend",
+            "emu",
+            "--log-level",
+            "warning",
+            "--",
+            sys.executable,
+            str(EXAMPLES / "saxpy.py"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "saxpy on gpupool CPU emulator" in result.stdout
+
+
+def test_run_passes_the_exit_status_on() -> None:
+    result = subprocess.run(
+        [
+            *GPUPOOL,
+            "run",
+            "--daemons",
+            "127.0.0.1:1",
+            "--",
+            sys.executable,
+            "-c",
+            "import os, sys; sys.exit(0 if os.environ['GPUPOOL_DAEMONS'] == '127.0.0.1:1' else 9)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_sizes_on_the_command_line_are_named() -> None:
+    result = subprocess.run(
+        [*GPUPOOL, "daemon", "--emu-memory", "lots"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "not a size: 'lots'" in result.stderr
