@@ -158,12 +158,8 @@ def _copy(dst: Any, src: Any, size: int, kind: int, stream: int, wait: bool) -> 
         header = pb.Request(memcpy_htod=pb.MemcpyHtoD(dst=dst, size=size, stream=stream))
         _session().write(header, _host(src, size, writable=False), wait)
     elif kind == memcpyDeviceToHost:
-        target = _host(dst, size, writable=True)
-        offset = 0
         request = pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=src, size=size, stream=stream))
-        for chunk in _session().read(request):
-            target[offset : offset + len(chunk)] = chunk
-            offset += len(chunk)
+        _session().read(request, _host(dst, size, writable=True))
     elif kind == memcpyDeviceToDevice:
         request = pb.Request(memcpy_dtod=pb.MemcpyDtoD(dst=dst, src=src, size=size, stream=stream))
         _session().submit(request)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -83,16 +82,23 @@ class Session:
             self._send_with_queue(request)
             return self._final_reply()
 
-    def read(self, request: pb.Request) -> Iterator[bytes]:
-        """Send a device-to-host copy and yield its data chunks as they arrive."""
+    def read(self, request: pb.Request, target: memoryview) -> None:
+        """Send a device-to-host copy and write its data chunks into ``target`` as they arrive."""
         with self._lock:
             request.wait = True
             self._send_with_queue(request)
-            while True:
+            offset, more = 0, True
+            while more:
                 reply = self._next_reply()
-                yield reply.data
-                if not reply.more:
-                    return
+                more = reply.more
+                end = offset + len(reply.data)
+                if end <= len(target):
+                    target[offset:end] = reply.data
+                offset = end
+            if offset != len(target):
+                raise CUDARuntimeError(
+                    "cudaErrorUnknown", f"daemon sent {offset} bytes for a {len(target)}-byte copy"
+                )
 
     def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
         """Send a host-to-device copy: inline when small, else its header then chunks."""

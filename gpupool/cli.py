@@ -25,7 +25,7 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
+def _add_daemon_options(parser: argparse.ArgumentParser, log_level: str) -> None:
     from gpupool.server.backends import BACKENDS
 
     parser.add_argument(
@@ -44,7 +44,7 @@ def _add_daemon_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--warm", type=int, default=1, metavar="N", help="started workers kept ready per device"
     )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default=log_level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--listen", default="127.0.0.1:7001", metavar="HOST:PORT", help="(default 127.0.0.1:7001)"
     )
-    _add_daemon_options(daemon)
+    _add_daemon_options(daemon, log_level="info")
 
     run = commands.add_parser(
         "run",
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         " or emulated ones.",
     )
     run.add_argument("--daemons", metavar="HOST:PORT[,...]", help="daemons to use, in order")
-    _add_daemon_options(run)
+    _add_daemon_options(run, log_level="warning")  # the command's output is what matters
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     return parser
 

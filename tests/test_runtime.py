@@ -162,6 +162,22 @@ def test_launches_travel_together_with_the_next_sync(connected: Daemon) -> None:
     np.testing.assert_allclose(out, 1000.0)
 
 
+def test_threads_share_sessions_and_keep_their_own_current_device(connected: Daemon) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(seed: int) -> bool:
+        rt.setDevice(seed % rt.getDeviceCount())
+        data = np.random.default_rng(seed).random(1 << 18)
+        ptr = to_device(data)
+        same = bool(np.array_equal(to_host(ptr, data), data))
+        rt.free(ptr)
+        return same and rt.getDevice() == seed % rt.getDeviceCount()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(8)))
+    assert rt.getDevice() == 0
+
+
 # Bad input: a typed error naming the problem, and the session goes on.
 
 
