@@ -8,13 +8,21 @@ the GPU probe runs in a short-lived spawned process.
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
+import json
+import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpupool.server.backends.base import Backend, DeviceInfo
 
+from gpupool.logs import fields
+
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "cupy", "emu")
+PROBE_TIMEOUT_S = 120
 Translate = Callable[[Exception], Exception]
 
 
@@ -68,16 +76,14 @@ def _no_translation(exc: Exception) -> Exception:
 
 
 def _probe_gpus() -> list[DeviceInfo]:
-    """The GPUs CuPy sees, asked in a spawned process; empty when there are none."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_describe_gpus)
-
-
-def _describe_gpus() -> list[DeviceInfo]:
-    try:
-        from gpupool.server.backends import cupy_backend
-
-        return [cupy_backend.device_info(i) for i in range(cupy_backend.device_count())]
-    except Exception:  # no driver, no device, broken install: no GPUs
+    """The GPUs CuPy sees, asked in a fresh interpreter; empty when there are none."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "gpupool.server.backends.cupy_backend"],
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+    )
+    if probe.returncode != 0:  # no driver, no device, broken install: no GPUs
+        log.info("no GPU found", extra=fields(reason=probe.stderr.strip()[-500:]))
         return []
+    return [DeviceInfo(**device) for device in json.loads(probe.stdout)]

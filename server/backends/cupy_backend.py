@@ -8,8 +8,11 @@ accounting see a free at once.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import cupy
 import numpy as np
@@ -184,3 +187,7 @@ def _stream(stream: object) -> cupy.cuda.Stream:
 
 def _ptr(stream: object) -> int:
     return int(_stream(stream).ptr)
+
+
+if __name__ == "__main__":  # the daemon's device probe: the GPUs as JSON on stdout
+    json.dump([asdict(device_info(i)) for i in range(device_count())], sys.stdout)
