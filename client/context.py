@@ -101,10 +101,11 @@ _context: Context | None = None
 _context_lock = threading.Lock()
 
 
-def connect(addresses: str | Sequence[str] | None = None) -> Context:
+def connect(addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> Context:
     """Use the daemons at ``addresses`` (``host:port``, comma-separated or a list).
 
     Without addresses, ``GPUPOOL_DAEMONS`` names them. Replaces an earlier connection.
+    ConnectionLost when a daemon does not answer within ``timeout`` seconds.
     """
     global _context
     if addresses is None:
@@ -115,7 +116,7 @@ def connect(addresses: str | Sequence[str] | None = None) -> Context:
         raise GpupoolError(
             f"no daemons: call gpupool.connect('host:port') or set {ENV_DAEMONS}=host:port[,...]"
         )
-    context = Context(addresses)
+    context = Context(addresses, timeout)
     with _context_lock:
         previous, _context = _context, context
     if previous is not None:

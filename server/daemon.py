@@ -42,6 +42,7 @@ class Daemon:
         self.devices = devices
         self._service = service
         self._pools = pools
+        self._stopped = False
 
     @property
     def address(self) -> str:
@@ -52,7 +53,10 @@ class Daemon:
         self.server.wait_for_termination()
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop serving and end every worker."""
+        """Stop serving and end every worker; stopping again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()

@@ -370,3 +370,22 @@ def test_ptx_modules(connected: Daemon) -> None:
     ptr = rt.malloc(32 * 4)
     fill((1,), (32,), (ptr, np.uint32(7)))
     np.testing.assert_array_equal(to_host(ptr, np.zeros(32, np.uint32)), 7)
+
+
+def test_a_lost_daemon_is_a_connection_error() -> None:
+    from gpupool.server.daemon import start_daemon
+
+    with pytest.raises(gpupool.ConnectionLost, match="cannot reach daemon"):
+        gpupool.connect("127.0.0.1:1", timeout=0.5)
+    daemon = start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30)
+    try:
+        gpupool.connect(daemon.address)
+        ptr = rt.malloc(1024)
+        daemon.stop(grace=0)
+        with pytest.raises(gpupool.ConnectionLost) as caught:
+            rt.memset(ptr, 0, 1024)
+            rt.deviceSynchronize()
+        assert caught.value.__cause__ is not None or "ended the session" in str(caught.value)
+    finally:
+        gpupool.disconnect()
+        daemon.stop()
