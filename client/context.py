@@ -14,18 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+
 from gpupool.client.session import Session
+from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
-
-from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
+from gpupool.proto.limits import GRPC_OPTIONS
 
 ENV_DAEMONS = "GPUPOOL_DAEMONS"
-MESSAGE_LIMIT = 64 << 20
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MESSAGE_LIMIT),
-    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-]
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,7 @@ class Context:
         self._lock = threading.Lock()
         self._local = threading.local()
         for address in addresses:
-            channel = grpc.insecure_channel(address.removeprefix("grpc://"), CHANNEL_OPTIONS)
+            channel = grpc.insecure_channel(address.removeprefix("grpc://"), GRPC_OPTIONS)
             self._channels.append(channel)
             stub = pb_grpc.DaemonStub(channel)
             try:

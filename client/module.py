@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from gpupool.client import context
 from gpupool.client.session import new_handle
 from gpupool.proto import gpupool_pb2 as pb

@@ -14,9 +14,8 @@ from typing import Any
 
 from gpupool.client import context
 from gpupool.client.session import Session, new_handle
-from gpupool.proto import gpupool_pb2 as pb
-
 from gpupool.errors import CUDARuntimeError
+from gpupool.proto import gpupool_pb2 as pb
 
 __all__ = [
     "deviceSynchronize",
@@ -118,8 +117,6 @@ def getDeviceProperties(device: int) -> dict[str, Any]:
         "warpSize": props.warp_size,
         "sharedMemPerBlock": props.shared_memory_per_block,
         "clockRate": props.clock_rate_khz,
-        "pciBusId": props.pci_bus_id,
-        "uuid": props.uuid,
     }
 
 

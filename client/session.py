@@ -14,12 +14,13 @@ import threading
 from dataclasses import dataclass
 
 import grpc
-from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 
 from gpupool.errors import CompileError, ConnectionLost, CUDARuntimeError, GpupoolError
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto import gpupool_pb2_grpc as pb_grpc
+from gpupool.proto.limits import CHUNK_SIZE
 
-CHUNK_SIZE = 2 << 20  # host-to-device payload bytes per message
+CLOSE_TIMEOUT_S = 2.0
 MAX_QUEUED_CALLS = 4096  # flush the queue earlier than the next sync past these
 MAX_QUEUED_BYTES = 8 << 20
 _IN_FLIGHT = 8  # messages the stream may hold before a sender waits: bounds client memory
@@ -61,7 +62,12 @@ class Session:
         self._queued_bytes = 0
         self._lock = threading.RLock()
         self._sticky: CUDARuntimeError | None = None
-        opened = self.call(pb.Request(open=pb.OpenSession(device=device, token=token))).opened
+        try:
+            reply = self.call(pb.Request(open=pb.OpenSession(device=device, token=token)))
+        except GpupoolError:
+            self._outbox.put(_END)  # lets gRPC's sending thread finish
+            raise
+        opened = reply.opened
         self.session_id = opened.session_id
         self.properties = opened.properties
 
@@ -121,16 +127,31 @@ class Session:
             if wait:
                 self._final_reply()
 
-    def close(self) -> None:
-        """Send what is queued and end the session; the daemon frees its memory."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Send what is queued and end the session; the daemon frees its memory.
+
+        Waits up to ``timeout`` seconds for the daemon to finish the queued calls and end the
+        stream, then cancels it (which ends the worker at once).
+        """
         with self._lock:
             if self._sticky is None:
                 try:
                     self._flush()
                 except ConnectionLost:
                     pass
-            self._outbox.put(_END)
-            self._replies.cancel()
+            try:
+                self._outbox.put_nowait(_END)
+            except queue.Full:  # the stream is stuck or gone: nothing will take it
+                pass
+            deadline = threading.Timer(timeout, self._replies.cancel)
+            deadline.start()
+            try:
+                for _ in self._replies:  # the replies of nothing: the stream's end
+                    pass
+            except grpc.RpcError:
+                pass
+            finally:
+                deadline.cancel()
 
     # internals
 
@@ -187,7 +208,6 @@ class Session:
         return reply
 
     def _lost(self, why: str) -> GpupoolError:
-        error = ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")
         if self._sticky is not None:
             return self._sticky
-        return error
+        return ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")

@@ -21,6 +21,7 @@ CUDA_ERROR_CODES: dict[str, int] = {
     "cudaErrorNoDevice": 100,
     "cudaErrorInvalidDevice": 101,
     "cudaErrorInvalidKernelImage": 200,
+    "cudaErrorNoKernelImageForDevice": 209,
     "cudaErrorInvalidPtx": 218,
     "cudaErrorInvalidSource": 300,
     "cudaErrorInvalidResourceHandle": 400,

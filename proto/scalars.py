@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from gpupool.proto import gpupool_pb2 as pb
 
 DTYPE_OF: dict[int, np.dtype] = {

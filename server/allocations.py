@@ -19,13 +19,6 @@ class AllocationTable:
         self._bases: list[int] = []
         self._sizes: dict[int, int] = {}
 
-    def __len__(self) -> int:
-        return len(self._bases)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self._sizes.values())
-
     def add(self, base: int, size: int) -> None:
         bisect.insort(self._bases, base)
         self._sizes[base] = size

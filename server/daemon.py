@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import logging
+import socket
 from concurrent import futures
 
 import grpc
-from gpupool.server.backends import resolve
-from gpupool.server.backends.base import DeviceInfo
-from gpupool.server.pool import WorkerPool
-from gpupool.server.service import DaemonService
 
 from gpupool.logs import fields
+from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.server.backends import resolve
+from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.pool import MAX_WORKERS, WorkerPool
+from gpupool.server.service import DaemonService
 
 log = logging.getLogger(__name__)
 
-MESSAGE_LIMIT = 64 << 20
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", MESSAGE_LIMIT),
-    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-]
+# One daemon a port: without this, gRPC lets a second daemon share the port silently.
+SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+WILDCARDS = ("0.0.0.0", "[::]", "")
 
 
 class Daemon:
@@ -30,7 +30,6 @@ class Daemon:
         server: grpc.Server,
         port: int,
         host: str,
-        service: DaemonService,
         pools: list[WorkerPool],
         devices: list[DeviceInfo],
         backend: str,
@@ -40,7 +39,6 @@ class Daemon:
         self.host = host
         self.backend = backend
         self.devices = devices
-        self._service = service
         self._pools = pools
         self._stopped = False
 
@@ -76,29 +74,31 @@ def start_daemon(
     emu_memory: int = 8 << 30,
     warm: int = 1,
     log_level: str = "info",
-    max_sessions: int = 256,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it."""
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
     service = DaemonService(config.kind, devices, pools)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_sessions + 8, thread_name_prefix="rpc"),
-        options=GRPC_OPTIONS,
-        maximum_concurrent_rpcs=max_sessions,
-    )
+    # Each open session holds a thread; sessions are bounded by the pools' worker slots.
+    threads = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS * len(pools) + 8)
+    server = grpc.server(threads, options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
-    host = listen.rsplit(":", 1)[0]
-    port = server.add_insecure_port(listen)
+    cause: RuntimeError | None = None
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        port, cause = 0, exc
     if port == 0:
         for pool in pools:
             pool.close()
-        raise OSError(f"cannot listen on {listen}")
+        raise OSError(f"cannot listen on {listen} (in use?)") from cause
     server.start()
-    host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host.strip("[]")
-    service.endpoints.append(f"grpc://{host}:{port}")
+    host = listen.rsplit(":", 1)[0]
+    local = "127.0.0.1" if host in WILDCARDS else host.strip("[]")
+    public = socket.getfqdn() if host in WILDCARDS else local
+    service.endpoints.append(f"grpc://{public}:{port}")
     log.info(
         "daemon listening",
         extra=fields(address=f"{host}:{port}", backend=config.kind, devices=len(devices)),
     )
-    return Daemon(server, port, host, service, pools, devices, config.kind)
+    return Daemon(server, port, local, pools, devices, config.kind)

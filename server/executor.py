@@ -1,31 +1,59 @@
 """The calls of one session, checked and carried out on a backend, in order.
 
 Runs inside the session's worker process. Asynchronous calls (no ``wait``) get no reply: the
-first error among them is held and reported by the next reply, as CUDA reports an
-asynchronous error at the next synchronizing call. A sticky error (an illegal address, say)
-poisons the CUDA context, so the executor reports it at once, even for an asynchronous call,
-and marks itself poisoned: the worker then ends, and with it the context.
+first error among them is held and reported by the next waiting call instead of running it,
+as a CUDA call that returns an earlier asynchronous error does nothing. A sticky error (an
+illegal address, say) poisons the CUDA context, so the executor reports it at once, even for
+an asynchronous call, and marks itself poisoned: the worker then ends, and with it the
+context.
+
+Every waiting request gets exactly one final reply, whatever goes wrong: the client is
+blocked on it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
-from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto.scalars import from_scalar
-from gpupool.server.allocations import AllocationTable
-from gpupool.server.backends.base import Backend, DeviceInfo
 
 from gpupool.errors import CompileError, CUDARuntimeError, GpupoolError
 from gpupool.logs import fields
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.limits import CHUNK_SIZE
+from gpupool.proto.scalars import from_scalar
+from gpupool.server.allocations import AllocationTable
+from gpupool.server.backends.base import Backend, check_launch
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 2 << 20  # bytes of device-to-host data per reply
 T = TypeVar("T")
+_NOT_IN_A_BATCH = ("batch", "chunk", "open")
+_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include(?:_next)?\b(.*)$", re.MULTILINE)
+_HEADER_NAME = re.compile(r"\s*[<\"]([^>\"\n]*)[>\"]")
+
+
+def check_includes(source: str, options: Sequence[str]) -> None:
+    """Refuse includes that reach outside the compiler's own headers.
+
+    The compiler runs on the daemon, and its error log goes back to the client: an
+    ``#include "/etc/passwd"`` would print the daemon's files. Only relative header names
+    without ``..`` are allowed, and no include directories.
+    """
+    for option in options:
+        if option.startswith(("-I", "--include-path")):
+            raise CompileError(f"option {option!r} refused: the daemon's folders are not yours")
+    for match in _INCLUDE.finditer(source):
+        literal = _HEADER_NAME.match(match.group(1))
+        path = literal.group(1) if literal else "/"  # a computed include could name anything
+        if path.startswith("/") or ".." in path.split("/"):
+            raise CompileError(
+                f"#include{match.group(1)} refused: only the compiler's own headers can be"
+                " included; put your header's text in the source"
+            )
 
 
 def error_message(exc: GpupoolError) -> pb.Error:
@@ -35,10 +63,6 @@ def error_message(exc: GpupoolError) -> pb.Error:
     if isinstance(exc, CompileError):
         return pb.Error(name="CompileError", message=exc.message, log=exc.log)
     return pb.Error(name="cudaErrorUnknown", message=str(exc))
-
-
-def properties_message(info: DeviceInfo) -> pb.DeviceProperties:
-    return pb.DeviceProperties(**vars(info))
 
 
 class _Handles:
@@ -66,10 +90,15 @@ class _Handles:
 
 
 class _Streams(_Handles):
-    """Streams, where handle 0 is the null stream."""
+    """Streams, where handle 0 is the null stream (which cannot be destroyed)."""
 
     def get(self, handle: int) -> object:
         return None if handle == 0 else super().get(handle)
+
+    def pop(self, handle: int) -> object:
+        if handle == 0:
+            raise _invalid_handle(self.kind, handle, "is the null stream")
+        return super().pop(handle)
 
 
 def _invalid_handle(kind: str, handle: int, why: str) -> CUDARuntimeError:
@@ -84,16 +113,13 @@ class _PendingCopy:
     """
 
     def __init__(
-        self, dst: int, size: int, stream: object, wait: bool, error: GpupoolError | None = None
+        self, dst: int, size: int, stream: object, wait: bool, error: pb.Error | None = None
     ) -> None:
         self.dst = dst
         self.remaining = size
         self.stream = stream
         self.wait = wait
         self.error = error
-
-
-_DEFERRED = pb.Reply()  # returned by a call whose reply comes with a later request
 
 
 class SessionExecutor:
@@ -103,6 +129,7 @@ class SessionExecutor:
         """``translate`` turns a backend library's own exception types into gpupool's."""
         self.backend = backend
         self.poisoned = False
+        self._device = backend.properties()
         self._translate = translate
         self._allocations = AllocationTable()
         self._streams = _Streams("stream")
@@ -117,6 +144,8 @@ class SessionExecutor:
         wait = request.wait
         if request.HasField("chunk") and self._copy is not None:
             wait = self._copy.wait  # the copy's header asked for the reply
+        elif request.HasField("batch"):
+            wait = wait or any(inner.wait for inner in request.batch.requests)
         try:
             yield from self._execute(request, wait)
         except GpupoolError as exc:
@@ -133,27 +162,60 @@ class SessionExecutor:
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", f"expected the rest of a host-to-device copy, got {call}"
             )
-        if call == "batch":
-            for inner in request.batch.requests:
-                if inner.WhichOneof("call") in ("batch", "chunk", "open"):
-                    raise CUDARuntimeError("cudaErrorInvalidValue", "a batch cannot hold that")
-                yield from self.handle(inner)
-                if self.poisoned:
-                    return
-            if wait:
-                yield self._reply()
-            return
         if call is None:
             raise CUDARuntimeError("cudaErrorInvalidValue", "request names no call")
-        if call == "memcpy_dtoh":
+        if call == "batch":
+            yield from self._batch(request)
+        elif call == "chunk":
+            yield from self._chunk(request.chunk)
+        elif wait and self._held is not None:
+            yield from self._report_held(request)
+        elif call == "memcpy_htod":
+            if self._guarded(lambda: self._memcpy_htod(request.memcpy_htod, wait)) and wait:
+                yield pb.Reply()
+        elif call == "memcpy_dtoh":
             view = self._guarded(lambda: self._read(request.memcpy_dtoh))
             if wait:  # nobody reads the data of a copy that does not wait
                 yield from self._chunks(view)
+        else:
+            method = getattr(self, f"_do_{call}")
+            reply = self._guarded(lambda: method(getattr(request, call)))
+            if wait:
+                yield reply or pb.Reply()
+
+    def _batch(self, request: pb.Request) -> Iterator[pb.Reply]:
+        """Run a batch's calls in order, after checking that its replies add up to one."""
+        inner = request.batch.requests
+        waiting = [index for index, each in enumerate(inner) if each.wait]
+        if any(each.WhichOneof("call") in _NOT_IN_A_BATCH for each in inner):
+            raise CUDARuntimeError("cudaErrorInvalidValue", "a batch cannot hold batch/chunk/open")
+        if waiting and (request.wait or waiting != [len(inner) - 1]):
+            raise CUDARuntimeError(
+                "cudaErrorInvalidValue", "only the last call of a batch may wait, and the batch not"
+            )
+        for each in inner:
+            yield from self.handle(each)
+            if self.poisoned:
+                return
+        if request.wait:
+            yield self._held_reply() or pb.Reply()
+
+    def _report_held(self, request: pb.Request) -> Iterator[pb.Reply]:
+        """Answer a waiting call with the held error, without running it."""
+        held = self._held_reply()
+        assert held is not None
+        copy = request.memcpy_htod
+        if request.HasField("memcpy_htod") and len(copy.data) != copy.size:
+            # its chunks follow: swallow them, then reply
+            self._copy = _PendingCopy(copy.dst, copy.size, None, True, held.error)
             return
-        method = getattr(self, f"_do_{call}")
-        reply = self._guarded(lambda: method(getattr(request, call), wait))
-        if reply is not _DEFERRED and wait:
-            yield self._reply(reply)
+        yield held
+
+    def _held_reply(self) -> pb.Reply | None:
+        if self._held is None:
+            return None
+        held, self._held = self._held, None
+        return pb.Reply(error=held)
 
     def _guarded(self, action: Callable[[], T]) -> T:
         """Run a backend action, with backend library errors turned into gpupool's."""
@@ -175,59 +237,22 @@ class SessionExecutor:
             self.poisoned = True
             yield pb.Reply(error=error)
         elif wait:
-            self._held = None
-            yield pb.Reply(error=error)
+            yield self._held_reply() or pb.Reply(error=error)
         elif self._held is None:
             self._held = error
 
-    def _reply(self, reply: pb.Reply | None = None) -> pb.Reply:
-        """The final reply to a waiting request, carrying a held error if there is one."""
-        if self._held is not None:
-            held, self._held = self._held, None
-            return pb.Reply(error=held)
-        return reply if reply is not None else pb.Reply()
-
     def _chunks(self, view: memoryview) -> Iterator[pb.Reply]:
         """A device-to-host copy's data, in replies of at most CHUNK_SIZE bytes."""
-        if self._held is not None:
-            yield self._reply()
-            return
         for start in range(0, len(view), CHUNK_SIZE):
             end = min(start + CHUNK_SIZE, len(view))
             yield pb.Reply(data=bytes(view[start:end]), more=end < len(view))
         if not view:
             yield pb.Reply(data=b"")
 
-    # One method a call: each checks its arguments and returns the reply's result.
+    # Copies: a host-to-device copy may continue in chunks.
 
-    def _do_open(self, call: pb.OpenSession, wait: bool) -> pb.Reply:
-        props = properties_message(self.backend.properties())
-        return pb.Reply(opened=pb.SessionOpened(properties=props))
-
-    def _do_mem_get_info(self, call: pb.MemGetInfo, wait: bool) -> pb.Reply:
-        free, total = self.backend.mem_info()
-        return pb.Reply(mem_info=pb.MemInfo(free=free, total=total))
-
-    def _do_malloc(self, call: pb.Malloc, wait: bool) -> pb.Reply:
-        if call.size == 0:
-            return pb.Reply(ptr=0)
-        _, total = self.backend.mem_info()
-        if call.size > total:
-            raise CUDARuntimeError(
-                "cudaErrorMemoryAllocation",
-                f"cannot allocate {call.size} bytes on a device of {total} bytes",
-            )
-        ptr = self.backend.malloc(call.size)
-        self._allocations.add(ptr, call.size)
-        return pb.Reply(ptr=ptr)
-
-    def _do_free(self, call: pb.Free, wait: bool) -> None:
-        if call.ptr == 0:
-            return
-        self._allocations.remove(call.ptr)
-        self.backend.free(call.ptr)
-
-    def _do_memcpy_htod(self, call: pb.MemcpyHtoD, wait: bool) -> pb.Reply | None:
+    def _memcpy_htod(self, call: pb.MemcpyHtoD, wait: bool) -> bool:
+        """Start (or, when inline, do) a copy; True when it is done."""
         inline = len(call.data) == call.size
         try:
             if call.data and not inline:
@@ -240,15 +265,15 @@ class SessionExecutor:
         except GpupoolError as exc:
             if inline or call.data:
                 raise
-            self._copy = _PendingCopy(call.dst, call.size, None, wait, error=exc)
-            return _DEFERRED
+            self._copy = _PendingCopy(call.dst, call.size, None, wait, error_message(exc))
+            return False
         if inline:
             self.backend.write(call.dst, memoryview(call.data), stream)
-            return None
+            return True
         self._copy = _PendingCopy(call.dst, call.size, stream, wait)
-        return _DEFERRED
+        return False
 
-    def _do_chunk(self, call: pb.Chunk, wait: bool) -> pb.Reply | None:
+    def _chunk(self, call: pb.Chunk) -> Iterator[pb.Reply]:
         copy = self._copy
         if copy is None:
             raise CUDARuntimeError("cudaErrorInvalidValue", "data chunk outside a copy")
@@ -263,52 +288,84 @@ class SessionExecutor:
             except CUDARuntimeError as exc:
                 if exc.sticky:
                     raise
-                copy.error = exc
+                copy.error = error_message(exc)
         copy.dst += size
         copy.remaining -= size
         if copy.remaining:
-            return _DEFERRED
+            return
         self._copy = None
-        if copy.error is not None:
-            raise copy.error
-        return None
+        if copy.error is None:
+            if copy.wait:
+                yield pb.Reply()
+        elif copy.wait:
+            yield pb.Reply(error=copy.error)
+        elif self._held is None:
+            self._held = copy.error
 
     def _read(self, call: pb.MemcpyDtoH) -> memoryview:
         self._allocations.check(call.src, call.size, "device-to-host copy")
         return self.backend.read(call.src, call.size, self._streams.get(call.stream))
 
-    def _do_memcpy_dtod(self, call: pb.MemcpyDtoD, wait: bool) -> None:
+    # The other calls: each checks its arguments and returns its reply, if it has a result.
+
+    def _do_open(self, call: pb.OpenSession) -> pb.Reply:
+        return pb.Reply(opened=pb.SessionOpened(properties=self._device.to_message()))
+
+    def _do_mem_get_info(self, call: pb.MemGetInfo) -> pb.Reply:
+        free, total = self.backend.mem_info()
+        return pb.Reply(mem_info=pb.MemInfo(free=free, total=total))
+
+    def _do_malloc(self, call: pb.Malloc) -> pb.Reply:
+        if call.size == 0:
+            return pb.Reply(ptr=0)
+        total = self._device.total_memory
+        if call.size > total:
+            raise CUDARuntimeError(
+                "cudaErrorMemoryAllocation",
+                f"cannot allocate {call.size} bytes on a device of {total} bytes",
+            )
+        ptr = self.backend.malloc(call.size)
+        self._allocations.add(ptr, call.size)
+        return pb.Reply(ptr=ptr)
+
+    def _do_free(self, call: pb.Free) -> None:
+        if call.ptr == 0:
+            return
+        self._allocations.remove(call.ptr)
+        self.backend.free(call.ptr)
+
+    def _do_memcpy_dtod(self, call: pb.MemcpyDtoD) -> None:
         self._allocations.check(call.src, call.size, "device-to-device copy source")
         self._allocations.check(call.dst, call.size, "device-to-device copy destination")
         self.backend.copy(call.dst, call.src, call.size, self._streams.get(call.stream))
 
-    def _do_memset(self, call: pb.Memset, wait: bool) -> None:
+    def _do_memset(self, call: pb.Memset) -> None:
         if call.value > 0xFF:
             raise CUDARuntimeError("cudaErrorInvalidValue", f"memset value {call.value} > 255")
         self._allocations.check(call.ptr, call.size, "memset")
         self.backend.memset(call.ptr, call.value, call.size, self._streams.get(call.stream))
 
-    def _do_module_load(self, call: pb.ModuleLoad, wait: bool) -> None:
+    def _do_module_load(self, call: pb.ModuleLoad) -> None:
         kind = call.WhichOneof("image")
         if kind is None:
             raise CUDARuntimeError("cudaErrorInvalidValue", "module load carries no image")
+        if kind == "cuda_source":
+            check_includes(call.cuda_source, call.options)
         module = self.backend.load_module(kind, getattr(call, kind), list(call.options))
         self._modules.add(call.module, module)
 
-    def _do_module_unload(self, call: pb.ModuleUnload, wait: bool) -> None:
+    def _do_module_unload(self, call: pb.ModuleUnload) -> None:
         self._modules.pop(call.module)
 
-    def _do_get_function(self, call: pb.GetFunction, wait: bool) -> None:
+    def _do_get_function(self, call: pb.GetFunction) -> None:
         function = self.backend.get_function(self._modules.get(call.module), call.name)
         self._functions.add(call.function, function)
 
-    def _do_launch(self, call: pb.Launch, wait: bool) -> None:
+    def _do_launch(self, call: pb.Launch) -> None:
         grid = (call.grid.x, call.grid.y, call.grid.z)
         block = (call.block.x, call.block.y, call.block.z)
-        if 0 in grid or 0 in block:
-            raise CUDARuntimeError(
-                "cudaErrorInvalidConfiguration", f"grid {grid} or block {block} has a zero size"
-            )
+        limits = self._device.max_threads_per_block, self._device.shared_memory_per_block
+        check_launch(grid, block, call.shared_mem, *limits)
         args: list[np.generic] = []
         for index, arg in enumerate(call.args):
             kind = arg.WhichOneof("value")
@@ -327,38 +384,38 @@ class SessionExecutor:
         stream = self._streams.get(call.stream)
         self.backend.launch(function, grid, block, call.shared_mem, stream, args)
 
-    def _do_stream_create(self, call: pb.StreamCreate, wait: bool) -> None:
+    def _do_stream_create(self, call: pb.StreamCreate) -> None:
         self._streams.add(call.stream, self.backend.create_stream())
 
-    def _do_stream_destroy(self, call: pb.StreamDestroy, wait: bool) -> None:
+    def _do_stream_destroy(self, call: pb.StreamDestroy) -> None:
         self.backend.destroy_stream(self._streams.pop(call.stream))
 
-    def _do_stream_synchronize(self, call: pb.StreamSynchronize, wait: bool) -> None:
+    def _do_stream_synchronize(self, call: pb.StreamSynchronize) -> None:
         self.backend.synchronize_stream(self._streams.get(call.stream))
 
-    def _do_stream_wait_event(self, call: pb.StreamWaitEvent, wait: bool) -> None:
+    def _do_stream_wait_event(self, call: pb.StreamWaitEvent) -> None:
         stream = self._streams.get(call.stream)
         self.backend.stream_wait_event(stream, self._events.get(call.event))
 
-    def _do_event_create(self, call: pb.EventCreate, wait: bool) -> None:
+    def _do_event_create(self, call: pb.EventCreate) -> None:
         self._events.add(call.event, self.backend.create_event(call.disable_timing))
 
-    def _do_event_destroy(self, call: pb.EventDestroy, wait: bool) -> None:
+    def _do_event_destroy(self, call: pb.EventDestroy) -> None:
         self._events.pop(call.event)
 
-    def _do_event_record(self, call: pb.EventRecord, wait: bool) -> None:
+    def _do_event_record(self, call: pb.EventRecord) -> None:
         event = self._events.get(call.event)
         self.backend.record_event(event, self._streams.get(call.stream))
 
-    def _do_event_query(self, call: pb.EventQuery, wait: bool) -> pb.Reply:
+    def _do_event_query(self, call: pb.EventQuery) -> pb.Reply:
         return pb.Reply(ready=self.backend.query_event(self._events.get(call.event)))
 
-    def _do_event_synchronize(self, call: pb.EventSynchronize, wait: bool) -> None:
+    def _do_event_synchronize(self, call: pb.EventSynchronize) -> None:
         self.backend.synchronize_event(self._events.get(call.event))
 
-    def _do_event_elapsed_time(self, call: pb.EventElapsedTime, wait: bool) -> pb.Reply:
+    def _do_event_elapsed_time(self, call: pb.EventElapsedTime) -> pb.Reply:
         start, end = self._events.get(call.start), self._events.get(call.end)
         return pb.Reply(elapsed_ms=self.backend.elapsed_ms(start, end))
 
-    def _do_device_synchronize(self, call: pb.DeviceSynchronize, wait: bool) -> None:
+    def _do_device_synchronize(self, call: pb.DeviceSynchronize) -> None:
         self.backend.synchronize()

@@ -8,6 +8,7 @@ in the background. Workers are never reused: a session's end is its worker's end
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -16,12 +17,11 @@ import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
+from gpupool.errors import CUDARuntimeError
+from gpupool.logs import fields
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
 from gpupool.server.worker import WorkerSpec
-
-from gpupool.errors import CUDARuntimeError
-from gpupool.logs import fields
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,16 @@ STOP_GRACE_S = 5.0
 
 
 class Worker:
-    """The front process's handle on one worker process."""
+    """The front process's handle on one worker process and its socket."""
 
-    def __init__(self, process: subprocess.Popen[bytes], conn: Connection, slot: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket, slot: int) -> None:
         self.process = process
         self.slot = slot
-        self._conn = conn
+        self.killed = False  # ended on purpose: its client went away
+        self._socket = sock
+        self._conn = Connection(os.dup(sock.fileno()))
         self._send_lock = threading.Lock()
+        self._closed = False
 
     @property
     def pid(self) -> int:
@@ -45,6 +48,8 @@ class Worker:
     def send(self, raw: bytes) -> None:
         """Pass one serialized request on; BrokenPipeError once the worker has ended."""
         with self._send_lock:
+            if self._closed:
+                raise BrokenPipeError("the session's worker is gone")
             self._conn.send_bytes(raw)
 
     def replies(self) -> Iterator[bytes]:
@@ -56,14 +61,14 @@ class Worker:
                 return
 
     def end_session(self) -> None:
-        """Ask the worker to finish its queued work and exit."""
-        try:
-            self.send(b"")
-        except OSError:
-            pass  # already gone
+        """Tell the worker that no request follows: it finishes its work and exits."""
+        with self._send_lock:
+            if not self._closed:
+                self._socket.shutdown(socket.SHUT_WR)
 
     def kill(self) -> None:
         """End the worker now: its client is gone."""
+        self.killed = True
         if self.process.poll() is None:
             self.process.terminate()
 
@@ -84,7 +89,11 @@ class Worker:
         return f"exited with status {code}"
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the socket; a later ``send`` raises rather than write to a reused descriptor."""
+        with self._send_lock:
+            self._closed = True
+            self._conn.close()
+            self._socket.close()
 
 
 class WorkerPool:
@@ -108,10 +117,13 @@ class WorkerPool:
     def acquire(self) -> Worker:
         """A started worker for a new session."""
         with self._lock:
+            if self._closed:
+                raise CUDARuntimeError("cudaErrorDevicesUnavailable", "the daemon is stopping")
             while self._idle:
                 worker = self._idle.pop(0)
                 if worker.process.poll() is None:
                     break
+                worker.close()
                 self._reap(worker)
             else:
                 worker = self._spawn()
@@ -139,6 +151,7 @@ class WorkerPool:
         for worker in workers:
             worker.kill()
             worker.wait(None)
+            worker.close()
         with self._lock:
             for worker in workers:
                 self._busy.discard(worker)
@@ -184,7 +197,7 @@ class WorkerPool:
                 stdin=subprocess.DEVNULL,
             )
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
-        return Worker(process, Connection(ours.detach()), slot)
+        return Worker(process, ours, slot)
 
     def _reap(self, worker: Worker) -> None:
         """Give an exited worker's slot and accounted memory back; the caller holds the lock."""

@@ -17,15 +17,15 @@ from collections.abc import Iterator, Sequence
 
 import grpc
 from google.protobuf.message import DecodeError
-from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.backends.base import DeviceInfo
-from gpupool.server.executor import error_message, properties_message
-from gpupool.server.pool import Worker, WorkerPool
-from gpupool.server.worker import EXIT_NO_BACKEND, EXIT_POISONED
 
 from gpupool import __version__
 from gpupool.errors import CUDARuntimeError
 from gpupool.logs import fields
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.executor import error_message
+from gpupool.server.pool import Worker, WorkerPool
+from gpupool.server.worker import EXIT_NO_BACKEND, EXIT_POISONED
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class DaemonService:
         return pb.DaemonInfo(
             version=__version__,
             backend=self._backend,
-            devices=[properties_message(device) for device in self._devices],
+            devices=[device.to_message() for device in self._devices],
             endpoints=self.endpoints,
         )
 
@@ -72,7 +72,7 @@ class DaemonService:
         try:
             first = next(requests)
             pool = self._pool_for(first)
-            worker = pool.acquire()
+            worker = _start_session(pool, first)
         except StopIteration:
             return
         except CUDARuntimeError as exc:
@@ -86,7 +86,6 @@ class DaemonService:
             ),
         )
         try:
-            worker.send(first)
             threading.Thread(
                 target=_pump, args=(requests, worker), name=f"pump-{session_id}", daemon=True
             ).start()
@@ -122,7 +121,7 @@ class DaemonService:
                     reply.opened.session_id = session_id
                 raw, first = reply.SerializeToString(), False
             yield raw
-        if not context.is_active() or worker.wait() in CLEAN_EXITS:
+        if worker.killed or worker.wait() in CLEAN_EXITS:
             return  # the client left, the session ended, or it already has its error
         reason = worker.exit_reason()
         log.warning("worker died", extra=fields(session=session_id, reason=reason))
@@ -130,11 +129,23 @@ class DaemonService:
         yield pb.Reply(error=error_message(crash)).SerializeToString()
 
 
+def _start_session(pool: WorkerPool, first: bytes) -> Worker:
+    """A worker of ``pool`` that has taken the session's opening request."""
+    for _ in range(3):  # a warm worker may have died while idle: take another
+        worker = pool.acquire()
+        try:
+            worker.send(first)
+            return worker
+        except OSError:
+            pool.release(worker)
+    raise CUDARuntimeError("cudaErrorInitializationError", "workers fail to start; see daemon log")
+
+
 def _pump(requests: Iterator[bytes], worker: Worker) -> None:
     """Relay the client's requests to the worker until the client closes or either side dies."""
     try:
         for raw in requests:
             worker.send(raw)
-    except (grpc.RpcError, OSError):
-        pass  # the client or the worker went away; the reply side handles either
-    worker.end_session()
+        worker.end_session()
+    except Exception as exc:  # the client or the worker went away; the reply side handles both
+        log.debug("relay ended", extra=fields(reason=repr(exc)))

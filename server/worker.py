@@ -5,7 +5,7 @@ context never reaches another tenant, and its memory goes back to the device whe
 process exits. It is a fresh interpreter (``python -m gpupool.server.worker SPEC FD``), not a
 multiprocessing child: that would re-run the main module of whatever program embeds the
 daemon. It reads serialized requests from the socket FD and writes serialized replies back;
-an empty message ends the session.
+the front process shuts the socket's sending side to end the session.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
 from google.protobuf.message import DecodeError
-from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.backends import BackendConfig, open_backend
-from gpupool.server.executor import SessionExecutor, error_message
 
 from gpupool import logs
 from gpupool.errors import CUDARuntimeError
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.backends import BackendConfig, open_backend
+from gpupool.server.executor import SessionExecutor, error_message
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def serve(conn: Connection, spec: WorkerSpec) -> int:
         _refuse(conn, CUDARuntimeError("cudaErrorInitializationError", f"{exc}"))
         return EXIT_NO_BACKEND
     executor = SessionExecutor(backend, translate)
-    while raw := _receive(conn):
+    while (raw := _receive(conn)) is not None:
         try:
             request = pb.Request.FromString(raw)
         except DecodeError:
@@ -71,17 +71,17 @@ def serve(conn: Connection, spec: WorkerSpec) -> int:
     return 0
 
 
-def _receive(conn: Connection) -> bytes:
-    """The next request, or b'' when the session ends (or the front process went away)."""
+def _receive(conn: Connection) -> bytes | None:
+    """The next request, or None when the session ends (or the front process went away)."""
     try:
         return conn.recv_bytes()
     except (EOFError, OSError):
-        return b""
+        return None
 
 
 def _refuse(conn: Connection, error: CUDARuntimeError) -> None:
     """Answer the session's first request with ``error``."""
-    if _receive(conn):
+    if _receive(conn) is not None:
         conn.send_bytes(pb.Reply(error=error_message(error)).SerializeToString())
 
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpupool.server.daemon import Daemon, start_daemon
 
 import gpupool
+from gpupool.server.daemon import Daemon, start_daemon
 
 EMU_MEMORY = 2 << 30
 

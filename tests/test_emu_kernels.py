@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpupool.server.backends import emu_kernels
-from gpupool.server.backends.emu_kernels import EmuModule
 
 from gpupool.errors import CompileError, CUDARuntimeError
+from gpupool.server.backends import emu_kernels
+from gpupool.server.backends.emu_kernels import EmuModule
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
-from gpupool.server.executor import CHUNK_SIZE, SessionExecutor
+from gpupool.server.executor import SessionExecutor
 
 
 @pytest.fixture
@@ -105,3 +107,84 @@ def test_memory_is_accounted_across_the_device(executor: SessionExecutor) -> Non
     assert before.mem_info.free - after.mem_info.free == 100 << 20
     (refused,) = run(executor, malloc=pb.Malloc(size=1 << 30))
     assert refused.error.name == "cudaErrorMemoryAllocation"
+
+
+def test_malformed_batches_get_exactly_one_reply(executor: SessionExecutor) -> None:
+    waiting_malloc = pb.Request(wait=True, malloc=pb.Malloc(size=16))
+    with_chunk = pb.Batch(requests=[pb.Request(chunk=pb.Chunk(data=b"x")), waiting_malloc])
+    (refused,) = run(executor, wait=False, batch=with_chunk)
+    assert "cannot hold" in refused.error.message
+    (twice,) = run(executor, wait=True, batch=pb.Batch(requests=[waiting_malloc]))
+    assert "only the last call of a batch may wait" in twice.error.message
+    early = pb.Batch(requests=[waiting_malloc, pb.Request(free=pb.Free(ptr=0))])
+    (refused_early,) = run(executor, wait=False, batch=early)
+    assert refused_early.HasField("error")
+
+
+def test_a_waiting_call_with_a_held_error_does_not_run(executor: SessionExecutor) -> None:
+    (before,) = run(executor, mem_get_info=pb.MemGetInfo())
+    assert run(executor, wait=False, memset=pb.Memset(ptr=99, value=0, size=1)) == []
+    (refused,) = run(executor, malloc=pb.Malloc(size=1 << 20))
+    assert refused.error.name == "cudaErrorInvalidValue" and refused.ptr == 0
+    (after,) = run(executor, mem_get_info=pb.MemGetInfo())
+    assert after.mem_info.free == before.mem_info.free  # nothing was allocated
+    ptr = malloc(executor, 4 * CHUNK_SIZE)
+    assert run(executor, wait=False, free=pb.Free(ptr=7)) == []
+    assert run(executor, memcpy_htod=pb.MemcpyHtoD(dst=ptr, size=4 * CHUNK_SIZE)) == []
+    chunk = pb.Chunk(data=bytes(2 * CHUNK_SIZE))
+    assert run(executor, wait=False, chunk=chunk) == []  # a refused copy's chunks are dropped
+    (held,) = run(executor, wait=False, chunk=chunk)
+    assert "free" in held.error.message
+
+
+def test_the_null_stream_cannot_be_destroyed(executor: SessionExecutor) -> None:
+    (reply,) = run(executor, stream_destroy=pb.StreamDestroy(stream=0))
+    assert reply.error.name == "cudaErrorInvalidResourceHandle"
+    assert "null stream" in reply.error.message
+
+
+@pytest.mark.parametrize(
+    "grid, block, shared, problem",
+    [
+        ((0, 1, 1), (32, 1, 1), 0, "grid.x"),
+        ((1, 65536, 1), (32, 1, 1), 0, "grid.y"),
+        ((1, 1, 1), (1025, 1, 1), 0, "block.x"),
+        ((1, 1, 1), (32, 32, 2), 0, "2048 threads"),
+        ((1, 1, 1), (32, 1, 1), 48 * 1024 + 1, "shared memory"),
+    ],
+)
+def test_launch_configurations_are_checked_before_the_backend(
+    executor: SessionExecutor,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    shared: int,
+    problem: str,
+) -> None:
+    launch = pb.Launch(
+        function=12345,  # not even a function: the configuration is checked first
+        grid=pb.Dim3(x=grid[0], y=grid[1], z=grid[2]),
+        block=pb.Dim3(x=block[0], y=block[1], z=block[2]),
+        shared_mem=shared,
+    )
+    (reply,) = run(executor, launch=launch)
+    assert reply.error.name == "cudaErrorInvalidConfiguration"
+    assert problem in reply.error.message
+
+
+@pytest.mark.parametrize(
+    "source, options",
+    [
+        ('#include "/etc/passwd"\n', []),
+        ("#include <../../etc/passwd>\n", []),
+        ('#define P "/etc/passwd"\n#include P\n', []),
+        ('#include_next "/etc/hosts"\n', []),
+        ("__global__ void k() {}\n", ["-I/etc"]),
+    ],
+)
+def test_includes_that_reach_the_daemons_files_are_refused(
+    executor: SessionExecutor, source: str, options: list[str]
+) -> None:
+    load = pb.ModuleLoad(module=1, cuda_source=source, options=options)
+    (reply,) = run(executor, module_load=load)
+    assert reply.error.name == "CompileError" and "refused" in reply.error.message
+    assert "root:" not in reply.error.log

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from gpupool.server.daemon import Daemon
 
 import gpupool
 from gpupool import runtime as rt
+from gpupool.server.daemon import Daemon
 from tests.conftest import run_client
 
 SAXPY = r"""
@@ -236,11 +236,17 @@ def test_kernel_that_does_not_compile_carries_the_log(connected: Daemon) -> None
 
 def test_malformed_messages_get_an_error_and_the_session_goes_on(connected: Daemon) -> None:
     import grpc
+
     from gpupool.proto import gpupool_pb2 as pb
 
     with grpc.insecure_channel(connected.address) as channel:
         session = channel.stream_stream("/gpupool.v1.Daemon/Session")
-        garbage = [b"\xff\xff\xff", pb.Request(wait=True, mem_get_info=pb.MemGetInfo())]
+        garbage = [
+            b"\xff\xff\xff",  # undecodable: an error held for the next waiting call
+            pb.Request(wait=True, mem_get_info=pb.MemGetInfo()),
+            b"",  # an empty message is an empty request, not the end of the session
+            pb.Request(wait=True, mem_get_info=pb.MemGetInfo()),
+        ]
         requests = [pb.Request(wait=True, open=pb.OpenSession(device=0))]
         replies = session(
             iter(
@@ -251,7 +257,8 @@ def test_malformed_messages_get_an_error_and_the_session_goes_on(connected: Daem
         parsed = [pb.Reply.FromString(raw) for raw in replies]
     assert parsed[0].HasField("opened")
     assert parsed[1].error.name == "cudaErrorInvalidValue"  # the held error of the garbage
-    assert len(parsed) == 2
+    assert parsed[2].error.message == "request names no call"
+    assert len(parsed) == 3
     # a session that does not start with 'open' is refused
     with grpc.insecure_channel(connected.address) as channel:
         session = channel.stream_stream("/gpupool.v1.Daemon/Session")
@@ -386,6 +393,17 @@ def test_a_lost_daemon_is_a_connection_error() -> None:
             rt.memset(ptr, 0, 1024)
             rt.deviceSynchronize()
         assert caught.value.__cause__ is not None or "ended the session" in str(caught.value)
+        big = np.zeros(64 << 20, np.uint8)  # enough chunks to fill the client's send queue
+        with pytest.raises(gpupool.ConnectionLost):
+            rt.memcpy(ptr, big.ctypes.data, big.nbytes, rt.memcpyHostToDevice)
     finally:
-        gpupool.disconnect()
+        gpupool.disconnect()  # returns: the dead stream's queue does not block it
         daemon.stop()
+
+
+def test_one_daemon_a_port() -> None:
+    from gpupool.server.daemon import start_daemon
+
+    with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30) as first:
+        with pytest.raises(OSError, match="cannot listen"):
+            start_daemon(listen=first.address, backend="emu", emu_devices=1)

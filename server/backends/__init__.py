@@ -15,9 +15,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpupool.server.backends.base import Backend, DeviceInfo
-
 from gpupool.logs import fields
+from gpupool.server.backends.base import Backend, DeviceInfo
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,19 @@ the device refuses.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gpupool.errors import CUDARuntimeError
+from gpupool.proto import gpupool_pb2 as pb
+
 Dim = tuple[int, int, int]
+MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_BLOCK = (1024, 1024, 64)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,41 @@ class DeviceInfo:
     clock_rate_khz: int = 0
     pci_bus_id: str = ""
     uuid: str = ""
+
+    def to_message(self) -> pb.DeviceProperties:
+        return pb.DeviceProperties(**asdict(self))
+
+
+def check_launch(
+    grid: Sequence[int],
+    block: Sequence[int],
+    shared_mem: int,
+    max_threads: int = 1024,
+    max_shared: int = 48 * 1024,
+) -> None:
+    """Refuse a launch configuration CUDA refuses, naming the limit it breaks.
+
+    Checked before the backend sees the launch, so that both backends give the same error
+    (CUDA's launch would otherwise report some of these as cudaErrorInvalidValue).
+    """
+    problem = None
+    for axis, g, b, g_max, b_max in zip("xyz", grid, block, MAX_GRID, MAX_BLOCK, strict=True):
+        if not 1 <= g <= g_max:
+            problem = f"grid.{axis} = {g} is outside 1..{g_max}"
+        elif not 1 <= b <= b_max:
+            problem = f"block.{axis} = {b} is outside 1..{b_max}"
+        if problem:
+            break
+    else:
+        threads = math.prod(block)
+        if threads > max_threads:
+            problem = f"block {tuple(block)} has {threads} threads, more than {max_threads}"
+        elif not 0 <= shared_mem <= max_shared:
+            problem = (
+                f"{shared_mem} bytes of dynamic shared memory requested, outside 0..{max_shared}"
+            )
+    if problem:
+        raise CUDARuntimeError("cudaErrorInvalidConfiguration", problem)
 
 
 class Backend(ABC):

@@ -9,7 +9,6 @@ accounting see a free at once.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,9 +18,9 @@ import numpy as np
 from cupy.cuda import runtime
 from cupy_backends.cuda.api.driver import CUDADriverError
 from cupy_backends.cuda.api.runtime import CUDARuntimeError as CupyRuntimeError
-from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 
 from gpupool.errors import CompileError, CUDARuntimeError
+from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 
 # Driver error names whose runtime name is not their CamelCase spelling.
 _DRIVER_TO_RUNTIME = {
@@ -30,6 +29,7 @@ _DRIVER_TO_RUNTIME = {
     "CUDA_ERROR_INVALID_HANDLE": "cudaErrorInvalidResourceHandle",
     "CUDA_ERROR_INVALID_IMAGE": "cudaErrorInvalidKernelImage",
     "CUDA_ERROR_OUT_OF_MEMORY": "cudaErrorMemoryAllocation",
+    "CUDA_ERROR_NO_BINARY_FOR_GPU": "cudaErrorNoKernelImageForDevice",
 }
 
 
@@ -92,6 +92,8 @@ class CupyBackend(Backend):
         runtime.memsetAsync(ptr, value, size, _ptr(stream))
 
     def load_module(self, kind: str, image: str | bytes, options: Sequence[str]) -> object:
+        # CuPy caches compiled modules for the life of the process, so unloading one frees
+        # nothing until the worker ends; a worker serves one session, so that is soon.
         if kind == "cuda_source":
             module = cupy.RawModule(code=image, options=tuple(options))
             try:
@@ -177,8 +179,14 @@ def device_info(index: int) -> DeviceInfo:
 
 
 def _uuid(raw: bytes) -> str:
-    text = raw.hex() if isinstance(raw, bytes) else str(raw)
-    return "GPU-" + re.sub(r"(.{8})(.{4})(.{4})(.{4})(.{12})", r"\1-\2-\3-\4-\5", text)
+    """nvidia-smi's spelling of a device UUID; empty when CuPy's bytes are not all there.
+
+    CuPy copies the UUID as a C string, so a UUID holding a zero byte comes back short.
+    """
+    if not isinstance(raw, bytes) or len(raw) < 16:
+        return ""
+    text = raw[:16].hex()
+    return f"GPU-{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _stream(stream: object) -> cupy.cuda.Stream:

@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from gpupool.server.backends.base import Backend, DeviceInfo, Dim
-from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
 
 from gpupool.errors import CUDARuntimeError
+from gpupool.server.backends.base import Backend, DeviceInfo, Dim
+from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
 
 ALIGNMENT = 256  # cudaMalloc's alignment
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import re
 import shlex
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpupool.errors import CUDA_ERROR_CODES, CompileError, CUDARuntimeError
+from gpupool.server.backends.base import check_launch
 
 HEADER = Path(__file__).with_name("gpupool_emu.h")
 # The name g++ reports for the user's source, so that its line numbers are the user's.
@@ -57,10 +57,6 @@ LINK_FLAGS = ("-shared", "-Wl,-z,defs")
 COMPILE_TIMEOUT_S = 600
 
 # CUDA's limits for a launch (compute capability 7.0 and later).
-MAX_GRID = (2**31 - 1, 65535, 65535)
-MAX_BLOCK = (1024, 1024, 64)
-MAX_BLOCK_THREADS = 1024
-MAX_DYNAMIC_SHARED = 48 * 1024
 
 _ERROR_NAMES = {code: name for name, code in CUDA_ERROR_CODES.items()}
 _ERROR_BUFFER_SIZE = 1024
@@ -539,27 +535,6 @@ def _build(
 # Launching.
 
 
-def _configuration_problem(
-    grid: Sequence[int], block: Sequence[int], shared_mem: int
-) -> str | None:
-    if len(grid) != 3 or len(block) != 3:
-        return f"grid {tuple(grid)} and block {tuple(block)} must have 3 dimensions"
-    for axis, g, b, g_max, b_max in zip("xyz", grid, block, MAX_GRID, MAX_BLOCK, strict=True):
-        if not 1 <= g <= g_max:
-            return f"grid.{axis} = {g} is outside 1..{g_max}"
-        if not 1 <= b <= b_max:
-            return f"block.{axis} = {b} is outside 1..{b_max}"
-    threads = math.prod(block)
-    if threads > MAX_BLOCK_THREADS:
-        return f"block {tuple(block)} has {threads} threads, more than {MAX_BLOCK_THREADS}"
-    if not 0 <= shared_mem <= MAX_DYNAMIC_SHARED:
-        return (
-            f"{shared_mem} bytes of dynamic shared memory requested, "
-            f"outside 0..{MAX_DYNAMIC_SHARED}"
-        )
-    return None
-
-
 def _pack_arguments(
     args: Sequence[bytes], sizes: Sequence[int]
 ) -> tuple[ctypes.Array[ctypes.c_char], ctypes.Array[ctypes.c_void_p]]:
@@ -611,9 +586,7 @@ class EmuFunction:
         args: Sequence[bytes],
     ) -> None:
         """Runs the kernel to completion; ``args`` are the raw bytes cuLaunchKernel would see."""
-        problem = _configuration_problem(grid, block, shared_mem)
-        if problem:
-            raise CUDARuntimeError("cudaErrorInvalidConfiguration", problem)
+        check_launch(grid, block, shared_mem)
         if len(args) != self.num_args:
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue",

@@ -1,0 +1,8 @@
+"""Sizes both ends of the wire agree on."""
+
+CHUNK_SIZE = 2 << 20  # payload bytes per message of a chunked copy, either direction
+MESSAGE_LIMIT = 64 << 20  # largest gRPC message either end accepts
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+]
