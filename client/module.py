@@ -105,6 +105,8 @@ class Function:
 
 
 def _dim3(dims: Dims) -> pb.Dim3:
+    if type(dims) is tuple and len(dims) == 1:  # the common (n,) form, on every launch
+        return pb.Dim3(x=dims[0], y=1, z=1)
     values = (dims,) if isinstance(dims, int) else tuple(dims)
     if not 1 <= len(values) <= 3:
         raise ValueError(f"a grid or block has 1 to 3 dimensions, not {len(values)}")
@@ -119,6 +121,8 @@ def kernel_arg(value: Any) -> pb.KernelArg:
     ``malloc`` works as a pointer argument), floats as doubles, bools as bools; NumPy scalars
     keep their dtype. Objects exposing ``__cuda_array_interface__`` pass their device pointer.
     """
+    if isinstance(value, np.generic):
+        return pb.KernelArg(scalar=to_scalar(value))
     interface = getattr(value, "__cuda_array_interface__", None)
     if interface is not None:
         return pb.KernelArg(pointer=interface["data"][0])

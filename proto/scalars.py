@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from gpupool.proto import gpupool_pb2 as pb
@@ -23,15 +25,24 @@ DTYPE_OF: dict[int, np.dtype] = {
     pb.COMPLEX128: np.dtype(np.complex128),
 }
 SCALAR_TYPE_OF: dict[np.dtype, int] = {dtype: code for code, dtype in DTYPE_OF.items()}
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def to_scalar(value: np.generic) -> pb.Scalar:
-    """The wire form of a NumPy scalar; TypeError for a dtype CUDA kernels cannot take."""
-    dtype = np.dtype(value.dtype).newbyteorder("=")
-    code = SCALAR_TYPE_OF.get(dtype)
+    """The wire form of a NumPy scalar; TypeError for a dtype CUDA kernels cannot take.
+
+    On the hot path of every launch: a scalar's own bytes are already little-endian on the
+    hosts gpupool runs on, so only other byte orders are converted.
+    """
+    code = SCALAR_TYPE_OF.get(value.dtype)
     if code is None:
-        raise TypeError(f"unsupported kernel argument type: {value.dtype}")
-    return pb.Scalar(type=code, data=np.asarray(value, dtype.newbyteorder("<")).tobytes())
+        dtype = value.dtype.newbyteorder("=")
+        code = SCALAR_TYPE_OF.get(dtype)
+        if code is None:
+            raise TypeError(f"unsupported kernel argument type: {value.dtype}")
+        value = value.astype(dtype)
+    data = value.tobytes() if _LITTLE_ENDIAN else value.byteswap().tobytes()
+    return pb.Scalar(type=code, data=data)
 
 
 def from_scalar(scalar: pb.Scalar) -> np.generic:

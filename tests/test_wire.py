@@ -1,0 +1,32 @@
+"""Kernel scalars on the wire: every CUDA scalar type survives the trip, whatever its byte order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpupool.client.module import kernel_arg
+from gpupool.proto.scalars import DTYPE_OF, from_scalar, to_scalar
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_OF.values()), ids=str)
+def test_scalars_round_trip(dtype: np.dtype) -> None:
+    value = np.array(3, dtype)[()]
+    back = from_scalar(to_scalar(value))
+    assert back.dtype == dtype and back == value
+
+
+def test_other_byte_orders_travel_as_little_endian() -> None:
+    swapped = np.array(0x01020304, ">i4")[()]
+    assert to_scalar(swapped).data == (0x01020304).to_bytes(4, "little")
+
+
+def test_python_values_convert_as_cupy_converts_them() -> None:
+    assert from_scalar(kernel_arg(7).scalar).dtype == np.int64
+    assert from_scalar(kernel_arg(1.5).scalar).dtype == np.float64
+    assert from_scalar(kernel_arg(True).scalar).dtype == np.bool_
+    assert from_scalar(kernel_arg(1j).scalar).dtype == np.complex128
+    with pytest.raises(TypeError, match="unsupported kernel argument type"):
+        kernel_arg("text")
+    with pytest.raises(TypeError, match="unsupported kernel argument type"):
+        to_scalar(np.datetime64(1, "s"))
