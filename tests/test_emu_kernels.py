@@ -125,6 +125,88 @@ extern "C" __global__ void intrinsics(float* f, int* i) {
 extern "C" __global__ void checked(const int* values) {
     assert(values[threadIdx.x] >= 0);
 }
+
+// min and max ignore a NaN operand on floating-point values, as fminf/fmaxf do
+extern "C" __global__ void nan_min_max(const float* x, float* f, double* d, long long* i) {
+    float nan = x[0], one = x[1];
+    f[0] = min(nan, one);
+    f[1] = min(one, nan);
+    f[2] = max(nan, one);
+    f[3] = max(one, nan);
+    f[4] = min(nan, 2);
+    f[5] = __half2float(__hmax(__float2half(nan), __float2half(one)));
+    f[6] = __half2float(__hmin(__float2half(one), __float2half(nan)));
+    d[0] = max(double(nan), 2.0);
+    d[1] = min(2.0, double(nan));
+    i[0] = min(-7, 5u);  // unsigned comparison, as in C++ and CUDA
+    i[1] = max(-1, 2ll);
+    i[2] = min(-3ll, 4);
+}
+
+// float and double to integer conversions saturate, NaN giving 0; eight results per input
+extern "C" __global__ void conversions(const float* x, long long* out) {
+    float f = x[threadIdx.x];
+    double d = f;
+    long long* o = out + 8 * threadIdx.x;
+    o[0] = __float2int_rn(f);
+    o[1] = __float2int_rz(f);
+    o[2] = __float2uint_rd(f);
+    o[3] = __float2uint_ru(f);
+    o[4] = __float2ll_rn(f);
+    o[5] = (long long)__float2ull_rz(f);
+    o[6] = __double2int_rd(d);
+    o[7] = __double2uint_rn(d);
+}
+
+// Kernels from a macro are kernels; kernels and constructs in #if 0 do not exist.
+#define DEFINE_INCREMENT(T) \
+    extern "C" __global__ void increment_##T(T* x) { x[threadIdx.x] += T(1); }
+DEFINE_INCREMENT(int)
+DEFINE_INCREMENT(float)
+#if 0
+extern "C" __global__ void disabled(float* x) { x[0] = __shfl_sync(0xffffffff, x[0], 1); }
+#endif
+
+// A CuPy-style float16 (compare cupy/_core/include/cupy/carray.cuh), on __half_raw.
+#include <cuda_fp16.h>
+class float16 {
+  private:
+    half data_;
+  public:
+    __device__ float16() {}
+    __device__ float16(float v) : data_(v) {}
+    explicit __device__ float16(const __half_raw& v) : data_(v) {}
+    __device__ operator float() const { return float(data_); }
+    __device__ int isnan() const {
+        __half_raw raw = __half_raw(data_);
+        return (raw.x & 0x7c00u) == 0x7c00u && (raw.x & 0x03ffu) != 0;
+    }
+    __device__ float16 negated() const {
+        __half_raw raw = __half_raw(data_);
+        raw.x ^= 0x8000u;
+        return float16(raw);
+    }
+};
+__device__ float16 min(float16 x, float16 y) { return float16(min(float(x), float(y))); }
+__device__ int isnan(float16 x) { return x.isnan(); }
+#define ELEMENTWISE_FOR(i, n) \
+    for (ptrdiff_t i = static_cast<ptrdiff_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
+         i < (n); i += static_cast<ptrdiff_t>(blockDim.x) * gridDim.x)
+
+// out: min(a, 1), isnan(a), -a, then CUDA's half functions; six results per element
+extern "C" __global__ void cupy_style_half(const float16* a, float* out, ptrdiff_t n) {
+    ELEMENTWISE_FOR(i, n) {
+        float* o = out + 6 * i;
+        __half h = __half_raw(__half_raw(__float2half(float(a[i]))));  // raw round trip
+        o[0] = min(a[i], float16(1.0f));
+        o[1] = isnan(a[i]) + 2 * __hisnan(h) + 4 * (__hisinf(h) != 0);
+        o[2] = a[i].negated();
+        o[3] = __half2float(hsqrt(hfloor(h))) + __half2float(hceil(h));
+        o[4] = __half2float(hrcp(__short2half_rn(__half2short_rn(h))))
+               + __half2float(__uint2half_rn(3u));
+        o[5] = __half2float(hlog(hexp(__float2half(1.0f))));
+    }
+}
 """
 
 # Kernels with __shared__ memory and barriers, plus one that needs neither.
@@ -178,6 +260,7 @@ extern "C" __global__ void vote(const int* x, int* result) {
 }
 
 extern "C" __global__ void fails_midway(int* x) {
+    if (threadIdx.x >= 24) return;  // waiting at the end of the block while others fail
     x[threadIdx.x] = 1;
     __syncthreads();
     assert(blockIdx.x != 2 || threadIdx.x != 5);
@@ -188,6 +271,26 @@ extern "C" __global__ void fails_midway(int* x) {
 extern "C" __global__ void scale(float* x, float factor, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= factor;
+}
+
+// Threads past the end return before the barriers, which on a GPU count them as arrived.
+// out[i]: the neighbour's value (-1 past the end); votes: count, and, or per block.
+extern "C" __global__ void early_exit(const int* x, int n, int* out, int* votes) {
+    static __shared__ int tile[64];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    tile[threadIdx.x] = x[i];
+    __syncthreads();
+    int neighbour = threadIdx.x ^ 1;
+    out[i] = blockIdx.x * blockDim.x + neighbour < n ? tile[neighbour] : -1;
+    int count = __syncthreads_count(1);
+    int all = __syncthreads_and(x[i] >= 0);
+    int any = __syncthreads_or(x[i] < 0);
+    if (threadIdx.x == 0) {
+        votes[3 * blockIdx.x] = count;
+        votes[3 * blockIdx.x + 1] = all;
+        votes[3 * blockIdx.x + 2] = any;
+    }
 }
 """
 
@@ -243,6 +346,11 @@ def compilations(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     monkeypatch.setattr(emu_kernels, "_run_compiler", counting)
     return commands
+
+
+def compiles(commands: list[list[str]]) -> list[list[str]]:
+    """The compilations among compiler commands, leaving out the preprocessor runs."""
+    return [command for command in commands if "-E" not in command]
 
 
 @needs_cxx
@@ -437,16 +545,43 @@ def test_kernel_without_barriers_in_a_module_with_them(blockwise: EmuModule) -> 
     np.testing.assert_array_equal(x, np.arange(n, dtype=np.float32) * np.float32(0.5))
 
 
-def test_only_kernels_that_reach_syncthreads_get_barriers() -> None:
-    kernels = {k.name: k.cooperative for k in emu_kernels._translate(BLOCKWISE).kernels}
-    assert kernels == {
-        "reduce": True,  # through block_sum()
-        "reverse_blocks": True,
-        "rotate_blocks": True,
-        "vote": True,
-        "fails_midway": True,
-        "scale": False,
-    }
+@needs_cxx
+@pytest.mark.parametrize(
+    "source, cooperative, shared_statics",
+    [(BLOCKWISE, True, True), (ELEMENTWISE, False, False)],
+    ids=["blockwise", "elementwise"],
+)
+def test_a_module_that_mentions_syncthreads_runs_every_kernel_with_barriers(
+    source: str, cooperative: bool, shared_statics: bool
+) -> None:
+    preprocessed = emu_kernels._preprocess(emu_kernels._compiler(), source, [])
+    translation = emu_kernels._translate(source, preprocessed)
+    assert (translation.cooperative, translation.shared_statics) == (cooperative, shared_statics)
+
+
+@needs_cxx
+@pytest.mark.parametrize("blocks, n", [(1, 40), (8, 300)])
+def test_threads_that_return_before_a_barrier_count_as_arrived(
+    blockwise: EmuModule, blocks: int, n: int
+) -> None:
+    x = np.arange(blocks * 64, dtype=np.int32)
+    x[5] = -5
+    out = np.full_like(x, -7)
+    votes = np.full(3 * blocks, -7, dtype=np.int32)
+    blockwise.get_function("early_exit").launch(
+        (blocks, 1, 1), (64, 1, 1), 0, [ptr(x), i32(n), ptr(out), ptr(votes)]
+    )
+    neighbours = np.arange(n) ^ 1
+    expected = np.where(neighbours < n, x[np.minimum(neighbours, n - 1)], -1)
+    np.testing.assert_array_equal(out[:n], expected)
+    assert (out[n:] == -7).all()
+    running = np.clip(n - 64 * np.arange(blocks), 0, 64)
+    for block, (count, all_, any_) in enumerate(votes.reshape(blocks, 3).tolist()):
+        if running[block] == 0:
+            assert (count, all_, any_) == (-7, -7, -7)  # no thread of the block ran that far
+        else:
+            negative = block == 0
+            assert (count, all_, any_) == (running[block], int(not negative), int(negative))
 
 
 @needs_cxx
@@ -507,16 +642,27 @@ def test_compile_error_carries_the_log_with_user_line_numbers() -> None:
     assert "undefined_name" in caught.value.log
 
 
-def test_unsupported_construct_is_named() -> None:
+@needs_cxx
+@pytest.mark.parametrize(
+    "statement, construct, what",
+    [
+        ("x[0] = __shfl_down_sync(0xffffffff, x[0], 1);", "__shfl_down_sync", "warp shuffle"),
+        ("WARP_SYNC();", "__syncwarp", "warp synchronisation"),  # seen through a macro
+        ("__nv_bfloat16 b; (void)b;", "__nv_bfloat16", "bfloat16"),
+    ],
+)
+def test_unsupported_construct_is_named(statement: str, construct: str, what: str) -> None:
     source = (
+        "#include <cuda_bf16.h>\n"
+        "#define WARP_SYNC() __syncwarp()\n"
         'extern "C" __global__ void warp_sum(float* x) {\n'
-        "    x[0] = __shfl_down_sync(0xffffffff, x[0], 1);\n"
+        f"    {statement}\n"
         "}\n"
     )
     with pytest.raises(CompileError) as caught:
         EmuModule.from_source(source)
     assert caught.value.message == (
-        "the emulator cannot run '__shfl_down_sync' (warp shuffle): run this kernel on a GPU daemon"
+        f"the emulator cannot run '{construct}' ({what}): run this kernel on a GPU daemon"
     )
 
 
@@ -537,10 +683,10 @@ def test_second_compile_of_a_source_is_a_cache_hit(compilations: list[list[str]]
     }
     """
     first = EmuModule.from_source(source)
-    compiled = len(compilations)
+    compiled = len(compiles(compilations))
     second = EmuModule.from_source(source)
     assert compiled >= 1
-    assert len(compilations) == compiled
+    assert len(compiles(compilations)) == compiled
     x = np.zeros(8, dtype=np.int32)
     second.get_function("fill").launch((1, 1, 1), (8, 1, 1), 0, [ptr(x), i32(4)])
     assert first.kernel_names == second.kernel_names == ("fill",)
@@ -549,8 +695,10 @@ def test_second_compile_of_a_source_is_a_cache_hit(compilations: list[list[str]]
 
 @needs_cxx
 def test_options_defines_and_include_paths(tmp_path: Path) -> None:
+    # CUDA and C headers in a user header are the emulator's: its assert does not abort.
     (tmp_path / "helpers.h").write_text(
-        "#define OFFSET 4\n__device__ void sync_all() { __syncthreads(); }\n"
+        "#include <cuda_fp16.h>\n#include <cassert>\n#define OFFSET 4\n"
+        "__device__ void sync_all() { __syncthreads(); }\n"
     )
     source = r"""
     #include "helpers.h"
@@ -566,12 +714,107 @@ def test_options_defines_and_include_paths(tmp_path: Path) -> None:
         x[threadIdx.x] = tile[(threadIdx.x + 1) % 4];
     }
     template <typename T> __global__ void generic(T* x) { x[threadIdx.x] = T(1); }
+    extern "C" __global__ void checked() { assert(ONE == 2); }
     """
     options = ["-std=c++17", "--use_fast_math", "-arch=sm_80", "-DSCALE=3", "-D", "ONE"]
     module = EmuModule.from_source(source, [*options, "-I", str(tmp_path)])
-    assert module.kernel_names == ("shifted", "neighbours")  # a template has no name to launch
+    # A template has no name to launch.
+    assert module.kernel_names == ("shifted", "neighbours", "checked")
     x = np.zeros(4, dtype=np.int32)
     module.get_function("shifted").launch((1, 1, 1), (4, 1, 1), 0, [ptr(x)])
     assert x.tolist() == [5, 8, 11, 14]
     module.get_function("neighbours").launch((1, 1, 1), (4, 1, 1), 0, [ptr(x)])
     assert x.tolist() == [10, 20, 30, 0]
+    with pytest.raises(CUDARuntimeError, match="cudaErrorAssert"):
+        module.get_function("checked").launch((1, 1, 1), (1, 1, 1), 0, [])
+
+
+@needs_cxx
+def test_min_and_max_ignore_nan_on_floating_point(elementwise: EmuModule) -> None:
+    x = np.array([np.nan, 1.0], dtype=np.float32)
+    f, d, i = np.zeros(7, np.float32), np.zeros(2, np.float64), np.zeros(3, np.int64)
+    elementwise.get_function("nan_min_max").launch(
+        (1, 1, 1), (1, 1, 1), 0, [ptr(x), ptr(f), ptr(d), ptr(i)]
+    )
+    assert f.tolist() == [1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0]
+    assert d.tolist() == [2.0, 2.0]
+    assert i.tolist() == [5, 2, -3]
+
+
+@needs_cxx
+def test_float_to_integer_conversions_saturate_at_run_time(elementwise: EmuModule) -> None:
+    x = np.array([1e10, -1e10, np.nan, 3e9, -1.0, 2.5, -2.5, np.inf], dtype=np.float32)
+    out = np.zeros((len(x), 8), dtype=np.int64)
+    elementwise.get_function("conversions").launch((1, 1, 1), (len(x), 1, 1), 0, [ptr(x), ptr(out)])
+    int_max, int_min, uint_max = 2**31 - 1, -(2**31), 2**32 - 1
+    ll_max, ull_max = 2**63 - 1, -1  # ull_max read back as a long long
+    assert out.tolist() == [
+        [int_max, int_max, uint_max, uint_max, 10**10, 10**10, int_max, uint_max],
+        [int_min, int_min, 0, 0, -(10**10), 0, int_min, 0],
+        [0] * 8,
+        [int_max, int_max, 3 * 10**9, 3 * 10**9, 3 * 10**9, 3 * 10**9, int_max, 3 * 10**9],
+        [-1, -1, 0, 0, -1, 0, -1, 0],
+        [2, 2, 2, 3, 2, 2, 2, 2],
+        [-2, -2, 0, 0, -2, 0, -3, 0],
+        [int_max, int_max, uint_max, uint_max, ll_max, ull_max, int_max, uint_max],
+    ]
+
+
+@needs_cxx
+def test_kernels_from_macros_and_not_from_disabled_code(elementwise: EmuModule) -> None:
+    assert "increment_int" in elementwise.kernel_names
+    assert "increment_float" in elementwise.kernel_names
+    assert "disabled" not in elementwise.kernel_names  # nor refused for its __shfl_sync
+    x = np.arange(4, dtype=np.float32)
+    elementwise.get_function("increment_float").launch((1, 1, 1), (4, 1, 1), 0, [ptr(x)])
+    assert x.tolist() == [1, 2, 3, 4]
+
+
+@needs_cxx
+def test_cupy_style_float16_on_half_raw(elementwise: EmuModule) -> None:
+    a = np.array([0.5, 2.25, np.nan, np.inf, -1.5, 4.0], dtype=np.float16)
+    out = np.zeros((len(a), 6), dtype=np.float32)
+    elementwise.get_function("cupy_style_half").launch(
+        (1, 1, 1), (4, 1, 1), 0, [ptr(a), ptr(out), np.int64(len(a)).tobytes()]
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = a.astype(np.float32)
+        rounded = np.clip(np.nan_to_num(np.rint(h), nan=0), -32768, 32767)
+        expected = np.stack(
+            [
+                np.fmin(h, 1),
+                np.isnan(h) * 3 + np.isinf(h) * 4,
+                -h,
+                np.sqrt(np.floor(h)) + np.ceil(h),
+                np.float16(1) / rounded.astype(np.float16) + 3,
+                np.full_like(h, np.float16(np.log(np.float16(np.e)))),
+            ],
+            axis=1,
+        )
+    np.testing.assert_allclose(out, expected, rtol=1e-3)
+
+
+@needs_cxx
+def test_each_module_has_its_own_device_variables(cache_dir: Path) -> None:
+    source = r"""
+    __device__ int counter;
+    extern "C" __global__ void bump(int* seen) { seen[0] = atomicAdd(&counter, 1); }
+    """
+    first, second = EmuModule.from_source(source), EmuModule.from_source(source)
+    seen = np.zeros(1, dtype=np.int32)
+    results = []
+    for module in (first, first, second, first):
+        module.get_function("bump").launch((1, 1, 1), (1, 1, 1), 0, [ptr(seen)])
+        results.append(int(seen[0]))
+    assert results == [0, 1, 0, 2]
+    copies = [p.name for p in cache_dir.glob("*.so") if p.name.count(".") > 1]
+    assert copies == []  # the private copies are deleted once loaded
+
+
+@needs_cxx
+def test_preprocessor_errors_carry_the_log() -> None:
+    with pytest.raises(CompileError) as caught:
+        EmuModule.from_source('#include "missing.cuh"\nextern "C" __global__ void k() {}\n')
+    assert "could not preprocess" in caught.value.message
+    assert "kernel.cu:1" in caught.value.log
+    assert "missing.cuh" in caught.value.log

@@ -2,18 +2,28 @@
 
 In the emulator a device pointer is a host address of the worker process, so a kernel can run
 as ordinary host code. The user's CUDA C source is compiled by g++ with ``gpupool_emu.h`` in
-front (which turns CUDA's keywords, built-in variables, atomics and intrinsics into host C++)
-and one generated launcher per kernel behind. Python never parses C++ types: the launchers
-deduce each kernel's parameters from its function type and report their count and sizes.
+front (which turns CUDA's keywords, built-in variables, atomics and intrinsics into host C++),
+stub CUDA headers first on the include path (``emu_include/``: NVRTC has the CUDA headers built
+in, g++ does not) and one generated launcher per kernel behind. Python never parses C++ types:
+the launchers deduce each kernel's parameters from their function type and report their count
+and sizes.
 
-Only a light, textual look at the source happens here: finding kernel names, refusing CUDA
-constructs the emulator cannot run (warp-level operations, inline PTX, textures...), rewriting
-``extern __shared__`` arrays onto the launch's dynamic shared memory, and deciding which
-kernels need a barrier per block (the ones that reach ``__syncthreads``), because running a
-block's threads as a plain loop is many times faster than one host thread per CUDA thread.
+Python looks at the source only textually, and at the preprocessor's output for it, so that
+macros, user headers and ``#if`` are seen as the compiler sees them: to find kernel names, to
+refuse CUDA constructs the emulator cannot run (warp-level operations, inline PTX, textures...)
+and to decide how the kernels run. A module that mentions ``__syncthreads`` anywhere runs every
+kernel with one host thread per CUDA thread of a block and a barrier; any other module runs a
+block's threads as a plain loop, many times faster. The user's own source is compiled (not the
+preprocessor's output), with ``#line``, so that compile errors point at its lines; its
+``extern __shared__`` arrays are rewritten onto the launch's dynamic shared memory.
+
+Known limitation: the threads of a block do not run in lockstep, so warp-synchronous code that
+relies on it without ``__syncwarp`` (the volatile shared-memory tail of old reductions) gives
+wrong results here. It is not detected.
 
 Compiled modules are cached by content hash and written atomically, because several worker
-processes compile the same kernels at the same time.
+processes compile the same kernels at the same time; each module loads a private copy, so that
+its ``__device__`` variables are its own, as in CUDA.
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +46,9 @@ from gpupool.errors import CUDA_ERROR_CODES, CompileError, CUDARuntimeError
 from gpupool.server.backends.base import check_launch
 
 HEADER = Path(__file__).with_name("gpupool_emu.h")
+# Stub CUDA headers (cuda_runtime.h, cuda_fp16.h, assert.h...), each including HEADER: NVRTC has
+# the CUDA headers built in, and g++ must not find the C assert (it aborts the worker process).
+STUB_INCLUDE = Path(__file__).with_name("emu_include")
 # The name g++ reports for the user's source, so that its line numbers are the user's.
 SOURCE_NAME = "kernel.cu"
 
@@ -68,10 +82,9 @@ _ARG_ALIGNMENT = 16
 _COMMENT_OR_LITERAL = re.compile(
     r"//[^\n]*|/\*.*?\*/|\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'", re.DOTALL
 )
-_DIRECTIVE = re.compile(r"^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", re.MULTILINE)
-_MACRO = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(\w+)((?:[^\n]*\\\n)*[^\n]*)", re.MULTILINE)
-_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include[ \t]*[<\"]([^>\"\n]+)[>\"][^\n]*", re.MULTILINE)
-_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
+_DIRECTIVE = re.compile(r"^[ \t]*#[^\n]*", re.MULTILINE)
+# The preprocessor's line markers: `# 12 "file" 1 3`, where flag 3 means a system header.
+_LINE_MARKER = re.compile(r'# \d+ "(?:\\.|[^"\\])*"((?: \d)*)')
 _NAMESPACE_OPENER = re.compile(r"(?:\bnamespace\s*([\w:]*)|\bextern\s*\"[^\"]*\")\s*$")
 _KERNEL = re.compile(
     r"\b__global__\s+(?:\w+(?:\s*\([^()]*\))?\s+)*?void\s+"
@@ -79,17 +92,10 @@ _KERNEL = re.compile(
 )
 _TEMPLATE = re.compile(r"\btemplate\b")
 _EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+([^;{}\[\]]*?)\b(\w+)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"\bstatic(?=\s+__shared__\b)")
 _ALIGNMENT = re.compile(r"\b(?:__align__|alignas)\s*\([^()]*\)")
 _SHARED = re.compile(r"\b__shared__\b")
 _SYNC = re.compile(r"\b__syncthreads\w*\b")
-
-# CUDA headers whose contents gpupool_emu.h provides (NVRTC has them built in, g++ does not);
-# <assert.h> would bring back the C assert, which aborts the whole worker process.
-_BUILTIN_HEADER = re.compile(
-    r"(?:cuda|cuda_runtime|cuda_runtime_api|device_launch_parameters|cuda_fp16|vector_types"
-    r"|vector_functions|device_functions|math_constants|math_functions|device_atomic_functions"
-    r"|sm_\d+_atomic_functions|sm_\d+_intrinsics|assert|cassert)(?:\.h|\.hpp)?"
-)
 
 # Constructs with no meaning without real warps or GPU hardware: (pattern, what it is).
 _UNSUPPORTED = (
@@ -105,7 +111,7 @@ _UNSUPPORTED = (
     (r"\bcooperative_groups\b", "cooperative groups"),
     (r"\b__nanosleep\b", "sleep"),
     (r"\b(?:clock64|__globaltimer|clock(?=\s*\())", "GPU clock"),
-    (r"\b(?:__nv_bfloat16\w*|cuda_bf16)", "bfloat16"),
+    (r"\b__nv_bfloat16\w*", "bfloat16"),
     (r"\bcurand\w*", "cuRAND device API"),
     (r"\b(?:__pipeline\w*|memcpy_async|__cp_async\w*)", "asynchronous copy"),
     (r"<<<", "dynamic parallelism, a kernel launch inside device code"),
@@ -127,6 +133,21 @@ def _mask_comments_and_literals(source: str) -> str:
         return _blank(text)
 
     return _COMMENT_OR_LITERAL.sub(blank, source)
+
+
+def _user_code(preprocessed: str) -> str:
+    """The preprocessed text that came from the user's source and headers, not from system
+    headers (glibc's declarations use asm, for one), literals masked and directives blanked."""
+    kept = []
+    from_system = False
+    for line in preprocessed.splitlines(keepends=True):
+        marker = _LINE_MARKER.match(line)
+        if marker:
+            from_system = "3" in marker.group(1).split()
+        elif not from_system:
+            kept.append(line)
+    code = _mask_comments_and_literals("".join(kept))
+    return _DIRECTIVE.sub("", code)
 
 
 @dataclass(frozen=True)
@@ -162,79 +183,6 @@ def _namespace_at(blocks: Sequence[_Block], offset: int) -> str:
     return "::".join(names)
 
 
-def _function_name(code: str, brace: int) -> str | None:
-    """The name of the function whose body opens at ``brace``, None for non-functions."""
-    close = brace - 1
-    while close >= 0 and code[close] not in ";{})":
-        close -= 1
-    if close < 0 or code[close] != ")":
-        return None
-    depth = 0
-    for position in range(close, -1, -1):
-        depth += {")": 1, "(": -1}.get(code[position], 0)
-        if depth == 0:
-            name = re.search(r"(\w+)\s*$", code[max(0, position - 200) : position])
-            return name.group(1) if name else None
-    return None
-
-
-@dataclass(frozen=True)
-class _Scanned:
-    """A source as the scans see it: ``code`` has comments and literals blanked, ``plain`` also
-    preprocessor directives (macro bodies would unbalance the braces), ``blocks`` its braces."""
-
-    code: str
-    plain: str
-    blocks: list[_Block]
-
-
-def _scan(source: str) -> _Scanned:
-    code = _mask_comments_and_literals(source)
-    plain = _DIRECTIVE.sub(lambda match: _blank(match.group()), code)
-    return _Scanned(code, plain, _blocks(plain))
-
-
-def _function_bodies(plain: str, blocks: Sequence[_Block]) -> Iterator[tuple[str, _Block]]:
-    """(name, body) of every function not inside another one: at namespace scope or a member
-    of a class. Relies on ``blocks`` being nested and sorted by start."""
-    enclosing: list[tuple[_Block, bool]] = []  # (block, whether it is in or is a function)
-    for block in blocks:
-        while enclosing and enclosing[-1][0].end <= block.start:
-            enclosing.pop()
-        in_function = bool(enclosing) and enclosing[-1][1]
-        name = None if block.namespace is not None else _function_name(plain, block.start)
-        if name and not in_function:
-            yield name, block
-        enclosing.append((block, in_function or name is not None))
-
-
-def _definitions(scanned: _Scanned) -> dict[str, set[str]]:
-    """Identifiers used by each function and each macro, keyed by name."""
-    uses: dict[str, set[str]] = {}
-    for name, body in _function_bodies(scanned.plain, scanned.blocks):
-        used = _IDENTIFIER.findall(scanned.plain, body.start, body.end)
-        uses.setdefault(name, set()).update(used)
-    for macro in _MACRO.finditer(scanned.code):
-        uses.setdefault(macro.group(1), set()).update(_IDENTIFIER.findall(macro.group(2)))
-    return uses
-
-
-def _syncing_names(texts: Sequence[_Scanned]) -> set[str]:
-    """Functions and macros that reach __syncthreads, directly or through each other."""
-    uses: dict[str, set[str]] = {}
-    for scanned in texts:
-        for name, used in _definitions(scanned).items():
-            uses.setdefault(name, set()).update(used)
-    syncing = {name for name, used in uses.items() if any(_SYNC.match(u) for u in used)}
-    grown = True
-    while grown:
-        more = {name for name, used in uses.items() if name not in syncing and used & syncing}
-        syncing |= more
-        grown = bool(more)
-    # A kernel whose body was not found is assumed to synchronise: correct, only slower.
-    return syncing | {m.group(1) for m in _KERNEL.finditer(texts[0].plain)} - set(uses)
-
-
 def _refuse_unsupported(code: str) -> None:
     """Raises CompileError for the first construct the emulator cannot run."""
     found = []
@@ -250,42 +198,48 @@ def _refuse_unsupported(code: str) -> None:
 
 
 @dataclass(frozen=True)
-class _Kernel:
-    name: str
-    qualified: str
-    cooperative: bool
-
-
-@dataclass(frozen=True)
 class _Translation:
-    """The user's source made ready for g++, and what the launchers need to know."""
+    """The user's source made ready for g++, and what the launchers need to know: the kernels'
+    qualified names, and how every kernel of the module runs."""
 
     source: str
-    kernels: tuple[_Kernel, ...]
+    kernels: tuple[str, ...]
+    cooperative: bool
     shared_statics: bool
 
+    @property
+    def names(self) -> list[str]:
+        return [qualified.rpartition("::")[2] for qualified in self.kernels]
 
-def _find_kernels(plain: str, blocks: Sequence[_Block], syncing: set[str]) -> list[_Kernel]:
-    """Non-template kernels at namespace scope; templates have no name to launch them by."""
-    kernels: dict[str, _Kernel] = {}
-    for match in _KERNEL.finditer(plain):
-        statement_start = max(plain.rfind(c, 0, match.start()) for c in ";{}") + 1
+
+def _find_kernels(code: str) -> list[str]:
+    """The qualified names of the non-template kernels at namespace scope (templates have no
+    name to launch them by), first definition or declaration of each name."""
+    blocks = _blocks(code)
+    kernels: dict[str, str] = {}
+    for match in _KERNEL.finditer(code):
+        statement_start = max(code.rfind(c, 0, match.start()) for c in ";{}") + 1
         name = match.group(1)
-        if _TEMPLATE.search(plain, statement_start, match.start()) or name in kernels:
+        if _TEMPLATE.search(code, statement_start, match.start()) or name in kernels:
             continue
         namespace = _namespace_at(blocks, match.start())
-        qualified = f"{namespace}::{name}" if namespace else name
-        kernels[name] = _Kernel(name, qualified, name in syncing)
+        kernels[name] = f"{namespace}::{name}" if namespace else name
     return list(kernels.values())
 
 
-def _rewrite_extern_shared(source: str, plain: str) -> str:
-    """Points every ``extern __shared__ T name[];`` at the launch's dynamic shared memory, as
-    a reference to the header's pointer (read as a ``T*``, which -fno-strict-aliasing allows),
-    so that the name works as the array did in every expression, at any scope."""
+def _rewrite_shared(source: str) -> str:
+    """Makes the user's own ``__shared__`` declarations host C++ (``__shared__`` is ``static``).
+
+    ``static __shared__`` loses its ``static``. Every ``extern __shared__ T name[];`` becomes a
+    reference to the launch's dynamic shared memory (read as a ``T*``, which
+    -fno-strict-aliasing allows), so that the name works as the array did in every expression,
+    at any scope. Offsets and line numbers stay those of the source; user headers are not
+    rewritten.
+    """
+    code = _mask_comments_and_literals(source)
     pieces = []
     done = 0
-    for match in _EXTERN_SHARED.finditer(plain):
+    for match in _EXTERN_SHARED.finditer(code):
         element = _ALIGNMENT.sub("", source[match.start(1) : match.end(1)]).strip()
         replacement = (
             f"{element}* const& {match.group(2)} = "
@@ -293,56 +247,38 @@ def _rewrite_extern_shared(source: str, plain: str) -> str:
         )
         pieces += [source[done : match.start()], replacement, "\n" * match.group().count("\n")]
         done = match.end()
-    return "".join([*pieces, source[done:]])
+    pieces.append(source[done:])
+    rewritten = "".join(pieces)
+    statics = [m.span() for m in _STATIC_SHARED.finditer(_mask_comments_and_literals(rewritten))]
+    for start, end in reversed(statics):
+        rewritten = rewritten[:start] + " " * (end - start) + rewritten[end:]
+    return rewritten
 
 
-def _drop_builtin_includes(source: str, code: str) -> str:
-    """Blanks includes of the CUDA headers that gpupool_emu.h stands in for."""
+def _translate(source: str, preprocessed: str) -> _Translation:
+    """Readies ``source`` for g++, deciding from ``preprocessed`` (the preprocessor's output for
+    it, so that macros, user headers and ``#if`` are accounted for) what the launchers need.
 
-    def drop(match: re.Match[str]) -> str:
-        in_comment = code[match.start() + match.group().index("#")] != "#"
-        if in_comment or not _BUILTIN_HEADER.fullmatch(match.group(1).strip()):
-            return match.group()
-        return ""
-
-    return _INCLUDE.sub(drop, source)
-
-
-def _translate(source: str, headers: Sequence[str] = ()) -> _Translation:
-    """Readies ``source`` for g++; ``headers`` are the user headers it includes, which the
-    decisions about barriers and shared memory must see too."""
-    scanned = _scan(source)
-    _refuse_unsupported(scanned.code)
-    texts = [scanned, *map(_scan, headers)]
-    syncing = _syncing_names(texts) if any(_SYNC.search(t.code) for t in texts) else set()
-    kernels = _find_kernels(scanned.plain, scanned.blocks, syncing)
-    rewritten = _rewrite_extern_shared(source, scanned.plain)
-    rewritten = _drop_builtin_includes(rewritten, _mask_comments_and_literals(rewritten))
-    shared_statics = any(_SHARED.search(t.code) for t in texts)  # macros included
-    return _Translation(rewritten, tuple(kernels), shared_statics)
-
-
-def _user_headers(source: str, include_dirs: Sequence[str]) -> list[str]:
-    """The text of every header that ``source`` includes from the -I directories (or next to
-    another such header), recursively."""
-    found: dict[Path, str] = {}
-    pending: list[tuple[str, Sequence[str]]] = [(source, include_dirs)]
-    while pending:
-        text, directories = pending.pop()
-        for include in _INCLUDE.finditer(text):
-            paths = (Path(directory, include.group(1).strip()) for directory in directories)
-            path = next((p.resolve() for p in paths if p.is_file()), None)
-            if path is not None and path not in found:
-                found[path] = path.read_text(errors="replace")
-                pending.append((found[path], [str(path.parent), *include_dirs]))
-    return list(found.values())
+    A module that mentions a barrier anywhere runs every kernel with one: deciding per kernel
+    would mean following calls through functions, templates and lambdas.
+    """
+    code = _user_code(preprocessed)
+    _refuse_unsupported(code)
+    # The whole text for these two, so that nothing escapes them: a stray mention only costs speed.
+    return _Translation(
+        source=_rewrite_shared(source),
+        kernels=tuple(_find_kernels(code)),
+        cooperative=bool(_SYNC.search(preprocessed)),
+        shared_statics=bool(_SHARED.search(preprocessed)),
+    )
 
 
 def _generate(translation: _Translation) -> str:
     """The complete C++ translation unit: header, the user's source, one launcher per kernel."""
+    cooperative = str(translation.cooperative).lower()
+    shared_statics = str(translation.shared_statics).lower()
     exports = "".join(
-        f"GPUPOOL_EMU_EXPORT(k{index}, {kernel.qualified}, "
-        f"{str(kernel.cooperative).lower()}, {str(translation.shared_statics).lower()})\n"
+        f"GPUPOOL_EMU_EXPORT(k{index}, {kernel}, {cooperative}, {shared_statics})\n"
         for index, kernel in enumerate(translation.kernels)
     )
     body = translation.source if translation.source.endswith("\n") else translation.source + "\n"
@@ -388,12 +324,6 @@ def _compiler_flags(options: Sequence[str]) -> list[str]:
         else:
             index += 1
     return flags
-
-
-def _defines_as_source(flags: Sequence[str]) -> str:
-    """The -D flags as #define lines, for the source scans (a macro may hide a barrier)."""
-    defines = (flag[2:].replace("=", " ", 1) for flag in flags if flag.startswith("-D"))
-    return "".join(f"#define {define}\n" for define in defines)
 
 
 def _cache_dir() -> Path:
@@ -485,50 +415,104 @@ def _precompiled_header(compiler: list[str], version: str, cache: Path) -> Path 
     return directory
 
 
-def _build(
-    generated: str, flags: list[str], headers: Sequence[str], kernel_names: Iterable[str]
-) -> Path:
-    """The shared library for ``generated``, compiled now or found in the cache; the user's
-    ``headers`` are part of the cache key, so that editing one is seen."""
-    compiler = _compiler()
-    version = _compiler_version(tuple(compiler))
-    cache = _cache_dir()
-    key = _digest(
-        generated,
-        *CXX_FLAGS,
-        *LINK_FLAGS,
-        *flags,
-        *compiler,
-        version,
-        HEADER.read_bytes(),
-        *headers,
-    )
-    target = cache / f"{key}.so"
-    if target.exists():
-        return target
-    pch = _precompiled_header(compiler, version, cache)
-    includes = ["-I", str(pch)] if pch else []
+def _emulator_files() -> list[bytes]:
+    """The contents of the header and of the stub CUDA headers, for cache keys."""
+    stubs = sorted(STUB_INCLUDE.iterdir())
+    return [HEADER.read_bytes(), *(f"{p.name}\0".encode() + p.read_bytes() for p in stubs)]
+
+
+def _preprocess(compiler: list[str], source: str, flags: Sequence[str]) -> str:
+    """The preprocessor's output for ``source`` as the compilation will see it (same flags and
+    include path, the header in its GPUPOOL_EMU_SCAN form): what the source scans read."""
+    scanned = f'#include "{HEADER.name}"\n#line 1 "{SOURCE_NAME}"\n{source}'
     command = [
         *compiler,
         *CXX_FLAGS,
-        *LINK_FLAGS,
-        *includes,
-        "-I",
-        str(HEADER.parent),
+        "-E",
+        "-DGPUPOOL_EMU_SCAN",
+        *("-I", str(STUB_INCLUDE), "-I", str(HEADER.parent)),
         *flags,
         "-x",
         "c++",
         "-",
     ]
+    result = _run_compiler(command, scanned, _cache_dir())
+    if result.returncode != 0:
+        raise CompileError(
+            f"{Path(compiler[0]).name} could not preprocess the CUDA C module for the CPU emulator",
+            log=result.stderr,
+        )
+    return result.stdout
+
+
+def _build(
+    compiler: list[str],
+    translation: _Translation,
+    flags: list[str],
+    preprocessed: str,
+) -> Path:
+    """The shared library for ``translation``, compiled now or found in the cache. The
+    preprocessed text is part of the cache key, so that a change to a user header is seen."""
+    version = _compiler_version(tuple(compiler))
+    generated = _generate(translation)
+    cache = _cache_dir()
+    key = _digest(
+        generated,
+        preprocessed,
+        *CXX_FLAGS,
+        *LINK_FLAGS,
+        *flags,
+        *compiler,
+        version,
+        *_emulator_files(),
+    )
+    target = cache / f"{key}.so"
+    if target.exists():
+        return target
+    pch = _precompiled_header(compiler, version, cache)
+    # The stubs come first, so that they stand in for the CUDA headers wherever included; a
+    # precompiled header must come before the directory of the header it stands in for.
+    includes = [
+        "-I",
+        str(STUB_INCLUDE),
+        *(["-I", str(pch)] if pch else []),
+        "-I",
+        str(HEADER.parent),
+    ]
+    command = [*compiler, *CXX_FLAGS, *LINK_FLAGS, *includes, *flags, "-x", "c++", "-"]
     result = _publish(command, generated, target)
     if result.returncode != 0:
-        names = ", ".join(kernel_names) or "none found"
+        names = ", ".join(translation.names) or "none found"
         raise CompileError(
             f"{Path(compiler[0]).name} could not compile the CUDA C module "
             f"(kernels: {names}) for the CPU emulator",
             log=result.stderr,
         )
     return target
+
+
+_private_copies = itertools.count()
+
+
+def _load_private_copy(path: Path) -> ctypes.CDLL:
+    """Loads a copy of the cached library that is this module's alone.
+
+    The dynamic loader hands out an already loaded library again (same file, or same name),
+    whereas CUDA gives every module its own ``__device__`` variables. The copy is deleted as soon
+    as it is loaded (the mapping outlives the name), so none is left behind even by a crash; the
+    counter in its name keeps the loader from matching the name of an earlier, deleted copy.
+    """
+    descriptor, name = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{path.stem}.{next(_private_copies)}.", suffix=".so"
+    )
+    os.close(descriptor)
+    try:
+        shutil.copyfile(path, name)
+        return ctypes.CDLL(name)
+    except OSError as error:
+        raise CompileError(f"could not load the compiled CUDA C module {path}: {error}") from error
+    finally:
+        os.unlink(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,17 +610,11 @@ class EmuModule:
         a log for constructs the emulator cannot run.
         """
         flags = _compiler_flags(options)
-        headers = _user_headers(source, [flag[2:] for flag in flags if flag.startswith("-I")])
-        translation = _translate(source, [*headers, _defines_as_source(flags)])
-        names = [kernel.name for kernel in translation.kernels]
-        path = _build(_generate(translation), flags, headers, names)
-        try:
-            library = ctypes.CDLL(str(path))
-        except OSError as error:
-            raise CompileError(
-                f"could not load the compiled CUDA C module {path}: {error}"
-            ) from error
-        return cls(library, names)
+        compiler = _compiler()
+        preprocessed = _preprocess(compiler, source, flags)
+        translation = _translate(source, preprocessed)
+        path = _build(compiler, translation, flags, preprocessed)
+        return cls(_load_private_copy(path), translation.names)
 
     def get_function(self, name: str) -> EmuFunction:
         try:

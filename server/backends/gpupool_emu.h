@@ -8,12 +8,33 @@
 // Execution model (design notes, "CPU emulator"):
 // * a device pointer is a host address, so kernels read and write host memory directly;
 // * blocks run one after another, which is what makes `__shared__` = function-static storage valid;
-// * a kernel that calls __syncthreads() runs the threads of a block as host threads joined by a
-//   std::barrier, one set of threads reused for every block of the launch;
-// * any other kernel runs the threads of a block as a plain loop, and when the module declares no
-//   __shared__ memory its blocks are spread over the host's cores;
+// * in a module that mentions __syncthreads() anywhere, every kernel runs the threads of a block as
+//   host threads joined by a std::barrier, one set of threads reused for every block of the launch;
+// * in any other module the threads of a block run as a plain loop, and when the module declares
+//   no __shared__ memory its blocks are spread over the host's cores;
 // * launches of one module are serialised by a mutex, so launch-wide state can be plain globals.
-#pragma once
+//
+// emu_kernels.py also runs the preprocessor over the source once with GPUPOOL_EMU_SCAN defined, to
+// find the kernels and barriers in what the compiler will really see. Only the feature macros
+// below exist then, so that `#if` picks the same branches as in the compilation while CUDA's
+// keywords stay in the text. The stub CUDA headers in emu_include/ include this file.
+#ifndef GPUPOOL_EMU_H
+#define GPUPOOL_EMU_H
+
+#define __CUDACC__ 1
+#define __CUDA_ARCH__ 800
+#define __CUDACC_VER_MAJOR__ 12
+#define __CUDACC_VER_MINOR__ 0
+#define __GPUPOOL_EMU__ 1
+
+#define CUDART_PI_F 3.141592654f
+#define CUDART_PI 3.1415926535897931
+#define CUDART_INF_F (std::numeric_limits<float>::infinity())
+#define CUDART_INF (std::numeric_limits<double>::infinity())
+#define CUDART_NAN_F (std::numeric_limits<float>::quiet_NaN())
+#define CUDART_NAN (std::numeric_limits<double>::quiet_NaN())
+
+#ifndef GPUPOOL_EMU_SCAN
 
 #include <math.h>
 #include <pthread.h>
@@ -29,6 +50,7 @@
 #include <bit>
 #include <cfloat>
 #include <climits>
+#include <concepts>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -56,18 +78,6 @@
 #define __grid_constant__
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
-#define __CUDACC__ 1
-#define __CUDA_ARCH__ 800
-#define __CUDACC_VER_MAJOR__ 12
-#define __CUDACC_VER_MINOR__ 0
-#define __GPUPOOL_EMU__ 1
-
-#define CUDART_PI_F 3.141592654f
-#define CUDART_PI 3.1415926535897931
-#define CUDART_INF_F (std::numeric_limits<float>::infinity())
-#define CUDART_INF (std::numeric_limits<double>::infinity())
-#define CUDART_NAN_F (std::numeric_limits<float>::quiet_NaN())
-#define CUDART_NAN (std::numeric_limits<double>::quiet_NaN())
 
 // ---------------------------------------------------------------------------------------------
 // Vector types, with CUDA's alignments (2 and 4 components align to their size, up to 16 bytes).
@@ -117,11 +127,31 @@ struct alignas(4) __half2 {
 };
 using half2 = __half2;
 
+// CUDA's raw bit patterns of halves (CuPy's float16 goes through them). In CUDA __half converts
+// to and from __half_raw; __half is a built-in type here, so __half_raw does both conversions.
+struct __half_raw {
+  unsigned short x;
+  __half_raw() = default;
+  constexpr __half_raw(unsigned short bits) : x(bits) {}
+  // A template, so that an int converts to the bits and not to a half.
+  template <class H>
+    requires std::same_as<H, __half>
+  __half_raw(H h) : x(std::bit_cast<unsigned short>(h)) {}
+  operator __half() const { return std::bit_cast<__half>(x); }
+};
+struct __half2_raw {
+  unsigned short x, y;
+  __half2_raw() = default;
+  constexpr __half2_raw(unsigned short low, unsigned short high) : x(low), y(high) {}
+  __half2_raw(__half2 h)
+      : x(std::bit_cast<unsigned short>(h.x)), y(std::bit_cast<unsigned short>(h.y)) {}
+  operator __half2() const { return {std::bit_cast<__half>(x), std::bit_cast<__half>(y)}; }
+};
+
 static inline __half __float2half(float f) { return static_cast<__half>(f); }
 static inline __half __float2half_rn(float f) { return static_cast<__half>(f); }
 static inline float __half2float(__half h) { return static_cast<float>(h); }
 static inline __half __int2half_rn(int i) { return static_cast<__half>(i); }
-static inline int __half2int_rn(__half h) { return static_cast<int>(lrintf(h)); }
 static inline unsigned short __half_as_ushort(__half h) { return std::bit_cast<unsigned short>(h); }
 static inline __half __ushort_as_half(unsigned short u) { return std::bit_cast<__half>(u); }
 static inline __half __hadd(__half a, __half b) { return a + b; }
@@ -133,8 +163,27 @@ static inline __half __hfma(__half a, __half b, __half c) {
 }
 static inline __half __hneg(__half a) { return -a; }
 static inline __half __habs(__half a) { return a < 0 ? -a : a; }
-static inline __half __hmax(__half a, __half b) { return a < b ? b : a; }
-static inline __half __hmin(__half a, __half b) { return b < a ? b : a; }
+// NaN-ignoring, as CUDA's (and fmaxf): a NaN operand gives the other one.
+static inline __half __hmax(__half a, __half b) { return a != a ? b : (a < b ? b : a); }
+static inline __half __hmin(__half a, __half b) { return a != a ? b : (b < a ? b : a); }
+static inline bool __hisnan(__half a) { return a != a; }
+static inline int __hisinf(__half a) { return std::isinf(float(a)) ? (a > 0 ? 1 : -1) : 0; }
+static inline __half __short2half_rn(short i) { return static_cast<__half>(i); }
+static inline __half __uint2half_rn(unsigned i) { return static_cast<__half>(i); }
+static inline __half hsqrt(__half a) { return static_cast<__half>(sqrtf(a)); }
+static inline __half hrsqrt(__half a) { return static_cast<__half>(1.0f / sqrtf(a)); }
+static inline __half hexp(__half a) { return static_cast<__half>(expf(a)); }
+static inline __half hexp2(__half a) { return static_cast<__half>(exp2f(a)); }
+static inline __half hlog(__half a) { return static_cast<__half>(logf(a)); }
+static inline __half hlog2(__half a) { return static_cast<__half>(log2f(a)); }
+static inline __half hlog10(__half a) { return static_cast<__half>(log10f(a)); }
+static inline __half hsin(__half a) { return static_cast<__half>(sinf(a)); }
+static inline __half hcos(__half a) { return static_cast<__half>(cosf(a)); }
+static inline __half hceil(__half a) { return static_cast<__half>(ceilf(a)); }
+static inline __half hfloor(__half a) { return static_cast<__half>(floorf(a)); }
+static inline __half htrunc(__half a) { return static_cast<__half>(truncf(a)); }
+static inline __half hrint(__half a) { return static_cast<__half>(nearbyintf(a)); }
+static inline __half hrcp(__half a) { return static_cast<__half>(1.0f / static_cast<float>(a)); }
 static inline bool __heq(__half a, __half b) { return a == b; }
 static inline bool __hne(__half a, __half b) { return a != b; }
 static inline bool __hlt(__half a, __half b) { return a < b; }
@@ -148,6 +197,9 @@ static inline float __low2float(__half2 h) { return h.x; }
 static inline float __high2float(__half2 h) { return h.y; }
 static inline __half2 __hadd2(__half2 a, __half2 b) { return {a.x + b.x, a.y + b.y}; }
 static inline __half2 __hmul2(__half2 a, __half2 b) { return {a.x * b.x, a.y * b.y}; }
+static inline __half2 __halves2half2(__half low, __half high) { return {low, high}; }
+static inline __half __low2half(__half2 h) { return h.x; }
+static inline __half __high2half(__half2 h) { return h.y; }
 
 // ---------------------------------------------------------------------------------------------
 // Launch-wide state. Launches of one module are serialised, so it is plain globals except for the
@@ -170,9 +222,10 @@ struct KernelAbort {
 
 struct LaunchContext;
 
-// Runs once per barrier phase, before any thread is released: every thread then reads the same
-// stop decision after the end-of-block barrier, so none leaves while others still wait on it.
-struct StopSnapshot {
+// Runs once per barrier phase, before any thread is released, so that every thread reads the
+// same outcome of the phase: whether to stop (none leaves while others still wait on the barrier),
+// whether the block is over, and the predicate count of __syncthreads_count/_and/_or.
+struct PhaseEnd {
   LaunchContext* ctx;
   void operator()() noexcept;
 };
@@ -182,11 +235,18 @@ struct LaunchContext {
   dim3 block;
   unsigned long long blocks;
   unsigned block_threads;
-  std::barrier<StopSnapshot>* barrier = nullptr;
-  std::atomic<int> sync_counts[3] = {};
+  std::barrier<PhaseEnd>* barrier = nullptr;
   std::atomic<int> status{kSuccess};
   std::atomic<bool> stop{false};
+  // Threads of the current block that returned: they count as arrived at every later barrier of
+  // their block, as on a GPU, by waiting on the barrier until the block is over.
+  std::atomic<unsigned> finished{0};
+  std::atomic<int> votes{0};  // true predicates given to the barrier of the current phase
+  // The outcome of the last phase, written by PhaseEnd.
   bool stop_seen = false;
+  bool block_done = false;
+  int vote_count = 0;
+  int voters = 0;  // threads still running the kernel
   std::string message;
 
   // Records the first failure of the launch and asks every host thread to stop.
@@ -197,7 +257,14 @@ struct LaunchContext {
   }
 };
 
-void StopSnapshot::operator()() noexcept { ctx->stop_seen = ctx->stop.load(); }
+void PhaseEnd::operator()() noexcept {
+  unsigned finished = ctx->finished.load();
+  ctx->stop_seen = ctx->stop.load();
+  ctx->block_done = finished == ctx->block_threads;
+  if (ctx->block_done) ctx->finished.store(0);
+  ctx->vote_count = ctx->votes.exchange(0);
+  ctx->voters = static_cast<int>(ctx->block_threads - finished);
+}
 
 std::mutex g_launch_mutex;
 LaunchContext* g_ctx = nullptr;
@@ -205,7 +272,6 @@ LaunchContext* g_ctx = nullptr;
 unsigned char* g_dynamic_shared = nullptr;
 dim3 g_block_dim;
 dim3 g_grid_dim;
-thread_local unsigned t_sync_calls = 0;
 
 }  // namespace
 }  // namespace gpupool_emu
@@ -238,28 +304,11 @@ namespace {
   throw KernelAbort{kAssert, text};
 }
 
-// Where a kernel with no barrier reaches one: harmless for one-thread blocks, otherwise the
-// source scan missed the call (a macro or header it could not see) and the result would be wrong.
-bool barrier_available() {
-  if (g_ctx->barrier != nullptr) return true;
-  if (g_ctx->block_threads > 1) {
-    abort_thread(kLaunchFailure,
-                 "__syncthreads() reached in a kernel the emulator runs without barriers: "
-                 "its source scan did not see this call");
-  }
-  return false;
-}
-
+// A barrier is always there: a module that mentions __syncthreads runs all its kernels with one.
 int sync_count(int predicate) {
-  if (!barrier_available()) return predicate != 0;
-  unsigned call = t_sync_calls++;
-  // Three counters in rotation: the one two calls ahead is idle until the next barrier.
-  std::atomic<int>& counter = g_ctx->sync_counts[call % 3];
-  if (predicate) counter.fetch_add(1, std::memory_order_relaxed);
+  if (predicate) g_ctx->votes.fetch_add(1, std::memory_order_relaxed);
   g_ctx->barrier->arrive_and_wait();
-  int total = counter.load(std::memory_order_relaxed);
-  g_ctx->sync_counts[(call + 2) % 3].store(0, std::memory_order_relaxed);
-  return total;
+  return g_ctx->vote_count;
 }
 
 }  // namespace
@@ -273,12 +322,11 @@ int sync_count(int predicate) {
   ((e) ? (void)0 : ::gpupool_emu::assert_fail(#e, __FILE__, __LINE__, __PRETTY_FUNCTION__))
 #endif
 
-static inline void __syncthreads() {
-  if (gpupool_emu::barrier_available()) gpupool_emu::g_ctx->barrier->arrive_and_wait();
-}
+static inline void __syncthreads() { gpupool_emu::g_ctx->barrier->arrive_and_wait(); }
 static inline int __syncthreads_count(int predicate) { return gpupool_emu::sync_count(predicate); }
 static inline int __syncthreads_and(int predicate) {
-  return gpupool_emu::sync_count(predicate) == static_cast<int>(gpupool_emu::g_ctx->block_threads);
+  int count = gpupool_emu::sync_count(predicate);  // before voters: that is the phase's outcome
+  return count == gpupool_emu::g_ctx->voters;
 }
 static inline int __syncthreads_or(int predicate) {
   return gpupool_emu::sync_count(predicate) != 0;
@@ -384,17 +432,26 @@ GPUPOOL_EMU_SCOPED_ATOMIC(atomicXor)
 // ---------------------------------------------------------------------------------------------
 // Math. <math.h> already puts the C library (sqrtf, expf, sincosf, exp10f...) and the float
 // overloads in the global namespace; these are CUDA's additions.
+// On floating-point operands CUDA's min and max are fminf/fmaxf: a NaN operand gives the other.
 template <class A, class B>
   requires std::is_arithmetic_v<A> && std::is_arithmetic_v<B>
 static inline auto min(A a, B b) {
   using R = decltype(a + b);
-  return static_cast<R>(b) < static_cast<R>(a) ? static_cast<R>(b) : static_cast<R>(a);
+  if constexpr (std::is_floating_point_v<R>) {
+    return std::fmin(static_cast<R>(a), static_cast<R>(b));
+  } else {
+    return static_cast<R>(b) < static_cast<R>(a) ? static_cast<R>(b) : static_cast<R>(a);
+  }
 }
 template <class A, class B>
   requires std::is_arithmetic_v<A> && std::is_arithmetic_v<B>
 static inline auto max(A a, B b) {
   using R = decltype(a + b);
-  return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(b) : static_cast<R>(a);
+  if constexpr (std::is_floating_point_v<R>) {
+    return std::fmax(static_cast<R>(a), static_cast<R>(b));
+  } else {
+    return static_cast<R>(a) < static_cast<R>(b) ? static_cast<R>(b) : static_cast<R>(a);
+  }
 }
 static inline unsigned umin(unsigned a, unsigned b) { return a < b ? a : b; }
 static inline unsigned umax(unsigned a, unsigned b) { return a < b ? b : a; }
@@ -482,13 +539,47 @@ static inline double __fma_rn(double a, double b, double c) { return fma(a, b, c
 static inline double __drcp_rn(double a) { return 1.0 / a; }
 static inline double __dsqrt_rn(double a) { return sqrt(a); }
 
-static inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
-static inline int __float2int_rz(float x) { return static_cast<int>(x); }
-static inline int __float2int_rd(float x) { return static_cast<int>(floorf(x)); }
-static inline int __float2int_ru(float x) { return static_cast<int>(ceilf(x)); }
-static inline unsigned __float2uint_rn(float x) { return static_cast<unsigned>(nearbyintf(x)); }
-static inline long long __float2ll_rn(float x) { return static_cast<long long>(nearbyintf(x)); }
-static inline int __double2int_rn(double x) { return static_cast<int>(nearbyint(x)); }
+// Floating-point to integer conversions saturate on a GPU (NaN gives 0), where a C++ cast of a
+// value out of range is undefined behaviour: round in double (exact for every source type), then
+// clamp. A double of the integer's largest value may round up past it, hence the >=.
+namespace gpupool_emu {
+namespace {
+template <class I>
+I saturate(double rounded) {
+  using limits = std::numeric_limits<I>;
+  if (rounded != rounded) return 0;
+  if (rounded <= static_cast<double>(limits::min())) return limits::min();
+  if (rounded >= static_cast<double>(limits::max())) return limits::max();
+  return static_cast<I>(rounded);
+}
+}  // namespace
+}  // namespace gpupool_emu
+
+#define GPUPOOL_EMU_TO_INTEGER(FROM, F, TO, I)                                  \
+  static inline I __##FROM##2##TO##_rn(F x) {                                   \
+    return gpupool_emu::saturate<I>(nearbyint(static_cast<double>(x)));         \
+  }                                                                             \
+  static inline I __##FROM##2##TO##_rz(F x) {                                   \
+    return gpupool_emu::saturate<I>(trunc(static_cast<double>(x)));             \
+  }                                                                             \
+  static inline I __##FROM##2##TO##_rd(F x) {                                   \
+    return gpupool_emu::saturate<I>(floor(static_cast<double>(x)));             \
+  }                                                                             \
+  static inline I __##FROM##2##TO##_ru(F x) {                                   \
+    return gpupool_emu::saturate<I>(ceil(static_cast<double>(x)));              \
+  }
+#define GPUPOOL_EMU_TO_INTEGERS(FROM, F)         \
+  GPUPOOL_EMU_TO_INTEGER(FROM, F, int, int)       \
+  GPUPOOL_EMU_TO_INTEGER(FROM, F, uint, unsigned) \
+  GPUPOOL_EMU_TO_INTEGER(FROM, F, ll, long long)  \
+  GPUPOOL_EMU_TO_INTEGER(FROM, F, ull, unsigned long long)
+GPUPOOL_EMU_TO_INTEGERS(float, float)
+GPUPOOL_EMU_TO_INTEGERS(double, double)
+GPUPOOL_EMU_TO_INTEGERS(half, __half)
+GPUPOOL_EMU_TO_INTEGER(half, __half, short, short)
+GPUPOOL_EMU_TO_INTEGER(half, __half, ushort, unsigned short)
+#undef GPUPOOL_EMU_TO_INTEGERS
+#undef GPUPOOL_EMU_TO_INTEGER
 static inline float __int2float_rn(int x) { return static_cast<float>(x); }
 static inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
 static inline float __ll2float_rn(long long x) { return static_cast<float>(x); }
@@ -720,24 +811,28 @@ void run_independent(LaunchContext& ctx, const Tuple& args) {
   run_team(static_cast<unsigned>(workers), body, false);
 }
 
-// A kernel with __syncthreads: one host thread per CUDA thread of a block, reused block after
-// block, with a barrier at the end of each block so that its static __shared__ memory is free.
+// A kernel of a module with __syncthreads: one host thread per CUDA thread of a block, reused
+// block after block. A thread that returns keeps arriving at the barrier (standing in for the
+// barriers it skips) until every thread of the block has returned; only then does the next block
+// start, so that the block's static __shared__ memory is free.
 template <auto K, class Tuple>
 void run_cooperative(LaunchContext& ctx, const Tuple& args) {
-  std::barrier<StopSnapshot> barrier(ctx.block_threads, StopSnapshot{&ctx});
+  std::barrier<PhaseEnd> barrier(ctx.block_threads, PhaseEnd{&ctx});
   ctx.barrier = &barrier;
   auto body = [&](unsigned index) {
     threadIdx = unflatten(index, ctx.block);
-    t_sync_calls = 0;
     for (unsigned long long b = 0; b < ctx.blocks; ++b) {
       blockIdx = unflatten(b, ctx.grid);
-      if (!run_thread<K>(ctx, args)) {
-        barrier.arrive_and_drop();
-        return;
-      }
-      barrier.arrive_and_wait();
-      if (ctx.stop_seen) return;
+      if (!run_thread<K>(ctx, args)) break;
+      ctx.finished.fetch_add(1);
+      do {
+        barrier.arrive_and_wait();
+      } while (!ctx.block_done && !ctx.stop_seen);
+      if (ctx.stop_seen) break;
     }
+    // A thread that stops early leaves the barrier, which releases threads of its block still
+    // inside the kernel (they stop at the end of it); after the last block nobody waits any more.
+    barrier.arrive_and_drop();
   };
   if (!run_team(ctx.block_threads, body, true)) {
     ctx.fail(kLaunchOutOfResources, "could not start " + std::to_string(ctx.block_threads) +
@@ -796,3 +891,6 @@ int launch(const unsigned* grid, const unsigned* block, std::size_t shared_bytes
   GPUPOOL_EMU_API void gpupool_arg_sizes_##ID(std::size_t* out) {                            \
     ::gpupool_emu::Params<decltype(&KERNEL)>::sizes(out);                                    \
   }
+
+#endif  // GPUPOOL_EMU_SCAN
+#endif  // GPUPOOL_EMU_H
