@@ -20,9 +20,18 @@ if TYPE_CHECKING:
 
 def _size(text: str) -> int:
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"a device needs memory, not {text!r}")
+    return size
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
+    return int(text)
 
 
 def _add_daemon_options(parser: argparse.ArgumentParser, log_level: str) -> None:
@@ -32,7 +41,7 @@ def _add_daemon_options(parser: argparse.ArgumentParser, log_level: str) -> None
         "--backend", choices=BACKENDS, default="auto", help="auto: CuPy on a GPU, else emulator"
     )
     parser.add_argument(
-        "--emu-devices", type=int, default=2, metavar="N", help="emulated devices (default 2)"
+        "--emu-devices", type=_count, default=2, metavar="N", help="emulated devices (default 2)"
     )
     parser.add_argument(
         "--emu-memory",
@@ -42,9 +51,15 @@ def _add_daemon_options(parser: argparse.ArgumentParser, log_level: str) -> None
         help="memory of each emulated device, e.g. 8GiB (default)",
     )
     parser.add_argument(
-        "--warm", type=int, default=1, metavar="N", help="started workers kept ready per device"
+        "--warm",
+        type=int,
+        default=1,
+        metavar="N",
+        help="started workers kept ready per device (default 1)",
     )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default=log_level)
+    parser.add_argument(
+        "--log-level", choices=logs.LEVELS, default=log_level, help=f"(default {log_level})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -138,6 +138,7 @@ class SessionExecutor:
         self._functions = _Handles("function")
         self._held: pb.Error | None = None
         self._copy: _PendingCopy | None = None
+        self._opened = False
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply]:
         """The replies to ``request``: none unless it waits or poisons the context."""
@@ -309,6 +310,9 @@ class SessionExecutor:
     # The other calls: each checks its arguments and returns its reply, if it has a result.
 
     def _do_open(self, call: pb.OpenSession) -> pb.Reply:
+        if self._opened:
+            raise CUDARuntimeError("cudaErrorInvalidValue", "the session is already open")
+        self._opened = True
         return pb.Reply(opened=pb.SessionOpened(properties=self._device.to_message()))
 
     def _do_mem_get_info(self, call: pb.MemGetInfo) -> pb.Reply:

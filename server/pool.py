@@ -158,7 +158,7 @@ class WorkerPool:
                 self._reap(worker)
             self._busy.clear()
         if self.ledger is not None:
-            self.ledger.remove()
+            self.ledger.close()
 
     def _refill(self) -> None:
         with self._lock:
@@ -180,7 +180,7 @@ class WorkerPool:
             self._config,
             self.device,
             slot,
-            self.ledger.path if self.ledger else None,
+            self.ledger.fileno() if self.ledger else None,
             self._log_level,
         )
         ours, theirs = socket.socketpair()
@@ -193,7 +193,10 @@ class WorkerPool:
                     spec.to_json(),
                     str(theirs.fileno()),
                 ],
-                pass_fds=[theirs.fileno()],
+                pass_fds=[theirs.fileno(), *([self.ledger.fileno()] if self.ledger else [])],
+                # Its own session: a Ctrl-C or a signal to the daemon's process group does not
+                # reach workers; the front ends them, and they end when it goes away.
+                start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))

@@ -38,7 +38,7 @@ class WorkerSpec:
     backend: BackendConfig
     device: int
     slot: int
-    ledger_path: str | None
+    ledger_fd: int | None  # the emulator's memory ledger, inherited
     log_level: str
 
     def to_json(self) -> str:
@@ -53,7 +53,7 @@ class WorkerSpec:
 def serve(conn: Connection, spec: WorkerSpec) -> int:
     """Serve one session on ``conn``; the process's exit status."""
     try:
-        backend, translate = open_backend(spec.backend, spec.device, spec.ledger_path, spec.slot)
+        backend, translate = open_backend(spec.backend, spec.device, spec.ledger_fd, spec.slot)
     except Exception as exc:
         log.exception("backend failed to start", extra=logs.fields(device=spec.device))
         _refuse(conn, CUDARuntimeError("cudaErrorInitializationError", f"{exc}"))

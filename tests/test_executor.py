@@ -17,7 +17,7 @@ from gpupool.server.executor import SessionExecutor
 def executor() -> Iterator[SessionExecutor]:
     ledger = MemoryLedger.create(1 << 30, slots=2)
     yield SessionExecutor(EmuBackend(0, ledger, slot=0), translate=lambda exc: exc)
-    ledger.remove()
+    ledger.close()
 
 
 def run(executor: SessionExecutor, **call: object) -> list[pb.Reply]:
@@ -188,3 +188,10 @@ def test_includes_that_reach_the_daemons_files_are_refused(
     (reply,) = run(executor, module_load=load)
     assert reply.error.name == "CompileError" and "refused" in reply.error.message
     assert "root:" not in reply.error.log
+
+
+def test_a_session_opens_once(executor: SessionExecutor) -> None:
+    (first,) = run(executor, open=pb.OpenSession(device=0))
+    assert first.HasField("opened")
+    (again,) = run(executor, open=pb.OpenSession(device=1))
+    assert again.error.message == "the session is already open"

@@ -53,11 +53,11 @@ def resolve(kind: str, emu_devices: int, emu_memory: int) -> tuple[BackendConfig
 
 
 def open_backend(
-    config: BackendConfig, device: int, ledger_path: str | None, slot: int
+    config: BackendConfig, device: int, ledger_fd: int | None, slot: int
 ) -> tuple[Backend, Translate]:
     """The backend for ``device`` in this worker process, and its error translator.
 
-    ``ledger_path`` and ``slot`` are the emulator's: the device's shared memory ledger and
+    ``ledger_fd`` and ``slot`` are the emulator's: the device's shared memory ledger and
     this worker's place in it.
     """
     if config.kind == "cupy":
@@ -66,8 +66,9 @@ def open_backend(
         return cupy_backend.CupyBackend(device), cupy_backend.translate
     from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 
-    assert ledger_path is not None
-    return EmuBackend(device, MemoryLedger(ledger_path, config.emu_memory), slot), _no_translation
+    assert ledger_fd is not None
+    ledger = MemoryLedger.attach(ledger_fd, config.emu_memory)
+    return EmuBackend(device, ledger, slot), _no_translation
 
 
 def _no_translation(exc: Exception) -> Exception:

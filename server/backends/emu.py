@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -32,25 +33,34 @@ ALIGNMENT = 256  # cudaMalloc's alignment
 class MemoryLedger:
     """Bytes held by each worker slot of one emulated device, in a file every worker maps.
 
-    The front process creates it; workers attach by path (they are started as fresh
-    interpreters, so nothing else is shared). ``flock`` serialises the check-and-reserve of
-    an allocation across processes.
+    The file has no name (it is deleted as soon as it is made), so nothing is left behind
+    however the daemon ends; workers inherit its descriptor and reopen it through
+    ``/proc/self/fd``, because ``flock`` excludes only separate opens of a file, and it is
+    ``flock`` that serialises the check-and-reserve of an allocation across processes.
     """
 
-    def __init__(self, path: str, total: int) -> None:
-        self.path = path
+    def __init__(self, file: BinaryIO, total: int) -> None:
         self.total = total
-        self._file = open(path, "r+b")
-        self._map = mmap.mmap(self._file.fileno(), 0)
+        self._file = file
+        self._map = mmap.mmap(file.fileno(), 0)
         self._slots = memoryview(self._map).cast("q")
 
     @classmethod
     def create(cls, total: int, slots: int) -> MemoryLedger:
         folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="gpupool-ledger-", dir=folder)
-        os.ftruncate(fd, slots * 8)
-        os.close(fd)
-        return cls(path, total)
+        file = tempfile.TemporaryFile(prefix="gpupool-ledger-", dir=folder)
+        file.truncate(slots * 8)
+        return cls(file, total)
+
+    @classmethod
+    def attach(cls, inherited_fd: int, total: int) -> MemoryLedger:
+        """The ledger whose descriptor this worker inherited, opened anew."""
+        file = open(f"/proc/self/fd/{inherited_fd}", "r+b")
+        os.close(inherited_fd)
+        return cls(file, total)
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[memoryview]:
@@ -84,12 +94,10 @@ class MemoryLedger:
         with self._locked() as slots:
             slots[slot] = 0
 
-    def remove(self) -> None:
-        """Unmap and delete the ledger's file (the front process, when the daemon stops)."""
+    def close(self) -> None:
         self._slots.release()
         self._map.close()
         self._file.close()
-        os.unlink(self.path)
 
 
 class _Event:
