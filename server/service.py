@@ -89,7 +89,7 @@ class DaemonService:
             threading.Thread(
                 target=_pump, args=(requests, worker), name=f"pump-{session_id}", daemon=True
             ).start()
-            yield from self._replies(worker, session_id, context)
+            yield from self._replies(worker, session_id)
         finally:
             pool.release(worker)
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
@@ -110,9 +110,7 @@ class DaemonService:
             )
         return self._pools[device]
 
-    def _replies(
-        self, worker: Worker, session_id: str, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
+    def _replies(self, worker: Worker, session_id: str) -> Iterator[bytes]:
         first = True
         for raw in worker.replies():
             if first:  # the reply to 'open': give the session its id
