@@ -268,6 +268,36 @@ extern "C" __global__ void fails_midway(int* x) {
     x[threadIdx.x] += 1;
 }
 
+// 1024-thread blocks (32 x 32) and eleven barriers: a tree sum; every thread checks that its
+// partial sum is the one a lockstep machine would have at each step.
+extern "C" __global__ void tree_sum(const int* x, long long* out, int* wrong) {
+    __shared__ long long partial[1024];
+    unsigned t = threadIdx.x + blockDim.x * threadIdx.y;
+    partial[t] = x[blockIdx.x * 1024 + t];
+    __syncthreads();
+    for (unsigned k = 512; k > 0; k >>= 1) {
+        long long mine = partial[t];
+        if (t < k) partial[t] += partial[t + k];
+        __syncthreads();
+        if (t < k && partial[t] - mine != partial[t + k]) atomicAdd(wrong, 1);
+    }
+    if (t == 0) out[blockIdx.x] = partial[0];
+}
+
+// Recursion with a 1 KiB frame a level, each kept alive across the call below it.
+__device__ int deep(int depth) {
+    volatile char frame[1024];
+    frame[depth % 1024] = static_cast<char>(depth & 127);
+    if (depth == 0) return 0;
+    int below = deep(depth - 1);
+    return below + frame[depth % 1024];
+}
+
+extern "C" __global__ void recurse(int depth, int* out) {
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + threadIdx.x] = deep(depth + threadIdx.x % 2);
+}
+
 extern "C" __global__ void scale(float* x, float factor, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] *= factor;
@@ -327,9 +357,14 @@ def elementwise(cache_dir: Path) -> EmuModule:
     return _compile_once(ELEMENTWISE, cache_dir)
 
 
-@pytest.fixture(scope="module")
-def blockwise(cache_dir: Path) -> EmuModule:
-    return _compile_once(BLOCKWISE, cache_dir)
+@pytest.fixture(scope="module", params=["switch", "ucontext"])
+def blockwise(cache_dir: Path, request: pytest.FixtureRequest) -> EmuModule:
+    """The block-wise kernels, their threads as fibers switched by the header's own context
+    switch (x86-64) and by the ucontext fallback (other architectures)."""
+    options = ["-DGPUPOOL_EMU_UCONTEXT"] if request.param == "ucontext" else []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPUPOOL_CACHE_DIR", str(cache_dir))
+        return EmuModule.from_source(BLOCKWISE, options)
 
 
 @pytest.fixture
@@ -507,7 +542,7 @@ def test_block_reduction_with_shared_memory_and_barriers(blockwise: EmuModule) -
 @needs_cxx
 @pytest.mark.parametrize("kernel, shift", [("reverse_blocks", None), ("rotate_blocks", 1)])
 def test_dynamic_shared_memory(blockwise: EmuModule, kernel: str, shift: int | None) -> None:
-    blocks, threads = 64, 96
+    blocks, threads = 256, 96  # enough blocks for several host threads, each with its own
     x = np.arange(blocks * threads, dtype=np.float32)
     out = np.zeros_like(x)
     blockwise.get_function(kernel).launch(
@@ -536,6 +571,33 @@ def test_assert_between_barriers_stops_the_launch_without_hanging(blockwise: Emu
 
 
 @needs_cxx
+def test_1024_thread_blocks_with_eleven_barriers(blockwise: EmuModule) -> None:
+    blocks = 12
+    x = np.random.default_rng(4).integers(-(1 << 30), 1 << 30, blocks * 1024, dtype=np.int32)
+    out = np.zeros(blocks, dtype=np.int64)
+    wrong = np.zeros(1, dtype=np.int32)
+    blockwise.get_function("tree_sum").launch(
+        (blocks, 1, 1), (32, 32, 1), 0, [ptr(x), ptr(out), ptr(wrong)]
+    )
+    np.testing.assert_array_equal(out, x.reshape(blocks, 1024).sum(axis=1, dtype=np.int64))
+    assert wrong[0] == 0
+
+
+@needs_cxx
+@pytest.mark.parametrize("stack_kib, depth", [(None, 150), ("1024", 800)])
+def test_deep_recursion_on_fiber_stacks(
+    blockwise: EmuModule, monkeypatch: pytest.MonkeyPatch, stack_kib: str | None, depth: int
+) -> None:
+    # 256 KiB of stack a thread by default; GPUPOOL_EMU_STACK_KIB asks for more.
+    if stack_kib is not None:
+        monkeypatch.setenv("GPUPOOL_EMU_STACK_KIB", stack_kib)
+    out = np.zeros(2 * 64, dtype=np.int32)
+    blockwise.get_function("recurse").launch((2, 1, 1), (64, 1, 1), 0, [i32(depth), ptr(out)])
+    sums = [sum(d & 127 for d in range(1, top + 1)) for top in (depth, depth + 1)]
+    assert out.tolist() == sums * 64
+
+
+@needs_cxx
 def test_kernel_without_barriers_in_a_module_with_them(blockwise: EmuModule) -> None:
     n = 1 << 16
     x = np.arange(n, dtype=np.float32)
@@ -560,7 +622,7 @@ def test_a_module_that_mentions_syncthreads_runs_every_kernel_with_barriers(
 
 
 @needs_cxx
-@pytest.mark.parametrize("blocks, n", [(1, 40), (8, 300)])
+@pytest.mark.parametrize("blocks, n", [(1, 40), (8, 300), (300, 17000)])
 def test_threads_that_return_before_a_barrier_count_as_arrived(
     blockwise: EmuModule, blocks: int, n: int
 ) -> None:

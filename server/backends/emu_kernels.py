@@ -12,14 +12,24 @@ Python looks at the source only textually, and at the preprocessor's output for 
 macros, user headers and ``#if`` are seen as the compiler sees them: to find kernel names, to
 refuse CUDA constructs the emulator cannot run (warp-level operations, inline PTX, textures...)
 and to decide how the kernels run. A module that mentions ``__syncthreads`` anywhere runs every
-kernel with one host thread per CUDA thread of a block and a barrier; any other module runs a
-block's threads as a plain loop, many times faster. The user's own source is compiled (not the
-preprocessor's output), with ``#line``, so that compile errors point at its lines; its
-``extern __shared__`` arrays are rewritten onto the launch's dynamic shared memory.
+kernel's blocks with each CUDA thread a fiber (a stack of its own) on one host thread:
+``__syncthreads()`` switches to the next fiber, and once every fiber still in the kernel has
+reached the barrier (those that returned count as arrived) they all go on. Any other module runs
+a block's threads as a plain loop, faster still. Either way a host thread runs whole
+blocks, and as many host threads as pay off share the blocks of a launch (a module without
+barriers but with ``__shared__`` memory keeps to one). ``__shared__`` variables are static
+``thread_local`` storage, so that blocks running at once do not share them. The user's own source
+is compiled (not the preprocessor's output), with ``#line``, so that compile errors point at its
+lines; its ``extern __shared__`` arrays are rewritten onto the host thread's dynamic shared memory.
 
-Known limitation: the threads of a block do not run in lockstep, so warp-synchronous code that
+A fiber has 256 KiB of stack (a deeper recursion faults on a guard page, which ends the worker
+process); ``GPUPOOL_EMU_STACK_KIB`` in the environment of the process that launches sets another
+size, read at each launch.
+
+Known limitations: the threads of a block do not run in lockstep, so warp-synchronous code that
 relies on it without ``__syncwarp`` (the volatile shared-memory tail of old reductions) gives
-wrong results here. It is not detected.
+wrong results here; and a thread runs until its next barrier or its return, so one that spins
+waiting for another thread of its block (not at a barrier) never ends. Neither is detected.
 
 Compiled modules are cached by content hash and written atomically, because several worker
 processes compile the same kernels at the same time; each module loads a private copy, so that
@@ -231,10 +241,10 @@ def _rewrite_shared(source: str) -> str:
     """Makes the user's own ``__shared__`` declarations host C++ (``__shared__`` is ``static``).
 
     ``static __shared__`` loses its ``static``. Every ``extern __shared__ T name[];`` becomes a
-    reference to the launch's dynamic shared memory (read as a ``T*``, which
-    -fno-strict-aliasing allows), so that the name works as the array did in every expression,
-    at any scope. Offsets and line numbers stay those of the source; user headers are not
-    rewritten.
+    ``thread_local`` reference to the dynamic shared memory of the host thread that runs the
+    block (read as a ``T*``, which -fno-strict-aliasing allows), so that the name works as the
+    array did in every expression, at any scope, on every host thread. Offsets and line numbers
+    stay those of the source; user headers are not rewritten.
     """
     code = _mask_comments_and_literals(source)
     pieces = []
@@ -242,7 +252,7 @@ def _rewrite_shared(source: str) -> str:
     for match in _EXTERN_SHARED.finditer(code):
         element = _ALIGNMENT.sub("", source[match.start(1) : match.end(1)]).strip()
         replacement = (
-            f"{element}* const& {match.group(2)} = "
+            f"thread_local {element}* const& {match.group(2)} = "
             f"reinterpret_cast<{element}* const&>(::gpupool_emu::g_dynamic_shared);"
         )
         pieces += [source[done : match.start()], replacement, "\n" * match.group().count("\n")]

@@ -5,11 +5,14 @@
 // translation unit, and modules are loaded side by side into one worker process); only the
 // launchers are exported.
 //
-// Execution model (design notes, "CPU emulator"):
+// Execution model (design notes, "The emulator backend"):
 // * a device pointer is a host address, so kernels read and write host memory directly;
-// * blocks run one after another, which is what makes `__shared__` = function-static storage valid;
+// * a host thread runs one block at a time, to its end; `__shared__` is static thread_local
+//   storage, and dynamic shared memory a buffer of each host thread, so that blocks running at once
+//   on different host threads have their own;
 // * in a module that mentions __syncthreads() anywhere, every kernel runs the threads of a block as
-//   host threads joined by a std::barrier, one set of threads reused for every block of the launch;
+//   fibers on one host thread (FiberTeam below: each with its own stack, __syncthreads() switches
+//   to the next), and the blocks are spread over the host's cores;
 // * in any other module the threads of a block run as a plain loop, and when the module declares
 //   no __shared__ memory its blocks are spread over the host's cores;
 // * launches of one module are serialised by a mutex, so launch-wide state can be plain globals.
@@ -43,10 +46,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <barrier>
 #include <bit>
 #include <cfloat>
 #include <climits>
@@ -76,7 +80,7 @@
 #define __constant__
 #define __managed__
 #define __grid_constant__
-#define __shared__ static
+#define __shared__ static thread_local
 #define __align__(n) __attribute__((aligned(n)))
 
 // ---------------------------------------------------------------------------------------------
@@ -220,33 +224,14 @@ struct KernelAbort {
   std::string message;
 };
 
-struct LaunchContext;
-
-// Runs once per barrier phase, before any thread is released, so that every thread reads the
-// same outcome of the phase: whether to stop (none leaves while others still wait on the barrier),
-// whether the block is over, and the predicate count of __syncthreads_count/_and/_or.
-struct PhaseEnd {
-  LaunchContext* ctx;
-  void operator()() noexcept;
-};
-
 struct LaunchContext {
   dim3 grid;
   dim3 block;
   unsigned long long blocks;
   unsigned block_threads;
-  std::barrier<PhaseEnd>* barrier = nullptr;
+  std::size_t shared_bytes;
   std::atomic<int> status{kSuccess};
   std::atomic<bool> stop{false};
-  // Threads of the current block that returned: they count as arrived at every later barrier of
-  // their block, as on a GPU, by waiting on the barrier until the block is over.
-  std::atomic<unsigned> finished{0};
-  std::atomic<int> votes{0};  // true predicates given to the barrier of the current phase
-  // The outcome of the last phase, written by PhaseEnd.
-  bool stop_seen = false;
-  bool block_done = false;
-  int vote_count = 0;
-  int voters = 0;  // threads still running the kernel
   std::string message;
 
   // Records the first failure of the launch and asks every host thread to stop.
@@ -257,26 +242,18 @@ struct LaunchContext {
   }
 };
 
-void PhaseEnd::operator()() noexcept {
-  unsigned finished = ctx->finished.load();
-  ctx->stop_seen = ctx->stop.load();
-  ctx->block_done = finished == ctx->block_threads;
-  if (ctx->block_done) ctx->finished.store(0);
-  ctx->vote_count = ctx->votes.exchange(0);
-  ctx->voters = static_cast<int>(ctx->block_threads - finished);
-}
-
 std::mutex g_launch_mutex;
-LaunchContext* g_ctx = nullptr;
-// The launch's dynamic shared memory: `extern __shared__ T name[];` becomes a reference to it.
-unsigned char* g_dynamic_shared = nullptr;
+// The dynamic shared memory of the block that this host thread runs: `extern __shared__ T
+// name[];` becomes a thread_local reference to it, as static __shared__ storage is thread_local.
+thread_local unsigned char* g_dynamic_shared = nullptr;
 dim3 g_block_dim;
 dim3 g_grid_dim;
 
 }  // namespace
 }  // namespace gpupool_emu
 
-// The CUDA built-in variables.
+// The CUDA built-in variables. threadIdx is set for each emulated thread by whoever runs it (the
+// plain loop, or the fiber scheduler on every switch), blockIdx for each block.
 namespace {
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
@@ -304,11 +281,281 @@ namespace {
   throw KernelAbort{kAssert, text};
 }
 
-// A barrier is always there: a module that mentions __syncthreads runs all its kernels with one.
+}  // namespace
+}  // namespace gpupool_emu
+
+// ---------------------------------------------------------------------------------------------
+// Fibers. In a module with barriers each CUDA thread of a block is a fiber (its own stack, run on
+// the host thread that runs the block); __syncthreads() switches to the next fiber of the block.
+//
+// On x86-64 the switch is the few instructions below: it saves the callee-saved registers and the
+// SSE/x87 control words on the fiber's own stack, stores the stack pointer, loads the next one and
+// restores the same from there. It is an out-of-line function the compiler cannot see into, so a
+// kernel reloads memory (shared arrays, threadIdx) after every barrier. A fiber starts in
+// gpupool_emu_fiber_start, which calls the entry function placed in r12 of its first frame; no
+// unwinding goes past it (.cfi_undefined rip ends the stack). Elsewhere, or with
+// GPUPOOL_EMU_UCONTEXT defined, ucontext's swapcontext does the same at the cost of a system call
+// (sigprocmask) per switch. Neither switches a CET shadow stack, which Linux enables for a
+// process only on request.
+#if defined(__x86_64__) && !defined(GPUPOOL_EMU_UCONTEXT)
+#define GPUPOOL_EMU_ASM_FIBERS 1
+asm(R"(
+  .text
+  .p2align 4
+  .globl gpupool_emu_fiber_switch
+  .hidden gpupool_emu_fiber_switch
+  .type gpupool_emu_fiber_switch, @function
+gpupool_emu_fiber_switch:
+  .cfi_startproc
+  pushq %rbp
+  .cfi_adjust_cfa_offset 8
+  pushq %rbx
+  .cfi_adjust_cfa_offset 8
+  pushq %r12
+  .cfi_adjust_cfa_offset 8
+  pushq %r13
+  .cfi_adjust_cfa_offset 8
+  pushq %r14
+  .cfi_adjust_cfa_offset 8
+  pushq %r15
+  .cfi_adjust_cfa_offset 8
+  subq $8, %rsp
+  .cfi_adjust_cfa_offset 8
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  .cfi_adjust_cfa_offset -8
+  popq %r15
+  .cfi_adjust_cfa_offset -8
+  popq %r14
+  .cfi_adjust_cfa_offset -8
+  popq %r13
+  .cfi_adjust_cfa_offset -8
+  popq %r12
+  .cfi_adjust_cfa_offset -8
+  popq %rbx
+  .cfi_adjust_cfa_offset -8
+  popq %rbp
+  .cfi_adjust_cfa_offset -8
+  ret
+  .cfi_endproc
+  .size gpupool_emu_fiber_switch, .-gpupool_emu_fiber_switch
+
+  .p2align 4
+  .globl gpupool_emu_fiber_start
+  .hidden gpupool_emu_fiber_start
+  .type gpupool_emu_fiber_start, @function
+gpupool_emu_fiber_start:
+  .cfi_startproc
+  .cfi_undefined rip
+  callq *%r12
+  ud2
+  .cfi_endproc
+  .size gpupool_emu_fiber_start, .-gpupool_emu_fiber_start
+)");
+extern "C" __attribute__((visibility("hidden"))) void gpupool_emu_fiber_switch(void** save,
+                                                                               void* load);
+extern "C" __attribute__((visibility("hidden"))) void gpupool_emu_fiber_start();
+#else
+#define GPUPOOL_EMU_ASM_FIBERS 0
+#include <ucontext.h>
+#endif
+
+namespace gpupool_emu {
+namespace {
+
+struct FiberContext {
+#if GPUPOOL_EMU_ASM_FIBERS
+  void* sp = nullptr;
+#else
+  ucontext_t uc;  // points into itself: never moved once made
+#endif
+};
+
+// Suspends the running code into `from` and resumes `to`.
+inline void fiber_switch(FiberContext& from, FiberContext& to) {
+#if GPUPOOL_EMU_ASM_FIBERS
+  gpupool_emu_fiber_switch(&from.sp, to.sp);
+#else
+  swapcontext(&from.uc, &to.uc);
+#endif
+}
+
+// Makes `context` start entry() on the stack [low, low + size) when first switched to.
+void fiber_make(FiberContext& context, unsigned char* low, std::size_t size, void (*entry)()) {
+#if GPUPOOL_EMU_ASM_FIBERS
+  auto top = reinterpret_cast<std::uintptr_t>(low + size) & ~std::uintptr_t{15};
+  auto* frame = reinterpret_cast<std::uint64_t*>(top - 16) - 8;  // see the switch above
+  std::uint32_t mxcsr = __builtin_ia32_stmxcsr();
+  std::uint16_t x87 = 0;
+  asm volatile("fnstcw %0" : "=m"(x87));
+  frame[0] = mxcsr | (std::uint64_t{x87} << 32);
+  frame[1] = frame[2] = frame[3] = 0;                            // r15, r14, r13
+  frame[4] = reinterpret_cast<std::uint64_t>(entry);             // r12
+  frame[5] = frame[6] = 0;                                       // rbx, rbp
+  frame[7] = reinterpret_cast<std::uint64_t>(&gpupool_emu_fiber_start);  // return address
+  frame[8] = 0;
+  context.sp = frame;
+#else
+  getcontext(&context.uc);
+  context.uc.uc_stack.ss_sp = low;
+  context.uc.uc_stack.ss_size = size;
+  context.uc.uc_link = nullptr;
+  makecontext(&context.uc, entry, 0);
+#endif
+}
+
+struct Fiber {
+  FiberContext context;
+  uint3 index;  // its threadIdx
+  bool exited = false;
+};
+
+// The threads of one block as fibers, on one host thread, block after block. They run in turn:
+// each until its next barrier or its return, and when every fiber still in the kernel is at the
+// barrier (fibers that returned count as arrived, as on a GPU) the next phase begins with the
+// first of them. A fiber that returns waits, parked, for the next block, which starts all the
+// fibers again from the kernel's beginning.
+struct FiberTeam {
+  std::vector<Fiber> fibers;
+  std::vector<unsigned> order;  // fibers of the current phase, in turn: first `count` entries
+  unsigned count = 0;
+  unsigned position = 0;  // order[position] is the running fiber
+  int votes = 0;          // true predicates given to the barrier of the current phase
+  int vote_count = 0;     // the outcome of the last phase
+  int voters = 0;         // fibers at the barrier of the last phase (not returned)
+  FiberContext host;      // the scheduler, waiting for the end of the block
+  void (*body)(const void*) = nullptr;  // runs one CUDA thread; must not throw
+  const void* data = nullptr;
+  unsigned char* stacks = nullptr;
+  std::size_t mapped = 0;
+
+  FiberTeam() = default;
+  FiberTeam(const FiberTeam&) = delete;
+  FiberTeam& operator=(const FiberTeam&) = delete;
+  ~FiberTeam() {
+    if (stacks) munmap(stacks, mapped);
+  }
+
+  // Called by the running fiber at a barrier, or when its kernel has returned.
+  void arrive(bool returned) {
+    Fiber& self = fibers[order[position]];
+    self.exited = returned;
+    if (++position == count) {
+      unsigned kept = 0;
+      for (unsigned i = 0; i < count; ++i) {
+        if (!fibers[order[i]].exited) order[kept++] = order[i];
+      }
+      count = kept;
+      position = 0;
+      vote_count = votes;
+      votes = 0;
+      voters = static_cast<int>(kept);
+      if (kept == 0) {  // the block is over
+        fiber_switch(self.context, host);
+        return;
+      }
+    }
+    Fiber& next = fibers[order[position]];
+    if (&next != &self) {
+      threadIdx = next.index;
+      fiber_switch(self.context, next.context);
+    }
+  }
+
+  // Runs every thread of the current block (blockIdx) to its end.
+  void run_block() {
+    for (unsigned i = 0; i < fibers.size(); ++i) {
+      fibers[i].exited = false;
+      order[i] = i;
+    }
+    count = static_cast<unsigned>(fibers.size());
+    position = 0;
+    votes = 0;
+    threadIdx = fibers[0].index;
+    fiber_switch(host, fibers[0].context);
+  }
+};
+
+thread_local FiberTeam* g_team = nullptr;
+
+[[noreturn]] void fiber_main() noexcept {
+  FiberTeam* team = g_team;
+  for (;;) {
+    team->body(team->data);
+    team->arrive(true);
+  }
+}
+
+std::size_t page_size() {
+  long size = sysconf(_SC_PAGESIZE);
+  return size > 0 ? static_cast<std::size_t>(size) : 4096;
+}
+
+// Bytes of stack per fiber: GPUPOOL_EMU_STACK_KIB, 256 KiB by default, at least 16 KiB.
+std::size_t fiber_stack_bytes() {
+  std::size_t kib = 256;
+  if (const char* text = getenv("GPUPOOL_EMU_STACK_KIB")) {
+    char* end = nullptr;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (end != text && *end == '\0') kib = std::clamp<unsigned long long>(value, 16, 1 << 20);
+  }
+  std::size_t page = page_size();
+  return (kib * 1024 + page - 1) / page * page;
+}
+
+// Linux 6.13's guard regions: pages that fault on access, without splitting the mapping.
+constexpr int kMadvGuardInstall = 102;  // MADV_GUARD_INSTALL, newer than most headers
+std::atomic<bool> g_guard_regions{true};  // until the kernel refuses them
+
+// Makes the page at `low` fault on access: a guard region where the kernel has them, else (when
+// `split` allows splitting the mapping) an inaccessible mapping. Best effort: without one, a
+// stack overflow overwrites the next fiber's stack instead of faulting.
+void install_guard(unsigned char* low, std::size_t page, bool split) {
+  if (g_guard_regions.load(std::memory_order_relaxed)) {
+    if (madvise(low, page, kMadvGuardInstall) == 0) return;
+    g_guard_regions.store(false, std::memory_order_relaxed);
+  }
+  if (split) mprotect(low, page, PROT_NONE);
+}
+
+// Makes `team` the fibers of a block of `block` threads, each with `stack` bytes of stack and a
+// guard page below it (see install_guard; `split` allows guards that split the mapping). False
+// when the memory could not be had.
+bool make_team(FiberTeam& team, const dim3& block, std::size_t stack, bool split,
+               void (*body)(const void*), const void* data) {
+  const unsigned n = block.x * block.y * block.z;
+  const std::size_t page = page_size();
+  const std::size_t each = stack + page;
+  void* memory = mmap(nullptr, each * n, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (memory == MAP_FAILED) return false;
+  team.stacks = static_cast<unsigned char*>(memory);
+  team.mapped = each * n;
+  team.fibers = std::vector<Fiber>(n);
+  team.order.assign(n, 0);
+  team.body = body;
+  team.data = data;
+  for (unsigned i = 0; i < n; ++i) {
+    unsigned char* low = team.stacks + i * each;
+    install_guard(low, page, split);
+    team.fibers[i].index = {i % block.x, i / block.x % block.y, i / block.x / block.y};
+    fiber_make(team.fibers[i].context, low + page, stack, &fiber_main);
+  }
+  return true;
+}
+
+// __syncthreads and friends: only kernels of a module with barriers call them, and those always
+// run as fibers.
 int sync_count(int predicate) {
-  if (predicate) g_ctx->votes.fetch_add(1, std::memory_order_relaxed);
-  g_ctx->barrier->arrive_and_wait();
-  return g_ctx->vote_count;
+  FiberTeam* team = g_team;
+  if (predicate) ++team->votes;
+  team->arrive(false);
+  return team->vote_count;
 }
 
 }  // namespace
@@ -322,11 +569,11 @@ int sync_count(int predicate) {
   ((e) ? (void)0 : ::gpupool_emu::assert_fail(#e, __FILE__, __LINE__, __PRETTY_FUNCTION__))
 #endif
 
-static inline void __syncthreads() { gpupool_emu::g_ctx->barrier->arrive_and_wait(); }
+static inline void __syncthreads() { gpupool_emu::g_team->arrive(false); }
 static inline int __syncthreads_count(int predicate) { return gpupool_emu::sync_count(predicate); }
 static inline int __syncthreads_and(int predicate) {
   int count = gpupool_emu::sync_count(predicate);  // before voters: that is the phase's outcome
-  return count == gpupool_emu::g_ctx->voters;
+  return count == gpupool_emu::g_team->voters;
 }
 static inline int __syncthreads_or(int predicate) {
   return gpupool_emu::sync_count(predicate) != 0;
@@ -697,9 +944,14 @@ struct Params<void (*)(P...)> {
 template <class... P>
 struct Params<void (*)(P...) noexcept> : Params<void (*)(P...)> {};
 
+// Host threads run the scheduler and, in the plain loop, the kernel itself.
 constexpr std::size_t kThreadStack = 1 << 20;  // CUDA allows at most 512 KiB of local memory
 // A host thread is worth starting only for at least this many emulated threads of work.
 constexpr unsigned long long kThreadsPerWorker = 4096;
+// Guard pages made inaccessible with mprotect split the mapping, and the kernel allows a process
+// only so many mappings (vm.max_map_count, 65530 by default) for malloc, threads and all: above
+// this many fibers in a launch they go without (guard regions have no such cost).
+constexpr unsigned long long kMaxSplitGuards = 16384;
 
 uint3 unflatten(unsigned long long index, const dim3& extent) {
   return {static_cast<unsigned>(index % extent.x),
@@ -716,44 +968,73 @@ unsigned host_cores() {
 template <class Body>
 struct TeamMember {
   Body* body;
-  std::atomic<int>* gate;
   unsigned index;
 };
 
 template <class Body>
 void* team_entry(void* raw) {
   auto* member = static_cast<TeamMember<Body>*>(raw);
-  member->gate->wait(0);
-  if (member->gate->load() > 0) (*member->body)(member->index);
+  (*member->body)(member->index);
   return nullptr;
 }
 
-// Runs body(0) .. body(n-1) on n host threads, the calling thread being number 0. Nothing runs
-// before every thread has started, so a block whose threads cannot all be started does not hang
-// on its barrier: when need_all is set it runs nowhere (returns false), otherwise it runs on the
-// threads that did start. body must not throw.
+// Runs body(0) .. body(n-1) on up to n host threads, the calling thread being number 0; those
+// that cannot be started are left out (the others take over their share of the blocks). body
+// must not throw.
 template <class Body>
-bool run_team(unsigned n, Body& body, bool need_all) {
+void run_team(unsigned n, Body& body) {
   std::vector<TeamMember<Body>> members(n);
   std::vector<pthread_t> threads;
   threads.reserve(n);
-  std::atomic<int> gate{0};
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, kThreadStack);
   for (unsigned i = 1; i < n; ++i) {
-    members[i] = {&body, &gate, i};
+    members[i] = {&body, i};
     pthread_t thread;
     if (pthread_create(&thread, &attr, team_entry<Body>, &members[i]) != 0) break;
     threads.push_back(thread);
   }
   pthread_attr_destroy(&attr);
-  bool go = threads.size() + 1 == n || !need_all;
-  gate.store(go ? 1 : -1);
-  gate.notify_all();
-  if (go) body(0);
+  body(0);
   for (pthread_t thread : threads) pthread_join(thread, nullptr);
-  return go;
+}
+
+// How many host threads share the blocks of a launch: as many as pay off, up to one per core.
+unsigned long long worker_count(const LaunchContext& ctx) {
+  unsigned long long workers = std::min<unsigned long long>(
+      {host_cores(), ctx.blocks, ctx.blocks * ctx.block_threads / kThreadsPerWorker});
+  return std::max<unsigned long long>(workers, 1);
+}
+
+// Each host thread's own dynamic shared memory, for as long as it runs blocks of the launch.
+struct DynamicShared {
+  struct alignas(16) Chunk {
+    unsigned char bytes[16];
+  };
+  std::vector<Chunk> memory;
+  explicit DynamicShared(std::size_t bytes) : memory(bytes / 16 + 1) {
+    g_dynamic_shared = memory.front().bytes;
+  }
+  DynamicShared(const DynamicShared&) = delete;
+  DynamicShared& operator=(const DynamicShared&) = delete;
+  ~DynamicShared() { g_dynamic_shared = nullptr; }
+};
+
+// Runs run_block(b) for the blocks this host thread takes from `next`, until all are taken or
+// the launch stops; run_block returns false to stop this host thread.
+template <class RunBlock>
+void take_blocks(LaunchContext& ctx, std::atomic<unsigned long long>& next,
+                 unsigned long long chunk, RunBlock run_block) {
+  while (!ctx.stop.load(std::memory_order_relaxed)) {
+    unsigned long long first = next.fetch_add(chunk);
+    if (first >= ctx.blocks) return;
+    unsigned long long last = std::min(first + chunk, ctx.blocks);
+    for (unsigned long long b = first; b < last; ++b) {
+      blockIdx = unflatten(b, ctx.grid);
+      if (!run_block()) return;
+    }
+  }
 }
 
 // Runs one emulated thread; false when it aborted (the launch has recorded why).
@@ -785,59 +1066,71 @@ bool run_block_as_loop(LaunchContext& ctx, const Tuple& args) {
   return true;
 }
 
-// A kernel without __syncthreads: each block's threads are a loop, and the blocks are handed
-// out in chunks to as many host threads as pay off (one, when blocks share static __shared__).
-template <auto K, bool SharedStatics, class Tuple>
-void run_independent(LaunchContext& ctx, const Tuple& args) {
-  unsigned long long workers = 1;
-  if (!SharedStatics) {
-    workers = std::min<unsigned long long>(
-        {host_cores(), ctx.blocks, ctx.blocks * ctx.block_threads / kThreadsPerWorker});
-    workers = std::max<unsigned long long>(workers, 1);
-  }
-  unsigned long long chunk = std::max<unsigned long long>(ctx.blocks / (workers * 16), 1);
-  std::atomic<unsigned long long> next{0};
-  auto body = [&](unsigned) {
-    while (!ctx.stop.load(std::memory_order_relaxed)) {
-      unsigned long long first = next.fetch_add(chunk);
-      if (first >= ctx.blocks) return;
-      unsigned long long last = std::min(first + chunk, ctx.blocks);
-      for (unsigned long long b = first; b < last; ++b) {
-        blockIdx = unflatten(b, ctx.grid);
-        if (!run_block_as_loop<K>(ctx, args)) return;
-      }
+// Runs `body` on the host threads of a launch, each with its own dynamic shared memory; body
+// must not throw, and what this throws (memory) ends only that host thread.
+template <class Body>
+void run_workers(LaunchContext& ctx, unsigned long long workers, Body body) {
+  auto worker = [&](unsigned index) {
+    try {
+      DynamicShared shared(ctx.shared_bytes);
+      body(index);
+    } catch (const std::exception& failure) {
+      ctx.fail(kLaunchOutOfResources, failure.what());
     }
   };
-  run_team(static_cast<unsigned>(workers), body, false);
+  run_team(static_cast<unsigned>(workers), worker);
 }
 
-// A kernel of a module with __syncthreads: one host thread per CUDA thread of a block, reused
-// block after block. A thread that returns keeps arriving at the barrier (standing in for the
-// barriers it skips) until every thread of the block has returned; only then does the next block
-// start, so that the block's static __shared__ memory is free.
+// A kernel without __syncthreads: each block's threads are a loop, and the blocks are handed
+// out in chunks to as many host threads as pay off (one, when the module has __shared__ memory:
+// a kernel may then rely on blocks running one after another).
+template <auto K, bool SharedStatics, class Tuple>
+void run_independent(LaunchContext& ctx, const Tuple& args) {
+  unsigned long long workers = SharedStatics ? 1 : worker_count(ctx);
+  std::atomic<unsigned long long> next{0};
+  unsigned long long chunk = std::max<unsigned long long>(ctx.blocks / (workers * 16), 1);
+  run_workers(ctx, workers, [&](unsigned) {
+    take_blocks(ctx, next, chunk, [&] { return run_block_as_loop<K>(ctx, args); });
+  });
+}
+
+template <auto K, class Tuple>
+struct FiberWork {
+  LaunchContext* ctx;
+  const Tuple* args;
+  static void run(const void* raw) {
+    auto* work = static_cast<const FiberWork*>(raw);
+    run_thread<K>(*work->ctx, *work->args);
+  }
+};
+
+// A kernel of a module with __syncthreads: the threads of a block are fibers of one host thread
+// (see FiberTeam), and the blocks are handed out to as many host threads as pay off, each with
+// its own fibers. Static __shared__ storage is thread_local, so blocks on different host threads
+// do not share it. After a failure the blocks running finish and no others start.
 template <auto K, class Tuple>
 void run_cooperative(LaunchContext& ctx, const Tuple& args) {
-  std::barrier<PhaseEnd> barrier(ctx.block_threads, PhaseEnd{&ctx});
-  ctx.barrier = &barrier;
-  auto body = [&](unsigned index) {
-    threadIdx = unflatten(index, ctx.block);
-    for (unsigned long long b = 0; b < ctx.blocks; ++b) {
-      blockIdx = unflatten(b, ctx.grid);
-      if (!run_thread<K>(ctx, args)) break;
-      ctx.finished.fetch_add(1);
-      do {
-        barrier.arrive_and_wait();
-      } while (!ctx.block_done && !ctx.stop_seen);
-      if (ctx.stop_seen) break;
+  unsigned long long workers = worker_count(ctx);
+  const std::size_t stack = fiber_stack_bytes();
+  const bool split = workers * ctx.block_threads <= kMaxSplitGuards;
+  const FiberWork<K, Tuple> work{&ctx, &args};
+  std::atomic<unsigned long long> next{0};
+  unsigned long long chunk = std::max<unsigned long long>(ctx.blocks / (workers * 16), 1);
+  run_workers(ctx, workers, [&](unsigned) {
+    FiberTeam team;
+    if (!make_team(team, ctx.block, stack, split, &FiberWork<K, Tuple>::run, &work)) {
+      ctx.fail(kLaunchOutOfResources,
+               "could not map " + std::to_string(ctx.block_threads) + " fiber stacks of " +
+                   std::to_string(stack / 1024) + " KiB (GPUPOOL_EMU_STACK_KIB)");
+      return;
     }
-    // A thread that stops early leaves the barrier, which releases threads of its block still
-    // inside the kernel (they stop at the end of it); after the last block nobody waits any more.
-    barrier.arrive_and_drop();
-  };
-  if (!run_team(ctx.block_threads, body, true)) {
-    ctx.fail(kLaunchOutOfResources, "could not start " + std::to_string(ctx.block_threads) +
-                                        " host threads to emulate a block");
-  }
+    g_team = &team;
+    take_blocks(ctx, next, chunk, [&] {
+      team.run_block();
+      return true;
+    });
+    g_team = nullptr;
+  });
 }
 
 template <auto K, bool Cooperative, bool SharedStatics>
@@ -849,15 +1142,10 @@ int launch(const unsigned* grid, const unsigned* block, std::size_t shared_bytes
   ctx.block = dim3(block[0], block[1], block[2]);
   ctx.blocks = 1ull * grid[0] * grid[1] * grid[2];
   ctx.block_threads = block[0] * block[1] * block[2];
+  ctx.shared_bytes = shared_bytes;
   g_grid_dim = ctx.grid;
   g_block_dim = ctx.block;
-  g_ctx = &ctx;
   try {
-    struct alignas(16) Chunk {
-      unsigned char bytes[16];
-    };
-    std::vector<Chunk> shared(shared_bytes / 16 + 1);
-    g_dynamic_shared = shared.front().bytes;
     const auto args = Params<decltype(K)>::unpack(raw_args);
     if constexpr (Cooperative) {
       run_cooperative<K>(ctx, args);
@@ -867,8 +1155,6 @@ int launch(const unsigned* grid, const unsigned* block, std::size_t shared_bytes
   } catch (const std::exception& failure) {
     ctx.fail(kLaunchOutOfResources, failure.what());
   }
-  g_ctx = nullptr;
-  g_dynamic_shared = nullptr;
   fflush(stdout);
   snprintf(error, error_size, "%s", ctx.message.c_str());
   return ctx.status.load();
