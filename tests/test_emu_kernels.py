@@ -663,30 +663,14 @@ def test_unknown_function(elementwise: EmuModule) -> None:
 
 
 @needs_cxx
-@pytest.mark.parametrize(
-    "grid, block, shared, problem",
-    [
-        ((0, 1, 1), (32, 1, 1), 0, "grid.x"),
-        ((1, 65536, 1), (32, 1, 1), 0, "grid.y"),
-        ((1, 1, 1), (1025, 1, 1), 0, "block.x"),
-        ((1, 1, 1), (1, 1, 65), 0, "block.z"),
-        ((1, 1, 1), (32, 32, 2), 0, "2048 threads"),
-        ((1, 1, 1), (32, 1, 1), 48 * 1024 + 1, "shared memory"),
-    ],
-)
-def test_invalid_configuration(
-    elementwise: EmuModule,
-    grid: tuple[int, int, int],
-    block: tuple[int, int, int],
-    shared: int,
-    problem: str,
-) -> None:
+def test_invalid_configuration_is_refused_here_too(elementwise: EmuModule) -> None:
+    """The daemon checks first (tests/test_executor.py has the cases); a direct launch too."""
     x = np.zeros(1, dtype=np.float32)
     args = [np.float32(1).tobytes(), ptr(x), ptr(x), i32(0)]
     with pytest.raises(CUDARuntimeError) as caught:
-        elementwise.get_function("saxpy").launch(grid, block, shared, args)
+        elementwise.get_function("saxpy").launch((1, 1, 1), (1025, 1, 1), 0, args)
     assert caught.value.name == "cudaErrorInvalidConfiguration"
-    assert problem in caught.value.detail
+    assert "block.x" in caught.value.detail
 
 
 @needs_cxx

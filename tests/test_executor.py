@@ -149,6 +149,7 @@ def test_the_null_stream_cannot_be_destroyed(executor: SessionExecutor) -> None:
         ((0, 1, 1), (32, 1, 1), 0, "grid.x"),
         ((1, 65536, 1), (32, 1, 1), 0, "grid.y"),
         ((1, 1, 1), (1025, 1, 1), 0, "block.x"),
+        ((1, 1, 1), (1, 1, 65), 0, "block.z"),
         ((1, 1, 1), (32, 32, 2), 0, "2048 threads"),
         ((1, 1, 1), (32, 1, 1), 48 * 1024 + 1, "shared memory"),
     ],
