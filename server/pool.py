@@ -79,9 +79,9 @@ class Worker:
         except subprocess.TimeoutExpired:
             return None
 
-    def exit_reason(self) -> str:
-        """How the worker ended, for the session's error message."""
-        code = self.wait()
+    @staticmethod
+    def exit_reason(code: int | None) -> str:
+        """How a worker with exit status ``code`` ended, for the session's error message."""
         if code is None:
             return "still running"
         if code < 0:

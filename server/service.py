@@ -119,9 +119,10 @@ class DaemonService:
                     reply.opened.session_id = session_id
                 raw, first = reply.SerializeToString(), False
             yield raw
-        if worker.killed or worker.wait() in CLEAN_EXITS:
+        code = worker.wait()
+        if worker.killed or code in CLEAN_EXITS:
             return  # the client left, the session ended, or it already has its error
-        reason = worker.exit_reason()
+        reason = worker.exit_reason(code)
         log.warning("worker died", extra=fields(session=session_id, reason=reason))
         crash = CUDARuntimeError("cudaErrorIllegalAddress", f"the session's worker {reason}")
         yield pb.Reply(error=error_message(crash)).SerializeToString()

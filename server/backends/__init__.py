@@ -2,7 +2,7 @@
 
 The daemon's front process picks one and learns its devices here without importing CuPy
 itself: a CUDA context must never live in the front process (design.md, process model), so
-the GPU probe runs in a short-lived spawned process.
+the GPU probe runs in a short-lived fresh interpreter.
 """
 
 from __future__ import annotations
