@@ -1,0 +1,77 @@
+"""Argument types and option groups shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from gpupool import logs
+from gpupool.units import parse_size
+
+if TYPE_CHECKING:
+    from gpupool.server.daemon import Daemon
+
+
+def size(text: str) -> int:
+    """A positive size as people write it (``8GiB``, ``512MiB``, ``4096``)."""
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a device needs memory, not {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A positive whole number."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
+    return int(text)
+
+
+def add_daemon_options(parser: argparse.ArgumentParser, log_level: str) -> None:
+    """What a daemon (a standalone one, or ``run``'s embedded one) is made of."""
+    from gpupool.server.backends import BACKENDS
+
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="auto: CuPy on a GPU, else emulator"
+    )
+    parser.add_argument(
+        "--emu-devices", type=count, default=2, metavar="N", help="emulated devices (default 2)"
+    )
+    parser.add_argument(
+        "--emu-memory",
+        type=size,
+        default=8 << 30,
+        metavar="SIZE",
+        help="memory of each emulated device, e.g. 8GiB (default)",
+    )
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=1,
+        metavar="N",
+        help="started workers kept ready per device (default 1)",
+    )
+    add_log_level(parser, log_level)
+
+
+def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level", choices=logs.LEVELS, default=default, help=f"(default {default})"
+    )
+
+
+def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
+    """Start a daemon from the options of ``add_daemon_options``."""
+    from gpupool.server.daemon import start_daemon as start
+
+    return start(
+        listen=listen,
+        backend=args.backend,
+        emu_devices=args.emu_devices,
+        emu_memory=args.emu_memory,
+        warm=args.warm,
+        log_level=args.log_level,
+    )
