@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Import package gpupool.X lives in folder X (pyproject's package-dir).
-SUBPACKAGES = ("proto", "server", "client", "scheduler")
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def package_folder(package: str) -> Path:
+    """Where ``package`` lives, by pyproject's package-dir (setuptools' nearest-parent rule)."""
+    parts = package.split(".")
+    for end in range(len(parts), 0, -1):
+        mapped = SETUPTOOLS["package-dir"].get(".".join(parts[:end]))
+        if mapped is not None:
+            return ROOT / mapped / Path(*parts[end:])
+    return ROOT / Path(*parts)
 
 
 def _run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -29,13 +39,11 @@ def test_ruff_format() -> None:
 
 def test_mypy(tmp_path: Path) -> None:
     """mypy cannot follow pyproject's package-dir, so it checks a tree of links in its shape."""
-    package = tmp_path / "gpupool"
-    package.mkdir()
-    for source in (ROOT / "gpupool").iterdir():
-        if source.suffix == ".py":
-            (package / source.name).symlink_to(source)
-    for name in SUBPACKAGES:
-        (package / name).symlink_to(ROOT / name, target_is_directory=True)
+    for package in SETUPTOOLS["packages"]:
+        folder = tmp_path / Path(*package.split("."))
+        folder.mkdir(parents=True, exist_ok=True)
+        for source in package_folder(package).glob("*.py*"):
+            (folder / source.name).symlink_to(source)
     result = _run(
         sys.executable,
         "-m",
