@@ -93,7 +93,7 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             count=request.count,
             fraction=request.fraction if share == "fraction" else None,
             memory=request.memory if share == "memory" else None,
-            policy=spb.Policy.Name(request.policy).lower(),
+            policy=_policy_name(request.policy),
             same_node=request.same_node,
             ttl=request.ttl_s,
             wait=request.wait_s,
@@ -236,6 +236,11 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             ttl_s=allocation.ttl,
             owner=allocation.owner,
         )
+
+
+def _policy_name(value: int) -> str:
+    """The state machine's name of a policy (an unknown number stays a number, refused there)."""
+    return spb.Policy.Name(value).lower() if value in spb.Policy.values() else str(value)
 
 
 def grant_for(allocation: sm.Allocation, part: sm.Slice) -> grants.Grant:
