@@ -185,7 +185,7 @@ def allocate(
         raise AllocationError("INVALID_ARGUMENT", f"unknown policy {policy!r}: pack or spread")
     request = spb.AllocationRequest(
         count=count,
-        policy=spb.Policy.Value(policy.upper()),
+        policy=spb.Policy.Value(policy.upper()),  # type: ignore[arg-type]
         same_node=same_node,
         ttl_s=ttl,
         wait_s=wait,

@@ -426,8 +426,11 @@ class SchedulerState:
             pick = min if request.policy == "pack" else max
             candidates = pick(groups, key=lambda group: sum(c.free for c in group), default=[])
         if len(candidates) < request.count:
-            share = request.fraction if request.fraction is not None else request.memory
-            free_text = f"{share:g}" if request.fraction is not None else format_size(share or 0)
+            free_text = (
+                f"{request.fraction:g}"
+                if request.fraction is not None
+                else format_size(request.memory or 0)
+            )
             reason = f"cannot fit now: {request.describe()} asked, and " + (
                 f"no node up has that many GPUs with {free_text} free"
                 if request.same_node

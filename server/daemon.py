@@ -81,16 +81,16 @@ def start_daemon(
     emu_memory: int = 8 << 30,
     warm: int = 1,
     log_level: str = "info",
-    pool: PoolMembership | None = None,
+    membership: PoolMembership | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
-    With ``pool``, the daemon registers with that scheduler and opens sessions only with
+    With ``membership``, the daemon registers with that scheduler and opens sessions only with
     its grants; without, it is a bare daemon that admits every session.
     """
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
-    admission = Admission(pool.name, pool.secret) if pool else Admission()
+    admission = Admission(membership.name, membership.secret) if membership else Admission()
     service = DaemonService(config.kind, devices, pools, admission)
     # Each open session holds a thread; sessions are bounded by the pools' worker slots.
     threads = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS * len(pools) + 8)
@@ -115,11 +115,11 @@ def start_daemon(
         extra=fields(address=f"{host}:{port}", backend=config.kind, devices=len(devices)),
     )
     registration = None
-    if pool is not None:
+    if membership is not None:
         node = node_registration(
-            pool.name, f"{public}:{port}", config.kind, devices, pool.oversubscription
+            membership.name, f"{public}:{port}", config.kind, devices, membership.oversubscription
         )
-        registration = Registration(pool.scheduler, node, devices, pools, admission)
+        registration = Registration(membership.scheduler, node, devices, pools, admission)
         registration.start()
     elif host not in ("127.0.0.1", "localhost", "[::1]"):
         log.warning(

@@ -316,8 +316,9 @@ class SessionExecutor:
             raise CUDARuntimeError("cudaErrorInvalidValue", "the session is already open")
         self._opened = True
         if call.limits.memory:  # the front put the grant's quota here
-            self._quota = MemoryQuota(min(call.limits.memory, self._device.total_memory))
-            self._device = dataclasses.replace(self._device, total_memory=self._quota.limit)
+            quota = min(call.limits.memory, self._device.total_memory)
+            self._quota = MemoryQuota(quota)
+            self._device = dataclasses.replace(self._device, total_memory=quota)
             self._cap_backend_memory()
         return pb.Reply(opened=pb.SessionOpened(properties=self._device.to_message()))
 

@@ -151,7 +151,7 @@ def test_a_waiting_request_gets_freed_capacity_in_arrival_order() -> None:
     assert "2 earlier request(s) wait" in late.reason
     released = machine.handle(sm.Release(99, holder.id, 4.0))
     replies = [i for i in released if isinstance(i, sm.Reply)]
-    assert [r.ask for r in replies][0] == 99  # the release itself, then both waiters
+    assert replies[0].ask == 99  # the release itself, then both waiters
     assert len([r for r in replies if isinstance(r.value, sm.Allocation)]) == 2
 
 

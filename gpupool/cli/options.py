@@ -81,7 +81,7 @@ def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
         emu_memory=args.emu_memory,
         warm=args.warm,
         log_level=args.log_level,
-        pool=pool,
+        membership=pool,
     )
 
 
