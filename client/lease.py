@@ -181,6 +181,8 @@ def allocate(
 
     Raises :class:`AllocationError` with the scheduler's reason when it cannot fit.
     """
+    if fraction is not None and memory is not None:
+        raise AllocationError("INVALID_ARGUMENT", "ask for a fraction or a memory size, not both")
     if policy.upper() not in spb.Policy.keys():
         raise AllocationError("INVALID_ARGUMENT", f"unknown policy {policy!r}: pack or spread")
     request = spb.AllocationRequest(

@@ -195,6 +195,9 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         self.apply(event(ask))
         try:
             return await future
+        except asyncio.CancelledError:  # the caller went away while it waited
+            self.apply(sm.Withdraw(ask))
+            raise
         except AllocationError as exc:
             assert context is not None
             await context.abort(getattr(grpc.StatusCode, exc.code), exc.reason)

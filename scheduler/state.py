@@ -145,13 +145,20 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Withdraw:
+    """The asker of ``ask`` went away: its request leaves the queue."""
+
+    ask: int
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passes: leases expire, silent nodes go down, waits run out."""
 
     now: float
 
 
-Event = Register | Heartbeat | Allocate | Renew | Release | Tick
+Event = Register | Heartbeat | Allocate | Renew | Release | Withdraw | Tick
 
 
 # Instructions
@@ -270,6 +277,14 @@ class SchedulerState:
         node = replace(event.node, last_seen=event.now, up=True, figures={})
         self.nodes[node.name] = node
         yield StoreNode(node)
+        for allocation in list(self.allocations.values()):  # a daemon back on another port
+            slices = tuple(
+                replace(part, address=node.address) if part.node == node.name else part
+                for part in allocation.slices
+            )
+            if slices != allocation.slices:
+                self.allocations[allocation.id] = replace(allocation, slices=slices)
+                yield StoreAllocation(self.allocations[allocation.id])
         yield from self._drain(event.now)
 
     def _on_heartbeat(self, event: Heartbeat) -> Iterator[Instruction]:
@@ -334,6 +349,10 @@ class SchedulerState:
         yield DeleteAllocation(event.allocation_id, "released")
         yield Reply(event.ask, None)
         yield from self._drain(event.now)
+
+    def _on_withdraw(self, event: Withdraw) -> Iterator[Instruction]:
+        self._queue = [waiting for waiting in self._queue if waiting.ask != event.ask]
+        return iter(())
 
     def _on_tick(self, event: Tick) -> Iterator[Instruction]:
         now = event.now

@@ -155,6 +155,17 @@ def test_a_waiting_request_gets_freed_capacity_in_arrival_order() -> None:
     assert len([r for r in replies if isinstance(r.value, sm.Allocation)]) == 2
 
 
+def test_a_withdrawn_request_leaves_the_queue() -> None:
+    machine = pool(node("a", gpus=1))
+    holder = granted(allocate(machine))
+    waiting = sm.Allocate(41, sm.Request(1, fraction=1.0, wait=60), "w", 1.0)
+    assert machine.handle(waiting) == []
+    machine.handle(sm.Withdraw(41))
+    assert machine.waiting == 0
+    released = machine.handle(sm.Release(42, holder.id, 2.0))
+    assert [i for i in released if isinstance(i, sm.Reply)] == [sm.Reply(42, None)]
+
+
 def test_a_wait_that_runs_out_is_refused_with_the_reason() -> None:
     machine = pool(node("a", gpus=1))
     granted(allocate(machine))
@@ -196,9 +207,12 @@ def test_silent_nodes_go_down_take_no_allocation_and_come_back_with_a_heartbeat(
 def test_a_restarted_node_keeps_its_gpus_and_allocations() -> None:
     machine = pool(node("a"))
     allocation = granted(allocate(machine))
-    machine.handle(sm.Register(node("a"), 5.0))
+    moved = sm.Node("a", "a:7999", node("a").gpus)
+    again = machine.handle(sm.Register(moved, 5.0))
     assert len(machine.nodes) == 1 and len(machine.nodes["a"].gpus) == 2
     assert machine.live_allocations("a") == [allocation.id]
+    assert machine.allocations[allocation.id].slices[0].address == "a:7999"  # clients follow
+    assert sm.StoreAllocation(machine.allocations[allocation.id]) in again
     assert machine.handle(sm.Heartbeat(3, "nobody", {}, 6.0)) == [sm.Reply(3, None)]
 
 
