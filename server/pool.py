@@ -119,7 +119,7 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise CUDARuntimeError("cudaErrorDevicesUnavailable", "the daemon is stopping")
-            while self._idle and not env:
+            while self._idle and not env:  # warm workers were started without env
                 worker = self._idle.pop(0)
                 if worker.process.poll() is None:
                     break
