@@ -132,7 +132,7 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             for gpu in node.gpus:
                 figures = node.figures.get(gpu.index, sm.GpuFigures())
                 holders = [
-                    a.id
+                    public_id(a.id)
                     for a in machine.allocations.values()
                     if any((p.node, p.index) == (node.name, gpu.index) for p in a.slices)
                 ]
@@ -148,11 +148,13 @@ class SchedulerService(spb_grpc.SchedulerServicer):
                         utilization=figures.utilization,
                         up=node.up,
                         allocations=holders,
-                        sessions=figures.sessions,
+                        sessions=[public_id(allocation) for allocation in figures.sessions],
                         address=node.address,
                     )
                 )
         allocations = [self._message(a, with_grants=False) for a in machine.allocations.values()]
+        for allocation in allocations:
+            allocation.id = public_id(allocation.id)
         return spb.PoolState(gpus=gpus, allocations=allocations)
 
     # the machine
@@ -239,6 +241,12 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             ttl_s=allocation.ttl,
             owner=allocation.owner,
         )
+
+
+def public_id(allocation_id: str) -> str:
+    """What listings show of an allocation id: enough to tell allocations apart, not the
+    whole id, which is the capability to renew (and so get grants) and to release."""
+    return allocation_id[:8]
 
 
 def _policy_name(value: int) -> str:

@@ -253,8 +253,11 @@ def test_request_prints_the_id_and_the_environment_then_release_frees(pool: Sche
         timeout=60,
     )
     assert program.stdout.split(None, 1) == ["2", f"({GiB}, {GiB})\n"], program.stderr
-    nodes = {gpu.node for gpu in state(pool).allocations[0].gpus}
-    assert nodes == {"a", "b"}  # spread
+    (listed,) = state(pool).allocations
+    assert {gpu.node for gpu in listed.gpus} == {"a", "b"}  # spread
+    assert listed.id == allocation_id[:8] and not any(gpu.grant for gpu in listed.gpus)
+    with pytest.raises(AllocationError, match="no allocation"):
+        SchedulerClient(pool.address).renew(listed.id)  # a listing gives no capability
     released = gpupool_cli("release", allocation_id, "--scheduler", pool.address)
     assert released.returncode == 0 and allocation_id in released.stdout
     again = gpupool_cli("release", allocation_id, "--scheduler", pool.address)
@@ -323,7 +326,7 @@ def test_scheduler_restart_keeps_allocations_and_nodes_come_and_go(
         scheduler.stop()
         scheduler = start_scheduler(f"127.0.0.1:{port}", db, SECRET, **FAST)
         restored = state(scheduler)
-        assert [a.id for a in restored.allocations] == [lease.id]
+        assert [a.id for a in restored.allocations] == [lease.id[:8]]
         assert restored.gpus[0].fraction_free == 0.5
         lease.renew()  # the lease goes on, and so does its session
         rt.memset(ptr, 1, 1024)

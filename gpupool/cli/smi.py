@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     for column in ("node", "GPU", "model", "util", "memory used/total", "free", "sessions"):
         gpus.add_column(column)
     for gpu in state.gpus:
-        sessions = [allocation[:8] or "(no lease)" for allocation in gpu.sessions]
+        sessions = [allocation or "(no lease)" for allocation in gpu.sessions]
         gpus.add_row(
             f"{gpu.node} ({gpu.address})" + ("" if gpu.up else " DOWN"),
             str(gpu.index),
