@@ -1,8 +1,11 @@
 """Which daemons this process uses, their devices as one list of ordinals, and the sessions.
 
 Device ordinals span daemons: with ``GPUPOOL_DAEMONS=a:7001,b:7001`` and two devices on each,
-ordinals 0-1 are a's and 2-3 are b's. A session opens on first use of a device. The current
-device is per thread, as in CUDA.
+ordinals 0-1 are a's and 2-3 are b's. With an allocation from the pool scheduler
+(``GPUPOOL_ALLOCATION``, which wins over ``GPUPOOL_DAEMONS``), the ordinals are the
+allocation's GPUs in its order, whichever daemons they are on, each reporting its quota as
+its memory and opening its session with the lease's current grant. A session opens on first
+use of a device. The current device is per thread, as in CUDA.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from gpupool.client.lease import ENV_ALLOCATION, Lease, Placement, attach
 from gpupool.client.session import Session
 from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
@@ -34,10 +38,25 @@ class Device:
 
 
 class Context:
-    """The daemons of this process and the sessions opened on their devices."""
+    """The daemons of this process and the sessions opened on their devices.
 
-    def __init__(self, addresses: Sequence[str], connect_timeout: float = 10.0) -> None:
+    With ``lease``, the devices are the lease's GPUs (``addresses`` is then ignored), and
+    ``owns_lease`` says whether closing the context stops renewing it.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        connect_timeout: float = 10.0,
+        lease: Lease | None = None,
+        owns_lease: bool = False,
+    ) -> None:
         self.devices: list[Device] = []
+        self._lease = lease
+        self._owns_lease = owns_lease
+        if lease is not None:
+            addresses = list(dict.fromkeys(p.address for p in lease.placements))
+        infos: dict[str, pb.DaemonInfo] = {}
         self._stubs: dict[str, pb_grpc.DaemonStub] = {}
         self._channels: list[grpc.Channel] = []
         self._sessions: dict[int, Session] = {}
@@ -53,7 +72,10 @@ class Context:
                 self.close()
                 raise ConnectionLost(f"cannot reach daemon {address}: {exc.code().name}") from exc
             self._stubs[address] = stub
+            infos[address] = info
             self.devices += [Device(address, i, props) for i, props in enumerate(info.devices)]
+        if lease is not None:
+            self.devices = [_placed(p, infos[p.address]) for p in lease.placements]
 
     @property
     def current_device(self) -> int:
@@ -79,7 +101,8 @@ class Context:
             session = self._sessions.get(ordinal)
             if session is None:
                 device = self.device(ordinal)
-                session = Session(self._stubs[device.address], device.index)
+                token = self._lease.placements[ordinal].grant if self._lease else ""
+                session = Session(self._stubs[device.address], device.index, token=token)
                 self._sessions[ordinal] = session
             return session
 
@@ -91,28 +114,58 @@ class Context:
             session.close()
         for channel in self._channels:
             channel.close()
+        if self._lease is not None and self._owns_lease:
+            self._lease.close()
+
+
+def _placed(placement: Placement, info: pb.DaemonInfo) -> Device:
+    """A device of an allocation: its daemon's properties, with the quota as its memory."""
+    if placement.index >= len(info.devices):
+        raise CUDARuntimeError(
+            "cudaErrorInvalidDevice",
+            f"daemon {placement.address} has no device {placement.index} (restarted smaller?)",
+        )
+    properties = pb.DeviceProperties()
+    properties.CopyFrom(info.devices[placement.index])
+    properties.total_memory = min(properties.total_memory, placement.memory)
+    return Device(placement.address, placement.index, properties)
 
 
 _context: Context | None = None
 _context_lock = threading.Lock()
 
 
-def connect(addresses: str | Sequence[str] | None = None, timeout: float = 10.0) -> Context:
-    """Use the daemons at ``addresses`` (``host:port``, comma-separated or a list).
+def connect(
+    addresses: str | Sequence[str] | None = None,
+    timeout: float = 10.0,
+    lease: Lease | None = None,
+) -> Context:
+    """Use the daemons at ``addresses`` (``host:port``, comma-separated or a list), or the
+    GPUs of ``lease`` (from :func:`gpupool.client.lease.allocate`).
 
-    Without addresses, ``GPUPOOL_DAEMONS`` names them. Replaces an earlier connection.
-    ConnectionLost when a daemon does not answer within ``timeout`` seconds.
+    Without either, ``GPUPOOL_ALLOCATION`` names an allocation to use, else
+    ``GPUPOOL_DAEMONS`` names daemons. Replaces an earlier connection. ConnectionLost when
+    a daemon does not answer within ``timeout`` seconds.
     """
     global _context
+    owns_lease = False
+    if addresses is None and lease is None and os.environ.get(ENV_ALLOCATION):
+        lease, owns_lease = attach(os.environ[ENV_ALLOCATION]), True
     if addresses is None:
         addresses = os.environ.get(ENV_DAEMONS, "")
     if isinstance(addresses, str):
         addresses = [part.strip() for part in addresses.split(",") if part.strip()]
-    if not addresses:
+    if not addresses and lease is None:
         raise GpupoolError(
             f"no daemons: call gpupool.connect('host:port') or set {ENV_DAEMONS}=host:port[,...]"
+            f" (or {ENV_ALLOCATION}, from gpupool request)"
         )
-    context = Context(addresses, timeout)
+    try:
+        context = Context(addresses, timeout, lease, owns_lease)
+    except BaseException:
+        if owns_lease and lease is not None:
+            lease.close()
+        raise
     with _context_lock:
         previous, _context = _context, context
     if previous is not None:

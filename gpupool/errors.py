@@ -98,3 +98,20 @@ class CompileError(GpupoolError):
 
 class ConnectionLost(GpupoolError):
     """The connection to a daemon broke; always chained to the transport's own error."""
+
+
+class AllocationError(GpupoolError):
+    """The pool scheduler refused a request; ``reason`` says why, ``code`` which kind.
+
+    ``code`` is the gRPC status name: ``RESOURCE_EXHAUSTED`` (no room now, nor within the
+    wait), ``FAILED_PRECONDITION`` (can never fit this pool), ``INVALID_ARGUMENT``,
+    ``NOT_FOUND`` (the allocation was released or has expired), ``UNAVAILABLE`` (no scheduler).
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.code, self.reason)

@@ -1,10 +1,10 @@
-"""Generate the Python code for ``gpupool.proto`` from ``gpupool.proto``: the one command.
+"""Generate the Python code of every ``.proto`` in this folder: the one command.
 
     python -m gpupool.proto.codegen          # rewrite the generated files in place
     python -m gpupool.proto.codegen --check  # exit 1 when they are stale
 
-protoc names imports after the path it was given, so the ``.proto`` is staged under
-``gpupool/proto/`` in a temporary folder: the generated ``_pb2_grpc`` module then imports
+protoc names imports after the path it was given, so the ``.proto`` files are staged under
+``gpupool/proto/`` in a temporary folder: the generated ``_pb2_grpc`` modules then import
 ``gpupool.proto.gpupool_pb2`` rather than a top-level ``gpupool_pb2``.
 """
 
@@ -17,25 +17,30 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTO = "gpupool.proto"
-GENERATED = ("gpupool_pb2.py", "gpupool_pb2.pyi", "gpupool_pb2_grpc.py")
+PROTOS = sorted(path.name for path in HERE.glob("*.proto"))
+GENERATED = tuple(
+    name.removesuffix(".proto") + suffix
+    for name in PROTOS
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+)
 
 
 def generate(out_dir: Path) -> None:
-    """Write the generated modules for ``proto/gpupool.proto`` into ``out_dir``."""
+    """Write the generated modules for every ``proto/*.proto`` into ``out_dir``."""
     from grpc_tools import protoc  # dev extra: only this command needs it
 
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "gpupool" / "proto"
         staged.mkdir(parents=True)
-        shutil.copy(HERE / PROTO, staged / PROTO)
+        for name in PROTOS:
+            shutil.copy(HERE / name, staged / name)
         argv = [
             "protoc",
             f"-I{tmp}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
-            f"gpupool/proto/{PROTO}",
+            *(f"gpupool/proto/{name}" for name in PROTOS),
         ]
         if protoc.main(argv) != 0:
             raise SystemExit("protoc failed")

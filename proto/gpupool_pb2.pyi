@@ -109,12 +109,14 @@ class KernelArg(_message.Message):
     def __init__(self, pointer: _Optional[int] = ..., scalar: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("device", "token")
+    __slots__ = ("device", "token", "limits")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     device: int
     token: str
-    def __init__(self, device: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
+    limits: SessionLimits
+    def __init__(self, device: _Optional[int] = ..., token: _Optional[str] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ...) -> None: ...
 
 class MemGetInfo(_message.Message):
     __slots__ = ()
@@ -409,3 +411,13 @@ class Reply(_message.Message):
     ready: bool
     elapsed_ms: float
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., more: _Optional[bool] = ..., opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., mem_info: _Optional[_Union[MemInfo, _Mapping]] = ..., ptr: _Optional[int] = ..., data: _Optional[bytes] = ..., ready: _Optional[bool] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+
+class SessionLimits(_message.Message):
+    __slots__ = ("allocation", "memory", "fraction")
+    ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    allocation: str
+    memory: int
+    fraction: float
+    def __init__(self, allocation: _Optional[str] = ..., memory: _Optional[int] = ..., fraction: _Optional[float] = ...) -> None: ...

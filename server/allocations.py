@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 
 from gpupool.errors import CUDARuntimeError
+from gpupool.units import format_size
 
 
 class AllocationTable:
@@ -54,3 +55,40 @@ class AllocationTable:
             "cudaErrorInvalidValue",
             f"{what}: 0x{ptr:x} is not inside an allocation of this session",
         )
+
+
+class MemoryQuota:
+    """A session's memory quota from its grant (None: the device's memory is the limit).
+
+    Counts the session's own allocations plus what the backend holds on its behalf (CuPy's
+    memory pool, for array operations), so the two together never pass the quota. The
+    check is on requested bytes, as a tenant counts them.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int, held_elsewhere: int) -> None:
+        """Count ``size`` more bytes; cudaErrorMemoryAllocation when they pass the quota."""
+        if self.limit is not None and self.used + held_elsewhere + size > self.limit:
+            in_use = format_size(self.used + held_elsewhere)
+            raise CUDARuntimeError(
+                "cudaErrorMemoryAllocation",
+                f"out of memory allocating {size} bytes: the session's quota is"
+                f" {format_size(self.limit)} and {in_use} of it is in use",
+            )
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+    def room(self) -> int | None:
+        """What is left of the quota for the backend's own allocations."""
+        return None if self.limit is None else self.limit - self.used
+
+    def report(self, free: int, total: int, held_elsewhere: int) -> tuple[int, int]:
+        """``memGetInfo`` as the session sees it: the quota is its device's total."""
+        if self.limit is None:
+            return free, total
+        return min(free, self.limit - self.used - held_elsewhere), self.limit

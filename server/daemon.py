@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import socket
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 
 from gpupool.logs import fields
 from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.server.admission import Admission
 from gpupool.server.backends import resolve
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
+from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import DaemonService
 
 log = logging.getLogger(__name__)
@@ -33,8 +36,10 @@ class Daemon:
         pools: list[WorkerPool],
         devices: list[DeviceInfo],
         backend: str,
+        registration: Registration | None = None,
     ) -> None:
         self.server = server
+        self.registration = registration
         self.port = port
         self.host = host
         self.backend = backend
@@ -55,6 +60,8 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        if self.registration is not None:
+            self.registration.stop()
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()
@@ -74,11 +81,17 @@ def start_daemon(
     emu_memory: int = 8 << 30,
     warm: int = 1,
     log_level: str = "info",
+    membership: PoolMembership | None = None,
 ) -> Daemon:
-    """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it."""
+    """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
+
+    With ``membership``, the daemon registers with that scheduler and opens sessions only with
+    its grants; without, it is a bare daemon that admits every session.
+    """
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
-    service = DaemonService(config.kind, devices, pools)
+    admission = Admission(membership.name, membership.secret) if membership else Admission()
+    service = DaemonService(config.kind, devices, pools, admission)
     # Each open session holds a thread; sessions are bounded by the pools' worker slots.
     threads = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS * len(pools) + 8)
     server = grpc.server(threads, options=SERVER_OPTIONS)
@@ -101,4 +114,26 @@ def start_daemon(
         "daemon listening",
         extra=fields(address=f"{host}:{port}", backend=config.kind, devices=len(devices)),
     )
-    return Daemon(server, port, local, pools, devices, config.kind)
+    registration = None
+    if membership is not None:
+        node = node_registration(
+            membership.name, f"{public}:{port}", config.kind, devices, membership.oversubscription
+        )
+        registration = Registration(membership.scheduler, node, devices, pools, admission)
+        registration.start()
+    elif host not in ("127.0.0.1", "localhost", "[::1]"):
+        log.warning(
+            "a bare daemon off loopback admits every session: join a pool with --scheduler",
+            extra=fields(address=f"{host}:{port}"),
+        )
+    return Daemon(server, port, local, pools, devices, config.kind, registration)
+
+
+@dataclass(frozen=True)
+class PoolMembership:
+    """How a daemon joins a pool: the scheduler's address, its node name, the secret."""
+
+    scheduler: str
+    name: str
+    secret: bytes
+    oversubscription: float = 1.0

@@ -13,6 +13,7 @@ blocked on it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.proto.scalars import from_scalar
-from gpupool.server.allocations import AllocationTable
+from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.backends.base import Backend, check_launch
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class SessionExecutor:
         self._device = backend.properties()
         self._translate = translate
         self._allocations = AllocationTable()
+        self._quota = MemoryQuota()
         self._streams = _Streams("stream")
         self._events = _Handles("event")
         self._modules = _Handles("module")
@@ -313,10 +315,16 @@ class SessionExecutor:
         if self._opened:
             raise CUDARuntimeError("cudaErrorInvalidValue", "the session is already open")
         self._opened = True
+        if call.limits.memory:  # the front put the grant's quota here
+            quota = min(call.limits.memory, self._device.total_memory)
+            self._quota = MemoryQuota(quota)
+            self._device = dataclasses.replace(self._device, total_memory=quota)
+            self._cap_backend_memory()
         return pb.Reply(opened=pb.SessionOpened(properties=self._device.to_message()))
 
     def _do_mem_get_info(self, call: pb.MemGetInfo) -> pb.Reply:
         free, total = self.backend.mem_info()
+        free, total = self._quota.report(free, total, self.backend.own_memory())
         return pb.Reply(mem_info=pb.MemInfo(free=free, total=total))
 
     def _do_malloc(self, call: pb.Malloc) -> pb.Reply:
@@ -328,15 +336,28 @@ class SessionExecutor:
                 "cudaErrorMemoryAllocation",
                 f"cannot allocate {call.size} bytes on a device of {total} bytes",
             )
-        ptr = self.backend.malloc(call.size)
+        self._quota.reserve(call.size, self.backend.own_memory())
+        try:
+            ptr = self.backend.malloc(call.size)
+        except BaseException:
+            self._quota.release(call.size)
+            raise
         self._allocations.add(ptr, call.size)
+        self._cap_backend_memory()
         return pb.Reply(ptr=ptr)
 
     def _do_free(self, call: pb.Free) -> None:
         if call.ptr == 0:
             return
-        self._allocations.remove(call.ptr)
+        self._quota.release(self._allocations.remove(call.ptr))
         self.backend.free(call.ptr)
+        self._cap_backend_memory()
+
+    def _cap_backend_memory(self) -> None:
+        """Keep the backend's own allocations within what the quota leaves."""
+        room = self._quota.room()
+        if room is not None:
+            self.backend.limit_own_memory(room)
 
     def _do_memcpy_dtod(self, call: pb.MemcpyDtoD) -> None:
         self._allocations.check(call.src, call.size, "device-to-device copy source")

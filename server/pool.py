@@ -114,19 +114,19 @@ class WorkerPool:
         self._closed = False
         self._refill()
 
-    def acquire(self) -> Worker:
-        """A started worker for a new session."""
+    def acquire(self, env: dict[str, str] | None = None) -> Worker:
+        """A started worker for a new session; with ``env``, a fresh one started with it."""
         with self._lock:
             if self._closed:
                 raise CUDARuntimeError("cudaErrorDevicesUnavailable", "the daemon is stopping")
-            while self._idle:
+            while self._idle and not env:  # warm workers were started without env
                 worker = self._idle.pop(0)
                 if worker.process.poll() is None:
                     break
                 worker.close()
                 self._reap(worker)
             else:
-                worker = self._spawn()
+                worker = self._spawn(env)
             self._busy.add(worker)
         threading.Thread(target=self._refill, name=f"refill-{self.device}", daemon=True).start()
         return worker
@@ -169,8 +169,8 @@ class WorkerPool:
                     log.warning("no slot for a warm worker", extra=fields(device=self.device))
                     return
 
-    def _spawn(self) -> Worker:
-        """Start a worker; the caller holds the lock."""
+    def _spawn(self, env: dict[str, str] | None = None) -> Worker:
+        """Start a worker (with ``env`` added to its environment); the caller holds the lock."""
         if not self._free_slots:
             raise CUDARuntimeError(
                 "cudaErrorDevicesUnavailable", f"device {self.device} has {MAX_WORKERS} sessions"
@@ -198,6 +198,7 @@ class WorkerPool:
                 # reach workers; the front ends them, and they end when it goes away.
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
             )
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, slot)

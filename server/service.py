@@ -22,6 +22,7 @@ from gpupool import __version__
 from gpupool.errors import CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.admission import Admission
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.executor import error_message
 from gpupool.server.pool import Worker, WorkerPool
@@ -37,11 +38,16 @@ class DaemonService:
     """Handlers of the ``Daemon`` service for one daemon."""
 
     def __init__(
-        self, backend: str, devices: Sequence[DeviceInfo], pools: Sequence[WorkerPool]
+        self,
+        backend: str,
+        devices: Sequence[DeviceInfo],
+        pools: Sequence[WorkerPool],
+        admission: Admission | None = None,
     ) -> None:
         self._backend = backend
         self._devices = list(devices)
         self._pools = list(pools)
+        self.admission = admission or Admission()
         self.endpoints: list[str] = []
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -72,13 +78,15 @@ class DaemonService:
         try:
             first = next(requests)
             pool = self._pool_for(first)
-            worker = _start_session(pool, first)
+            admitted = self.admission.admit(first, pool.device)  # refuses without a grant
+            worker = _start_session(pool, admitted.request, admitted.worker_env)
         except StopIteration:
             return
         except CUDARuntimeError as exc:
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
         context.add_callback(worker.kill)  # the client went away: end its worker now
+        forget = self.admission.watch(admitted, pool.device, worker.kill)  # or its lease ends
         log.info(
             "session opened",
             extra=fields(
@@ -91,6 +99,7 @@ class DaemonService:
             ).start()
             yield from self._replies(worker, session_id)
         finally:
+            forget()
             pool.release(worker)
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
 
@@ -128,10 +137,13 @@ class DaemonService:
         yield pb.Reply(error=error_message(crash)).SerializeToString()
 
 
-def _start_session(pool: WorkerPool, first: bytes) -> Worker:
-    """A worker of ``pool`` that has taken the session's opening request."""
+def _start_session(pool: WorkerPool, first: bytes, env: dict[str, str]) -> Worker:
+    """A worker of ``pool`` that has taken the session's opening request.
+
+    ``env`` non-empty asks for a fresh worker with it (MPS settings), not a warm one.
+    """
     for _ in range(3):  # a warm worker may have died while idle: take another
-        worker = pool.acquire()
+        worker = pool.acquire(env)
         try:
             worker.send(first)
             return worker

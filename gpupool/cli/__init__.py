@@ -10,9 +10,11 @@ import argparse
 from collections.abc import Sequence
 
 from gpupool import logs
-from gpupool.cli import daemon, run
+from gpupool.cli import daemon, pool_list, release, request, run, scheduler, smi
 
-COMMANDS = {module.NAME: module for module in (daemon, run)}
+COMMANDS = {
+    module.NAME: module for module in (daemon, run, scheduler, pool_list, smi, request, release)
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

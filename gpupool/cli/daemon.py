@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
+import sys
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, start_daemon
+from gpupool.cli.options import add_daemon_options, add_scheduler_option, start_daemon
+from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
 NAME = "daemon"
@@ -18,15 +21,36 @@ def add(commands: Any) -> None:
         "--listen", default="127.0.0.1:7001", metavar="HOST:PORT", help="(default 127.0.0.1:7001)"
     )
     add_daemon_options(parser, log_level="info")
+    pool = parser.add_argument_group("joining a pool (sessions then need the scheduler's grants)")
+    add_scheduler_option(pool)
+    pool.add_argument(
+        "--name", default=socket.gethostname(), help="this node's name in the pool (default: host)"
+    )
+    pool.add_argument(
+        "--secret-file", metavar="FILE", help="the cluster secret (default $GPUPOOL_CLUSTER_SECRET)"
+    )
+    pool.add_argument(
+        "--oversubscribe",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="fractions on one GPU may sum to F (default 1: none)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    daemon = start_daemon(args, args.listen)
+    try:
+        daemon = start_daemon(args, args.listen)
+    except (GpupoolError, OSError) as exc:
+        print(f"gpupool daemon: {exc}", file=sys.stderr)
+        return 1
     emulated = f", {args.emu_devices} x {format_size(args.emu_memory)}"
+    joined = f" in the pool of {args.scheduler} as {args.name}" if args.scheduler else ""
     print(
         f"gpupool daemon on {daemon.address} ({daemon.backend}"
         + (emulated if daemon.backend == "emu" else "")
-        + ")",
+        + ")"
+        + joined,
         flush=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: daemon.server.stop(1))

@@ -64,9 +64,16 @@ def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
-    """Start a daemon from the options of ``add_daemon_options``."""
+    """Start a daemon from the options of ``add_daemon_options`` (and ``daemon``'s pool
+    options, when it has them and names a scheduler)."""
+    from gpupool.grants import load_secret
+    from gpupool.server.daemon import PoolMembership
     from gpupool.server.daemon import start_daemon as start
 
+    pool = None
+    if getattr(args, "scheduler", None) and hasattr(args, "secret_file"):
+        secret = load_secret(args.secret_file)
+        pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
     return start(
         listen=listen,
         backend=args.backend,
@@ -74,4 +81,33 @@ def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
         emu_memory=args.emu_memory,
         warm=args.warm,
         log_level=args.log_level,
+        membership=pool,
+    )
+
+
+def fraction(text: str) -> float:
+    """A share of a GPU: 0 < f <= 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction of a GPU is in (0, 1], not {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def add_scheduler_option(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--scheduler", metavar="HOST:PORT", help="the pool scheduler (default $GPUPOOL_SCHEDULER)"
     )

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from typing import Any
 
+from gpupool.cli.allocation import add_allocation_options, held, wants_allocation
 from gpupool.cli.options import add_daemon_options, start_daemon
 from gpupool.client.context import ENV_DAEMONS
+from gpupool.client.lease import ENV_ALLOCATION
+from gpupool.errors import GpupoolError
 
 NAME = "run"
 
@@ -20,10 +23,12 @@ def add(commands: Any) -> None:
         help="run a command on remote GPUs",
         description="Run COMMAND with GPUPOOL_DAEMONS set. Without --daemons (and without"
         " GPUPOOL_DAEMONS) an embedded daemon on loopback serves it: the GPUs of this host,"
-        " or emulated ones.",
+        " or emulated ones. With -n/--fraction/--memory/--scheduler, GPUs are allocated from"
+        " the pool for the command and released when it ends, however it ends.",
     )
     parser.add_argument("--daemons", metavar="HOST:PORT[,...]", help="daemons to use, in order")
     add_daemon_options(parser, log_level="warning")  # the command's output is what matters
+    add_allocation_options(parser.add_argument_group("GPUs from the pool"), 60.0, None)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
 
@@ -33,6 +38,15 @@ def main(args: argparse.Namespace) -> int:
         print("gpupool run: no command given (gpupool run -- python prog.py)", file=sys.stderr)
         return 2
     env = dict(os.environ)
+    if wants_allocation(args):  # GPUs from the pool, released however the command ends
+        try:
+            with held(args) as lease:
+                env.pop(ENV_DAEMONS, None)
+                env[ENV_ALLOCATION] = lease.env_value
+                return _call(command, env)
+        except GpupoolError as exc:
+            print(f"gpupool run: {exc}", file=sys.stderr)
+            return 1
     daemons = args.daemons or env.get(ENV_DAEMONS)
     embedded = None
     if not daemons:
@@ -40,9 +54,15 @@ def main(args: argparse.Namespace) -> int:
         daemons = embedded.address
     env[ENV_DAEMONS] = daemons
     try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 130
+        return _call(command, env)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _call(command: list[str], env: dict[str, str]) -> int:
+    """The command's exit status (130 when interrupted)."""
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 130

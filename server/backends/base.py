@@ -92,6 +92,14 @@ class Backend(ABC):
     @abstractmethod
     def malloc(self, size: int) -> int: ...
 
+    def own_memory(self) -> int:
+        """Device bytes the backend holds on its own (a memory pool for array operations)."""
+        return 0
+
+    def limit_own_memory(self, limit: int) -> None:
+        """Bound :meth:`own_memory` by ``limit`` bytes: the rest of a session's quota."""
+        return  # a backend without memory of its own has nothing to bound
+
     @abstractmethod
     def free(self, ptr: int) -> None: ...
 

@@ -69,6 +69,13 @@ class CupyBackend(Backend):
     def malloc(self, size: int) -> int:
         return int(runtime.malloc(size))
 
+    def own_memory(self) -> int:
+        return int(cupy.get_default_memory_pool().total_bytes())
+
+    def limit_own_memory(self, limit: int) -> None:
+        # CuPy-side temporaries of array operations come from CuPy's pool in this worker
+        cupy.get_default_memory_pool().set_limit(size=max(limit, 1))  # 0 would mean none
+
     def free(self, ptr: int) -> None:
         runtime.free(ptr)
 

@@ -1,0 +1,88 @@
+"""The allocation options that ``gpupool request`` and ``gpupool run`` share, and holding one.
+
+Not a subcommand: the helpers those two use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+
+from gpupool.cli.options import add_scheduler_option, count, fraction, seconds, size
+from gpupool.client.lease import Lease, allocate, scheduler_address
+
+
+def add_allocation_options(
+    parser: argparse._ActionsContainer, ttl: float, count_default: int | None
+) -> None:
+    parser.add_argument(
+        "-n",
+        dest="count",
+        type=count,
+        default=count_default,
+        metavar="N",
+        help=f"GPUs to allocate (default {count_default or 'none: use --daemons'})",
+    )
+    share = parser.add_mutually_exclusive_group()
+    share.add_argument(
+        "--fraction", type=fraction, metavar="F", help="share of each GPU, 0 < F <= 1 (default 1)"
+    )
+    share.add_argument("--memory", type=size, metavar="SIZE", help="memory of each GPU, e.g. 4GiB")
+    parser.add_argument(
+        "--policy",
+        choices=("pack", "spread"),
+        default="pack",
+        help="pack: fill partly used GPUs first; spread: empty GPUs on different nodes",
+    )
+    parser.add_argument("--same-node", action="store_true", help="all GPUs on one node")
+    parser.add_argument(
+        "--ttl",
+        type=seconds,
+        default=ttl,
+        metavar="S",
+        help=f"lease time-to-live, renewed while in use (default {ttl:g})",
+    )
+    parser.add_argument(
+        "--wait",
+        type=seconds,
+        default=0.0,
+        metavar="S",
+        help="wait up to S seconds for capacity (default 0: fail at once)",
+    )
+    add_scheduler_option(parser)
+
+
+def wants_allocation(args: argparse.Namespace) -> bool:
+    """True when the options ask for GPUs from the pool."""
+    return any(
+        value is not None for value in (args.count, args.fraction, args.memory, args.scheduler)
+    )
+
+
+def allocate_from(args: argparse.Namespace) -> Lease:
+    """The allocation the options describe (AllocationError with the reason if none)."""
+    return allocate(
+        scheduler_address(args.scheduler),
+        args.count or 1,
+        fraction=args.fraction,
+        memory=args.memory,
+        policy=args.policy,
+        same_node=args.same_node,
+        ttl=args.ttl,
+        wait=args.wait,
+    )
+
+
+@contextlib.contextmanager
+def held(args: argparse.Namespace) -> Iterator[Lease]:
+    """An allocation, released however the block ends: normally, by an error, by Ctrl-C
+    or by SIGTERM (turned into SystemExit so that the release runs)."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        with allocate_from(args) as lease:
+            yield lease
+    finally:
+        signal.signal(signal.SIGTERM, previous)

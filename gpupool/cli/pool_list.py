@@ -1,0 +1,56 @@
+"""``gpupool list``: the pool's GPUs, what is allocated of each, and which nodes are up."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gpupool.cli.options import add_scheduler_option
+from gpupool.client.lease import SchedulerClient, scheduler_address
+from gpupool.errors import GpupoolError
+from gpupool.proto import scheduler_pb2 as spb
+from gpupool.units import format_size
+
+NAME = "list"
+
+
+def add(commands: Any) -> None:
+    parser = commands.add_parser(NAME, help="the pool's GPUs")
+    add_scheduler_option(parser)
+
+
+def fetch(args: argparse.Namespace, command: str) -> spb.PoolState | None:
+    """The pool as the scheduler sees it; None (said on stderr) when it does not answer."""
+    try:
+        client = SchedulerClient(scheduler_address(args.scheduler))
+        try:
+            return client.pool()
+        finally:
+            client.close()
+    except GpupoolError as exc:
+        print(f"gpupool {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def main(args: argparse.Namespace) -> int:
+    state = fetch(args, NAME)
+    if state is None:
+        return 1
+    table = Table(title=f"gpupool: {len(state.gpus)} GPUs")
+    for column in ("node", "GPU", "model", "memory used/total", "fraction free", "state"):
+        table.add_column(column, justify="right" if column == "GPU" else "left")
+    for gpu in state.gpus:
+        table.add_row(
+            gpu.node,
+            str(gpu.index),
+            gpu.name,
+            f"{format_size(gpu.memory_used)} / {format_size(gpu.memory)}",
+            f"{gpu.fraction_free:.2f}",
+            "up" if gpu.up else "down",
+        )
+    Console().print(table)
+    return 0

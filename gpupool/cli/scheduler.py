@@ -1,0 +1,65 @@
+"""``gpupool scheduler``: the pool scheduler, its state in one SQLite file."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from gpupool.cli.options import add_log_level, seconds
+from gpupool.errors import GpupoolError
+from gpupool.grants import load_secret
+
+NAME = "scheduler"
+
+
+def add(commands: Any) -> None:
+    parser = commands.add_parser(
+        NAME,
+        help="run the pool scheduler",
+        description="Hand out whole, fractional and multi-node GPUs of the daemons that"
+        " register here, under leases, with grants signed by the cluster secret"
+        " ($GPUPOOL_CLUSTER_SECRET or --secret-file).",
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
+    )
+    parser.add_argument(
+        "--db", default="gpupool-scheduler.db", metavar="PATH", help="SQLite file of the state"
+    )
+    parser.add_argument("--secret-file", metavar="FILE", help="the cluster secret")
+    parser.add_argument(
+        "--node-timeout",
+        type=seconds,
+        default=10.0,
+        metavar="S",
+        help="a node silent this long is down (default 10)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=seconds,
+        default=2.0,
+        metavar="S",
+        help="how often nodes send heartbeats (default 2)",
+    )
+    add_log_level(parser, "info")
+
+
+def main(args: argparse.Namespace) -> int:
+    from gpupool.scheduler.service import start_scheduler
+
+    try:
+        secret = load_secret(args.secret_file)
+        scheduler = start_scheduler(args.listen, args.db, secret, args.node_timeout, args.heartbeat)
+    except (GpupoolError, OSError) as exc:
+        print(f"gpupool scheduler: {exc}", file=sys.stderr)
+        return 1
+    print(f"gpupool scheduler on {scheduler.address} (state in {args.db})", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    try:
+        scheduler.wait()
+    except KeyboardInterrupt:
+        pass
+    scheduler.stop()
+    return 0

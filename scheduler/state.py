@@ -1,0 +1,503 @@
+"""The scheduler's decisions: a pure state machine, events in, instructions out.
+
+Nothing here reads a clock, touches a socket or a file: every event carries the time it
+happened (``now``, Unix seconds), and what must be said or stored comes back as
+instructions for the async shell (``scheduler/service.py``) to carry out. So every decision
+(placement, queueing, expiry, nodes going down) is tested without sockets or sleeps.
+
+Capacity is counted in millionths of a GPU (:data:`UNITS`), so shares add up exactly: a
+GPU takes allocations while their shares sum to at most its node's oversubscription
+factor (1 unless the operator says otherwise). A memory-sized share takes
+``memory / gpu memory`` of the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from gpupool.units import format_size
+
+UNITS = 1_000_000  # capacity of one GPU at no oversubscription
+POLICIES = ("pack", "spread")
+
+
+# The pool
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory: int
+
+
+@dataclass(frozen=True)
+class GpuFigures:
+    """What a node last reported of one GPU."""
+
+    memory_used: int = 0
+    utilization: int = 0
+    sessions: tuple[str, ...] = ()
+
+
+@dataclass
+class Node:
+    name: str
+    address: str
+    gpus: tuple[Gpu, ...]
+    oversubscription: float = 1.0
+    backend: str = ""
+    last_seen: float = 0.0
+    up: bool = True
+    figures: dict[int, GpuFigures] = field(default_factory=dict)
+
+    @property
+    def capacity(self) -> int:
+        return round(self.oversubscription * UNITS)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One GPU of an allocation, and the share of it the allocation holds."""
+
+    node: str
+    address: str
+    index: int
+    name: str
+    units: int
+    memory: int  # the quota, bytes
+
+    @property
+    def fraction(self) -> float:
+        return self.units / UNITS
+
+
+@dataclass(frozen=True)
+class Request:
+    count: int
+    fraction: float | None = None  # exactly one of fraction and memory
+    memory: int | None = None
+    policy: str = "pack"
+    same_node: bool = False
+    ttl: float = 60.0
+    wait: float = 0.0
+    owner: str = ""
+
+    def describe(self) -> str:
+        share = f"{self.fraction:g}" if self.fraction is not None else format_size(self.memory or 0)
+        where = " on one node" if self.same_node else ""
+        return f"{self.count} GPU{'s' * (self.count != 1)} x {share}{where}"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    id: str
+    slices: tuple[Slice, ...]
+    ttl: float
+    expires_at: float
+    owner: str = ""
+
+
+# Events
+
+
+@dataclass(frozen=True)
+class Register:
+    node: Node
+    now: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A node's sign of life; the reply is its live allocations (None: register again)."""
+
+    ask: int
+    name: str
+    figures: dict[int, GpuFigures]
+    now: float
+
+
+@dataclass(frozen=True)
+class Allocate:
+    """Asks for ``request``; ``allocation_id`` is the id it gets (the shell draws it)."""
+
+    ask: int  # the shell's handle for the reply
+    request: Request
+    allocation_id: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Renew:
+    ask: int
+    allocation_id: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Release:
+    ask: int
+    allocation_id: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """The asker of ``ask`` went away: its request leaves the queue."""
+
+    ask: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes: leases expire, silent nodes go down, waits run out."""
+
+    now: float
+
+
+Event = Register | Heartbeat | Allocate | Renew | Release | Withdraw | Tick
+
+
+# Instructions
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer the ask ``ask`` with ``value``."""
+
+    ask: int
+    value: object
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Answer the ask ``ask`` with an error: ``code`` is a gRPC status name."""
+
+    ask: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StoreNode:
+    node: Node
+
+
+@dataclass(frozen=True)
+class StoreAllocation:
+    allocation: Allocation
+
+
+@dataclass(frozen=True)
+class DeleteAllocation:
+    allocation_id: str
+    why: str  # "released" or "expired"
+
+
+@dataclass(frozen=True)
+class NodeDown:
+    name: str
+    silent_s: float
+
+
+Instruction = Reply | Refuse | StoreNode | StoreAllocation | DeleteAllocation | NodeDown
+
+
+class _Candidate(NamedTuple):
+    """A GPU that could take a request's share now."""
+
+    node: Node
+    gpu: Gpu
+    units: int
+    memory: int
+    free: int  # units free before this request
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    ask: int
+    request: Request
+    allocation_id: str
+    deadline: float
+
+
+class SchedulerState:
+    """Nodes, allocations and the queue of waiting requests."""
+
+    def __init__(self, node_timeout: float = 10.0) -> None:
+        self.node_timeout = node_timeout
+        self.nodes: dict[str, Node] = {}
+        self.allocations: dict[str, Allocation] = {}
+        self._queue: list[_Waiting] = []
+
+    def restore(self, nodes: Iterable[Node], allocations: Iterable[Allocation], now: float) -> None:
+        """Take up stored state after a restart.
+
+        Nobody could renew while the scheduler was down, so no lease ends sooner than one
+        time-to-live from now; nodes get a full timeout to send their next heartbeat.
+        """
+        for node in nodes:
+            node.last_seen = now
+            self.nodes[node.name] = node
+        for allocation in allocations:
+            expires = max(allocation.expires_at, now + allocation.ttl)
+            self.allocations[allocation.id] = replace(allocation, expires_at=expires)
+
+    def handle(self, event: Event) -> list[Instruction]:
+        handler = getattr(self, f"_on_{type(event).__name__.lower()}")
+        return list(handler(event))
+
+    # queries
+
+    def used_units(self, node: str, index: int) -> int:
+        return sum(
+            part.units
+            for allocation in self.allocations.values()
+            for part in allocation.slices
+            if (part.node, part.index) == (node, index)
+        )
+
+    def live_allocations(self, node: str) -> list[str]:
+        return [
+            allocation.id
+            for allocation in self.allocations.values()
+            if any(part.node == node for part in allocation.slices)
+        ]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    # events
+
+    def _on_register(self, event: Register) -> Iterator[Instruction]:
+        node = replace(event.node, last_seen=event.now, up=True, figures={})
+        self.nodes[node.name] = node
+        yield StoreNode(node)
+        for allocation in list(self.allocations.values()):  # a daemon back on another port
+            slices = tuple(
+                replace(part, address=node.address) if part.node == node.name else part
+                for part in allocation.slices
+            )
+            if slices != allocation.slices:
+                self.allocations[allocation.id] = replace(allocation, slices=slices)
+                yield StoreAllocation(self.allocations[allocation.id])
+        yield from self._drain(event.now)
+
+    def _on_heartbeat(self, event: Heartbeat) -> Iterator[Instruction]:
+        node = self.nodes.get(event.name)
+        if node is None:
+            yield Reply(event.ask, None)
+            return
+        node.last_seen = event.now
+        node.figures = dict(event.figures)
+        yield Reply(event.ask, self.live_allocations(node.name))
+        if not node.up:
+            node.up = True
+            yield StoreNode(node)
+            yield from self._drain(event.now)
+
+    def _on_allocate(self, event: Allocate) -> Iterator[Instruction]:
+        request = event.request
+        problem = _invalid(request)
+        if problem is None:
+            problem = self._never_fits(request)
+            code = "FAILED_PRECONDITION"
+        else:
+            code = "INVALID_ARGUMENT"
+        if problem is not None:
+            yield Refuse(event.ask, code, problem)
+            return
+        waiting = _Waiting(event.ask, request, event.allocation_id, event.now + request.wait)
+        if self._queue:  # first come, first served: nobody overtakes a waiting request
+            if request.wait > 0:
+                self._queue.append(waiting)
+            else:
+                yield Refuse(
+                    event.ask,
+                    "RESOURCE_EXHAUSTED",
+                    f"cannot fit now: {len(self._queue)} earlier request(s) wait for capacity"
+                    f" ({request.describe()} asked, no wait)",
+                )
+            return
+        placed = self._place(request)
+        if isinstance(placed, str):
+            if request.wait > 0:
+                self._queue.append(waiting)
+            else:
+                yield Refuse(event.ask, "RESOURCE_EXHAUSTED", placed)
+            return
+        yield from self._grant(waiting, placed, event.now)
+
+    def _on_renew(self, event: Renew) -> Iterator[Instruction]:
+        allocation = self.allocations.get(event.allocation_id)
+        if allocation is None:
+            yield Refuse(event.ask, "NOT_FOUND", _gone(event.allocation_id))
+            return
+        renewed = replace(allocation, expires_at=event.now + allocation.ttl)
+        self.allocations[renewed.id] = renewed
+        yield StoreAllocation(renewed)
+        yield Reply(event.ask, renewed)
+
+    def _on_release(self, event: Release) -> Iterator[Instruction]:
+        if self.allocations.pop(event.allocation_id, None) is None:
+            yield Refuse(event.ask, "NOT_FOUND", _gone(event.allocation_id))
+            return
+        yield DeleteAllocation(event.allocation_id, "released")
+        yield Reply(event.ask, None)
+        yield from self._drain(event.now)
+
+    def _on_withdraw(self, event: Withdraw) -> Iterator[Instruction]:
+        self._queue = [waiting for waiting in self._queue if waiting.ask != event.ask]
+        return iter(())
+
+    def _on_tick(self, event: Tick) -> Iterator[Instruction]:
+        now = event.now
+        for node in self.nodes.values():
+            silent = now - node.last_seen
+            if node.up and silent > self.node_timeout:
+                node.up = False
+                yield NodeDown(node.name, silent)
+                yield StoreNode(node)
+        for allocation in list(self.allocations.values()):
+            if allocation.expires_at <= now:
+                del self.allocations[allocation.id]
+                yield DeleteAllocation(allocation.id, "expired")
+        yield from self._drain(now)
+        for waiting in [w for w in self._queue if w.deadline <= now]:
+            self._queue.remove(waiting)
+            placed = self._place(waiting.request)
+            reason = placed if isinstance(placed, str) else "cannot fit now"
+            yield Refuse(
+                waiting.ask,
+                "RESOURCE_EXHAUSTED",
+                f"{reason} (waited {waiting.request.wait:g} s)",
+            )
+
+    # placement
+
+    def _drain(self, now: float) -> Iterator[Instruction]:
+        """Place waiting requests in arrival order, up to the first that does not fit."""
+        while self._queue:
+            placed = self._place(self._queue[0].request)
+            if isinstance(placed, str):
+                return
+            yield from self._grant(self._queue.pop(0), placed, now)
+
+    def _grant(self, waiting: _Waiting, slices: list[Slice], now: float) -> Iterator[Instruction]:
+        request = waiting.request
+        allocation = Allocation(
+            waiting.allocation_id, tuple(slices), request.ttl, now + request.ttl, request.owner
+        )
+        self.allocations[allocation.id] = allocation
+        yield StoreAllocation(allocation)
+        yield Reply(waiting.ask, allocation)
+
+    def _share(self, node: Node, gpu: Gpu, request: Request) -> tuple[int, int] | None:
+        """(units, memory quota) ``request`` takes of ``gpu``; None if it cannot ever."""
+        if request.fraction is not None:
+            units, memory = round(request.fraction * UNITS), int(request.fraction * gpu.memory)
+        else:
+            assert request.memory is not None
+            units, memory = -(-request.memory * UNITS // gpu.memory), request.memory
+        return (units, memory) if units <= node.capacity and memory <= gpu.memory else None
+
+    def _never_fits(self, request: Request) -> str | None:
+        """Why ``request`` cannot fit even an empty pool, or None."""
+        hosts = [
+            sum(self._share(node, gpu, request) is not None for gpu in node.gpus)
+            for node in self.nodes.values()
+        ]
+        room = max(hosts, default=0) if request.same_node else sum(hosts)
+        if room >= request.count:
+            return None
+        gpus = sum(len(node.gpus) for node in self.nodes.values())
+        where = "its largest node has" if request.same_node else "the pool has"
+        detail = f"{room} GPUs" if request.same_node else f"{gpus} GPUs"
+        if request.memory is not None:
+            largest = max((g.memory for n in self.nodes.values() for g in n.gpus), default=0)
+            detail = f"{room} GPUs of at least {format_size(request.memory)}"
+            detail += f" (the largest has {format_size(largest)})"
+        return f"can never fit: {request.describe()} asked, and {where} {detail}"
+
+    def _place(self, request: Request) -> list[Slice] | str:
+        """The GPUs for ``request`` now, by its policy, or why it does not fit now."""
+        candidates: list[_Candidate] = []
+        down = [node.name for node in self.nodes.values() if not node.up]
+        up_gpus = 0
+        for node in self.nodes.values():
+            if not node.up:
+                continue
+            for gpu in node.gpus:
+                up_gpus += 1
+                share = self._share(node, gpu, request)
+                free = node.capacity - self.used_units(node.name, gpu.index)
+                if share is not None and share[0] <= free:
+                    candidates.append(_Candidate(node, gpu, *share, free))
+        if request.same_node:
+            by_node: dict[str, list[_Candidate]] = {}
+            for candidate in candidates:
+                by_node.setdefault(candidate.node.name, []).append(candidate)
+            groups = [group for group in by_node.values() if len(group) >= request.count]
+            pick = min if request.policy == "pack" else max
+            candidates = pick(groups, key=lambda group: sum(c.free for c in group), default=[])
+        if len(candidates) < request.count:
+            free_text = (
+                f"{request.fraction:g}"
+                if request.fraction is not None
+                else format_size(request.memory or 0)
+            )
+            reason = f"cannot fit now: {request.describe()} asked, and " + (
+                f"no node up has that many GPUs with {free_text} free"
+                if request.same_node
+                else f"{len(candidates)} of the {up_gpus} GPUs up have {free_text} free"
+            )
+            if down:
+                reason += f"; down: {', '.join(sorted(down))}"
+            return reason
+        chosen: list[_Candidate] = []
+        for _ in range(request.count):
+            best = min(candidates, key=lambda c: _rank(request.policy, c, chosen))
+            candidates.remove(best)
+            chosen.append(best)
+        return [
+            Slice(node.name, node.address, gpu.index, gpu.name, units, memory)
+            for node, gpu, units, memory, _ in chosen
+        ]
+
+
+def _rank(
+    policy: str, candidate: _Candidate, chosen: list[_Candidate]
+) -> tuple[int, int, str, int]:
+    """Order of preference among GPUs: ``pack`` takes the fullest GPU, on a node already
+    used; ``spread`` a node not yet used, then the emptiest GPU."""
+    node, gpu, _, _, free = candidate
+    on_node = sum(other.node.name == node.name for other in chosen)
+    if policy == "pack":
+        return (free, -on_node, node.name, gpu.index)
+    return (on_node, -free, node.name, gpu.index)
+
+
+def _invalid(request: Request) -> str | None:
+    if request.count < 1:
+        return f"a request needs at least one GPU, not {request.count}"
+    if (request.fraction is None) == (request.memory is None):
+        return "a request names either a fraction or a memory size"
+    if request.fraction is not None and not 0 < request.fraction <= 1:
+        return f"a fraction is in (0, 1], not {request.fraction:g}"
+    if request.memory is not None and request.memory <= 0:
+        return f"a memory size is positive, not {request.memory}"
+    if request.policy not in POLICIES:
+        return f"unknown policy {request.policy!r}; choose one of {', '.join(POLICIES)}"
+    if request.ttl <= 0:
+        return f"a lease needs a positive time-to-live, not {request.ttl:g} s"
+    if request.wait < 0:
+        return f"a wait is zero or more seconds, not {request.wait:g}"
+    return None
+
+
+def _gone(allocation_id: str) -> str:
+    return f"no allocation {allocation_id}: it was released or its lease expired"

@@ -1,0 +1,168 @@
+"""A pooled daemon's side of the scheduler: register the node, then send heartbeats.
+
+The node's name is its identity: a daemon that restarts registers again under the same name
+and the scheduler keeps its GPUs (and the allocations on them) rather than adding new ones.
+Each heartbeat carries the live figures of every device (memory used, utilisation, the
+allocation of each open session); the reply lists the allocations whose leases hold, and
+the sessions of any other one are ended (:meth:`Admission.sync`). So the scheduler never
+needs a connection to the daemon. A scheduler that is away is retried every interval;
+meanwhile sessions go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from gpupool.logs import fields
+from gpupool.proto import scheduler_pb2 as spb
+from gpupool.proto import scheduler_pb2_grpc as spb_grpc
+from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.server.admission import Admission
+from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_S = 5.0
+
+
+class Registration:
+    """The thread that keeps this node registered with the scheduler at ``scheduler``."""
+
+    def __init__(
+        self,
+        scheduler: str,
+        node: spb.NodeRegistration,
+        devices: Sequence[DeviceInfo],
+        pools: Sequence[WorkerPool],
+        admission: Admission,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._node = node
+        self._devices = list(devices)
+        self._pools = list(pools)
+        self._admission = admission
+        self._clock = clock
+        self._channel = grpc.insecure_channel(scheduler, GRPC_OPTIONS)
+        self._stub = spb_grpc.SchedulerStub(self._channel)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
+        self._nvml = _Nvml() if node.backend == "cupy" else None
+        self.interval = 1.0
+        self.registered = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._channel.close()
+
+    def _run(self) -> None:
+        known, reachable = False, True
+        while not self._stopping.is_set():
+            try:
+                if not known:
+                    accepted = self._stub.Register(self._node, timeout=CALL_TIMEOUT_S)
+                    self.interval = accepted.heartbeat_s or self.interval
+                    known = True
+                    self.registered.set()
+                    log.info("registered with the scheduler", extra=fields(node=self._node.name))
+                asked_at = self._clock()
+                reply = self._stub.Heartbeat(self._heartbeat(), timeout=CALL_TIMEOUT_S)
+                if reply.known:
+                    self._admission.sync(reply.live_allocations, asked_at)
+                else:
+                    known = False
+                    continue
+                if not reachable:
+                    log.info("scheduler reachable again", extra=fields(node=self._node.name))
+                reachable = True
+            except grpc.RpcError as exc:
+                if reachable:
+                    log.warning(
+                        "scheduler unreachable; sessions go on",
+                        extra=fields(code=exc.code().name, node=self._node.name),
+                    )
+                reachable = False
+            self._stopping.wait(self.interval)
+
+    def _heartbeat(self) -> spb.NodeHeartbeat:
+        gpus = []
+        for index, (device, pool) in enumerate(zip(self._devices, self._pools, strict=True)):
+            used, utilization = 0, 0
+            if pool.ledger is not None:
+                used = pool.ledger.used()
+            elif self._nvml is not None:
+                used, utilization = self._nvml.figures(device)
+            gpus.append(
+                spb.GpuFigures(
+                    index=index,
+                    memory_used=used,
+                    utilization=utilization,
+                    sessions=self._admission.sessions(index),
+                )
+            )
+        return spb.NodeHeartbeat(name=self._node.name, gpus=gpus)
+
+
+class _Nvml:
+    """NVML's figures of a GPU by UUID (``nvidia-ml-py``; none where it is missing).
+
+    NVML needs no CUDA context, so the daemon's front may ask it.
+    """
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+        except Exception as exc:  # not installed, no driver: figures stay zero
+            log.info("no NVML figures", extra=fields(reason=repr(exc)))
+            self._nvml = None
+
+    def figures(self, device: DeviceInfo) -> tuple[int, int]:
+        """(memory used in bytes, utilisation in percent) of ``device``.
+
+        Found by UUID, or PCI bus id, not by index: CUDA's and NVML's orders may differ.
+        """
+        if self._nvml is None:
+            return 0, 0
+        try:
+            if device.uuid:
+                handle = self._nvml.nvmlDeviceGetHandleByUUID(device.uuid)
+            else:
+                handle = self._nvml.nvmlDeviceGetHandleByPciBusId(device.pci_bus_id)
+            memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+        except Exception as exc:  # a GPU fallen off the bus, say: report zeros, keep beating
+            log.warning("NVML failed", extra=fields(device=device.pci_bus_id, reason=repr(exc)))
+            return 0, 0
+        return int(memory.used), int(rates.gpu)
+
+
+def node_registration(
+    name: str,
+    address: str,
+    backend: str,
+    devices: Sequence[DeviceInfo],
+    oversubscription: float,
+) -> spb.NodeRegistration:
+    """What the scheduler learns of this node when it registers."""
+    return spb.NodeRegistration(
+        name=name,
+        address=address,
+        backend=backend,
+        oversubscription=oversubscription,
+        gpus=[
+            spb.GpuInfo(index=index, uuid=d.uuid, name=d.name, memory=d.total_memory)
+            for index, d in enumerate(devices)
+        ],
+    )

@@ -1,0 +1,247 @@
+"""The scheduler's decisions, as a pure state machine: events in, instructions out, no sockets."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from gpupool import grants
+from gpupool.errors import CUDARuntimeError
+from gpupool.scheduler import state as sm
+
+GiB = 1 << 30
+_asks = itertools.count(1)
+
+
+def node(name: str, gpus: int = 2, memory: int = 8 * GiB, oversubscription: float = 1.0) -> sm.Node:
+    return sm.Node(
+        name,
+        f"{name}:7001",
+        tuple(sm.Gpu(i, f"{name}-{i}", "emu", memory) for i in range(gpus)),
+        oversubscription,
+    )
+
+
+def pool(*nodes: sm.Node, now: float = 0.0, node_timeout: float = 10.0) -> sm.SchedulerState:
+    machine = sm.SchedulerState(node_timeout)
+    for each in nodes:
+        machine.handle(sm.Register(each, now))
+    return machine
+
+
+def allocate(machine: sm.SchedulerState, now: float = 0.0, **asked: object) -> list[sm.Instruction]:
+    request = sm.Request(**{"count": 1, "fraction": 1.0, **asked})  # type: ignore[arg-type]
+    return machine.handle(sm.Allocate(next(_asks), request, f"a{next(_asks)}", now))
+
+
+def granted(instructions: list[sm.Instruction]) -> sm.Allocation:
+    replies = [i for i in instructions if isinstance(i, sm.Reply)]
+    assert replies, instructions
+    assert isinstance(replies[-1].value, sm.Allocation)
+    assert any(isinstance(i, sm.StoreAllocation) for i in instructions)  # stored before replied
+    return replies[-1].value
+
+
+def refused(instructions: list[sm.Instruction]) -> sm.Refuse:
+    refusals = [i for i in instructions if isinstance(i, sm.Refuse)]
+    assert len(refusals) == 1, instructions
+    return refusals[0]
+
+
+def places(allocation: sm.Allocation) -> list[tuple[str, int]]:
+    return [(part.node, part.index) for part in allocation.slices]
+
+
+def test_halves_fill_four_gpus_twice_then_a_third_request_is_told_why() -> None:
+    machine = pool(node("a"), node("b"))
+    first = granted(allocate(machine, count=4, fraction=0.5))
+    second = granted(allocate(machine, count=4, fraction=0.5))
+    assert (
+        sorted(places(first)) == sorted(places(second)) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    )
+    assert {part.memory for part in first.slices} == {4 * GiB}
+    third = refused(allocate(machine, count=4, fraction=0.5))
+    assert third.code == "RESOURCE_EXHAUSTED"
+    assert (
+        "cannot fit now: 4 GPUs x 0.5 asked, and 0 of the 4 GPUs up have 0.5 free" in third.reason
+    )
+    machine.handle(sm.Release(1, first.id, 1.0))
+    machine.handle(sm.Release(2, second.id, 1.0))
+    assert all(machine.used_units(n, i) == 0 for n in "ab" for i in range(2))
+
+
+def test_requests_that_can_never_fit_fail_at_once_with_the_reason() -> None:
+    machine = pool(node("a"), node("b"))
+    too_many = refused(allocate(machine, count=5, wait=60))
+    assert too_many.code == "FAILED_PRECONDITION"
+    assert "can never fit: 5 GPUs x 1 asked, and the pool has 4 GPUs" in too_many.reason
+    one_node = refused(allocate(machine, count=3, same_node=True, wait=60))
+    assert "its largest node has 2 GPUs" in one_node.reason
+    too_big = refused(allocate(machine, fraction=None, memory=9 * GiB))
+    assert "(the largest has 8GiB)" in too_big.reason
+    assert machine.waiting == 0
+
+
+@pytest.mark.parametrize(
+    ("asked", "problem"),
+    [
+        ({"count": 0}, "at least one GPU"),
+        ({"fraction": 1.5}, "a fraction is in (0, 1], not 1.5"),
+        ({"fraction": 0.0}, "a fraction is in (0, 1], not 0"),
+        ({"fraction": None}, "either a fraction or a memory size"),
+        ({"policy": "random"}, "unknown policy 'random'"),
+        ({"ttl": 0}, "positive time-to-live"),
+    ],
+)
+def test_malformed_requests_are_refused_naming_the_problem(
+    asked: dict[str, object], problem: str
+) -> None:
+    refusal = refused(allocate(pool(node("a")), **asked))
+    assert refusal.code == "INVALID_ARGUMENT"
+    assert problem in refusal.reason
+
+
+def test_pack_fills_partly_used_gpus_and_spread_prefers_empty_ones_on_other_nodes() -> None:
+    machine = pool(node("a"), node("b"))
+    first = granted(allocate(machine, fraction=0.25, policy="pack"))
+    assert places(first) == [("a", 0)]
+    assert places(granted(allocate(machine, fraction=0.25, policy="pack"))) == [("a", 0)]
+    assert places(granted(allocate(machine, fraction=0.25, policy="spread"))) == [("a", 1)]
+    two = granted(allocate(machine, count=2, fraction=0.25, policy="spread"))
+    assert places(two) == [("b", 0), ("a", 1)]  # the emptiest GPU, then another node
+    empty = pool(node("a"), node("b"))
+    assert {n for n, _ in places(granted(allocate(empty, count=2, policy="spread")))} == {"a", "b"}
+    assert {n for n, _ in places(granted(allocate(pool(node("a"), node("b")), count=2)))} == {"a"}
+
+
+def test_same_node_keeps_an_allocation_on_one_node() -> None:
+    machine = pool(node("a", gpus=2), node("b", gpus=3))
+    granted(allocate(machine, fraction=0.5, policy="spread"))  # b0 is now half used
+    allocation = granted(allocate(machine, count=3, fraction=0.5, same_node=True))
+    assert {n for n, _ in places(allocation)} == {"b"}
+    refusal = refused(allocate(machine, count=3, fraction=1.0, same_node=True))
+    assert "no node up has that many GPUs with 1 free" in refusal.reason
+
+
+def test_memory_sized_shares_take_their_part_of_each_gpu() -> None:
+    machine = pool(node("a", gpus=1, memory=8 * GiB))
+    first = granted(allocate(machine, fraction=None, memory=6 * GiB))
+    assert first.slices[0].memory == 6 * GiB and first.slices[0].fraction == 0.75
+    assert (
+        "0 of the 1 GPUs up have 3GiB free"
+        in refused(allocate(machine, fraction=None, memory=3 * GiB)).reason
+    )
+    granted(allocate(machine, fraction=None, memory=2 * GiB))
+
+
+def test_oversubscription_lets_fractions_sum_past_one() -> None:
+    machine = pool(node("a", gpus=1, oversubscription=1.5))
+    for _ in range(3):
+        granted(allocate(machine, fraction=0.5))
+    refused(allocate(machine, fraction=0.5))
+
+
+def test_a_waiting_request_gets_freed_capacity_in_arrival_order() -> None:
+    machine = pool(node("a", gpus=1))
+    holder = granted(allocate(machine, fraction=1.0))
+    assert allocate(machine, fraction=0.5, wait=10, now=1.0) == []  # waits
+    assert allocate(machine, fraction=0.5, wait=10, now=2.0) == []
+    late = refused(allocate(machine, fraction=0.1, now=3.0))  # does not overtake, no wait
+    assert "2 earlier request(s) wait" in late.reason
+    released = machine.handle(sm.Release(99, holder.id, 4.0))
+    replies = [i for i in released if isinstance(i, sm.Reply)]
+    assert replies[0].ask == 99  # the release itself, then both waiters
+    assert len([r for r in replies if isinstance(r.value, sm.Allocation)]) == 2
+
+
+def test_a_withdrawn_request_leaves_the_queue() -> None:
+    machine = pool(node("a", gpus=1))
+    holder = granted(allocate(machine))
+    waiting = sm.Allocate(41, sm.Request(1, fraction=1.0, wait=60), "w", 1.0)
+    assert machine.handle(waiting) == []
+    machine.handle(sm.Withdraw(41))
+    assert machine.waiting == 0
+    released = machine.handle(sm.Release(42, holder.id, 2.0))
+    assert [i for i in released if isinstance(i, sm.Reply)] == [sm.Reply(42, None)]
+
+
+def test_a_wait_that_runs_out_is_refused_with_the_reason() -> None:
+    machine = pool(node("a", gpus=1))
+    granted(allocate(machine))
+    assert allocate(machine, wait=5.0, now=1.0) == []
+    assert not [i for i in machine.handle(sm.Tick(5.9)) if isinstance(i, sm.Refuse)]
+    refusal = refused(machine.handle(sm.Tick(6.0)))
+    assert refusal.code == "RESOURCE_EXHAUSTED"
+    assert "cannot fit now" in refusal.reason and "(waited 5 s)" in refusal.reason
+    assert machine.waiting == 0
+
+
+def test_leases_expire_unless_renewed() -> None:
+    machine = pool(node("a", gpus=1), node_timeout=100.0)
+    allocation = granted(allocate(machine, ttl=10.0))
+    assert allocation.expires_at == 10.0
+    renewed = machine.handle(sm.Renew(7, allocation.id, 8.0))
+    assert renewed[-1] == sm.Reply(7, machine.allocations[allocation.id])
+    assert machine.allocations[allocation.id].expires_at == 18.0
+    assert machine.handle(sm.Tick(17.9)) == []
+    assert sm.DeleteAllocation(allocation.id, "expired") in machine.handle(sm.Tick(18.0))
+    gone = refused(machine.handle(sm.Renew(8, allocation.id, 19.0)))
+    assert gone.code == "NOT_FOUND" and "released or its lease expired" in gone.reason
+    assert refused(machine.handle(sm.Release(9, allocation.id, 19.0))).code == "NOT_FOUND"
+
+
+def test_silent_nodes_go_down_take_no_allocation_and_come_back_with_a_heartbeat() -> None:
+    machine = pool(node("a", gpus=1), node("b", gpus=1), node_timeout=3.0)
+    machine.handle(sm.Heartbeat(1, "a", {}, 2.0))
+    down = machine.handle(sm.Tick(3.5))
+    assert [i.name for i in down if isinstance(i, sm.NodeDown)] == ["b"]
+    assert places(granted(allocate(machine, now=3.6))) == [("a", 0)]
+    refusal = refused(allocate(machine, now=3.7))
+    assert "0 of the 1 GPUs up have 1 free; down: b" in refusal.reason
+    assert allocate(machine, wait=5.0, now=3.8) == []
+    back = machine.handle(sm.Heartbeat(2, "b", {}, 4.0))
+    assert places(granted(back)) == [("b", 0)]
+
+
+def test_a_restarted_node_keeps_its_gpus_and_allocations() -> None:
+    machine = pool(node("a"))
+    allocation = granted(allocate(machine))
+    moved = sm.Node("a", "a:7999", node("a").gpus)
+    again = machine.handle(sm.Register(moved, 5.0))
+    assert len(machine.nodes) == 1 and len(machine.nodes["a"].gpus) == 2
+    assert machine.live_allocations("a") == [allocation.id]
+    assert machine.allocations[allocation.id].slices[0].address == "a:7999"  # clients follow
+    assert sm.StoreAllocation(machine.allocations[allocation.id]) in again
+    assert machine.handle(sm.Heartbeat(3, "nobody", {}, 6.0)) == [sm.Reply(3, None)]
+
+
+def test_restored_state_gives_leases_a_full_ttl_after_downtime() -> None:
+    machine = pool(node("a"))
+    allocation = granted(allocate(machine, ttl=10.0))
+    restarted = sm.SchedulerState()
+    restarted.restore(machine.nodes.values(), machine.allocations.values(), now=30.0)
+    assert restarted.allocations[allocation.id].expires_at == 40.0
+    assert restarted.used_units("a", 0) == sm.UNITS
+
+
+SECRET = b"0123456789abcdef0123"
+
+
+def test_grants_verify_only_genuine_unexpired_and_for_their_device() -> None:
+    grant = grants.Grant("alloc", "a", 1, 4 * GiB, 0.5, expires_at=100.0)
+    token = grants.sign(grant, SECRET)
+    assert grants.verify(token, SECRET, "a", 1, now=99.0) == grant
+    assert grants.read(token) == grant
+    for token_, node_, device, now, why in [
+        (token, "a", 1, 100.0, "expired"),
+        (grants.sign(grant, b"another-secret-of-ours"), "a", 1, 0.0, "signature does not match"),
+        (token.replace(token[3], "A" if token[3] != "A" else "B", 1), "a", 1, 0.0, "signature"),
+        (token, "b", 1, 0.0, "not device 1 of 'b'"),
+        (token, "a", 0, 0.0, "not device 0 of 'a'"),
+        ("", "a", 1, 0.0, "needs a grant"),
+        ("garbage", "a", 1, 0.0, "malformed"),
+    ]:
+        with pytest.raises(CUDARuntimeError, match=why) as caught:
+            grants.verify(token_, SECRET, node_, device, now)
+        assert caught.value.name == "cudaErrorNotPermitted"
