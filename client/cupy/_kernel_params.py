@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import re
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from gpupool.client import context
 from gpupool.client.module import Function, Module
 from gpupool.cupy._ndarray import ndarray
 from gpupool.cupy.cuda.stream import Stream, get_current_stream
@@ -37,6 +39,7 @@ _C_TYPES = {
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
 }
+_Key = tuple[str, str, tuple[str, ...]]  # source, kernel name, options
 _NAME = re.compile(r"[A-Za-z_]\w*$")
 
 # Index helpers of the generated code (in the spirit of CuPy's CIndexer and CArray): the loop
@@ -233,21 +236,44 @@ def int64s(values: Sequence[int]) -> list[np.int64]:
 
 
 class CompiledKernels:
-    """Generated sources compiled on the daemon, one module per source (per device inside)."""
+    """Sources compiled on the daemons, one module per source and options (loaded per device
+    inside), for the life of the connection: module handles are those of its sessions."""
 
     def __init__(self) -> None:
-        self._functions: dict[tuple[str, tuple[str, ...]], Function] = {}
+        self._modules: weakref.WeakKeyDictionary[context.Context, dict[_Key, Module]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._functions: weakref.WeakKeyDictionary[context.Context, dict[_Key, Function]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
+    def module(self, source: str, options: Sequence[str]) -> Module:
+        """The module of ``source``: compiled on the current device on first use (raising
+        CompileError there), then loaded on other devices as they launch its kernels."""
+        key = (source, "", tuple(options))
+        modules = self._per_connection(self._modules)
+        module = modules.get(key)
+        if module is None:
+            module = modules.setdefault(key, Module.from_source(source, options))
+        return module
+
     def function(self, source: str, name: str, options: Sequence[str]) -> Function:
-        key = (source, tuple(options))
-        with self._lock:
-            function = self._functions.get(key)
+        """The kernel ``name`` of ``source``'s module (cudaErrorSymbolNotFound if none)."""
+        key = (source, name, tuple(options))
+        functions = self._per_connection(self._functions)
+        function = functions.get(key)
         if function is None:
-            function = Module.from_source(source, options).get_function(name)
-            with self._lock:
-                function = self._functions.setdefault(key, function)
+            found = self.module(source, options).get_function(name)
+            function = functions.setdefault(key, found)
         return function
+
+    def _per_connection(
+        self, caches: weakref.WeakKeyDictionary[context.Context, dict[_Key, Any]]
+    ) -> dict[_Key, Any]:
+        current = context.current()
+        with self._lock:
+            return caches.setdefault(current, {})
 
 
 COMPILED = CompiledKernels()

@@ -7,21 +7,15 @@ current stream and is queued: it travels with the next synchronizing call.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 from gpupool.client import runtime
 from gpupool.client.module import Function, Module
+from gpupool.cupy._kernel_params import COMPILED
 from gpupool.cupy.cuda.stream import get_current_stream
 
 Dims = int | Sequence[int]
-
-
-@functools.lru_cache(maxsize=256)
-def _module(code: str, options: tuple[str, ...]) -> Module:
-    """One module per source and options in this process (the daemon caches compilations too)."""
-    return Module.from_source(code, options)
 
 
 def _check_backend(backend: str, **unsupported: bool) -> None:
@@ -55,14 +49,11 @@ class RawKernel:
         self.name = name
         self.options = tuple(options)
         self.backend = backend
-        self._function: Function | None = None
 
     @property
     def kernel(self) -> Function:
         """The compiled kernel (compiling the source on first use: CompileException if it fails)."""
-        if self._function is None:
-            self._function = _module(self.code, self.options).get_function(self.name)
-        return self._function
+        return COMPILED.function(self.code, self.name, self.options)
 
     def compile(self, log_stream: Any = None) -> None:
         """Compile now rather than at the first launch."""
@@ -129,7 +120,7 @@ class RawModule:
 
     @property
     def module(self) -> Module:
-        return _module(self.code, self.options)
+        return COMPILED.module(self.code, self.options)
 
     def compile(self, log_stream: Any = None) -> None:
         self.module  # noqa: B018 (compiles and loads)

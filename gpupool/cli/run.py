@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from gpupool.cli.options import add_daemon_options, start_daemon
+from gpupool.client import import_hook
 from gpupool.client.context import ENV_DAEMONS
 
 NAME = "run"
@@ -39,6 +40,8 @@ def main(args: argparse.Namespace) -> int:
         embedded = start_daemon(args, "127.0.0.1:0")
         daemons = embedded.address
     env[ENV_DAEMONS] = daemons
+    # The client shim: the command's `import cupy` (its subprocesses' too) loads gpupool.cupy.
+    env = import_hook.environment(env)
     try:
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from gpupool.client import runtime
+from gpupool.client import context, runtime
 
 
 class Device:
@@ -71,7 +71,11 @@ class Device:
         return f"<CUDA Device {self.id}>"
 
 
-def _release(device_id: int, release: Callable[[int], None], handle: int) -> None:
+def _release(
+    owner_context: context.Context, device_id: int, release: Callable[[int], None], handle: int
+) -> None:
+    if context.active() is not owner_context:
+        return  # that connection has ended, and its daemon released everything it held
     with Device(device_id):
         release(handle)
 
@@ -81,5 +85,6 @@ def release_at_collection(
 ) -> None:
     """Queue ``release(handle)`` on ``device_id`` once ``owner`` is collected (a free, a stream
     or event destroy: queued calls, no round trip). Not at exit: the session's end releases
-    everything it holds."""
-    weakref.finalize(owner, _release, device_id, release, handle).atexit = False
+    everything it holds; nor after a reconnection, for the same reason."""
+    finalizer = weakref.finalize(owner, _release, context.current(), device_id, release, handle)
+    finalizer.atexit = False

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gpupool.client import runtime
+from gpupool.client import context, runtime
 from gpupool.cupy.cuda._bins import FreeBlocks, round_size
 from gpupool.cupy.cuda.device import Device, release_at_collection
 from gpupool.cupy.cuda.stream import Stream, get_current_stream
@@ -240,16 +240,24 @@ class SingleDeviceMemoryPool:
 
 
 class MemoryPool:
-    """CuPy's ``MemoryPool``: one pool per device; its methods act on the current device's."""
+    """CuPy's ``MemoryPool``: one pool per device; its methods act on the current device's.
+
+    The pools belong to one connection: after ``gpupool.connect`` names other daemons, the
+    blocks of the old sessions (freed with them) are forgotten.
+    """
 
     def __init__(self, allocator: Allocator | None = None) -> None:
         self._allocator = _malloc if allocator is None else allocator
         self._pools: dict[int, SingleDeviceMemoryPool] = {}
+        self._context: context.Context | None = None
         self._lock = threading.Lock()
 
     def _pool(self) -> SingleDeviceMemoryPool:
-        device = runtime.getDevice()
+        current = context.current()
+        device = current.current_device
         with self._lock:
+            if self._context is not current:
+                self._pools, self._context = {}, current
             pool = self._pools.get(device)
             if pool is None:
                 pool = self._pools[device] = SingleDeviceMemoryPool(device, self._allocator)
