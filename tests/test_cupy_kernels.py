@@ -88,7 +88,9 @@ def test_elementwise_kernel_placeholders_scalars_broadcasting_preamble(connected
 def test_elementwise_kernel_raw_arguments_index_and_size(connected: Daemon) -> None:
     reverse = cp.ElementwiseKernel("raw T x", "T y", "y = x[_ind.size() - i - 1]", "reverse")
     host = rng.random(7)
-    np.testing.assert_array_equal(reverse(cp.array(host), cp.empty(7, np.float64)).get(), host[::-1])
+    np.testing.assert_array_equal(
+        reverse(cp.array(host), cp.empty(7, np.float64)).get(), host[::-1]
+    )
     iota = cp.ElementwiseKernel("", "raw int32 y", "y[i] = i * i", "iota")
     out = cp.empty(5, np.int32)
     iota(out, size=5)
