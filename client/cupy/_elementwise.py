@@ -19,7 +19,7 @@ from gpupool.cupy._ndarray import ndarray
 _MAX_GRID = (1 << 31) - 1
 
 
-class ElementwiseKernel:
+class ElementwiseKernel(kp.UserKernel):
     """A user-defined elementwise kernel, as ``cupy.ElementwiseKernel``."""
 
     def __init__(
@@ -36,17 +36,10 @@ class ElementwiseKernel:
         after_loop: str = "",
         options: tuple[str, ...] = (),
     ) -> None:
-        if not kp._NAME.match(name):
-            raise ValueError(f'Invalid kernel name: "{name}"')
-        self.in_params = kp.parse_params(in_params, is_const=True)
-        self.out_params = kp.parse_params(out_params, is_const=False)
-        self.params = self.in_params + self.out_params
+        super().__init__(in_params, out_params, name)
         if "i" in (p.name for p in self.params):
             raise ValueError("Can not use 'i' as a parameter name")
-        self.nin, self.nout = len(self.in_params), len(self.out_params)
-        self.nargs = self.nin + self.nout
         self.operation = operation
-        self.name = self.__name__ = name
         self.reduce_dims = reduce_dims
         self.preamble = preamble
         self.no_return = no_return
@@ -63,16 +56,9 @@ class ElementwiseKernel:
         block_size: int = 128,
     ) -> Any:
         """Broadcast the arguments, allocate missing outputs, and queue the kernel."""
-        if len(args) not in (self.nin, self.nargs):
-            raise TypeError(
-                f"Wrong number of arguments for {self.name!r}. It must be either {self.nin} "
-                f"or {self.nargs} (with outputs), but given {len(args)}."
-            )
         if block_size <= 0:
             raise ValueError("block_size must be greater than zero")
-        for arg in args:
-            kp.check_argument(arg)
-        in_args, out_args = list(args[: self.nin]), list(args[self.nin :])
+        in_args, out_args = self.split_arguments(args)
         for param, out in zip(self.out_params, out_args, strict=False):
             if not isinstance(out, ndarray):
                 raise TypeError(f"Output arguments must be cupy.ndarray ({param.name})")

@@ -138,6 +138,31 @@ def parse_params(text: str, is_const: bool) -> tuple[Param, ...]:
     return tuple(params)
 
 
+class UserKernel:
+    """What ``ElementwiseKernel`` and ``ReductionKernel`` share: parameters and argument checks."""
+
+    def __init__(self, in_params: str, out_params: str, name: str) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f'Invalid kernel name: "{name}"')
+        self.in_params = parse_params(in_params, is_const=True)
+        self.out_params = parse_params(out_params, is_const=False)
+        self.params = self.in_params + self.out_params
+        self.nin, self.nout = len(self.in_params), len(self.out_params)
+        self.nargs = self.nin + self.nout
+        self.name = self.__name__ = name
+
+    def split_arguments(self, args: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """(inputs, outputs given) after CuPy's checks of the count and the types."""
+        if len(args) not in (self.nin, self.nargs):
+            raise TypeError(
+                f"Wrong number of arguments for {self.name!r}. It must be either {self.nin} "
+                f"or {self.nargs} (with outputs), but given {len(args)}."
+            )
+        for arg in args:
+            check_argument(arg)
+        return list(args[: self.nin]), list(args[self.nin :])
+
+
 def is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, np.generic)) and not isinstance(
         value, (np.complexfloating, np.void)

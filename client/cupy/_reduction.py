@@ -43,7 +43,7 @@ def _block_size(reduce_size: int) -> int:
     return block
 
 
-class ReductionKernel:
+class ReductionKernel(kp.UserKernel):
     """A user-defined reduction kernel, as ``cupy.ReductionKernel``."""
 
     def __init__(
@@ -60,23 +60,17 @@ class ReductionKernel:
         preamble: str = "",
         options: tuple[str, ...] = (),
     ) -> None:
-        if not kp._NAME.match(name):
-            raise ValueError(f'Invalid kernel name: "{name}"')
-        self.in_params = kp.parse_params(in_params, is_const=True)
-        self.out_params = kp.parse_params(out_params, is_const=False)
-        if any(p.raw for p in self.in_params + self.out_params):
+        super().__init__(in_params, out_params, name)
+        if any(p.raw for p in self.params):
             raise NotImplementedError(
                 "ReductionKernel with raw parameters is not supported (docs/cupy.md)"
             )
         if not self.out_params:
             raise ValueError("ReductionKernel needs an output parameter")
-        self.nin, self.nout = len(self.in_params), len(self.out_params)
-        self.nargs = self.nin + self.nout
         self.map_expr = map_expr
         self.reduce_expr = reduce_expr
         self.post_map_expr = post_map_expr
         self.identity = identity
-        self.name = self.__name__ = name
         self.reduce_type = reduce_type or self.out_params[0].ctype
         self.reduce_dims = reduce_dims  # accepted for CuPy's signature; outputs index as given
         self.preamble = preamble
@@ -91,14 +85,7 @@ class ReductionKernel:
         stream: Any = None,
     ) -> Any:
         """Reduce the broadcast inputs over ``axis`` (all axes by default)."""
-        if len(args) not in (self.nin, self.nargs):
-            raise TypeError(
-                f"Wrong number of arguments for {self.name!r}. It must be either {self.nin} "
-                f"or {self.nargs} (with outputs), but given {len(args)}."
-            )
-        for arg in args:
-            kp.check_argument(arg)
-        in_args, out_args = list(args[: self.nin]), list(args[self.nin :])
+        in_args, out_args = self.split_arguments(args)
         if out is not None:
             if out_args:
                 raise ValueError("cannot specify 'out' as both a positional and keyword argument")
@@ -202,8 +189,7 @@ class ReductionKernel:
         placeholders: dict[str, np.dtype],
     ) -> str:
         declared, reads, writes = [], [], []
-        params = self.in_params + self.out_params
-        for index, (param, (kind, _dtype)) in enumerate(zip(params, signature, strict=True)):
+        for index, (param, (kind, _dtype)) in enumerate(zip(self.params, signature, strict=True)):
             n, t = param.name, param.ctype
             if kind == "scalar":
                 declared.append(f"{t} {n}")

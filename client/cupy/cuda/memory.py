@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpupool.client import context, runtime
-from gpupool.cupy.cuda._bins import FreeBlocks, round_size
+from gpupool.cupy.cuda._bins import AllocatorChoice, FreeBlocks, round_size
 from gpupool.cupy.cuda.device import Device, release_at_collection
 from gpupool.cupy.cuda.stream import Stream, get_current_stream
 from gpupool.errors import CUDARuntimeError
@@ -291,29 +291,24 @@ class MemoryPool:
         return self._pool().get_limit()
 
 
-_default_pool: MemoryPool | None = None
-_allocator: Allocator | None = None
+_choice: AllocatorChoice[MemoryPool, MemoryPointer] = AllocatorChoice(MemoryPool, _malloc)
 
 
 def get_default_memory_pool() -> MemoryPool:
     """The process's device memory pool, behind ``alloc`` unless ``set_allocator`` changed it."""
-    global _default_pool
-    if _default_pool is None:
-        _default_pool = MemoryPool()
-    return _default_pool
+    return _choice.default_pool()
 
 
 def set_allocator(allocator: Allocator | None = None) -> None:
     """Allocate with ``allocator`` (``size -> MemoryPointer``, e.g. a pool's ``malloc``);
     ``None`` allocates each array on its own, with no pool."""
-    global _allocator
-    _allocator = _malloc if allocator is None else allocator
+    _choice.set(allocator)
 
 
 def get_allocator() -> Allocator:
-    return _allocator if _allocator is not None else get_default_memory_pool().malloc
+    return _choice.get()
 
 
 def alloc(size: int) -> MemoryPointer:
     """``size`` bytes on the current device from the current allocator."""
-    return get_allocator()(size)
+    return _choice.get()(size)

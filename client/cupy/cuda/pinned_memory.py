@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gpupool.cupy.cuda._bins import FreeBlocks, round_size
+from gpupool.cupy.cuda._bins import AllocatorChoice, FreeBlocks, round_size
 
 PinnedAllocator = Callable[[int], "PinnedMemoryPointer"]
 
@@ -123,24 +123,20 @@ class PinnedMemoryPool:
         return self._used + self._free.nbytes
 
 
-_default_pool: PinnedMemoryPool | None = None
-_allocator: PinnedAllocator | None = None
+_choice: AllocatorChoice[PinnedMemoryPool, PinnedMemoryPointer] = AllocatorChoice(
+    PinnedMemoryPool, _malloc
+)
 
 
 def get_default_pinned_memory_pool() -> PinnedMemoryPool:
-    global _default_pool
-    if _default_pool is None:
-        _default_pool = PinnedMemoryPool()
-    return _default_pool
+    return _choice.default_pool()
 
 
 def set_pinned_memory_allocator(allocator: PinnedAllocator | None = None) -> None:
     """Allocate pinned memory with ``allocator``; ``None``: each block on its own, no pool."""
-    global _allocator
-    _allocator = _malloc if allocator is None else allocator
+    _choice.set(allocator)
 
 
 def alloc_pinned_memory(size: int) -> PinnedMemoryPointer:
     """``size`` bytes of host memory from the current pinned allocator."""
-    allocator = _allocator if _allocator is not None else get_default_pinned_memory_pool().malloc
-    return allocator(size)
+    return _choice.get()(size)
