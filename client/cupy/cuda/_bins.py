@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -23,32 +24,52 @@ def round_size(size: int) -> int:
     return -(-size // ALLOCATION_UNIT) * ALLOCATION_UNIT
 
 
-class FreeBlocks(Generic[Block]):
-    """Blocks not in use, each under a key (its size, and its stream for device blocks)."""
+class BlockPool(Generic[Block]):
+    """A pool's bookkeeping: blocks lent out (counted), and free ones kept under a key (their
+    size, and their stream for device blocks) to be lent again."""
 
     def __init__(self) -> None:
         self._blocks: dict[tuple[Hashable, int], list[Block]] = {}
-        self.nbytes = 0
+        self._free_bytes = 0
+        self._used = 0
+        self._lock = threading.RLock()  # RLock: a block may come back (GC) while it is held
 
-    def take(self, key: Hashable, size: int) -> Block | None:
-        """A free block of exactly ``size`` bytes under ``key``, or None."""
-        blocks = self._blocks.get((key, size))
-        if not blocks:
-            return None
-        self.nbytes -= size
-        return blocks.pop()
+    def _lend(self, key: Hashable, size: int, allocate: Callable[[], Block]) -> Block:
+        """A free block of exactly ``size`` bytes under ``key``, else ``allocate()``'s."""
+        with self._lock:
+            blocks = self._blocks.get((key, size))
+            if blocks:
+                block = blocks.pop()
+                self._free_bytes -= size
+            else:
+                block = allocate()
+            self._used += size
+            return block
 
-    def put(self, key: Hashable, size: int, block: Block) -> None:
-        self._blocks.setdefault((key, size), []).append(block)
-        self.nbytes += size
+    def _give_back(self, key: Hashable, size: int, block: Block) -> None:
+        with self._lock:
+            self._used -= size
+            self._blocks.setdefault((key, size), []).append(block)
+            self._free_bytes += size
 
-    def clear(self, key: Hashable | None = None) -> None:
-        """Forget the free blocks (of ``key`` only, when given): their owners release them."""
-        for found in [k for k in self._blocks if key is None or k[0] == key]:
-            self.nbytes -= found[1] * len(self._blocks.pop(found))
+    def _forget_free(self, key: Hashable | None = None) -> None:
+        """Drop the free blocks (of ``key`` only, when given): their owners release them."""
+        with self._lock:
+            for found in [k for k in self._blocks if key is None or k[0] == key]:
+                self._free_bytes -= found[1] * len(self._blocks.pop(found))
 
-    def __len__(self) -> int:
-        return sum(len(blocks) for blocks in self._blocks.values())
+    def n_free_blocks(self) -> int:
+        with self._lock:
+            return sum(len(blocks) for blocks in self._blocks.values())
+
+    def used_bytes(self) -> int:
+        return self._used
+
+    def free_bytes(self) -> int:
+        return self._free_bytes
+
+    def total_bytes(self) -> int:
+        return self._used + self._free_bytes
 
 
 class AllocatorChoice(Generic[Pool, Pointer]):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpupool.client import context, runtime
-from gpupool.cupy.cuda._bins import AllocatorChoice, FreeBlocks, round_size
+from gpupool.cupy.cuda._bins import AllocatorChoice, BlockPool, round_size
 from gpupool.cupy.cuda.device import Device, release_at_collection
 from gpupool.cupy.cuda.stream import Stream, get_current_stream
 from gpupool.errors import CUDARuntimeError
@@ -56,7 +56,7 @@ class PooledMemory:
         self.device_id: int = block.device_id
         self.size: int = block.mem.size
         self.ptr: int = block.ptr
-        finalizer = weakref.finalize(self, pool._give_back, block, stream)
+        finalizer = weakref.finalize(self, pool._give_back, stream, self.size, block)
         finalizer.atexit = False
 
     def __int__(self) -> int:
@@ -161,27 +161,21 @@ def _is_out_of_memory(error: CUDARuntimeError) -> bool:
     return error.name == "cudaErrorMemoryAllocation"
 
 
-class SingleDeviceMemoryPool:
+class SingleDeviceMemoryPool(BlockPool[MemoryPointer]):
     """The pool of one device: blocks rounded to 512 bytes, freed ones kept per size and stream."""
 
     def __init__(self, device_id: int, allocator: Allocator) -> None:
+        super().__init__()
         self.device_id = device_id
         self._allocator = allocator
-        self._free: FreeBlocks[MemoryPointer] = FreeBlocks()
-        self._used = 0
         self._limit = 0
-        self._lock = threading.RLock()  # RLock: a block may come back (GC) while it is held
 
     def malloc(self, size: int) -> MemoryPointer:
         if size == 0:
             return MemoryPointer(Memory(0), 0)
         rounded = round_size(size)
         stream = get_current_stream(self.device_id).ptr
-        with self._lock:
-            block = self._free.take(stream, rounded)
-            if block is None:
-                block = self._allocate(size, rounded)
-            self._used += rounded
+        block = self._lend(stream, rounded, lambda: self._allocate(size, rounded))
         return MemoryPointer(PooledMemory(block, self, stream), 0)
 
     def _allocate(self, size: int, rounded: int) -> MemoryPointer:
@@ -202,27 +196,8 @@ class SingleDeviceMemoryPool:
                 raise
             raise OutOfMemoryError(size, self.total_bytes(), self._limit) from error
 
-    def _give_back(self, block: MemoryPointer, stream: int) -> None:
-        with self._lock:
-            self._used -= block.mem.size
-            self._free.put(stream, block.mem.size, block)
-
     def free_all_blocks(self, stream: Stream | None = None) -> None:
-        with self._lock:
-            self._free.clear(None if stream is None else stream.ptr)
-
-    def n_free_blocks(self) -> int:
-        with self._lock:
-            return len(self._free)
-
-    def used_bytes(self) -> int:
-        return self._used
-
-    def free_bytes(self) -> int:
-        return self._free.nbytes
-
-    def total_bytes(self) -> int:
-        return self._used + self._free.nbytes
+        self._forget_free(None if stream is None else stream.ptr)
 
     def set_limit(self, size: int | None = None, fraction: float | None = None) -> None:
         if size is not None and fraction is not None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import mmap
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gpupool.cupy.cuda._bins import AllocatorChoice, FreeBlocks, round_size
+from gpupool.cupy.cuda._bins import AllocatorChoice, BlockPool, round_size
 
 PinnedAllocator = Callable[[int], "PinnedMemoryPointer"]
 
@@ -77,50 +76,27 @@ class PooledPinnedMemory:
     def __init__(self, block: PinnedMemory, pool: PinnedMemoryPool) -> None:
         self.size = block.size
         self.ptr = block.ptr
-        weakref.finalize(self, pool._give_back, block).atexit = False
+        weakref.finalize(self, pool._give_back, None, block.size, block).atexit = False
 
 
 def _malloc(size: int) -> PinnedMemoryPointer:
     return PinnedMemoryPointer(PinnedMemory(size), 0)
 
 
-class PinnedMemoryPool:
+class PinnedMemoryPool(BlockPool[PinnedMemory]):
     """CuPy's ``PinnedMemoryPool``: host blocks kept for reuse by size."""
 
     def __init__(self, allocator: Callable[[int], PinnedMemory] = PinnedMemory) -> None:
+        super().__init__()
         self._allocator = allocator
-        self._free: FreeBlocks[PinnedMemory] = FreeBlocks()
-        self._used = 0
-        self._lock = threading.RLock()
 
     def malloc(self, size: int) -> PinnedMemoryPointer:
         rounded = round_size(size)
-        with self._lock:
-            block = self._free.take(None, rounded) or self._allocator(rounded)
-            self._used += rounded
+        block = self._lend(None, rounded, lambda: self._allocator(rounded))
         return PinnedMemoryPointer(PooledPinnedMemory(block, self), 0)
 
-    def _give_back(self, block: PinnedMemory) -> None:
-        with self._lock:
-            self._used -= block.size
-            self._free.put(None, block.size, block)
-
     def free_all_blocks(self) -> None:
-        with self._lock:
-            self._free.clear()
-
-    def n_free_blocks(self) -> int:
-        with self._lock:
-            return len(self._free)
-
-    def used_bytes(self) -> int:
-        return self._used
-
-    def free_bytes(self) -> int:
-        return self._free.nbytes
-
-    def total_bytes(self) -> int:
-        return self._used + self._free.nbytes
+        self._forget_free()
 
 
 _choice: AllocatorChoice[PinnedMemoryPool, PinnedMemoryPointer] = AllocatorChoice(
