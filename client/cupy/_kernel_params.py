@@ -45,6 +45,9 @@ _NAME = re.compile(r"[A-Za-z_]\w*$")
 # Index helpers of the generated code (in the spirit of CuPy's CIndexer and CArray): the loop
 # index unravelled over a shape, and an array read through its byte strides.
 HELPERS = r"""
+#ifdef __CUDACC_RTC__
+typedef long ptrdiff_t;  // NVRTC has no <cstddef>; long is ptrdiff_t on the LP64 hosts CUDA runs on
+#endif
 namespace gpupool_kernel {
 template <int ndim> struct Indexer {
   ptrdiff_t size_;

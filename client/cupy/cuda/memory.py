@@ -11,6 +11,7 @@ queued free) when the last pointer to it is collected.
 
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 from collections.abc import Callable
@@ -157,6 +158,10 @@ def _malloc(size: int) -> MemoryPointer:
     return MemoryPointer(Memory(size), 0)
 
 
+def _nothing() -> None:
+    """The first attempt makes no room."""
+
+
 def _is_out_of_memory(error: CUDARuntimeError) -> bool:
     return error.name == "cudaErrorMemoryAllocation"
 
@@ -175,26 +180,30 @@ class SingleDeviceMemoryPool(BlockPool[MemoryPointer]):
             return MemoryPointer(Memory(0), 0)
         rounded = round_size(size)
         stream = get_current_stream(self.device_id).ptr
-        block = self._lend(stream, rounded, lambda: self._allocate(size, rounded))
+        block = self._lend(stream, rounded, lambda: self._allocate(rounded))
         return MemoryPointer(PooledMemory(block, self, stream), 0)
 
-    def _allocate(self, size: int, rounded: int) -> MemoryPointer:
-        if self._limit and self.total_bytes() + rounded > self._limit:
-            self.free_all_blocks()
-            if self.total_bytes() + rounded > self._limit:
-                raise OutOfMemoryError(size, self.total_bytes(), self._limit)
-        try:
-            return self._allocator(rounded)
-        except CUDARuntimeError as error:
-            if not _is_out_of_memory(error):
-                raise
-        self.free_all_blocks()  # queued frees: they reach the daemon before the retry
-        try:
-            return self._allocator(rounded)
-        except CUDARuntimeError as error:
-            if not _is_out_of_memory(error):
-                raise
-            raise OutOfMemoryError(size, self.total_bytes(), self._limit) from error
+    def _allocate(self, size: int) -> MemoryPointer:
+        """A new block from the allocator. As CuPy: past the limit, or when the daemon has no
+        room, free the cached blocks (then collect garbage too) and try again before raising
+        OutOfMemoryError. The frees are queued calls that reach the daemon before the retry."""
+        refused: CUDARuntimeError | None = None
+        for make_room in (_nothing, self.free_all_blocks, self._collect_and_free):
+            make_room()
+            if self._limit and self.total_bytes() + size > self._limit:
+                continue
+            try:
+                return self._allocator(size)
+            except CUDARuntimeError as error:
+                if not _is_out_of_memory(error):
+                    raise
+                refused = error
+        raise OutOfMemoryError(size, self.total_bytes(), self._limit) from refused
+
+    def _collect_and_free(self) -> None:
+        """Collect garbage (arrays in reference cycles hold blocks), then free the cache."""
+        gc.collect()
+        self.free_all_blocks()
 
     def free_all_blocks(self, stream: Stream | None = None) -> None:
         self._forget_free(None if stream is None else stream.ptr)
