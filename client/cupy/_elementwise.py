@@ -145,7 +145,8 @@ class ElementwiseKernel(kp.UserKernel):
                 wire.append(arg)
         total = kp.size_of(shape)
         wire += [np.int64(total), *kp.int64s(shape)]
-        source = self._source(signature, len(shape), placeholders)
+        key = (tuple(signature), len(shape), tuple(sorted(placeholders.items())))
+        source = self.source_for(key, lambda: self._source(signature, len(shape), placeholders))
         function = kp.COMPILED.function(source, self.name, self.options)
         grid = min(kp.ceil_div(total, block_size), _MAX_GRID)
         kp.launch(function, grid, block_size, wire, stream)

@@ -13,7 +13,7 @@ import math
 import re
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,14 @@ class UserKernel:
         self.nin, self.nout = len(self.in_params), len(self.out_params)
         self.nargs = self.nin + self.nout
         self.name = self.__name__ = name
+        self._sources: dict[Hashable, str] = {}
+
+    def source_for(self, signature: Hashable, generate: Callable[[], str]) -> str:
+        """The generated CUDA C for one signature (dtypes, kinds, dimensions), made once."""
+        source = self._sources.get(signature)
+        if source is None:
+            source = self._sources[signature] = generate()
+        return source
 
     def split_arguments(self, args: Sequence[Any]) -> tuple[list[Any], list[Any]]:
         """(inputs, outputs given) after CuPy's checks of the count and the types."""

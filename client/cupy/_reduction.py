@@ -166,7 +166,10 @@ class ReductionKernel(kp.UserKernel):
         out_size, reduce_size = kp.size_of(out_dims), kp.size_of(red_dims)
         wire += [np.int64(out_size), *kp.int64s(out_dims)]
         wire += [np.int64(reduce_size), *kp.int64s(red_dims)]
-        source = self._source(signature, len(out_dims), len(red_dims), placeholders)
+        key = (tuple(signature), len(out_dims), len(red_dims), tuple(sorted(placeholders.items())))
+        source = self.source_for(
+            key, lambda: self._source(signature, len(out_dims), len(red_dims), placeholders)
+        )
         function = kp.COMPILED.function(source, self.name, self.options)
         block = _block_size(reduce_size)
         reduce_itemsize = self._reduce_itemsize(placeholders)
