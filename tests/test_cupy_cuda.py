@@ -112,6 +112,12 @@ def test_the_pool_reuses_blocks_without_round_trips(fresh_pool: cuda.MemoryPool)
         assert again.data.ptr == address
         del again
     assert gpupool.stats().round_trips == before
+    with cuda.Stream():  # blocks are kept per stream: another stream gets a block of its own
+        other = cp.empty(1024, np.float32)
+    assert other.data.ptr != address
+    del other
+    gc.collect()
+    assert fresh_pool.n_free_blocks() == 2
     fresh_pool.free_all_blocks()
     assert (fresh_pool.total_bytes(), fresh_pool.n_free_blocks()) == (0, 0)
     cuda.set_allocator(None)  # no pool: every allocation asks the daemon

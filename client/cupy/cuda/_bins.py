@@ -35,16 +35,19 @@ class BlockPool(Generic[Block]):
         self._lock = threading.RLock()  # RLock: a block may come back (GC) while it is held
 
     def _lend(self, key: Hashable, size: int, allocate: Callable[[], Block]) -> Block:
-        """A free block of exactly ``size`` bytes under ``key``, else ``allocate()``'s."""
+        """A free block of exactly ``size`` bytes under ``key``, else ``allocate()``'s (called
+        without the lock: it may wait for the daemon, and collected blocks must come back
+        meanwhile)."""
         with self._lock:
             blocks = self._blocks.get((key, size))
             if blocks:
-                block = blocks.pop()
                 self._free_bytes -= size
-            else:
-                block = allocate()
+                self._used += size
+                return blocks.pop()
+        block = allocate()
+        with self._lock:
             self._used += size
-            return block
+        return block
 
     def _give_back(self, key: Hashable, size: int, block: Block) -> None:
         with self._lock:
