@@ -1,6 +1,6 @@
 """``RawKernel`` and ``RawModule``: CUDA C written by the user, compiled on the daemon.
 
-As in CuPy, the source is compiled on first use (or by ``compile()``), once per process for the
+As in CuPy, the source is compiled on first use (or by ``compile()``), once per connection for the
 same source and options, and loaded on every device that launches it. A launch goes to the
 current stream and is queued: it travels with the next synchronizing call.
 """
