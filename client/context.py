@@ -181,6 +181,11 @@ def current() -> Context:
     return _context
 
 
+def active() -> Context | None:
+    """The process's context if it is connected; None (and no connecting) otherwise."""
+    return _context
+
+
 def disconnect() -> None:
     """End every session and forget the daemons."""
     global _context

@@ -7,6 +7,33 @@ program's ``import cupy`` load this module. What is not supported raises
 """
 
 from gpupool.cupy import cuda
-from gpupool.cupy._ndarray import array, asarray, asnumpy, empty, ndarray
+from gpupool.cupy._elementwise import ElementwiseKernel
+from gpupool.cupy._ndarray import (
+    array,
+    asarray,
+    asnumpy,
+    empty,
+    ndarray,
+)
+from gpupool.cupy._raw import (
+    RawKernel,
+    RawModule,
+)
+from gpupool.cupy._reduction import ReductionKernel
+from gpupool.cupy.cuda.memory import get_default_memory_pool
+from gpupool.cupy.cuda.pinned_memory import get_default_pinned_memory_pool
 
-__all__ = ["array", "asarray", "asnumpy", "cuda", "empty", "ndarray"]
+__all__ = [
+    "ElementwiseKernel",
+    "RawKernel",
+    "RawModule",
+    "ReductionKernel",
+    "array",
+    "asarray",
+    "asnumpy",
+    "cuda",
+    "empty",
+    "get_default_memory_pool",
+    "get_default_pinned_memory_pool",
+    "ndarray",
+]

@@ -10,6 +10,7 @@ from typing import Any
 
 from gpupool.cli.allocation import add_allocation_options, held, wants_allocation
 from gpupool.cli.options import add_daemon_options, start_daemon
+from gpupool.client import import_hook
 from gpupool.client.context import ENV_DAEMONS
 from gpupool.client.lease import ENV_ALLOCATION
 from gpupool.errors import GpupoolError
@@ -53,6 +54,8 @@ def main(args: argparse.Namespace) -> int:
         embedded = start_daemon(args, "127.0.0.1:0")
         daemons = embedded.address
     env[ENV_DAEMONS] = daemons
+    # The client shim: the command's `import cupy` (its subprocesses' too) loads gpupool.cupy.
+    env = import_hook.environment(env)
     try:
         return _call(command, env)
     finally:

@@ -1,0 +1,15 @@
+"""gpupool run's start-up hook: ``import cupy`` loads gpupool.cupy (gpupool.client.import_hook)."""
+
+import os
+import sys
+
+try:
+    from gpupool.client import import_hook
+except ImportError:
+    sys.stderr.write(
+        f"gpupool run: {sys.executable} cannot import gpupool, so its 'import cupy' is not"
+        " redirected to gpupool.cupy (install gpupool in that environment)\n"
+    )
+else:
+    import_hook.install()
+    import_hook.run_next_sitecustomize(os.path.dirname(os.path.abspath(__file__)))

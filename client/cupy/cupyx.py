@@ -1,0 +1,15 @@
+"""``cupyx`` under ``gpupool run``: CuPy's extras that the shim covers (none yet).
+
+A program that imports ``cupyx`` starts; using a name from it raises ``NotImplementedError``
+naming it, so that nothing silently runs differently (docs/cupy.md).
+"""
+
+from typing import NoReturn
+
+
+def __getattr__(name: str) -> NoReturn:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise NotImplementedError(
+        f"cupyx.{name} is not supported by gpupool's CuPy shim (docs/cupy.md)"
+    )
