@@ -54,8 +54,6 @@ def main(args: argparse.Namespace) -> int:
         embedded = start_daemon(args, "127.0.0.1:0")
         daemons = embedded.address
     env[ENV_DAEMONS] = daemons
-    # The client shim: the command's `import cupy` (its subprocesses' too) loads gpupool.cupy.
-    env = import_hook.environment(env)
     try:
         return _call(command, env)
     finally:
@@ -64,8 +62,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _call(command: list[str], env: dict[str, str]) -> int:
-    """The command's exit status (130 when interrupted)."""
+    """The command's exit status (130 when interrupted).
+
+    The command runs with the client shim: its ``import cupy`` (its subprocesses' too) loads
+    ``gpupool.cupy``, whether its GPUs come from named daemons or from the pool.
+    """
     try:
-        return subprocess.call(command, env=env)
+        return subprocess.call(command, env=import_hook.environment(env))
     except KeyboardInterrupt:
         return 130
