@@ -1,0 +1,70 @@
+"""Each result's shape and dtype, worked out on the client with NumPy's own rules.
+
+A result is allocated before its operation is queued, so its shape and dtype must be known
+without the data. Dtypes come from calling the NumPy function on stand-ins that cost nothing
+to compute: empty arrays for elementwise functions (Python scalars stay Python scalars, so
+NumPy's weak scalar typing applies), at most one element for reductions and products. Errors
+NumPy raises for the arguments (a bad axis, an impossible cast) are raised right here, with
+NumPy's types. Shapes follow from ``np.broadcast_shapes`` and the axes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
+
+from gpupool.client import runtime
+from gpupool.cupy._ndarray import ndarray
+
+SCALARS = (bool, int, float, complex, np.generic)
+
+
+def meta(value: Any) -> Any:
+    """An operand's empty stand-in, for an elementwise function's dtype."""
+    if isinstance(value, ndarray):
+        return np.empty(0, value.dtype)
+    if value is None or isinstance(value, SCALARS):
+        return value
+    raise TypeError(f"Unsupported type {type(value)}")
+
+
+def stand_in(array: ndarray) -> np.ndarray:
+    """Zeros with ``array``'s dtype and dimensions, each dimension 0 or 1 long."""
+    return np.zeros(tuple(min(n, 1) for n in array.shape), array.dtype)
+
+
+def infer(numpy_function: Callable[..., Any], *args: Any, **kwargs: Any) -> np.dtype:
+    """The dtype NumPy's function gives for these stand-ins (raising what NumPy raises)."""
+    with warnings.catch_warnings(action="ignore"), np.errstate(all="ignore"):
+        # "mean of empty slice", "degrees of freedom <= 0": about stand-ins, not the data
+        return np.asarray(numpy_function(*args, **kwargs)).dtype
+
+
+def reduced_shape(shape: tuple[int, ...], axis: Any, keepdims: bool) -> tuple[int, ...]:
+    """The shape left after reducing ``axis`` (all axes for None)."""
+    axes = range(len(shape)) if axis is None else normalize_axis_tuple(axis, len(shape))
+    return tuple(1 if i in axes else n for i, n in enumerate(shape) if keepdims or i not in axes)
+
+
+def common_device(arrays: Sequence[ndarray]) -> int:
+    """The one device all ``arrays`` are on (the current device when there are none)."""
+    devices = {array.device_id for array in arrays}
+    if len(devices) > 1:
+        raise ValueError(
+            f"arrays on devices {sorted(devices)}: an operation needs all its arrays on one"
+            " device (copy them over with cupy.asarray under that device)"
+        )
+    return devices.pop() if devices else runtime.getDevice()
+
+
+def output_arrays(out: Any) -> tuple[ndarray, ...]:
+    """``out=`` as a tuple of device arrays (NumPy passes a tuple, users often one array)."""
+    outs = () if out is None else out if isinstance(out, tuple) else (out,)
+    for each in outs:
+        if not isinstance(each, ndarray):
+            raise TypeError(f"out must be a cupy.ndarray, not {type(each).__name__}")
+    return outs

@@ -1,0 +1,103 @@
+"""Shapes and joins: views made here (no call), joins as copies into one output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.array_utils import normalize_axis_index
+
+from gpupool.cupy import _remote
+from gpupool.cupy._infer import common_device, output_arrays
+from gpupool.cupy._ndarray import layout, ndarray
+
+
+def reshape(a: ndarray, newshape: Any, order: str = "C") -> ndarray:
+    return a.reshape(newshape, order=order)
+
+
+def ravel(a: ndarray, order: str = "C") -> ndarray:
+    return a.ravel(order)
+
+
+def transpose(a: ndarray, axes: Sequence[int] | None = None) -> ndarray:
+    return a.transpose(axes)
+
+
+def swapaxes(a: ndarray, axis1: int, axis2: int) -> ndarray:
+    return a.swapaxes(axis1, axis2)
+
+
+def squeeze(a: ndarray, axis: int | tuple[int, ...] | None = None) -> ndarray:
+    return a.squeeze(axis)
+
+
+def expand_dims(a: ndarray, axis: int | tuple[int, ...]) -> ndarray:
+    return a._view(np.expand_dims(layout(a), axis))
+
+
+def broadcast_to(array: ndarray, shape: Any) -> ndarray:
+    return array._view(np.broadcast_to(layout(array), shape))
+
+
+def concatenate(
+    tup: Sequence[ndarray], axis: int | None = 0, out: Any = None, *, dtype: Any = None
+) -> ndarray:
+    """One array from several along ``axis``: each is copied into its slice of the result."""
+    arrays = list(tup)
+    if not arrays:
+        raise ValueError("need at least one array to concatenate")
+    for each in arrays:
+        if not isinstance(each, ndarray):
+            raise TypeError(f"Only cupy arrays can be concatenated, not {type(each).__name__}")
+    if axis is None:
+        arrays, axis = [each.ravel() for each in arrays], 0
+    first = arrays[0]
+    if first.ndim == 0:
+        raise ValueError("zero-dimensional arrays cannot be concatenated")
+    axis = normalize_axis_index(axis, first.ndim)
+    for index, each in enumerate(arrays[1:], 1):
+        if each.ndim != first.ndim:
+            raise ValueError(
+                "all the input arrays must have same number of dimensions, but the array at"
+                f" index 0 has {first.ndim} dimension(s) and the array at index {index} has"
+                f" {each.ndim} dimension(s)"
+            )
+        for dim, (mine, theirs) in enumerate(zip(first.shape, each.shape, strict=True)):
+            if dim != axis and mine != theirs:
+                raise ValueError(
+                    "all the input array dimensions except for the concatenation axis must match"
+                    f" exactly, but along dimension {dim}, the array at index 0 has size {mine}"
+                    f" and the array at index {index} has size {theirs}"
+                )
+    device = common_device(arrays)
+    shape = list(first.shape)
+    shape[axis] = sum(each.shape[axis] for each in arrays)
+    outs = output_arrays(out)
+    if outs:
+        (result,) = outs
+        if result.shape != tuple(shape):
+            raise ValueError(f"Output array is the wrong shape: {result.shape}, not {tuple(shape)}")
+    else:
+        result_dtype = (
+            np.result_type(*(each.dtype for each in arrays)) if dtype is None else np.dtype(dtype)
+        )
+        with _remote.on_device(device):
+            result = ndarray(tuple(shape), result_dtype)
+    start = 0
+    for each in arrays:
+        where = (slice(None),) * axis + (slice(start, start + each.shape[axis]),)
+        _remote.enqueue("assign", device, (each,), out=(result[where],))
+        start += each.shape[axis]
+    return result
+
+
+def stack(tup: Sequence[ndarray], axis: int = 0, out: Any = None, *, dtype: Any = None) -> ndarray:
+    arrays = list(tup)
+    if not arrays:
+        raise ValueError("need at least one array to stack")
+    if any(not isinstance(each, ndarray) or each.shape != arrays[0].shape for each in arrays):
+        raise ValueError("all input arrays must have the same shape")
+    axis = normalize_axis_index(axis, arrays[0].ndim + 1)
+    return concatenate([expand_dims(each, axis) for each in arrays], axis, out, dtype=dtype)
