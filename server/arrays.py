@@ -15,7 +15,8 @@ like any asynchronous error.
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -23,10 +24,13 @@ from typing import Any
 import numpy as np
 
 from gpupool.errors import ArrayFunctionError, CUDARuntimeError
+from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable
 from gpupool.server.backends.base import Backend
+
+log = logging.getLogger(__name__)
 
 # A function of the table: (positional operands, keyword operands, output arrays).
 Function = Callable[[list[Any], dict[str, Any], list[Any]], None]
@@ -153,6 +157,7 @@ def array_extent(
     return low, high + itemsize
 
 
+@functools.lru_cache(maxsize=256)
 def checked_dtype(text: str) -> np.dtype:
     """A numeric dtype from its wire spelling; TypeError for anything else (objects, records)."""
     dtype = np.dtype(text)
@@ -192,7 +197,7 @@ class ArrayFunctions:
         shape, strides = tuple(desc.shape), tuple(desc.strides)
         if len(shape) != len(strides) or len(shape) > MAX_DIMS:
             raise ValueError(f"array of {len(shape)} dimensions with {len(strides)} strides")
-        if math.prod(shape) == 0:
+        if 0 in shape:
             return self._xp.empty(shape, dtype)
         if desc.ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"{what} array at 0x{desc.ptr:x} is not aligned for {dtype}")
@@ -247,12 +252,12 @@ class ArrayFunctions:
     def _make_table(self, xp: ModuleType) -> dict[str, Function]:
         """Name -> function. Built from the constant names above, never from a request."""
         table: dict[str, Function] = {}
-        for name in UFUNCS:
-            table[name] = _ufunc(getattr(xp, name))
-        for name in RETURNING:
-            table[name] = self._returning(getattr(xp, name))
-        for name in LINALG:
-            table[f"linalg.{name}"] = self._returning(getattr(xp.linalg, name))
+        for name, function in _provided(xp, UFUNCS):
+            table[name] = _ufunc(function)
+        for name, function in _provided(xp, RETURNING):
+            table[name] = self._returning(function)
+        for name, function in _provided(xp.linalg, LINALG):
+            table[f"linalg.{name}"] = self._returning(function)
         for name in RANDOM:
             table[f"random.{name}"] = self._sampling(name)
         table["random.seed"] = self._seed
@@ -315,6 +320,17 @@ class ArrayFunctions:
 
 
 _SLICE = ("start", "stop", "step")
+
+
+def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """The functions of ``names`` that ``module`` has (an older CuPy may lack one: that name
+    is then refused as not in the table, and the session still works)."""
+    for name in names:
+        function = getattr(module, name, None)
+        if function is None:
+            log.warning("array function missing", extra=fields(module=module.__name__, name=name))
+        else:
+            yield name, function
 
 
 def _ufunc(function: Callable[..., Any]) -> Function:
