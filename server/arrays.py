@@ -119,28 +119,46 @@ RETURNING = (
     "any",
     "argmax",
     "argmin",
+    "argsort",
+    "around",
     "clip",
-    "concatenate",
+    "count_nonzero",
     "cumprod",
     "cumsum",
     "dot",
     "inner",
+    "isclose",
     "matmul",
     "mean",
     "outer",
     "prod",
-    "stack",
+    "sort",
     "std",
     "sum",
     "var",
     "where",
 )
-LINALG = ("norm", "solve")
+LINALG = ("det", "inv", "norm", "solve")
 
 # RandomState methods, called with the output's shape as their size.
 RANDOM = ("choice", "normal", "randint", "random_sample", "standard_normal", "uniform")
 
-KEYWORDS = frozenset({"axis", "ddof", "dtype", "endpoint", "keepdims", "ord", "p", "replace"})
+KEYWORDS = frozenset(
+    {
+        "atol",
+        "axis",
+        "ddof",
+        "decimals",
+        "dtype",
+        "endpoint",
+        "equal_nan",
+        "keepdims",
+        "ord",
+        "p",
+        "replace",
+        "rtol",
+    }
+)
 TEXT_KEYWORDS = frozenset({"ord"})  # norm's 'fro' and 'nuc'
 NUMERIC_KINDS = "biufc"
 MAX_DIMS = 64  # NumPy's limit

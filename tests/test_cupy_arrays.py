@@ -448,6 +448,12 @@ def test_linalg_norm_and_solve(connected: Daemon) -> None:
     same(cp.linalg.norm(a, ord=np.inf, keepdims=True), np.linalg.norm(x, ord=np.inf, keepdims=True))
     same(cp.linalg.solve(a, w), np.linalg.solve(x, v), rtol=1e-10)
     same(cp.linalg.solve(a, a[:, :2]), np.linalg.solve(x, x[:, :2]), rtol=1e-10)
+    same(cp.linalg.inv(a), np.linalg.inv(x), rtol=1e-10)
+    same(cp.linalg.det(a), np.asarray(np.linalg.det(x)), rtol=1e-10)
+    stack = np.stack([x, 2 * x])
+    same(cp.linalg.inv(cp.array(stack)), np.linalg.inv(stack), rtol=1e-10)
+    with pytest.raises(np.linalg.LinAlgError, match="two-dimensional"):
+        cp.linalg.det(w)
     with pytest.raises(np.linalg.LinAlgError, match="square"):
         cp.linalg.solve(a[:3], w[:3])
     with pytest.raises(NotImplementedError, match=r"cupy\.linalg\.eigh"):
@@ -476,6 +482,33 @@ def test_concatenate_and_stack(connected: Daemon) -> None:
         cp.stack([a, b])
     with pytest.raises(np.exceptions.AxisError):
         cp.concatenate([a, a], axis=2)
+
+
+def test_eye_diagonal_sorting_rounding_and_closeness(connected: Daemon) -> None:
+    x = host((4, 5))
+    a = cp.array(x)
+    same(cp.eye(3), np.eye(3))
+    same(cp.eye(3, 5, k=1, dtype=np.int32), np.eye(3, 5, k=1, dtype=np.int32))
+    same(cp.eye(4, k=-2), np.eye(4, k=-2))
+    same(cp.identity(2, np.float32), np.identity(2, np.float32))
+    same(a.diagonal(1), x.diagonal(1))
+    same(cp.trace(a), np.trace(x), rtol=1e-10)
+    same(cp.sort(a), np.sort(x))
+    same(cp.sort(a, axis=None), np.sort(x, axis=None))
+    same(cp.argsort(a, axis=0), np.argsort(x, axis=0))
+    b = a.copy()
+    b.sort(axis=0)
+    same(b, np.sort(x, axis=0))
+    same(cp.around(a, 1), np.around(x, 1))
+    same(a.round(), x.round())
+    same(cp.isclose(a, a + 1e-9), np.isclose(x, x + 1e-9))
+    assert bool(cp.allclose(a, a + 1e-9)) and not bool(cp.allclose(a, a + 1))
+    assert bool(cp.array_equal(a, a.copy())) and not bool(cp.array_equal(a, a[:2]))
+    same(cp.count_nonzero(a > 0), np.asarray(np.count_nonzero(x > 0)))
+    same(cp.count_nonzero(a > 0, axis=1), np.count_nonzero(x > 0, axis=1))
+    same(cp.array([a[0], a[1]]), np.array([x[0], x[1]]))
+    same(np.linalg.norm(a), np.asarray(np.linalg.norm(x)), rtol=1e-10)  # NumPy dispatches to us
+    same(np.concatenate([a, a]), np.concatenate([x, x]))
 
 
 # host conversions

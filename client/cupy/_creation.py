@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from gpupool.client import runtime
 from gpupool.cupy import _remote
+from gpupool.cupy._infer import check_arrays
 from gpupool.cupy._ndarray import Shape, _resolve_order, ndarray
 from gpupool.cupy._support import unsupported
 
@@ -36,9 +38,21 @@ def full(shape: Shape, fill_value: Any, dtype: Any = None, order: str = "C") -> 
     return out
 
 
+def eye(N: int, M: int | None = None, k: int = 0, dtype: Any = float, order: str = "C") -> ndarray:
+    """Ones on the ``k``-th diagonal: zeros, then the diagonal (a view) filled."""
+    out = zeros((N, N if M is None else M), dtype, order)
+    diagonal = out.diagonal(k)
+    if diagonal.size:
+        diagonal.fill(1)
+    return out
+
+
+def identity(n: int, dtype: Any = float) -> ndarray:
+    return eye(n, dtype=dtype)
+
+
 def _like(a: ndarray, dtype: Any, order: str, shape: Shape | None) -> ndarray:
-    if not isinstance(a, ndarray):
-        raise TypeError(f"expected a cupy.ndarray, not {type(a).__name__}")
+    check_arrays("*_like", a)
     order = _resolve_order(a, order) if shape is None else ("F" if order == "F" else "C")
     with _remote.on_device(a.device_id):
         return ndarray(
@@ -134,6 +148,10 @@ def array(
     ndmin: int = 0,
 ) -> ndarray:
     """A new device array from a host object (a copy over the wire) or a device array."""
+    if isinstance(obj, list | tuple) and builtins.any(isinstance(each, ndarray) for each in obj):
+        from gpupool.cupy._manipulation import stack
+
+        obj = stack([asarray(each) for each in obj])
     if isinstance(obj, ndarray):
         result = obj.astype(obj.dtype if dtype is None else dtype, order=order, copy=copy)
     else:

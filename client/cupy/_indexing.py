@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gpupool.cupy import _remote
-from gpupool.cupy._infer import SCALARS, common_device
+from gpupool.cupy._infer import SCALARS, common_device, compute
 from gpupool.cupy._ndarray import layout, ndarray
 from gpupool.cupy._support import unsupported
 
@@ -51,10 +51,7 @@ def getitem(array: ndarray, key: Any) -> ndarray:
         else:
             stand_ins.append(part)
     shape = np.broadcast_to(np.False_, array.shape)[tuple(stand_ins)].shape
-    with _remote.on_device(array.device_id):
-        out = ndarray(shape, array.dtype)
-    _remote.enqueue("getitem", array.device_id, (array, parts), out=(out,))
-    return out
+    return compute("getitem", (array, parts), shape, array.dtype)
 
 
 def setitem(array: ndarray, key: Any, value: Any) -> None:

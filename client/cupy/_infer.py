@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_tuple
 
 from gpupool.client import runtime
+from gpupool.cupy import _remote
 from gpupool.cupy._ndarray import ndarray
 
 SCALARS = (bool, int, float, complex, np.generic)
@@ -50,6 +51,13 @@ def reduced_shape(shape: tuple[int, ...], axis: Any, keepdims: bool) -> tuple[in
     return tuple(1 if i in axes else n for i, n in enumerate(shape) if keepdims or i not in axes)
 
 
+def check_arrays(function: str, *values: Any) -> None:
+    """TypeError unless every value is a device array (CuPy takes no host arrays here)."""
+    for value in values:
+        if not isinstance(value, ndarray):
+            raise TypeError(f"cupy.{function} takes cupy.ndarrays, not {type(value).__name__}")
+
+
 def common_device(arrays: Sequence[ndarray]) -> int:
     """The one device all ``arrays`` are on (the current device when there are none)."""
     devices = {array.device_id for array in arrays}
@@ -64,7 +72,31 @@ def common_device(arrays: Sequence[ndarray]) -> int:
 def output_arrays(out: Any) -> tuple[ndarray, ...]:
     """``out=`` as a tuple of device arrays (NumPy passes a tuple, users often one array)."""
     outs = () if out is None else out if isinstance(out, tuple) else (out,)
-    for each in outs:
-        if not isinstance(each, ndarray):
-            raise TypeError(f"out must be a cupy.ndarray, not {type(each).__name__}")
+    check_arrays("out", *outs)
     return outs
+
+
+def compute(
+    name: str,
+    operands: Sequence[Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    kwargs: dict[str, Any] | None = None,
+    out: Any = None,
+) -> ndarray:
+    """Queue ``name(*operands, **kwargs)`` on the operands' device; its one result.
+
+    The result goes into ``out`` when given (its shape checked here), else into a new array
+    of ``shape`` and ``dtype``.
+    """
+    outs = output_arrays(out)
+    device = common_device([*(op for op in operands if isinstance(op, ndarray)), *outs])
+    if outs:
+        (result,) = outs
+        if result.shape != shape:
+            raise ValueError(f"output array has shape {result.shape}, {name} gives {shape}")
+    else:
+        with _remote.on_device(device):
+            result = ndarray(shape, dtype)
+    _remote.enqueue(name, device, operands, kwargs, (result,))
+    return result

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_index
 
 from gpupool.cupy import _remote
-from gpupool.cupy._infer import common_device, output_arrays
+from gpupool.cupy._infer import check_arrays, common_device, output_arrays
 from gpupool.cupy._ndarray import layout, ndarray
 
 
@@ -48,9 +48,7 @@ def concatenate(
     arrays = list(tup)
     if not arrays:
         raise ValueError("need at least one array to concatenate")
-    for each in arrays:
-        if not isinstance(each, ndarray):
-            raise TypeError(f"Only cupy arrays can be concatenated, not {type(each).__name__}")
+    check_arrays("concatenate", *arrays)
     if axis is None:
         arrays, axis = [each.ravel() for each in arrays], 0
     first = arrays[0]
@@ -101,3 +99,13 @@ def stack(tup: Sequence[ndarray], axis: int = 0, out: Any = None, *, dtype: Any 
         raise ValueError("all input arrays must have the same shape")
     axis = normalize_axis_index(axis, arrays[0].ndim + 1)
     return concatenate([expand_dims(each, axis) for each in arrays], axis, out, dtype=dtype)
+
+
+def diagonal(a: ndarray, offset: int = 0, axis1: int = 0, axis2: int = 1) -> ndarray:
+    return a.diagonal(offset, axis1, axis2)
+
+
+def trace(
+    a: ndarray, offset: int = 0, axis1: int = 0, axis2: int = 1, dtype: Any = None, out: Any = None
+) -> Any:
+    return a.trace(offset, axis1, axis2, dtype, out)

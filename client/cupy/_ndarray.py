@@ -216,6 +216,9 @@ class ndarray:
     def squeeze(self, axis: int | tuple[int, ...] | None = None) -> ndarray:
         return self._view(layout(self).squeeze(axis))
 
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> ndarray:
+        return self._view(layout(self).diagonal(offset, axis1, axis2))
+
     def view(self, dtype: Any = None) -> ndarray:
         if dtype is not None and np.dtype(dtype) != self._dtype:
             unsupported("ndarray.view with a dtype")
@@ -334,6 +337,24 @@ class ndarray:
     def cumprod(self, axis: Any = None, dtype: Any = None, out: Any = None) -> Any:
         return _reductions.cumprod(self, axis, dtype, out)
 
+    def trace(
+        self, offset: int = 0, axis1: int = 0, axis2: int = 1, dtype: Any = None, out: Any = None
+    ) -> Any:
+        return _reductions.sum(self.diagonal(offset, axis1, axis2), -1, dtype, out)
+
+    def sort(self, axis: int = -1, kind: Any = None) -> None:
+        """Sort in place (the sorted copy made on the daemon is written back)."""
+        self[...] = _sorting.sort(self, axis)
+
+    def argsort(self, axis: int | None = -1, kind: Any = None) -> Any:
+        return _sorting.argsort(self, axis)
+
+    def round(self, decimals: int = 0, out: Any = None) -> Any:
+        return _ufuncs.around(self, decimals, out)
+
+    def nonzero(self) -> Any:
+        unsupported("ndarray.nonzero (its result's size depends on the data)")
+
     def clip(self, min: Any = None, max: Any = None, out: Any = None) -> Any:
         return _ufuncs.clip(self, min, max, out)
 
@@ -362,7 +383,8 @@ class ndarray:
     ) -> Any:
         import gpupool.cupy
 
-        ours = vars(gpupool.cupy).get(func.__name__) if func.__module__ == "numpy" else None
+        module = {"numpy": gpupool.cupy, "numpy.linalg": gpupool.cupy.linalg}.get(func.__module__)
+        ours = None if module is None else vars(module).get(func.__name__)
         if ours is None:
             return NotImplemented
         return ours(*args, **kwargs)
@@ -495,4 +517,4 @@ def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
 
 
 # These build on ndarray; imported last so that either side may be imported first.
-from gpupool.cupy import _indexing, _products, _reductions, _ufuncs  # noqa: E402
+from gpupool.cupy import _indexing, _products, _reductions, _sorting, _ufuncs  # noqa: E402

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gpupool.cupy import _remote
-from gpupool.cupy._infer import common_device, infer, output_arrays
+from gpupool.cupy._infer import check_arrays, compute, infer
 from gpupool.cupy._ndarray import ndarray
 from gpupool.cupy._ufuncs import multiply
 
@@ -19,27 +18,13 @@ _MATMUL = "(n?,k),(k,m?)->(n?,m?)"
 
 
 def _arrays(name: str, a: Any, b: Any) -> tuple[ndarray, ndarray]:
-    for each in (a, b):
-        if not isinstance(each, ndarray):
-            raise TypeError(f"cupy.{name} takes cupy.ndarrays, not {type(each).__name__}")
+    check_arrays(name, a, b)
     return a, b
 
 
 def _product(name: str, a: ndarray, b: ndarray, shape: tuple[int, ...], out: Any) -> ndarray:
-    device = common_device([a, b])
-    dtype = infer(
-        getattr(np, name), np.ones((1,) * a.ndim, a.dtype), np.ones((1,) * b.ndim, b.dtype)
-    )
-    outs = output_arrays(out)
-    if outs:
-        (result,) = outs
-        if result.shape != shape or result.dtype != dtype:
-            raise ValueError(f"out must be a {dtype} array of shape {shape}")
-    else:
-        with _remote.on_device(device):
-            result = ndarray(shape, dtype)
-    _remote.enqueue(name, device, (a, b), out=(result,))
-    return result
+    ones_a, ones_b = np.ones((1,) * a.ndim, a.dtype), np.ones((1,) * b.ndim, b.dtype)
+    return compute(name, (a, b), shape, infer(getattr(np, name), ones_a, ones_b), out=out)
 
 
 def _not_aligned(a: ndarray, b: ndarray, axis_b: int) -> ValueError:

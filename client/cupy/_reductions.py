@@ -10,31 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from gpupool.cupy import _remote
-from gpupool.cupy._infer import infer, output_arrays, reduced_shape, stand_in
+from gpupool.cupy._infer import check_arrays, compute, infer, reduced_shape, stand_in
 from gpupool.cupy._ndarray import ndarray
 
 
 def _array(a: Any, name: str) -> ndarray:
-    if not isinstance(a, ndarray):
-        raise TypeError(f"cupy.{name} takes a cupy.ndarray, not {type(a).__name__}")
+    check_arrays(name, a)
     return a
-
-
-def _finish(
-    name: str, a: ndarray, shape: tuple[int, ...], dtype: np.dtype, out: Any, kwargs: dict[str, Any]
-) -> ndarray:
-    outs = output_arrays(out)
-    if outs:
-        (result,) = outs
-        if result.shape != shape:
-            raise ValueError(f"output parameter for {name} has shape {result.shape}, not {shape}")
-    else:
-        with _remote.on_device(a.device_id):
-            result = ndarray(shape, dtype)
-    options = {key: value for key, value in kwargs.items() if value is not None}
-    _remote.enqueue(name, a.device_id, (a,), options, (result,))
-    return result
 
 
 def _reduce(
@@ -46,7 +28,7 @@ def _reduce(
     numpy_function = getattr(np, name)  # name is one of this module's constant names
     result_dtype = infer(numpy_function, stand_in(a), keepdims=keepdims, **options)
     shape = reduced_shape(a.shape, axis, keepdims)
-    return _finish(name, a, shape, result_dtype, out, {**options, "keepdims": keepdims or None})
+    return compute(name, (a,), shape, result_dtype, {**options, "keepdims": keepdims}, out)
 
 
 def sum(
@@ -110,7 +92,7 @@ def _arg(name: str, a: Any, axis: Any, dtype: Any, out: Any, keepdims: bool) -> 
     infer(getattr(np, name), stand_in(a), axis=axis, keepdims=keepdims)  # NumPy's errors
     shape = reduced_shape(a.shape, axis, keepdims)
     result_dtype = np.dtype(np.intp if dtype is None else dtype)
-    return _finish(name, a, shape, result_dtype, out, {"axis": axis, "keepdims": keepdims or None})
+    return compute(name, (a,), shape, result_dtype, {"axis": axis, "keepdims": keepdims}, out)
 
 
 def argmin(
@@ -130,7 +112,7 @@ def _scan(name: str, a: Any, axis: Any, dtype: Any, out: Any) -> ndarray:
     dtype = None if dtype is None else np.dtype(dtype)
     result_dtype = infer(getattr(np, name), stand_in(a), axis=axis, dtype=dtype)
     shape = (a.size,) if axis is None else a.shape
-    return _finish(name, a, shape, result_dtype, out, {"axis": axis, "dtype": dtype})
+    return compute(name, (a,), shape, result_dtype, {"axis": axis, "dtype": dtype}, out)
 
 
 def cumsum(a: Any, axis: Any = None, dtype: Any = None, out: Any = None) -> ndarray:
@@ -144,3 +126,11 @@ def cumprod(a: Any, axis: Any = None, dtype: Any = None, out: Any = None) -> nda
 # CuPy's other names
 min = amin
 max = amax
+
+
+def count_nonzero(a: Any, axis: Any = None) -> ndarray:
+    """The number of non-zero elements (a 0-d array without ``axis``, as CuPy's)."""
+    a = _array(a, "count_nonzero")
+    infer(np.count_nonzero, stand_in(a), axis=axis)  # NumPy's errors for the axis
+    shape = reduced_shape(a.shape, axis, False)
+    return compute("count_nonzero", (a,), shape, np.dtype(np.intp), {"axis": axis})

@@ -182,3 +182,39 @@ def clip(a: Any, a_min: Any, a_max: Any, out: Any = None) -> ndarray:
     """``a`` limited to ``[a_min, a_max]`` (either may be None)."""
     result: ndarray = elementwise("clip", np.clip, (a, a_min, a_max), output_arrays(out))
     return result
+
+
+def isclose(
+    a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False
+) -> ndarray:
+    """Elementwise ``|a - b| <= atol + rtol * |b|``."""
+    options = {"rtol": rtol, "atol": atol, "equal_nan": equal_nan}
+    result: ndarray = elementwise("isclose", np.isclose, (a, b), kwargs=options)
+    return result
+
+
+def allclose(
+    a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False
+) -> ndarray:
+    """True (a 0-d array, as CuPy's) when every element is close."""
+    return isclose(a, b, rtol, atol, equal_nan).all()
+
+
+def array_equal(a1: ndarray, a2: ndarray, equal_nan: bool = False) -> ndarray:
+    """True (a 0-d array, as CuPy's) for arrays of one shape and equal elements."""
+    if a1.shape != a2.shape:
+        with _remote.on_device(common_device([a1, a2])):
+            return equal(False, True)  # a 0-d False on their device
+    if equal_nan:
+        return isclose(a1, a2, rtol=0, atol=0, equal_nan=True).all()
+    return equal(a1, a2).all()
+
+
+def around(a: Any, decimals: int = 0, out: Any = None) -> ndarray:
+    """Round to ``decimals`` decimal places (halves to even, as NumPy)."""
+    options = {"decimals": decimals}
+    result: ndarray = elementwise("around", np.around, (a,), output_arrays(out), kwargs=options)
+    return result
+
+
+round = around
