@@ -33,6 +33,24 @@ def meta(value: Any) -> Any:
     raise TypeError(f"Unsupported type {type(value)}")
 
 
+def meta_key(value: Any) -> Any:
+    """What an operand's stand-in depends on: its dtype, or its Python type; for a Python int
+    also its sign and size, since whether it fits a dtype (else OverflowError) depends on them."""
+    if isinstance(value, ndarray | np.generic):
+        return value.dtype
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int, value < 0, (~value if value < 0 else value).bit_length()
+    return type(value)
+
+
+def broadcast_shape(arrays: Sequence[ndarray]) -> tuple[int, ...]:
+    """``np.broadcast_shapes`` of the arrays' shapes (a shortcut when they are all one shape)."""
+    shapes = {array.shape for array in arrays}
+    if len(shapes) == 1:
+        return shapes.pop()
+    return np.broadcast_shapes(*shapes)
+
+
 def stand_in(array: ndarray) -> np.ndarray:
     """Zeros with ``array``'s dtype and dimensions, each dimension 0 or 1 long."""
     return np.zeros(tuple(min(n, 1) for n in array.shape), array.dtype)

@@ -47,9 +47,13 @@ def on_device(device: int) -> Iterator[None]:
 
 
 def descriptor(array: ndarray) -> pb.ArrayDesc:
-    return pb.ArrayDesc(
-        ptr=array.data.ptr, shape=array.shape, strides=array.strides, dtype=array.dtype.str
-    )
+    """The wire form of an array (made once: an array's pointer, shape and strides are fixed)."""
+    desc: pb.ArrayDesc | None = array.__dict__.get("_descriptor")
+    if desc is None:
+        desc = array.__dict__["_descriptor"] = pb.ArrayDesc(
+            ptr=array.data.ptr, shape=array.shape, strides=array.strides, dtype=array.dtype.str
+        )
+    return desc
 
 
 def operand(value: Any) -> pb.Operand:

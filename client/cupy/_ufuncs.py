@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gpupool.cupy import _remote
-from gpupool.cupy._infer import common_device, meta, output_arrays
+from gpupool.cupy._infer import broadcast_shape, common_device, meta, meta_key, output_arrays
 from gpupool.cupy._ndarray import ndarray
 from gpupool.cupy._support import unsupported
 
@@ -27,14 +27,10 @@ def elementwise(
 ) -> Any:
     """Queue ``name(*inputs)`` on the daemon; the output array(s), allocated here."""
     kwargs = kwargs or {}
-    metas = [meta(value) for value in inputs]
     arrays = [value for value in inputs if isinstance(value, ndarray)]
     device = common_device([*arrays, *outs])
-    shape = np.broadcast_shapes(*(array.shape for array in arrays))
-    out_metas = {"out": tuple(np.empty(0, o.dtype) for o in outs)} if outs else {}
-    with np.errstate(all="ignore"):
-        result = numpy_function(*metas, **kwargs, **out_metas)
-    dtypes = [np.asarray(r).dtype for r in (result if isinstance(result, tuple) else (result,))]
+    shape = broadcast_shape(arrays)
+    dtypes = _result_dtypes(name, numpy_function, inputs, outs, kwargs)
     if outs:
         if len(outs) != nout:
             raise ValueError(f"{name} has {nout} output(s), {len(outs)} given")
@@ -49,6 +45,38 @@ def elementwise(
             outs = tuple(ndarray(shape, dtype) for dtype in dtypes)
     _remote.enqueue(name, device, inputs, kwargs, outs)
     return outs[0] if nout == 1 else tuple(outs)
+
+
+# (function, operand kinds, output dtypes, keywords) -> result dtypes: the same kinds always
+# promote the same way (NEP 50), so NumPy is asked once per combination
+_DTYPES: dict[tuple[Any, ...], list[np.dtype]] = {}
+_MAX_DTYPES = 4096
+
+
+def _result_dtypes(
+    name: str,
+    numpy_function: Callable[..., Any],
+    inputs: Sequence[Any],
+    outs: Sequence[ndarray],
+    kwargs: dict[str, Any],
+) -> list[np.dtype]:
+    key = (
+        name,
+        tuple(map(meta_key, inputs)),
+        tuple(out.dtype for out in outs),
+        tuple(kwargs.items()),
+    )
+    dtypes = _DTYPES.get(key)
+    if dtypes is None:
+        out_metas = {"out": tuple(np.empty(0, out.dtype) for out in outs)} if outs else {}
+        with np.errstate(all="ignore"):
+            result = numpy_function(*map(meta, inputs), **kwargs, **out_metas)
+        results = result if isinstance(result, tuple) else (result,)
+        dtypes = [np.asarray(each).dtype for each in results]
+        if len(_DTYPES) >= _MAX_DTYPES:
+            _DTYPES.clear()
+        _DTYPES[key] = dtypes
+    return dtypes
 
 
 class ufunc:
