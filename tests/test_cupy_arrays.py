@@ -684,7 +684,7 @@ def test_a_descriptor_outside_the_sessions_memory_is_refused(connected: Daemon) 
     with pytest.raises(CUDARuntimeError, match="not inside an allocation") as caught:
         rt.deviceSynchronize()
     assert caught.value.name == "cudaErrorInvalidValue"
-    past = pb.ArrayDesc(ptr=a.data.ptr, shape=[5], strides=[8], dtype="<f8")
+    past = pb.ArrayDesc(ptr=a.data.ptr, shape=[1 << 20], strides=[8], dtype="<f8")
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=past)], out=[past]))
     with pytest.raises(CUDARuntimeError, match="past the end"):
         rt.deviceSynchronize()
