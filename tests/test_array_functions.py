@@ -52,7 +52,7 @@ def test_extents_of_strided_views() -> None:
 def test_only_numeric_dtypes_are_accepted() -> None:
     assert checked_dtype("<f4") == np.float32
     for text in ("|O", "<U3", "|V8", "(2,)<i4", "i4,i4", "[('a', '<i4')]"):
-        with pytest.raises(TypeError, match="not a numeric dtype|not understood"):
+        with pytest.raises(TypeError, match=r"not a numeric dtype|not understood"):
             checked_dtype(text)
 
 

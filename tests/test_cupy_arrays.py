@@ -673,6 +673,20 @@ def test_arrays_on_a_second_device(connected: Daemon) -> None:
     same(first * 2, data * 2)
 
 
+@pytest.mark.skipif(vars(cuda).get("Device") is None, reason="needs the kernels shim's cuda.Device")
+def test_arrays_follow_the_device_context(connected: Daemon) -> None:
+    if rt.getDeviceCount() < 2:
+        pytest.skip("one device")
+    with cuda.Device(1):
+        a = cp.arange(6).reshape(2, 3)
+        stream = cuda.Stream()
+        with stream:
+            b = (a * 2).sum(axis=0)
+        stream.synchronize()
+    assert a.device.id == 1 and b.device_id == 1
+    same(b, (np.arange(6).reshape(2, 3) * 2).sum(axis=0))
+
+
 def _submit(op: pb.ArrayOp) -> None:
     gpupool.client.context.current().session().submit(pb.Request(array_op=op))
 

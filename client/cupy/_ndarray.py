@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gpupool.client import runtime
-from gpupool.cupy import _remote
+from gpupool.cupy import _remote, cuda
 from gpupool.cupy._support import unsupported
 from gpupool.cupy.cuda import memory
 
@@ -118,6 +118,14 @@ class ndarray:
     itemsize = property(lambda self: self._dtype.itemsize)
     nbytes = property(lambda self: self.size * self._dtype.itemsize)
     device_id = property(lambda self: self.data.device_id)
+
+    @property
+    def device(self) -> Any:
+        """The ``cuda.Device`` this array lives on."""
+        device = vars(cuda).get("Device")  # the kernels shim's
+        if device is None:
+            unsupported("ndarray.device")
+        return device(self.device_id)
 
     @property
     def flags(self) -> Flags:

@@ -26,10 +26,13 @@ if TYPE_CHECKING:
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def current_stream() -> int:
-    """The current stream's handle on the current device (0, the null stream, by default)."""
-    get_current_stream = vars(cuda).get("get_current_stream")  # shim-kernels' cuda.Stream
-    return int(get_current_stream().ptr) if get_current_stream is not None else 0
+def current_stream(device: int | None = None) -> int:
+    """The handle of ``device``'s current stream (the current device's by default; 0, the null
+    stream, where no stream was made current)."""
+    get_current_stream = vars(cuda).get("get_current_stream")  # the kernels shim's cuda.Stream
+    if get_current_stream is None:
+        return 0
+    return int(get_current_stream(device).ptr)
 
 
 @contextlib.contextmanager
@@ -105,13 +108,12 @@ def enqueue(
     generator: int = 0,
 ) -> None:
     """Queue ``function(*args, **kwargs)`` into ``out`` on ``device``; returns at once."""
-    ctx = context.current()
     op = pb.ArrayOp(
         function=function,
         args=[operand(arg) for arg in args],
         kwargs=[pb.Keyword(name=k, value=operand(v)) for k, v in (kwargs or {}).items()],
         out=[descriptor(array) for array in out],
-        stream=current_stream() if device == ctx.current_device else 0,
+        stream=current_stream(device),
         generator=generator,
     )
-    ctx.session(device).submit(pb.Request(array_op=op))
+    context.current().session(device).submit(pb.Request(array_op=op))
