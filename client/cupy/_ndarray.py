@@ -80,8 +80,10 @@ class Flags:
     owndata: bool
 
     def __getitem__(self, name: str) -> bool:
-        key = {"C_CONTIGUOUS": "c_contiguous", "F_CONTIGUOUS": "f_contiguous"}.get(name, name)
-        return bool({**self.__dict__}[key.lower()])
+        """``flags['C_CONTIGUOUS']``, as NumPy's and CuPy's flags allow."""
+        if name.lower() not in ("c_contiguous", "f_contiguous", "owndata"):
+            raise KeyError(name)
+        return bool(getattr(self, name.lower()))
 
 
 class ndarray:
