@@ -511,6 +511,35 @@ def test_eye_diagonal_sorting_rounding_and_closeness(connected: Daemon) -> None:
     same(np.concatenate([a, a]), np.concatenate([x, x]))
 
 
+def test_more_views_complex_parts_and_fuse(connected: Daemon) -> None:
+    x = host((2, 3, 4))
+    a = cp.array(x)
+    same(cp.moveaxis(a, 0, -1), np.moveaxis(x, 0, -1))
+    same(cp.flip(a, 1), np.flip(x, 1))
+    same(cp.fliplr(a[0]), np.fliplr(x[0]))
+    same(cp.flipud(a[0]), np.flipud(x[0]))
+    same(cp.atleast_2d(a[0, 0, 0]), np.atleast_2d(x[0, 0, 0]))
+    same(cp.atleast_3d(a[0]), np.atleast_3d(x[0]))
+    same(cp.hstack([a[0], a[1]]), np.hstack([x[0], x[1]]))
+    same(cp.vstack([a[0, 0], a[1, 1]]), np.vstack([x[0, 0], x[1, 1]]))
+    z = x[0] + 1j * x[1]
+    c = cp.array(z)
+    same(c.real, z.real)
+    same(cp.imag(c), z.imag)
+    c.imag[...] = 5  # a view: writes into the complex array
+    z.imag[...] = 5
+    same(c, z)
+    same(cp.real(a), x)
+    same(a.imag, np.zeros_like(x))
+
+    @cp.fuse()
+    def squared_distance(p: cp.ndarray, q: cp.ndarray) -> cp.ndarray:
+        return (p - q) ** 2
+
+    same(squared_distance(a, 1.0), (x - 1.0) ** 2)
+    assert cp.fuse(squared_distance) is squared_distance
+
+
 # host conversions
 
 

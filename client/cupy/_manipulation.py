@@ -37,6 +37,51 @@ def expand_dims(a: ndarray, axis: int | tuple[int, ...]) -> ndarray:
     return a._view(np.expand_dims(layout(a), axis))
 
 
+def moveaxis(a: ndarray, source: Any, destination: Any) -> ndarray:
+    return a._view(np.moveaxis(layout(a), source, destination))
+
+
+def flip(m: ndarray, axis: Any = None) -> ndarray:
+    return m._view(np.flip(layout(m), axis))
+
+
+def fliplr(m: ndarray) -> ndarray:
+    return m._view(np.fliplr(layout(m)))
+
+
+def flipud(m: ndarray) -> ndarray:
+    return m._view(np.flipud(layout(m)))
+
+
+def _at_least(numpy_function: Any, arrays: tuple[ndarray, ...]) -> Any:
+    check_arrays(numpy_function.__name__, *arrays)
+    views = [array._view(numpy_function(layout(array))) for array in arrays]
+    return views[0] if len(views) == 1 else views
+
+
+def atleast_1d(*arys: ndarray) -> Any:
+    return _at_least(np.atleast_1d, arys)
+
+
+def atleast_2d(*arys: ndarray) -> Any:
+    return _at_least(np.atleast_2d, arys)
+
+
+def atleast_3d(*arys: ndarray) -> Any:
+    return _at_least(np.atleast_3d, arys)
+
+
+def hstack(tup: Sequence[ndarray]) -> ndarray:
+    arrays = atleast_1d(*tup)
+    arrays = [arrays] if isinstance(arrays, ndarray) else arrays
+    return concatenate(arrays, axis=0 if arrays[0].ndim == 1 else 1)
+
+
+def vstack(tup: Sequence[ndarray]) -> ndarray:
+    arrays = atleast_2d(*tup)
+    return concatenate([arrays] if isinstance(arrays, ndarray) else arrays, axis=0)
+
+
 def broadcast_to(array: ndarray, shape: Any) -> ndarray:
     return array._view(np.broadcast_to(layout(array), shape))
 
@@ -109,3 +154,11 @@ def trace(
     a: ndarray, offset: int = 0, axis1: int = 0, axis2: int = 1, dtype: Any = None, out: Any = None
 ) -> Any:
     return a.trace(offset, axis1, axis2, dtype, out)
+
+
+def real(val: ndarray) -> ndarray:
+    return val.real
+
+
+def imag(val: ndarray) -> ndarray:
+    return val.imag

@@ -192,7 +192,7 @@ class ndarray:
     def _view(self, view: np.ndarray) -> ndarray:
         """The remote array a view of :func:`layout` (of this array) stands for."""
         offset = view.__array_interface__["data"][0] - _FAKE_ADDRESS
-        return ndarray(view.shape, self._dtype, self.data + offset, view.strides)
+        return ndarray(view.shape, view.dtype, self.data + offset, view.strides)
 
     def reshape(self, *shape: Any, order: str = "C") -> ndarray:
         dims: Any = (
@@ -225,6 +225,21 @@ class ndarray:
 
     def squeeze(self, axis: int | tuple[int, ...] | None = None) -> ndarray:
         return self._view(layout(self).squeeze(axis))
+
+    @property
+    def real(self) -> ndarray:
+        """The real parts (a view; the array itself when it is not complex)."""
+        return self._view(layout(self).real) if self._dtype.kind == "c" else self
+
+    @property
+    def imag(self) -> ndarray:
+        """The imaginary parts: a view of a complex array, else zeros (as NumPy, read-only)."""
+        if self._dtype.kind == "c":
+            return self._view(layout(self).imag)
+        with _remote.on_device(self.device_id):
+            zeros = ndarray(self._shape, self._dtype)
+        _remote.enqueue("assign", self.device_id, (0,), out=(zeros,))
+        return zeros
 
     def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> ndarray:
         return self._view(layout(self).diagonal(offset, axis1, axis2))
