@@ -352,8 +352,12 @@ def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, C
 
 
 def _ufunc(function: Callable[..., Any]) -> Function:
+    """Outputs passed positionally, written in place. The client checked the casts with NumPy's
+    rules; "unsafe" here keeps CuPy, whose loop for a mix of dtypes may differ from NumPy's,
+    from refusing the output dtype NumPy chose."""
+
     def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
-        function(*args, *outs, **kwargs)
+        function(*args, *outs, casting="unsafe", **kwargs)
 
     return run
 
