@@ -256,7 +256,7 @@ class ArrayFunctions:
         return self._operand(keyword.value)
 
     def _random_state(self, call: pb.ArrayOp) -> Any:
-        if call.function == "random.seed":
+        if call.function in ("random.seed", "random.release"):
             return call.generator
         try:
             return self._random_states[call.generator]
@@ -279,6 +279,7 @@ class ArrayFunctions:
         for name in RANDOM:
             table[f"random.{name}"] = self._sampling(name)
         table["random.seed"] = self._seed
+        table["random.release"] = self._release
         table["getitem"] = self._getitem
         table["setitem"] = _setitem
         table["assign"] = _assign
@@ -318,6 +319,10 @@ class ArrayFunctions:
         if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
             raise ValueError(f"seed must be an integer in [0, 2**64) or None, not {seed!r}")
         self._random_states[handle] = self._backend.random_state(seed)
+
+    def _release(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        (handle,) = args
+        self._random_states.pop(handle, None)
 
     def _getitem(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         array, key = args

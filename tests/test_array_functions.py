@@ -96,3 +96,20 @@ def test_views_that_are_misaligned_or_cross_an_allocation_are_refused(
         (reply,) = call(executor, array_op=op)
         assert reply.error.name == name
     assert not executor.poisoned
+
+
+def test_random_states_are_made_seeded_and_released(executor: SessionExecutor) -> None:
+    out = device_array(executor, np.zeros(3))
+    seed = pb.ArrayOp(function="random.seed", args=[pb.Operand(integer=2**40)], generator=5)
+    sample = pb.ArrayOp(function="random.random_sample", out=[out], generator=5)
+    release = pb.ArrayOp(function="random.release", generator=5)
+    draws = []
+    for _ in range(2):
+        assert call(executor, wait=False, array_op=seed) == []
+        assert call(executor, wait=False, array_op=sample) == []
+        draws.append(read(executor, out))
+    np.testing.assert_array_equal(draws[0], draws[1])  # the same seed, the same numbers
+    assert ((0 <= draws[0]) & (draws[0] < 1)).all()
+    assert call(executor, wait=False, array_op=release) == []
+    (reply,) = call(executor, array_op=sample)
+    assert reply.error.name == "cudaErrorInvalidResourceHandle"

@@ -19,6 +19,8 @@ from gpupool.client.session import Session, new_handle
 from gpupool.cupy import _remote
 from gpupool.cupy._ndarray import ndarray, shape_tuple
 from gpupool.cupy._support import module_getattr, unsupported
+from gpupool.errors import GpupoolError
+from gpupool.proto import gpupool_pb2 as pb
 
 __getattr__ = module_getattr(__name__)
 
@@ -49,6 +51,8 @@ class RandomState:
         self._device = runtime.getDevice()
         self._handle = new_handle()
         self.seed(seed)
+        session = context.current().session(self._device)
+        weakref.finalize(self, _release, session, self._handle).atexit = False
 
     def seed(self, seed: Any = None) -> None:
         if seed is not None:
@@ -129,6 +133,15 @@ class RandomState:
             if p.shape != (population,):
                 raise ValueError("a and p must have same size")
         return self._sample("choice", size, dtype, (a,), replace=replace, p=p)
+
+
+def _release(session: Session, handle: int) -> None:
+    """Drop a collected RandomState's generator on the daemon (queued: no round trip)."""
+    op = pb.ArrayOp(function="random.release", generator=handle)
+    try:
+        session.submit(pb.Request(array_op=op))
+    except GpupoolError:
+        pass  # the session has ended, and its generators with it
 
 
 # The default generator of each device, per session: a new connection starts fresh ones.
