@@ -403,6 +403,8 @@ def test_reduction_options_and_errors(connected: Daemon) -> None:
     out = cp.empty(6)
     assert cp.sum(a, axis=0, out=out) is out
     same(out, x.sum(axis=0), rtol=1e-10)
+    with pytest.raises(TypeError, match="same_kind"):
+        cp.sum(a, axis=0, out=cp.empty(6, np.int64))
     with pytest.raises(ValueError, match="zero-size array"):
         cp.zeros((0, 3)).max()
     with pytest.raises(TypeError):

@@ -94,6 +94,26 @@ def output_arrays(out: Any) -> tuple[ndarray, ...]:
     return outs
 
 
+def result_array(
+    name: str, device: int, shape: tuple[int, ...], dtype: np.dtype, out: Any = None
+) -> ndarray:
+    """``out`` when given (its shape, and NumPy's same-kind cast into it, checked), else a new
+    array of ``shape`` and ``dtype`` on ``device``."""
+    outs = output_arrays(out)
+    if not outs:
+        with _remote.on_device(device):
+            return ndarray(shape, dtype)
+    (result,) = outs
+    if result.shape != shape:
+        raise ValueError(f"output array has shape {result.shape}, {name} gives {shape}")
+    if not np.can_cast(dtype, result.dtype, "same_kind"):
+        raise TypeError(
+            f"Cannot cast {name} output from {dtype!r} to {result.dtype!r} with casting"
+            " rule 'same_kind'"
+        )
+    return result
+
+
 def compute(
     name: str,
     operands: Sequence[Any],
@@ -102,19 +122,10 @@ def compute(
     kwargs: dict[str, Any] | None = None,
     out: Any = None,
 ) -> ndarray:
-    """Queue ``name(*operands, **kwargs)`` on the operands' device; its one result.
-
-    The result goes into ``out`` when given (its shape checked here), else into a new array
-    of ``shape`` and ``dtype``.
-    """
-    outs = output_arrays(out)
-    device = common_device([*(op for op in operands if isinstance(op, ndarray)), *outs])
-    if outs:
-        (result,) = outs
-        if result.shape != shape:
-            raise ValueError(f"output array has shape {result.shape}, {name} gives {shape}")
-    else:
-        with _remote.on_device(device):
-            result = ndarray(shape, dtype)
+    """Queue ``name(*operands, **kwargs)`` on the operands' device; its one result, written
+    into :func:`result_array`."""
+    arrays = [op for op in operands if isinstance(op, ndarray)]
+    device = common_device([*arrays, *output_arrays(out)])
+    result = result_array(name, device, shape, dtype, out)
     _remote.enqueue(name, device, operands, kwargs, (result,))
     return result

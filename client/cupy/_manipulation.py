@@ -9,7 +9,7 @@ import numpy as np
 from numpy.lib.array_utils import normalize_axis_index
 
 from gpupool.cupy import _remote
-from gpupool.cupy._infer import check_arrays, common_device, output_arrays
+from gpupool.cupy._infer import check_arrays, common_device, output_arrays, result_array
 from gpupool.cupy._ndarray import layout, ndarray
 
 
@@ -114,20 +114,11 @@ def concatenate(
                     f" exactly, but along dimension {dim}, the array at index 0 has size {mine}"
                     f" and the array at index {index} has size {theirs}"
                 )
-    device = common_device(arrays)
+    device = common_device([*arrays, *output_arrays(out)])
     shape = list(first.shape)
     shape[axis] = sum(each.shape[axis] for each in arrays)
-    outs = output_arrays(out)
-    if outs:
-        (result,) = outs
-        if result.shape != tuple(shape):
-            raise ValueError(f"Output array is the wrong shape: {result.shape}, not {tuple(shape)}")
-    else:
-        result_dtype = (
-            np.result_type(*(each.dtype for each in arrays)) if dtype is None else np.dtype(dtype)
-        )
-        with _remote.on_device(device):
-            result = ndarray(tuple(shape), result_dtype)
+    result_dtype = np.result_type(*(a.dtype for a in arrays)) if dtype is None else np.dtype(dtype)
+    result = result_array("concatenate", device, tuple(shape), result_dtype, out)
     start = 0
     for each in arrays:
         where = (slice(None),) * axis + (slice(start, start + each.shape[axis]),)
