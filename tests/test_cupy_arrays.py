@@ -178,6 +178,21 @@ def test_advanced_indexing_and_setitem(connected: Daemon) -> None:
         a[cp.array(mask[:3])]
     with pytest.raises(IndexError, match="arrays used as indices"):
         a[cp.array([0.5])]
+    with pytest.raises(IndexError, match="too many indices"):
+        a[[0], 1, 2]
+    cube = host((3, 4, 5))
+    c = cp.array(cube)
+    idx = np.array([[0, 2], [1, 1]])
+    for key in [
+        (Ellipsis, idx),
+        (idx, Ellipsis, 1),
+        (1, slice(None), idx),  # advanced indices apart: their dimensions go first
+        (idx, slice(1, 3), idx),
+        (slice(None), idx, None),
+        (cube[:, 0, 0] > 0, Ellipsis),
+    ]:
+        remote_key = tuple(cp.array(k) if isinstance(k, np.ndarray) else k for k in key)
+        same(c[remote_key], cube[key])
 
     expected = data.copy()
     a[1] = 7

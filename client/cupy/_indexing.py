@@ -1,10 +1,12 @@
 """Indexing: basic keys are views made here (no call); advanced keys are daemon operations.
 
 The shape of an advanced-indexing result depends only on the shapes of the index arrays, so
-NumPy computes it here by indexing a zero-stride stand-in of the array with zero-stride
-stand-ins of the index arrays; only a boolean mask needs its count of True elements, which
-costs one round trip (CuPy synchronizes there too). Index values are checked on the daemon
-(an IndexError arrives at the next synchronizing call).
+NumPy computes it here: it indexes a zero-stride stand-in of the array that has one more,
+empty, dimension at the end (so the result is empty and nothing is copied) with zero-stride
+stand-ins of the index arrays, and that last dimension is dropped from the result's shape.
+Only a boolean mask needs its count of True elements, which costs one round trip (CuPy
+synchronizes there too). Index values are checked on the daemon (an IndexError arrives at
+the next synchronizing call).
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ def getitem(array: ndarray, key: Any) -> ndarray:
             stand_ins.append(np.broadcast_to(np.zeros((), part.dtype), part.shape))
         else:
             stand_ins.append(part)
-    shape = np.broadcast_to(np.False_, array.shape)[tuple(stand_ins)].shape
+    if any(part is Ellipsis for part in parts):
+        stand_ins.append(slice(None))  # the ellipsis must not reach the extra dimension
+    empty = np.broadcast_to(np.False_, (*array.shape, 0))
+    shape = empty[tuple(stand_ins)].shape[:-1]
     return compute("getitem", (array, parts), shape, array.dtype)
 
 
@@ -124,8 +129,14 @@ def _index_arrays(array: ndarray, parts: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _check_masks(array: ndarray, parts: list[Any]) -> None:
-    """A boolean mask must have the shape of the dimensions it indexes (NumPy's IndexError)."""
+    """The key indexes at most the array's dimensions, and a boolean mask has the shape of the
+    dimensions it indexes (NumPy's IndexErrors)."""
     consumed = [0 if p is None or p is Ellipsis else p.ndim if _is_mask(p) else 1 for p in parts]
+    if sum(consumed) > array.ndim:
+        raise IndexError(
+            f"too many indices for array: array is {array.ndim}-dimensional, but"
+            f" {sum(consumed)} were indexed"
+        )
     ellipsis = next((i for i, part in enumerate(parts) if part is Ellipsis), len(parts))
     for i, part in enumerate(parts):
         if not _is_mask(part):
