@@ -43,7 +43,7 @@ def getitem(array: ndarray, key: Any) -> ndarray:
             parts += (Ellipsis,)  # a view even where every dimension is indexed away
         return array._view(layout(array)[parts])
     parts = _index_arrays(array, parts)
-    stand_ins = []
+    stand_ins: list[Any] = []
     for part in parts:
         if _is_mask(part):
             count = int(part.sum(dtype=np.intp))  # a synchronizing call, as in CuPy
