@@ -15,7 +15,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from gpupool.errors import CompileError, ConnectionLost, CUDARuntimeError, GpupoolError
+from gpupool.errors import (
+    ARRAY_ERRORS,
+    ArrayFunctionError,
+    CompileError,
+    ConnectionLost,
+    CUDARuntimeError,
+    GpupoolError,
+)
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import CHUNK_SIZE
@@ -49,6 +56,8 @@ def raise_for(error: pb.Error) -> None:
     """Raise the exception an error reply stands for."""
     if error.name == "CompileError":
         raise CompileError(error.message, error.log)
+    if error.name in ARRAY_ERRORS:  # an array function's own error: its Python type
+        raise ArrayFunctionError(error.name, error.message).exception()
     raise CUDARuntimeError(error.name, error.message)
 
 

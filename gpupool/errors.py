@@ -8,6 +8,8 @@ wire, the numeric status is looked up here.
 
 from __future__ import annotations
 
+import numpy as np
+
 # The CUDA runtime's error codes for the names gpupool reports (cuda_runtime_api.h, CUDA 12/13).
 CUDA_ERROR_CODES: dict[str, int] = {
     "cudaSuccess": 0,
@@ -115,3 +117,42 @@ class AllocationError(GpupoolError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return type(self), (self.code, self.reason)
+
+
+# Python exceptions an array function on the daemon may raise, by the name that travels; the
+# client raises the same type (CuPy raises NumPy's and Python's own types for these).
+ARRAY_ERRORS: dict[str, type[Exception]] = {
+    "LinAlgError": np.linalg.LinAlgError,
+    "AxisError": np.exceptions.AxisError,
+    "IndexError": IndexError,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "ZeroDivisionError": ZeroDivisionError,
+    "OverflowError": OverflowError,
+    "FloatingPointError": FloatingPointError,
+    "ArithmeticError": ArithmeticError,
+}
+
+
+class ArrayFunctionError(GpupoolError):
+    """An array function refused its arguments on the daemon (a bad index, a singular matrix).
+
+    Carries the Python exception's type by name; :meth:`exception` is what the client raises.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        self.name = name
+        self.message = message
+        super().__init__(f"{name}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.name, self.message)
+
+    @classmethod
+    def of(cls, exc: Exception) -> ArrayFunctionError:
+        """The wire form of ``exc``: its nearest type that the client knows."""
+        name = next(kind.__name__ for kind in type(exc).__mro__ if kind.__name__ in ARRAY_ERRORS)
+        return cls(name, str(exc))
+
+    def exception(self) -> Exception:
+        return ARRAY_ERRORS.get(self.name, RuntimeError)(self.message)

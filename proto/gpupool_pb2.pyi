@@ -311,7 +311,7 @@ class Batch(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch")
+    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op")
     WAIT_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     MEM_GET_INFO_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +338,7 @@ class Request(_message.Message):
     EVENT_ELAPSED_TIME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_SYNCHRONIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_OP_FIELD_NUMBER: _ClassVar[int]
     wait: bool
     open: OpenSession
     mem_get_info: MemGetInfo
@@ -364,7 +365,8 @@ class Request(_message.Message):
     event_elapsed_time: EventElapsedTime
     device_synchronize: DeviceSynchronize
     batch: Batch
-    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+    array_op: ArrayOp
+    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("name", "message", "log")
@@ -421,3 +423,93 @@ class SessionLimits(_message.Message):
     memory: int
     fraction: float
     def __init__(self, allocation: _Optional[str] = ..., memory: _Optional[int] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class ArrayDesc(_message.Message):
+    __slots__ = ("ptr", "shape", "strides", "dtype")
+    PTR_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    STRIDES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ptr: int
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    strides: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    def __init__(self, ptr: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., strides: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class SliceOperand(_message.Message):
+    __slots__ = ("start", "stop", "step")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    stop: int
+    step: int
+    def __init__(self, start: _Optional[int] = ..., stop: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class OperandList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Operand]
+    def __init__(self, items: _Optional[_Iterable[_Union[Operand, _Mapping]]] = ...) -> None: ...
+
+class ComplexOperand(_message.Message):
+    __slots__ = ("real", "imag")
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    IMAG_FIELD_NUMBER: _ClassVar[int]
+    real: float
+    imag: float
+    def __init__(self, real: _Optional[float] = ..., imag: _Optional[float] = ...) -> None: ...
+
+class Operand(_message.Message):
+    __slots__ = ("array", "scalar", "integer", "unsigned", "real", "complex", "boolean", "sequence", "slice", "none", "ellipsis", "dtype", "text")
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    SCALAR_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    UNSIGNED_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    COMPLEX_FIELD_NUMBER: _ClassVar[int]
+    BOOLEAN_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    NONE_FIELD_NUMBER: _ClassVar[int]
+    ELLIPSIS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    array: ArrayDesc
+    scalar: Scalar
+    integer: int
+    unsigned: int
+    real: float
+    complex: ComplexOperand
+    boolean: bool
+    sequence: OperandList
+    slice: SliceOperand
+    none: bool
+    ellipsis: bool
+    dtype: str
+    text: str
+    def __init__(self, array: _Optional[_Union[ArrayDesc, _Mapping]] = ..., scalar: _Optional[_Union[Scalar, _Mapping]] = ..., integer: _Optional[int] = ..., unsigned: _Optional[int] = ..., real: _Optional[float] = ..., complex: _Optional[_Union[ComplexOperand, _Mapping]] = ..., boolean: _Optional[bool] = ..., sequence: _Optional[_Union[OperandList, _Mapping]] = ..., slice: _Optional[_Union[SliceOperand, _Mapping]] = ..., none: _Optional[bool] = ..., ellipsis: _Optional[bool] = ..., dtype: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Keyword(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: Operand
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[Operand, _Mapping]] = ...) -> None: ...
+
+class ArrayOp(_message.Message):
+    __slots__ = ("function", "args", "kwargs", "out", "stream", "generator")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    KWARGS_FIELD_NUMBER: _ClassVar[int]
+    OUT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    args: _containers.RepeatedCompositeFieldContainer[Operand]
+    kwargs: _containers.RepeatedCompositeFieldContainer[Keyword]
+    out: _containers.RepeatedCompositeFieldContainer[ArrayDesc]
+    stream: int
+    generator: int
+    def __init__(self, function: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Operand, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[Keyword, _Mapping]]] = ..., out: _Optional[_Iterable[_Union[ArrayDesc, _Mapping]]] = ..., stream: _Optional[int] = ..., generator: _Optional[int] = ...) -> None: ...

@@ -21,12 +21,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from gpupool.errors import CompileError, CUDARuntimeError, GpupoolError
+from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
+from gpupool.server.arrays import ArrayFunctions
 from gpupool.server.backends.base import Backend, check_launch
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ def error_message(exc: GpupoolError) -> pb.Error:
         return pb.Error(name=exc.name, message=exc.detail)
     if isinstance(exc, CompileError):
         return pb.Error(name="CompileError", message=exc.message, log=exc.log)
+    if isinstance(exc, ArrayFunctionError):
+        return pb.Error(name=exc.name, message=exc.message)
     return pb.Error(name="cudaErrorUnknown", message=str(exc))
 
 
@@ -134,6 +137,7 @@ class SessionExecutor:
         self._translate = translate
         self._allocations = AllocationTable()
         self._quota = MemoryQuota()
+        self._arrays = ArrayFunctions(backend, self._allocations)
         self._streams = _Streams("stream")
         self._events = _Handles("event")
         self._modules = _Handles("module")
@@ -444,3 +448,6 @@ class SessionExecutor:
 
     def _do_device_synchronize(self, call: pb.DeviceSynchronize) -> None:
         self.backend.synchronize()
+
+    def _do_array_op(self, call: pb.ArrayOp) -> None:
+        self._arrays.run(call, self._streams.get(call.stream))

@@ -5,32 +5,92 @@ The contract other modules rely on: ``ndarray(shape, dtype, memptr=None, strides
 address, ``.data.device_id`` its ordinal); ``.shape``, ``.dtype``, ``.strides`` (bytes),
 ``.size``, ``.ndim``, ``.nbytes``; ``.get()``/``.set()`` copy to and from the host; and
 ``__cuda_array_interface__`` so kernels take it as a pointer.
+
+Views (basic indexing, reshape, transpose) cost no call: NumPy itself does the view
+arithmetic, on a NumPy array that has this array's shape and strides at a fake address and is
+never read (:func:`layout`). Everything that touches the data is an operation on the daemon.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from gpupool.client import runtime
+from gpupool.cupy import _remote, cuda
+from gpupool.cupy._support import unsupported
 from gpupool.cupy.cuda import memory
 
 Shape = int | Sequence[int]
+_FAKE_ADDRESS = 1 << 44  # where layouts pretend to live: never read or written
 
 
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+class _Layout:
+    """An ``__array_interface__`` with an array's shape and strides at the fake address."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, strides: tuple[int, ...]) -> None:
+        self.__array_interface__ = {
+            "shape": shape,
+            "typestr": dtype.str,
+            "data": (_FAKE_ADDRESS, False),
+            "strides": strides,
+            "version": 3,
+        }
+
+
+def layout(array: ndarray) -> np.ndarray:
+    """A NumPy array with ``array``'s shape, dtype and strides whose data must never be read.
+
+    NumPy's views of it (basic indexing, reshape without copy, transpose) are exactly the
+    views CuPy makes; :meth:`ndarray._view` turns one back into a remote array.
+    """
+    return np.asarray(_Layout(array.shape, array.dtype, array.strides))
+
+
+def shape_tuple(shape: Any) -> tuple[int, ...]:
+    """A shape argument as a tuple, validated as NumPy validates it."""
+    dims = (shape,) if isinstance(shape, int | np.integer) else tuple(shape)
+    dims = tuple(operator.index(n) for n in dims)
+    if any(n < 0 for n in dims):
+        raise ValueError("negative dimensions are not allowed")
+    return dims
+
+
+def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tuple[int, ...]:
+    dims = shape if order == "C" else shape[::-1]
     strides, step = [], itemsize
-    for extent in reversed(shape):
+    for extent in reversed(dims):
         strides.append(step)
         step *= max(extent, 1)
-    return tuple(reversed(strides))
+    strides.reverse()
+    return tuple(strides) if order == "C" else tuple(strides[::-1])
+
+
+@dataclass(frozen=True)
+class Flags:
+    """The memory layout flags CuPy's ``ndarray.flags`` has."""
+
+    c_contiguous: bool
+    f_contiguous: bool
+    owndata: bool
+
+    def __getitem__(self, name: str) -> bool:
+        """``flags['C_CONTIGUOUS']``, as NumPy's and CuPy's flags allow."""
+        if name.lower() not in ("c_contiguous", "f_contiguous", "owndata"):
+            raise KeyError(name)
+        return bool(getattr(self, name.lower()))
 
 
 class ndarray:
     """An array on a remote device."""
+
+    __array_priority__ = 100
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared elementwise: unhashable
 
     def __init__(
         self,
@@ -38,12 +98,18 @@ class ndarray:
         dtype: Any = float,
         memptr: memory.MemoryPointer | None = None,
         strides: Sequence[int] | None = None,
+        order: str = "C",
     ) -> None:
-        self._shape = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
+        if order not in ("C", "F"):
+            raise ValueError(f"order must be 'C' or 'F', not {order!r}")
+        self._shape = shape_tuple(shape)
         self._dtype = np.dtype(dtype)
         self._strides = (
-            _c_strides(self._shape, self._dtype.itemsize) if strides is None else tuple(strides)
+            _contiguous_strides(self._shape, self._dtype.itemsize, order)
+            if strides is None
+            else tuple(int(s) for s in strides)
         )
+        self._owner = memptr is None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
     shape = property(lambda self: self._shape)
@@ -51,7 +117,22 @@ class ndarray:
     strides = property(lambda self: self._strides)
     ndim = property(lambda self: len(self._shape))
     size = property(lambda self: math.prod(self._shape))
+    itemsize = property(lambda self: self._dtype.itemsize)
     nbytes = property(lambda self: self.size * self._dtype.itemsize)
+    device_id = property(lambda self: self.data.device_id)
+
+    @property
+    def device(self) -> Any:
+        """The ``cuda.Device`` this array lives on."""
+        device = vars(cuda).get("Device")  # the kernels shim's
+        if device is None:
+            unsupported("ndarray.device")
+        return device(self.device_id)
+
+    @property
+    def flags(self) -> Flags:
+        flags = layout(self).flags
+        return Flags(flags.c_contiguous, flags.f_contiguous, self._owner)
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
@@ -63,43 +144,402 @@ class ndarray:
             "version": 3,
         }
 
-    def _is_c_contiguous(self) -> bool:
-        return self._strides == _c_strides(self._shape, self._dtype.itemsize)
+    # host copies
 
-    def get(self) -> np.ndarray:
+    def get(
+        self,
+        stream: Any = None,
+        order: str = "C",
+        out: np.ndarray | None = None,
+        blocking: bool = True,
+    ) -> np.ndarray:
         """A host copy (waits for the queued work that writes this array)."""
-        if not self._is_c_contiguous():
-            raise NotImplementedError("ndarray.get of a non-contiguous array")
-        host = np.empty(self._shape, self._dtype)
-        if host.nbytes:
-            runtime.memcpy(host.ctypes.data, self.data.ptr, host.nbytes, runtime.memcpyDeviceToHost)
-        return host
+        source = self if self.flags.c_contiguous else self.copy()
+        if out is None:
+            out = np.empty(self._shape, self._dtype)
+        elif out.shape != self._shape or out.dtype != self._dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous {self._dtype} array of shape {self._shape}"
+            )
+        if out.nbytes:
+            with _remote.on_device(self.device_id):
+                runtime.memcpy(
+                    out.ctypes.data, source.data.ptr, out.nbytes, runtime.memcpyDeviceToHost
+                )
+        return out
 
-    def set(self, arr: Any) -> None:
-        """Copy a host array of the same shape and dtype into this one."""
-        host = np.ascontiguousarray(arr, dtype=self._dtype)
+    def set(self, arr: Any, stream: Any = None) -> None:
+        """Copy a host array of this shape and dtype into this array (queued, no round trip)."""
+        host = np.asarray(arr, order="C")
         if host.shape != self._shape:
-            raise ValueError(f"shape mismatch: {host.shape} into {self._shape}")
+            raise ValueError(f"Shape mismatch. Old shape: {self._shape}, new shape: {host.shape}")
+        if host.dtype != self._dtype:
+            raise TypeError(f"{host.dtype} array cannot be set to {self._dtype} array")
+        if not self.flags.c_contiguous:
+            raise RuntimeError("Cannot set to non-contiguous array")
         if host.nbytes:
-            runtime.memcpy(self.data.ptr, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice)
+            with _remote.on_device(self.device_id):
+                runtime.memcpyAsync(
+                    self.data.ptr,
+                    host,
+                    host.nbytes,
+                    runtime.memcpyHostToDevice,
+                    _remote.current_stream(),
+                )
+
+    # views: no call
+
+    def _view(self, view: np.ndarray) -> ndarray:
+        """The remote array a view of :func:`layout` (of this array) stands for."""
+        offset = view.__array_interface__["data"][0] - _FAKE_ADDRESS
+        return ndarray(view.shape, view.dtype, self.data + offset, view.strides)
+
+    def reshape(self, *shape: Any, order: str = "C") -> ndarray:
+        dims: Any = (
+            shape[0] if len(shape) == 1 and not isinstance(shape[0], int | np.integer) else shape
+        )
+        layout_order = _resolve_order(self, order)
+        # NumPy checks the new shape (and resolves -1) on a zero-stride array of ours
+        target = np.reshape(np.broadcast_to(False, self._shape), dims, order=layout_order).shape
+        try:
+            return self._view(np.reshape(layout(self), target, order=layout_order, copy=False))
+        except ValueError:  # no view has that shape: copy, as NumPy does
+            contiguous = self.copy(order=layout_order)
+            return contiguous._view(np.reshape(layout(contiguous), target, order=layout_order))
+
+    def ravel(self, order: str = "C") -> ndarray:
+        return self.reshape(-1, order=order)
+
+    def flatten(self, order: str = "C") -> ndarray:
+        return self.copy(order=_resolve_order(self, order)).ravel(order=order)
+
+    def transpose(self, *axes: Any) -> ndarray:
+        if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], int | np.integer)):
+            axes = () if axes[0] is None else tuple(axes[0])
+        return self._view(layout(self).transpose(*axes))
+
+    T = property(lambda self: self.transpose())
+
+    def swapaxes(self, axis1: int, axis2: int) -> ndarray:
+        return self._view(layout(self).swapaxes(axis1, axis2))
+
+    def squeeze(self, axis: int | tuple[int, ...] | None = None) -> ndarray:
+        return self._view(layout(self).squeeze(axis))
+
+    @property
+    def real(self) -> ndarray:
+        """The real parts (a view; the array itself when it is not complex)."""
+        return self._view(layout(self).real) if self._dtype.kind == "c" else self
+
+    @property
+    def imag(self) -> ndarray:
+        """The imaginary parts: a view of a complex array, else zeros (as NumPy, read-only)."""
+        if self._dtype.kind == "c":
+            return self._view(layout(self).imag)
+        with _remote.on_device(self.device_id):
+            zeros = ndarray(self._shape, self._dtype)
+        _remote.enqueue("assign", self.device_id, (0,), out=(zeros,))
+        return zeros
+
+    def diagonal(self, offset: int = 0, axis1: int = 0, axis2: int = 1) -> ndarray:
+        return self._view(layout(self).diagonal(offset, axis1, axis2))
+
+    def view(self, dtype: Any = None) -> ndarray:
+        if dtype is not None and np.dtype(dtype) != self._dtype:
+            unsupported("ndarray.view with a dtype")
+        return self._view(layout(self))
+
+    # copies: queued operations
+
+    def astype(
+        self,
+        dtype: Any,
+        order: str = "K",
+        casting: Any = None,
+        subok: Any = None,
+        copy: bool = True,
+    ) -> ndarray:
+        dtype = np.dtype(dtype)
+        if casting is not None and not np.can_cast(self._dtype, dtype, casting):
+            raise TypeError(
+                f"Cannot cast array data from {self._dtype!r} to {dtype!r} according to the"
+                f" rule {casting!r}"
+            )
+        if not copy and dtype == self._dtype and _has_order(self, order):
+            return self
+        with _remote.on_device(self.device_id):
+            out = ndarray(self._shape, dtype, order=_resolve_order(self, order))
+        _remote.enqueue("assign", self.device_id, (self,), out=(out,))
+        return out
+
+    def copy(self, order: str = "C") -> ndarray:
+        return self.astype(self._dtype, order=order)
+
+    def fill(self, value: Any) -> None:
+        _indexing.check_scalar_fits(value, self._dtype)
+        _remote.enqueue("assign", self.device_id, (value,), out=(self,))
+
+    # indexing
+
+    def __getitem__(self, key: Any) -> ndarray:
+        return _indexing.getitem(self, key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _indexing.setitem(self, key, value)
+
+    def __iter__(self) -> Iterator[ndarray]:
+        if not self._shape:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self._shape[0]))
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of unsized object")
+        return self._shape[0]
+
+    # reductions and products, as methods (the functions are in their modules)
+
+    def sum(
+        self, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False
+    ) -> Any:
+        return _reductions.sum(self, axis, dtype, out, keepdims)
+
+    def prod(
+        self, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False
+    ) -> Any:
+        return _reductions.prod(self, axis, dtype, out, keepdims)
+
+    def mean(
+        self, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False
+    ) -> Any:
+        return _reductions.mean(self, axis, dtype, out, keepdims)
+
+    def var(
+        self,
+        axis: Any = None,
+        dtype: Any = None,
+        out: Any = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+    ) -> Any:
+        return _reductions.var(self, axis, dtype, out, ddof, keepdims)
+
+    def std(
+        self,
+        axis: Any = None,
+        dtype: Any = None,
+        out: Any = None,
+        ddof: int = 0,
+        keepdims: bool = False,
+    ) -> Any:
+        return _reductions.std(self, axis, dtype, out, ddof, keepdims)
+
+    def min(self, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+        return _reductions.amin(self, axis, out, keepdims)
+
+    def max(self, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+        return _reductions.amax(self, axis, out, keepdims)
+
+    def argmin(
+        self, axis: Any = None, out: Any = None, dtype: Any = None, keepdims: bool = False
+    ) -> Any:
+        return _reductions.argmin(self, axis, dtype, out, keepdims)
+
+    def argmax(
+        self, axis: Any = None, out: Any = None, dtype: Any = None, keepdims: bool = False
+    ) -> Any:
+        return _reductions.argmax(self, axis, dtype, out, keepdims)
+
+    def all(self, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+        return _reductions.all(self, axis, out, keepdims)
+
+    def any(self, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+        return _reductions.any(self, axis, out, keepdims)
+
+    def cumsum(self, axis: Any = None, dtype: Any = None, out: Any = None) -> Any:
+        return _reductions.cumsum(self, axis, dtype, out)
+
+    def cumprod(self, axis: Any = None, dtype: Any = None, out: Any = None) -> Any:
+        return _reductions.cumprod(self, axis, dtype, out)
+
+    def trace(
+        self, offset: int = 0, axis1: int = 0, axis2: int = 1, dtype: Any = None, out: Any = None
+    ) -> Any:
+        return _reductions.sum(self.diagonal(offset, axis1, axis2), -1, dtype, out)
+
+    def sort(self, axis: int = -1, kind: Any = None) -> None:
+        """Sort in place (the sorted copy made on the daemon is written back)."""
+        self[...] = _sorting.sort(self, axis)
+
+    def argsort(self, axis: int | None = -1, kind: Any = None) -> Any:
+        return _sorting.argsort(self, axis)
+
+    def round(self, decimals: int = 0, out: Any = None) -> Any:
+        return _ufuncs.around(self, decimals, out)
+
+    def nonzero(self) -> Any:
+        unsupported("ndarray.nonzero (its result's size depends on the data)")
+
+    def clip(self, min: Any = None, max: Any = None, out: Any = None) -> Any:
+        return _ufuncs.clip(self, min, max, out)
+
+    def dot(self, b: Any, out: Any = None) -> Any:
+        return _products.dot(self, b, out)
+
+    def conj(self) -> Any:
+        return _ufuncs.conjugate(self)
+
+    # host conversions: explicit only, as in CuPy
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. "
+            "Please use `.get()` to construct a NumPy array explicitly."
+        )
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        ours = _ufuncs.BY_NUMPY_NAME.get(ufunc.__name__)
+        if method != "__call__" or ours is None:
+            return NotImplemented
+        return ours(*inputs, **kwargs)
+
+    def __array_function__(
+        self, func: Callable[..., Any], types: Any, args: Any, kwargs: Any
+    ) -> Any:
+        import gpupool.cupy
+
+        module = {"numpy": gpupool.cupy, "numpy.linalg": gpupool.cupy.linalg}.get(func.__module__)
+        ours = None if module is None else vars(module).get(func.__name__)
+        if ours is None:
+            return NotImplemented
+        return ours(*args, **kwargs)
+
+    def _scalar(self) -> np.ndarray:
+        if self.size != 1:
+            raise TypeError("only size-1 arrays can be converted to Python scalars")
+        return self.get().reshape(())
+
+    def item(self) -> Any:
+        if self.size != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
+        return self.get().item()
+
+    def tolist(self) -> Any:
+        return self.get().tolist()
+
+    def __float__(self) -> float:
+        return float(self._scalar())
+
+    def __int__(self) -> int:
+        return int(self._scalar())
+
+    def __complex__(self) -> complex:
+        return complex(self._scalar())
+
+    def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(
+                "The truth value of an array with more than one element is ambiguous."
+                " Use a.any() or a.all()"
+            )
+        return bool(self.get().reshape(()))
+
+    def __repr__(self) -> str:
+        return repr(self.get())
+
+    def __str__(self) -> str:
+        return str(self.get())
+
+    def __format__(self, spec: str) -> str:
+        return format(self.get(), spec)
+
+    # operators (bound below)
+
+    def __matmul__(self, other: Any) -> Any:
+        return _products.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return _products.matmul(other, self)
+
+    def __imatmul__(self, other: Any) -> Any:
+        return _products.matmul(self, other, out=self)
+
+    def __neg__(self) -> ndarray:
+        return _ufuncs.negative(self)
+
+    def __pos__(self) -> ndarray:
+        return _ufuncs.positive(self)
+
+    def __abs__(self) -> ndarray:
+        return _ufuncs.absolute(self)
+
+    def __invert__(self) -> ndarray:
+        return _ufuncs.invert(self)
 
 
-def empty(shape: Shape, dtype: Any = float) -> ndarray:
-    return ndarray(shape, dtype)
+# Python's operator name -> the ufunc behind it (its reflected and in-place forms too).
+_OPERATORS = {
+    "add": "add",
+    "sub": "subtract",
+    "mul": "multiply",
+    "truediv": "true_divide",
+    "floordiv": "floor_divide",
+    "mod": "remainder",
+    "pow": "power",
+    "and": "bitwise_and",
+    "or": "bitwise_or",
+    "xor": "bitwise_xor",
+    "lshift": "left_shift",
+    "rshift": "right_shift",
+}
+_COMPARISONS = {
+    "eq": "equal",
+    "ne": "not_equal",
+    "lt": "less",
+    "le": "less_equal",
+    "gt": "greater",
+    "ge": "greater_equal",
+}
 
 
-def array(obj: Any, dtype: Any = None) -> ndarray:
-    host = np.asarray(obj, dtype=dtype)
-    out = ndarray(host.shape, host.dtype)
-    out.set(host)
-    return out
+def _bind_operators() -> None:
+    def forward(name: str) -> Callable[[ndarray, Any], Any]:
+        return lambda self, other: _ufuncs.BY_NAME[name](self, other)
+
+    def reflected(name: str) -> Callable[[ndarray, Any], Any]:
+        return lambda self, other: _ufuncs.BY_NAME[name](other, self)
+
+    def in_place(name: str) -> Callable[[ndarray, Any], Any]:
+        return lambda self, other: _ufuncs.BY_NAME[name](self, other, out=self)
+
+    for op, ufunc_name in _OPERATORS.items():
+        setattr(ndarray, f"__{op}__", forward(ufunc_name))
+        setattr(ndarray, f"__r{op}__", reflected(ufunc_name))
+        setattr(ndarray, f"__i{op}__", in_place(ufunc_name))
+    for op, ufunc_name in _COMPARISONS.items():
+        setattr(ndarray, f"__{op}__", forward(ufunc_name))
 
 
-def asarray(obj: Any, dtype: Any = None) -> ndarray:
-    if isinstance(obj, ndarray) and (dtype is None or np.dtype(dtype) == obj.dtype):
-        return obj
-    return array(obj, dtype)
+_bind_operators()
 
 
-def asnumpy(a: Any) -> np.ndarray:
-    return a.get() if isinstance(a, ndarray) else np.asarray(a)
+def _has_order(array: ndarray, order: str) -> bool:
+    """True when ``array`` is laid out as ``order`` asks ('A' and 'K' take any layout)."""
+    flags = layout(array).flags
+    return {"C": flags.c_contiguous, "F": flags.f_contiguous}.get(order, True)
+
+
+def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
+    """'C' or 'F' for an order argument ('A' and 'K' follow the array's own layout)."""
+    if order in ("A", "K"):
+        flags = layout(array).flags
+        return "F" if flags.f_contiguous and not flags.c_contiguous else "C"
+    if order == "C":
+        return "C"
+    if order == "F":
+        return "F"
+    raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
+
+
+# These build on ndarray; imported last so that either side may be imported first.
+from gpupool.cupy import _indexing, _products, _reductions, _sorting, _ufuncs  # noqa: E402

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -165,3 +168,33 @@ class Backend(ABC):
 
     @abstractmethod
     def synchronize(self) -> None: ...
+
+    # Arrays: the daemon's array functions (server/arrays.py) run on views of device memory.
+
+    @abstractmethod
+    def array_module(self) -> ModuleType:
+        """The module whose functions array operations call: NumPy or CuPy (same names)."""
+
+    @abstractmethod
+    def view(
+        self,
+        base: int,
+        size: int,
+        offset: int,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> Any:
+        """An array of the array module over the ``size`` device bytes at ``base``.
+
+        Element [0, ..., 0] is ``offset`` bytes in; every element lies inside the bytes (the
+        caller has checked them against the session's allocations).
+        """
+
+    @abstractmethod
+    def on_stream(self, stream: object) -> AbstractContextManager[object]:
+        """A context in which the array module's work goes to ``stream``."""
+
+    @abstractmethod
+    def random_state(self, seed: int | None) -> Any:
+        """A ``RandomState`` of the array module, seeded with any integer in [0, 2**64)."""

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from types import ModuleType
 
 import cupy
 import numpy as np
@@ -161,6 +162,29 @@ class CupyBackend(Backend):
 
     def synchronize(self) -> None:
         self._device.synchronize()
+
+    def array_module(self) -> ModuleType:
+        return cupy
+
+    def view(
+        self,
+        base: int,
+        size: int,
+        offset: int,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> cupy.ndarray:
+        # The memory is the session's own cudaMalloc: CuPy must neither own nor free it.
+        memory = cupy.cuda.UnownedMemory(base, size, None, self._device.id)
+        pointer = cupy.cuda.MemoryPointer(memory, offset)
+        return cupy.ndarray(shape, dtype, pointer, strides)
+
+    def on_stream(self, stream: object) -> cupy.cuda.Stream:
+        return _stream(stream)
+
+    def random_state(self, seed: int | None) -> cupy.random.RandomState:
+        return cupy.random.RandomState(seed)
 
 
 def device_count() -> int:

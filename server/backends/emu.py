@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
@@ -212,6 +213,28 @@ class EmuBackend(Backend):
 
     def synchronize(self) -> None:
         pass
+
+    def array_module(self) -> ModuleType:
+        return np
+
+    def view(
+        self,
+        base: int,
+        size: int,
+        offset: int,
+        shape: tuple[int, ...],
+        strides: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> np.ndarray:
+        memory = memoryview(_at(base, size))
+        return np.ndarray(shape, dtype, buffer=memory, offset=offset, strides=strides)
+
+    def on_stream(self, stream: object) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # work runs synchronously, in order
+
+    def random_state(self, seed: int | None) -> np.random.RandomState:
+        # MT19937 seeds through a SeedSequence: any non-negative integer, as CuPy takes
+        return np.random.RandomState(np.random.MT19937(seed))
 
 
 def emulated_device(index: int, total_memory: int) -> DeviceInfo:

@@ -1,0 +1,391 @@
+"""Array operations: a whitelisted function applied to views of the session's own memory.
+
+The client names a function from the table below and sends its operands as data (array
+descriptors, numbers, slices, dtypes); nothing it sends is ever evaluated, unpickled or looked
+up as an attribute. Every descriptor's bytes are checked against the session's allocations
+before the backend makes a view of them, and only numeric dtypes are accepted, so no view can
+reach memory the session does not own. The same table runs on NumPy (the emulator) and on
+CuPy (a GPU): the backend says which module provides the functions.
+
+Errors an array function raises for its arguments (a bad index, a singular matrix) go back as
+their Python type (``ArrayFunctionError``), reported at the client's next synchronizing call
+like any asynchronous error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from gpupool.errors import ArrayFunctionError, CUDARuntimeError
+from gpupool.logs import fields
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.scalars import from_scalar
+from gpupool.server.allocations import AllocationTable
+from gpupool.server.backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+# A function of the table: (positional operands, keyword operands, output arrays).
+Function = Callable[[list[Any], dict[str, Any], list[Any]], None]
+
+# Elementwise functions: called with their outputs as trailing positional arguments (NumPy's and
+# CuPy's ufuncs both take them so), which writes the result in place.
+UFUNCS = (
+    "absolute",
+    "add",
+    "arccos",
+    "arccosh",
+    "arcsin",
+    "arcsinh",
+    "arctan",
+    "arctan2",
+    "arctanh",
+    "bitwise_and",
+    "bitwise_or",
+    "bitwise_xor",
+    "cbrt",
+    "ceil",
+    "conjugate",
+    "copysign",
+    "cos",
+    "cosh",
+    "deg2rad",
+    "divide",
+    "equal",
+    "exp",
+    "exp2",
+    "expm1",
+    "floor",
+    "floor_divide",
+    "fmax",
+    "fmin",
+    "fmod",
+    "greater",
+    "greater_equal",
+    "hypot",
+    "invert",
+    "isfinite",
+    "isinf",
+    "isnan",
+    "left_shift",
+    "less",
+    "less_equal",
+    "log",
+    "log10",
+    "log1p",
+    "log2",
+    "logical_and",
+    "logical_not",
+    "logical_or",
+    "logical_xor",
+    "maximum",
+    "minimum",
+    "multiply",
+    "negative",
+    "nextafter",
+    "not_equal",
+    "positive",
+    "power",
+    "rad2deg",
+    "reciprocal",
+    "remainder",
+    "right_shift",
+    "rint",
+    "sign",
+    "signbit",
+    "sin",
+    "sinh",
+    "sqrt",
+    "square",
+    "subtract",
+    "tan",
+    "tanh",
+    "true_divide",
+    "trunc",
+)
+
+# Functions whose result is copied into the output (reductions, linear algebra, joins).
+RETURNING = (
+    "all",
+    "amax",
+    "amin",
+    "any",
+    "argmax",
+    "argmin",
+    "argsort",
+    "around",
+    "clip",
+    "count_nonzero",
+    "cumprod",
+    "cumsum",
+    "dot",
+    "inner",
+    "isclose",
+    "matmul",
+    "mean",
+    "outer",
+    "prod",
+    "sort",
+    "std",
+    "sum",
+    "var",
+    "where",
+)
+LINALG = ("det", "inv", "norm", "solve")
+
+# RandomState methods, called with the output's shape as their size.
+RANDOM = ("choice", "normal", "randint", "random_sample", "standard_normal", "uniform")
+
+KEYWORDS = frozenset(
+    {
+        "atol",
+        "axis",
+        "ddof",
+        "decimals",
+        "dtype",
+        "endpoint",
+        "equal_nan",
+        "keepdims",
+        "ord",
+        "p",
+        "replace",
+        "rtol",
+    }
+)
+TEXT_KEYWORDS = frozenset({"ord"})  # norm's 'fro' and 'nuc'
+NUMERIC_KINDS = "biufc"
+MAX_DIMS = 64  # NumPy's limit
+
+
+def array_extent(
+    ptr: int, shape: Sequence[int], strides: Sequence[int], itemsize: int
+) -> tuple[int, int]:
+    """The bytes ``[low, high)`` a strided view touches (empty for an empty view)."""
+    if 0 in shape:
+        return ptr, ptr
+    low = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
+    high = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
+    return low, high + itemsize
+
+
+@functools.lru_cache(maxsize=256)
+def checked_dtype(text: str) -> np.dtype:
+    """A numeric dtype from its wire spelling; TypeError for anything else (objects, records)."""
+    dtype = np.dtype(text)
+    if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.shape:
+        raise TypeError(f"dtype {text!r} is not a numeric dtype")
+    return dtype
+
+
+class ArrayFunctions:
+    """The array functions of one session: its backend's module, random states, and checks."""
+
+    def __init__(self, backend: Backend, allocations: AllocationTable) -> None:
+        self._backend = backend
+        self._allocations = allocations
+        self._xp = backend.array_module()
+        self._random_states: dict[int, Any] = {}
+        self._table = self._make_table(self._xp)
+
+    def run(self, call: pb.ArrayOp, stream: object) -> None:
+        function = self._table.get(call.function)
+        if function is None:
+            raise CUDARuntimeError(
+                "cudaErrorNotSupported", f"array function {call.function!r} is not in the table"
+            )
+        with _as_array_errors(), self._backend.on_stream(stream):
+            outs = [self._array(desc, "output") for desc in call.out]
+            args = [self._operand(operand) for operand in call.args]
+            kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
+            if call.function.startswith("random."):
+                args.insert(0, self._random_state(call))
+            function(args, kwargs, outs)
+
+    # operands
+
+    def _array(self, desc: pb.ArrayDesc, what: str) -> Any:
+        dtype = checked_dtype(desc.dtype)
+        shape, strides = tuple(desc.shape), tuple(desc.strides)
+        if len(shape) != len(strides) or len(shape) > MAX_DIMS:
+            raise ValueError(f"array of {len(shape)} dimensions with {len(strides)} strides")
+        if 0 in shape:
+            return self._xp.empty(shape, dtype)
+        if desc.ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
+            raise ValueError(f"{what} array at 0x{desc.ptr:x} is not aligned for {dtype}")
+        low, high = array_extent(desc.ptr, shape, strides, dtype.itemsize)
+        self._allocations.check(low, high - low, f"array {what}")
+        return self._backend.view(low, high - low, desc.ptr - low, shape, strides, dtype)
+
+    def _operand(self, operand: pb.Operand) -> Any:
+        kind = operand.WhichOneof("value")
+        if kind == "array":
+            return self._array(operand.array, "operand")
+        if kind == "scalar":
+            return from_scalar(operand.scalar)
+        if kind in ("integer", "unsigned", "real", "boolean"):
+            return getattr(operand, kind)  # kind is one of the four names above
+        if kind == "complex":
+            return complex(operand.complex.real, operand.complex.imag)
+        if kind == "sequence":
+            return tuple(self._operand(item) for item in operand.sequence.items)
+        if kind == "slice":
+            bounds = operand.slice
+            return slice(*(getattr(bounds, f) if bounds.HasField(f) else None for f in _SLICE))
+        if kind == "none":
+            return None
+        if kind == "ellipsis":
+            return Ellipsis
+        if kind == "dtype":
+            return checked_dtype(operand.dtype)
+        raise TypeError(f"operand of kind {kind} is not accepted here")
+
+    def _keyword(self, keyword: pb.Keyword) -> Any:
+        if keyword.name not in KEYWORDS:
+            raise TypeError(f"keyword {keyword.name!r} is not accepted")
+        if keyword.value.WhichOneof("value") == "text":
+            if keyword.name not in TEXT_KEYWORDS:
+                raise TypeError(f"keyword {keyword.name!r} takes no string")
+            return keyword.value.text
+        return self._operand(keyword.value)
+
+    def _random_state(self, call: pb.ArrayOp) -> Any:
+        if call.function in ("random.seed", "random.release"):
+            return call.generator
+        try:
+            return self._random_states[call.generator]
+        except KeyError:
+            raise CUDARuntimeError(
+                "cudaErrorInvalidResourceHandle", f"random state {call.generator} does not exist"
+            ) from None
+
+    # the table
+
+    def _make_table(self, xp: ModuleType) -> dict[str, Function]:
+        """Name -> function. Built from the constant names above, never from a request."""
+        table: dict[str, Function] = {}
+        for name, function in _provided(xp, UFUNCS):
+            table[name] = _ufunc(function)
+        for name, function in _provided(xp, RETURNING):
+            table[name] = self._returning(function)
+        for name, function in _provided(xp.linalg, LINALG):
+            table[f"linalg.{name}"] = self._returning(function)
+        for name in RANDOM:
+            table[f"random.{name}"] = self._sampling(name)
+        table["random.seed"] = self._seed
+        table["random.release"] = self._release
+        table["getitem"] = self._getitem
+        table["setitem"] = _setitem
+        table["assign"] = _assign
+        table["arange"] = self._arange
+        table["linspace"] = self._linspace
+        return table
+
+    def _store(self, outs: list[Any], result: Any) -> None:
+        """Write a function's result(s) into the outputs, whose shapes the client inferred."""
+        results = result if isinstance(result, tuple) else (result,)
+        if len(results) != len(outs):
+            raise ValueError(f"{len(results)} results for {len(outs)} outputs")
+        for out, value in zip(outs, results, strict=True):
+            value = self._xp.asarray(value)
+            if value.shape != out.shape:  # the client's inference disagrees: refuse, never guess
+                raise ValueError(f"result of shape {value.shape} for an output of {out.shape}")
+            out[...] = value
+
+    def _returning(self, function: Callable[..., Any]) -> Function:
+        def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            self._store(outs, function(*args, **kwargs))
+
+        return run
+
+    def _sampling(self, method: str) -> Function:
+        def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            state, *params = args
+            (out,) = outs
+            if method == "randint":
+                kwargs = {**kwargs, "dtype": out.dtype}
+            self._store(outs, getattr(state, method)(*params, size=out.shape, **kwargs))
+
+        return run
+
+    def _seed(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        handle, seed = args
+        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64) or None, not {seed!r}")
+        self._random_states[handle] = self._backend.random_state(seed)
+
+    def _release(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        (handle,) = args
+        self._random_states.pop(handle, None)
+
+    def _getitem(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        array, key = args
+        self._store(outs, array[key])
+
+    def _arange(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        start, stop, step = args
+        (out,) = outs
+        if step == 0 or abs((stop - start) / step) > out.size + 1:  # no huge temporaries
+            raise ValueError(f"arange({start}, {stop}, {step}) does not fit {out.size} elements")
+        self._store(outs, self._xp.arange(start, stop, step, dtype=out.dtype))
+
+    def _linspace(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        start, stop = args
+        (out,) = outs
+        result = self._xp.linspace(start, stop, num=out.size, dtype=out.dtype, **kwargs)
+        self._store(outs, result)
+
+
+_SLICE = ("start", "stop", "step")
+
+
+def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """The functions of ``names`` that ``module`` has (an older CuPy may lack one: that name
+    is then refused as not in the table, and the session still works)."""
+    for name in names:
+        function = getattr(module, name, None)
+        if function is None:
+            log.warning("array function missing", extra=fields(module=module.__name__, name=name))
+        else:
+            yield name, function
+
+
+def _ufunc(function: Callable[..., Any]) -> Function:
+    """Outputs passed positionally, written in place. The client checked the casts with NumPy's
+    rules; "unsafe" here keeps CuPy, whose loop for a mix of dtypes may differ from NumPy's,
+    from refusing the output dtype NumPy chose."""
+
+    def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        function(*args, *outs, casting="unsafe", **kwargs)
+
+    return run
+
+
+def _setitem(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+    key, value = args
+    (target,) = outs
+    target[key] = value
+
+
+def _assign(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+    """Copy (with casting and broadcasting) into the output: copy, astype, fill, full."""
+    (value,) = args
+    (out,) = outs
+    out[...] = value
+
+
+@contextlib.contextmanager
+def _as_array_errors() -> Iterator[None]:
+    """Python errors of the array function → their wire form; running out of memory → CUDA's."""
+    try:
+        yield
+    except MemoryError as exc:
+        raise CUDARuntimeError("cudaErrorMemoryAllocation", str(exc) or "out of memory") from exc
+    except (ValueError, IndexError, TypeError, ArithmeticError) as exc:
+        raise ArrayFunctionError.of(exc) from exc

@@ -1,0 +1,115 @@
+"""The daemon's array functions, driven through the session executor (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.arrays import array_extent, checked_dtype
+from gpupool.server.backends.emu import EmuBackend, MemoryLedger
+from gpupool.server.executor import SessionExecutor
+
+
+@pytest.fixture
+def executor() -> Iterator[SessionExecutor]:
+    ledger = MemoryLedger.create(1 << 30, slots=2)
+    yield SessionExecutor(EmuBackend(0, ledger, slot=0), translate=lambda exc: exc)
+    ledger.close()
+
+
+def call(executor: SessionExecutor, wait: bool = True, **fields: object) -> list[pb.Reply]:
+    return list(executor.handle(pb.Request(wait=wait, **fields)))  # type: ignore[arg-type]
+
+
+def device_array(executor: SessionExecutor, values: np.ndarray) -> pb.ArrayDesc:
+    (reply,) = call(executor, malloc=pb.Malloc(size=values.nbytes))
+    call(
+        executor,
+        memcpy_htod=pb.MemcpyHtoD(dst=reply.ptr, size=values.nbytes, data=values.tobytes()),
+    )
+    return pb.ArrayDesc(
+        ptr=reply.ptr, shape=values.shape, strides=values.strides, dtype=values.dtype.str
+    )
+
+
+def read(executor: SessionExecutor, desc: pb.ArrayDesc) -> np.ndarray:
+    dtype = np.dtype(desc.dtype)
+    size = int(np.prod(desc.shape)) * dtype.itemsize
+    replies = call(executor, memcpy_dtoh=pb.MemcpyDtoH(src=desc.ptr, size=size))
+    return np.frombuffer(b"".join(r.data for r in replies), dtype).reshape(tuple(desc.shape))
+
+
+def test_extents_of_strided_views() -> None:
+    assert array_extent(1000, (3, 4), (32, 8), 8) == (1000, 1096)
+    assert array_extent(1000, (4,), (-8,), 8) == (976, 1008)
+    assert array_extent(1000, (5, 3), (0, 8), 8) == (1000, 1024)
+    assert array_extent(1000, (0, 3), (24, 8), 8) == (1000, 1000)
+
+
+def test_only_numeric_dtypes_are_accepted() -> None:
+    assert checked_dtype("<f4") == np.float32
+    for text in ("|O", "<U3", "|V8", "(2,)<i4", "i4,i4", "[('a', '<i4')]"):
+        with pytest.raises(TypeError, match=r"not a numeric dtype|not understood"):
+            checked_dtype(text)
+
+
+def test_a_ufunc_writes_into_its_output_view(executor: SessionExecutor) -> None:
+    source = device_array(executor, np.arange(6.0).reshape(2, 3))
+    column = pb.ArrayDesc(ptr=source.ptr + 8, shape=[2], strides=[24], dtype="<f8")
+    op = pb.ArrayOp(
+        function="multiply",
+        args=[pb.Operand(array=column), pb.Operand(integer=10)],
+        out=[column],
+    )
+    assert call(executor, wait=False, array_op=op) == []
+    np.testing.assert_array_equal(read(executor, source), [[0, 10, 2], [3, 40, 5]])
+
+
+def test_an_array_error_is_held_and_the_next_waiting_call_reports_it(
+    executor: SessionExecutor,
+) -> None:
+    values = device_array(executor, np.arange(4.0))
+    index = device_array(executor, np.array([7], np.int64))
+    out = device_array(executor, np.zeros(1))
+    key = pb.Operand(sequence=pb.OperandList(items=[pb.Operand(array=index)]))
+    op = pb.ArrayOp(function="getitem", args=[pb.Operand(array=values), key], out=[out])
+    assert call(executor, wait=False, array_op=op) == []
+    (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+    assert reply.error.name == "IndexError"
+    assert "out of bounds" in reply.error.message
+    (ok,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+    assert not ok.HasField("error")
+
+
+def test_views_that_are_misaligned_or_cross_an_allocation_are_refused(
+    executor: SessionExecutor,
+) -> None:
+    first = device_array(executor, np.zeros(4))
+    device_array(executor, np.zeros(4))  # a neighbour it must not reach into
+    crossing = pb.ArrayDesc(ptr=first.ptr, shape=[64], strides=[8], dtype="<f8")
+    misaligned = pb.ArrayDesc(ptr=first.ptr + 4, shape=[2], strides=[8], dtype="<f8")
+    for desc, name in ((crossing, "cudaErrorInvalidValue"), (misaligned, "ValueError")):
+        op = pb.ArrayOp(function="negative", args=[pb.Operand(array=first)], out=[desc])
+        (reply,) = call(executor, array_op=op)
+        assert reply.error.name == name
+    assert not executor.poisoned
+
+
+def test_random_states_are_made_seeded_and_released(executor: SessionExecutor) -> None:
+    out = device_array(executor, np.zeros(3))
+    seed = pb.ArrayOp(function="random.seed", args=[pb.Operand(integer=2**40)], generator=5)
+    sample = pb.ArrayOp(function="random.random_sample", out=[out], generator=5)
+    release = pb.ArrayOp(function="random.release", generator=5)
+    draws = []
+    for _ in range(2):
+        assert call(executor, wait=False, array_op=seed) == []
+        assert call(executor, wait=False, array_op=sample) == []
+        draws.append(read(executor, out))
+    np.testing.assert_array_equal(draws[0], draws[1])  # the same seed, the same numbers
+    assert ((0 <= draws[0]) & (draws[0] < 1)).all()
+    assert call(executor, wait=False, array_op=release) == []
+    (reply,) = call(executor, array_op=sample)
+    assert reply.error.name == "cudaErrorInvalidResourceHandle"
