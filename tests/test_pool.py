@@ -35,23 +35,23 @@ SECRET = b"test-cluster-secret-0123456789"
 GPUPOOL = [sys.executable, "-m", "gpupool.cli"]
 FAST = {"node_timeout": 2.0, "heartbeat_s": 0.2, "tick_s": 0.1}
 
-# Prints the devices it sees, then tries to allocate past its 4 GiB quota.
+# An unmodified CuPy program (gpupool run loads the shim for `import cupy`): prints the devices
+# it sees, then tries to allocate past its 4 GiB quota.
 PROG = """
-import gpupool
-from gpupool import runtime as rt
+import cupy as cp
 from gpupool.client.context import current
-n = rt.getDeviceCount()
+n = cp.cuda.runtime.getDeviceCount()
 print("devices", n)
 for i in range(n):
-    rt.setDevice(i)
-    print("device", i, current().device(i).address, rt.getDeviceProperties(i)["totalGlobalMem"],
-          rt.memGetInfo()[1])
-rt.setDevice(n - 1)
-ptr = rt.malloc(3 << 30)
-try:
-    rt.malloc(2 << 30)
-except gpupool.CUDARuntimeError as exc:
-    print("past the quota:", exc.name)
+    with cp.cuda.Device(i) as device:
+        print("device", i, current().device(i).address,
+              cp.cuda.runtime.getDeviceProperties(i)["totalGlobalMem"], device.mem_info[1])
+with cp.cuda.Device(n - 1):
+    held = cp.empty(3 << 30, dtype=cp.uint8)
+    try:
+        cp.empty(2 << 30, dtype=cp.uint8)
+    except cp.cuda.memory.OutOfMemoryError as exc:
+        print("past the quota:", type(exc).__name__)
 """
 
 
@@ -168,7 +168,7 @@ def test_run_sees_four_half_gpus_over_both_nodes_and_no_more_memory(
     devices = [line.split() for line in lines[1:5]]
     assert {int(d[3]) for d in devices} == {int(d[4]) for d in devices} == {4 * GiB}
     assert len({d[2] for d in devices}) == 2  # two daemons
-    assert lines[5] == "past the quota: cudaErrorMemoryAllocation"
+    assert lines[5] == "past the quota: OutOfMemoryError"
     eventually(lambda: pool_is_free(pool), within=2)
 
 
