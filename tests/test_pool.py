@@ -405,3 +405,34 @@ def test_two_half_tenants_share_one_gpu_each_within_half_its_memory(
     finally:
         daemon.stop()
         scheduler.stop()
+
+
+def test_run_without_a_scheduler_allocates_from_an_embedded_pool(tmp_path: Path) -> None:
+    """The embedded default: a scheduler and a daemon of this host, started for the command."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(PROG))
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUPOOL_SCHEDULER", grants.ENV_SECRET)}
+    result = subprocess.run(
+        [
+            *GPUPOOL,
+            "run",
+            "-n",
+            "2",
+            "--fraction",
+            "0.5",
+            "--backend",
+            "emu",
+            "--",
+            sys.executable,
+            str(prog),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "devices 2"
+    assert all(line.split()[-2:] == [str(4 * GiB)] * 2 for line in lines[1:3])
+    assert lines[3] == "past the quota: OutOfMemoryError"

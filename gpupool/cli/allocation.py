@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import secrets
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 
-from gpupool.cli.options import add_scheduler_option, count, fraction, seconds, size
-from gpupool.client.lease import Lease, allocate, scheduler_address
+from gpupool.cli.options import add_scheduler_option, count, fraction, seconds, size, start_daemon
+from gpupool.client.lease import ENV_SCHEDULER, Lease, allocate, scheduler_address
+from gpupool.errors import GpupoolError
 
 
 def add_allocation_options(
@@ -86,3 +90,33 @@ def held(args: argparse.Namespace) -> Iterator[Lease]:
             yield lease
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def local_pool(args: argparse.Namespace) -> Iterator[str]:
+    """A scheduler and one daemon of this host on loopback, joined by a fresh secret, for as
+    long as the block runs: what ``gpupool run -n`` allocates from when no scheduler is named
+    (the daemon options say what the daemon serves). Yields the scheduler's address."""
+    from gpupool.scheduler.service import start_scheduler
+    from gpupool.server.daemon import PoolMembership
+
+    secret = secrets.token_bytes(32)
+    with tempfile.TemporaryDirectory(prefix="gpupool-pool-") as folder:
+        scheduler = start_scheduler("127.0.0.1:0", os.path.join(folder, "pool.db"), secret)
+        try:
+            daemon = start_daemon(
+                args, "127.0.0.1:0", PoolMembership(scheduler.address, "local", secret)
+            )
+            try:
+                if daemon.registration is None or not daemon.registration.registered.wait(30):
+                    raise GpupoolError("the embedded daemon did not join the embedded scheduler")
+                yield scheduler.address
+            finally:
+                daemon.stop()
+        finally:
+            scheduler.stop()
+
+
+def scheduler_named(args: argparse.Namespace) -> bool:
+    """True when the options or the environment name a scheduler."""
+    return bool(args.scheduler or os.environ.get(ENV_SCHEDULER))

@@ -9,7 +9,7 @@ from gpupool import logs
 from gpupool.units import parse_size
 
 if TYPE_CHECKING:
-    from gpupool.server.daemon import Daemon
+    from gpupool.server.daemon import Daemon, PoolMembership
 
 
 def size(text: str) -> int:
@@ -63,15 +63,16 @@ def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
-    """Start a daemon from the options of ``add_daemon_options`` (and ``daemon``'s pool
-    options, when it has them and names a scheduler)."""
+def start_daemon(
+    args: argparse.Namespace, listen: str, pool: PoolMembership | None = None
+) -> Daemon:
+    """Start a daemon from the options of ``add_daemon_options``, in ``pool`` or in the pool
+    that ``daemon``'s own options name (when it has them and names a scheduler)."""
     from gpupool.grants import load_secret
     from gpupool.server.daemon import PoolMembership
     from gpupool.server.daemon import start_daemon as start
 
-    pool = None
-    if getattr(args, "scheduler", None) and hasattr(args, "secret_file"):
+    if pool is None and getattr(args, "scheduler", None) and hasattr(args, "secret_file"):
         secret = load_secret(args.secret_file)
         pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
     return start(

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 from typing import Any
 
-from gpupool.cli.allocation import add_allocation_options, held, wants_allocation
+from gpupool.cli.allocation import (
+    add_allocation_options,
+    held,
+    local_pool,
+    scheduler_named,
+    wants_allocation,
+)
 from gpupool.cli.options import add_daemon_options, start_daemon
 from gpupool.client import import_hook
 from gpupool.client.context import ENV_DAEMONS
@@ -25,7 +32,8 @@ def add(commands: Any) -> None:
         description="Run COMMAND with GPUPOOL_DAEMONS set. Without --daemons (and without"
         " GPUPOOL_DAEMONS) an embedded daemon on loopback serves it: the GPUs of this host,"
         " or emulated ones. With -n/--fraction/--memory/--scheduler, GPUs are allocated from"
-        " the pool for the command and released when it ends, however it ends.",
+        " the pool for the command and released when it ends, however it ends; with no"
+        " scheduler named, from an embedded one whose daemon serves this host.",
     )
     parser.add_argument("--daemons", metavar="HOST:PORT[,...]", help="daemons to use, in order")
     add_daemon_options(parser, log_level="warning")  # the command's output is what matters
@@ -41,7 +49,10 @@ def main(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if wants_allocation(args):  # GPUs from the pool, released however the command ends
         try:
-            with held(args) as lease:
+            with contextlib.ExitStack() as stack:
+                if not scheduler_named(args):
+                    args.scheduler = stack.enter_context(local_pool(args))
+                lease = stack.enter_context(held(args))
                 env.pop(ENV_DAEMONS, None)
                 env[ENV_ALLOCATION] = lease.env_value
                 return _call(command, env)
