@@ -82,6 +82,30 @@ def test_run_starts_an_embedded_daemon_when_none_is_named() -> None:
     assert "saxpy on gpupool CPU emulator" in result.stdout
 
 
+def test_readmes_main_job_trains_on_two_gpus_of_an_embedded_pool() -> None:
+    """``gpupool run -n 2 -- python examples/train.py``, the README's first command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPOOL_")}
+    result = subprocess.run(
+        [
+            *GPUPOOL,
+            "run",
+            "-n",
+            "2",
+            "--backend",
+            "emu",
+            "--",
+            sys.executable,
+            str(EXAMPLES / "train.py"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith("with 2 device(s)")
+
+
 def test_run_passes_the_exit_status_on() -> None:
     result = subprocess.run(
         [
