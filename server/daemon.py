@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -14,12 +16,28 @@ from gpupool.server.backends import resolve
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.service import DaemonService
+from gpupool.server.transports.listener import FrameListener
 
 log = logging.getLogger(__name__)
 
 # One daemon a port: without this, gRPC lets a second daemon share the port silently.
 SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 WILDCARDS = ("0.0.0.0", "[::]", "")
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a daemon's TLS: its certificate and key, and, to require client
+    certificates, the CA that signs them."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        pair = (self.key.read_bytes(), self.cert.read_bytes())
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials([pair], ca, require_client_auth=ca is not None)
 
 
 class Daemon:
@@ -33,13 +51,17 @@ class Daemon:
         pools: list[WorkerPool],
         devices: list[DeviceInfo],
         backend: str,
+        listener: FrameListener,
+        endpoints: list[str],
     ) -> None:
         self.server = server
         self.port = port
         self.host = host
         self.backend = backend
         self.devices = devices
+        self.endpoints = endpoints
         self._pools = pools
+        self._listener = listener
         self._stopped = False
 
     @property
@@ -55,6 +77,7 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        self._listener.close()
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()
@@ -74,8 +97,14 @@ def start_daemon(
     emu_memory: int = 8 << 30,
     warm: int = 1,
     log_level: str = "info",
+    tls: TLSFiles | None = None,
 ) -> Daemon:
-    """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it."""
+    """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
+
+    Besides gRPC on ``listen`` it serves ``shm://`` on a Unix socket and, without TLS,
+    ``tcp://`` on another port of the same host (raw frames carry no TLS: a daemon with TLS
+    offers only encrypted gRPC across hosts).
+    """
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
     service = DaemonService(config.kind, devices, pools)
@@ -85,7 +114,10 @@ def start_daemon(
     server.add_generic_rpc_handlers((service.handler(),))
     cause: RuntimeError | None = None
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
         port, cause = 0, exc
     if port == 0:
@@ -96,9 +128,19 @@ def start_daemon(
     host = listen.rsplit(":", 1)[0]
     local = "127.0.0.1" if host in WILDCARDS else host.strip("[]")
     public = socket.getfqdn() if host in WILDCARDS else local
-    service.endpoints.append(f"grpc://{public}:{port}")
+    bind = "0.0.0.0" if host in WILDCARDS else local
+    listener = FrameListener(service, None if tls else bind, public)
+    # fastest first: what a client on this host can use, then across hosts
+    service.endpoints.extend([*listener.endpoints, f"grpc://{public}:{port}"])
     log.info(
         "daemon listening",
-        extra=fields(address=f"{host}:{port}", backend=config.kind, devices=len(devices)),
+        extra=fields(
+            address=f"{host}:{port}",
+            backend=config.kind,
+            devices=len(devices),
+            endpoints=service.endpoints,
+        ),
     )
-    return Daemon(server, port, local, pools, devices, config.kind)
+    return Daemon(
+        server, port, local, pools, devices, config.kind, listener, list(service.endpoints)
+    )

@@ -11,9 +11,10 @@ ends; every other session goes on.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -26,6 +27,7 @@ from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.executor import error_message
 from gpupool.server.pool import Worker, WorkerPool
 from gpupool.server.worker import EXIT_NO_BACKEND, EXIT_POISONED
+from gpupool.transport.frames import MESSAGE, FrameSocket
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class DaemonService:
         self._devices = list(devices)
         self._pools = list(pools)
         self.endpoints: list[str] = []
+        self._keyed: dict[bytes, Worker] = {}  # open frame sessions, by SessionOpened.key
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler; ``Session`` passes raw bytes, so the front never decodes them."""
@@ -72,7 +75,7 @@ class DaemonService:
         try:
             first = next(requests)
             pool = self._pool_for(first)
-            worker = _start_session(pool, first)
+            worker = _start_session(pool, lambda worker: worker.send(first))
         except StopIteration:
             return
         except CUDARuntimeError as exc:
@@ -93,6 +96,56 @@ class DaemonService:
         finally:
             pool.release(worker)
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
+
+    def serve_connection(self, frames: FrameSocket, first: bytes, shared_memory: bool) -> None:
+        """One ``tcp://`` or ``shm://`` session: its worker takes the connection itself.
+
+        The front keeps its copy of the socket only to tell the client when the worker dies
+        (the worker's own replies never pass through here), and waits for the worker's end.
+        """
+        session_id, key = uuid.uuid4().hex[:12], os.urandom(16)
+        handover = pb.Handover(
+            session_id=session_id, key=key, first=first, shared_memory=shared_memory
+        )
+        try:
+            pool = self._pool_for(first)
+            worker = _start_session(pool, lambda worker: worker.hand_over(frames.sock, handover))
+        except CUDARuntimeError as exc:
+            frames.send(MESSAGE, pb.Reply(error=error_message(exc)).SerializeToString())
+            frames.close()
+            return
+        self._keyed[key] = worker
+        transport = "shm" if shared_memory else "tcp"
+        log.info(
+            "session opened",
+            extra=fields(session=session_id, device=pool.device, pid=worker.pid, via=transport),
+        )
+        try:
+            worker.wait(None)
+            notice = _death_notice(worker, session_id)
+            if notice is not None:
+                frames.send(MESSAGE, notice)
+        except OSError:
+            pass  # the client is gone too
+        finally:
+            del self._keyed[key]
+            frames.close()
+            pool.release(worker)
+            log.info("session closed", extra=fields(session=session_id, device=pool.device))
+
+    def attach_stripe(self, frames: FrameSocket, attach: pb.AttachStripe) -> None:
+        """Give an open session's worker another connection for its payloads."""
+        worker = self._keyed.get(attach.key)
+        try:
+            if worker is None:
+                refusal = CUDARuntimeError("cudaErrorInvalidValue", "no open session has that key")
+                frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
+            else:
+                worker.hand_over(frames.sock, pb.Handover(stripe=attach.stripe))
+        except OSError:
+            pass  # the session ended meanwhile; closing tells the client
+        finally:
+            frames.close()
 
     def _pool_for(self, first: bytes) -> WorkerPool:
         """The pool of the device the opening request names; refuses any other request."""
@@ -119,21 +172,28 @@ class DaemonService:
                     reply.opened.session_id = session_id
                 raw, first = reply.SerializeToString(), False
             yield raw
-        code = worker.wait()
-        if worker.killed or code in CLEAN_EXITS:
-            return  # the client left, the session ended, or it already has its error
-        reason = worker.exit_reason(code)
-        log.warning("worker died", extra=fields(session=session_id, reason=reason))
-        crash = CUDARuntimeError("cudaErrorIllegalAddress", f"the session's worker {reason}")
-        yield pb.Reply(error=error_message(crash)).SerializeToString()
+        notice = _death_notice(worker, session_id)
+        if notice is not None:
+            yield notice
 
 
-def _start_session(pool: WorkerPool, first: bytes) -> Worker:
-    """A worker of ``pool`` that has taken the session's opening request."""
+def _death_notice(worker: Worker, session_id: str) -> bytes | None:
+    """The session's last reply when its worker died unannounced (a crash), else None."""
+    code = worker.wait()
+    if worker.killed or code in CLEAN_EXITS:
+        return None  # the client left, the session ended, or it already has its error
+    reason = worker.exit_reason(code)
+    log.warning("worker died", extra=fields(session=session_id, reason=reason))
+    crash = CUDARuntimeError("cudaErrorIllegalAddress", f"the session's worker {reason}")
+    return pb.Reply(error=error_message(crash)).SerializeToString()
+
+
+def _start_session(pool: WorkerPool, deliver: Callable[[Worker], None]) -> Worker:
+    """A worker of ``pool`` to which ``deliver`` has given the session's opening."""
     for _ in range(3):  # a warm worker may have died while idle: take another
         worker = pool.acquire()
         try:
-            worker.send(first)
+            deliver(worker)
             return worker
         except OSError:
             pool.release(worker)

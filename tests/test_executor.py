@@ -10,7 +10,7 @@ import pytest
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
-from gpupool.server.executor import SessionExecutor
+from gpupool.server.executor import SessionExecutor, as_replies
 
 
 @pytest.fixture
@@ -21,8 +21,10 @@ def executor() -> Iterator[SessionExecutor]:
 
 
 def run(executor: SessionExecutor, **call: object) -> list[pb.Reply]:
+    """The replies to one call, device data in chunks as a message transport sends it."""
     wait = bool(call.pop("wait", True))
-    return list(executor.handle(pb.Request(wait=wait, **call)))  # type: ignore[arg-type]
+    items = executor.handle(pb.Request(wait=wait, **call))  # type: ignore[arg-type]
+    return [reply for item in items for reply in as_replies(item)]
 
 
 def malloc(executor: SessionExecutor, size: int) -> int:
