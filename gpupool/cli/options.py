@@ -9,7 +9,7 @@ from gpupool import logs
 from gpupool.units import parse_size
 
 if TYPE_CHECKING:
-    from gpupool.server.daemon import Daemon
+    from gpupool.server.daemon import Daemon, TLSFiles
 
 
 def size(text: str) -> int:
@@ -63,7 +63,7 @@ def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
+def start_daemon(args: argparse.Namespace, listen: str, tls: TLSFiles | None = None) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``."""
     from gpupool.server.daemon import start_daemon as start
 
@@ -74,4 +74,5 @@ def start_daemon(args: argparse.Namespace, listen: str) -> Daemon:
         emu_memory=args.emu_memory,
         warm=args.warm,
         log_level=args.log_level,
+        tls=tls,
     )
