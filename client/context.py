@@ -59,15 +59,15 @@ class DaemonLinks:
         self.address = address
         self.stub = pb_grpc.DaemonStub(channel)
         grpc_url = f"grpc://{address.removeprefix('grpc://')}"  # the address that answered
-        self._urls = [url if not url.startswith("grpc://") else grpc_url for url in endpoints]
-        if not any(url.startswith("grpc://") for url in self._urls):
-            self._urls.append(grpc_url)
+        self.endpoints = [url if not url.startswith("grpc://") else grpc_url for url in endpoints]
+        if not any(url.startswith("grpc://") for url in self.endpoints):
+            self.endpoints.append(grpc_url)
         self.transport: str | None = None  # the scheme chosen, once a session has opened
 
     def open(self, wanted: str | None, timeout: float) -> Link:
         """A new link to this daemon, over the first of its endpoints that can be reached."""
         failures = []
-        for url in candidates(self._urls, wanted):
+        for url in candidates(self.endpoints, wanted):
             endpoint = Endpoint(url, self.stub)
             try:
                 link = OPENERS[endpoint.scheme](endpoint, timeout)

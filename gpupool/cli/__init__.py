@@ -10,9 +10,9 @@ import argparse
 from collections.abc import Sequence
 
 from gpupool import logs
-from gpupool.cli import daemon, run
+from gpupool.cli import bench, daemon, run
 
-COMMANDS = {module.NAME: module for module in (daemon, run)}
+COMMANDS = {module.NAME: module for module in (bench, daemon, run)}
 
 
 def build_parser() -> argparse.ArgumentParser:

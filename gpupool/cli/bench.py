@@ -1,0 +1,112 @@
+"""``gpupool bench``: remote against native bandwidth, latency and launch rate, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from gpupool.cli.options import add_daemon_options, size, start_daemon
+
+NAME = "bench"
+
+
+def sizes(text: str) -> list[int]:
+    """Comma-separated sizes: ``4KiB,1MiB,256MiB``."""
+    return [size(part) for part in text.split(",") if part.strip()]
+
+
+def add(commands: Any) -> None:
+    from gpupool.bench.runner import KINDS
+
+    parser = commands.add_parser(
+        NAME,
+        help="measure remote against native copies, round trips and launches",
+        description="Measure, in one run and alternating, native copies (CuPy on a local GPU,"
+        " else NumPy) and remote ones over each transport, plus the raw link. Without"
+        " --daemons an embedded local daemon serves (as `gpupool run` does).",
+    )
+    parser.add_argument("what", choices=[*KINDS, "all"], help="what to measure")
+    parser.add_argument("--daemons", metavar="HOST:PORT", help="the daemon to measure (device 0)")
+    parser.add_argument(
+        "--transport",
+        metavar="T[,T...]",
+        help="transports to measure (default: every one the daemon offers and this client has)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=sizes,
+        metavar="SIZE[,...]",
+        help="copy sizes (default 4KiB..256MiB on an emulator, ..1GiB on a GPU)",
+    )
+    parser.add_argument(
+        "--stripes", type=int, default=4, metavar="N", help="tcp:// connections (default 4)"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw bandwidth curves")
+    add_daemon_options(parser, log_level="warning")
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gpupool.bench import report, runner
+    from gpupool.client.context import Context
+    from gpupool.client.transports import OPENERS, candidates
+    from gpupool.client.transports.frame_links import ENV_STRIPES
+
+    console = Console()
+    embedded = None if args.daemons else start_daemon(args, "127.0.0.1:0")
+    address = embedded.address if embedded is not None else args.daemons.split(",")[0]
+    try:
+        probe = Context([address])
+        endpoints = probe.daemons[address].endpoints
+        backend_name = probe.devices[0].properties.name if probe.devices else "?"
+        probe.close()
+        offered = [url.split("://")[0] for url in candidates(endpoints)]
+        wanted = args.transport.split(",") if args.transport else offered
+        missing = [name for name in wanted if name not in offered or name not in OPENERS]
+        if missing:
+            console.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
+            return 2
+        kinds = runner.KINDS if args.what == "all" else (args.what,)
+        on_gpu = embedded is None or embedded.backend == "cupy"
+        plan = runner.Plan(
+            kinds=kinds,
+            sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
+            transports=wanted,
+            stripes=args.stripes,
+        )
+        os.environ[ENV_STRIPES] = str(args.stripes)
+        with Progress(
+            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress:
+            task = progress.add_task("starting", total=plan.steps())
+            records = runner.run(
+                address, plan, lambda what: progress.update(task, advance=1, description=what)
+            )
+            progress.update(task, completed=plan.steps())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    report.print_tables(records, console)
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "device": backend_name,
+        "daemon": "embedded" if embedded is not None else address,
+        "transports": list(wanted),
+        "stripes": args.stripes,
+    }
+    if args.json:
+        report.write_json(records, args.json, meta)
+        console.print(f"records: {args.json}")
+    if args.plot:
+        report.plot(records, args.plot, f"gpupool bench — {backend_name}, {meta['date']}")
+        console.print(f"plot: {args.plot}")
+    return 0
