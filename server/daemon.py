@@ -18,6 +18,11 @@ from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.service import DaemonService
 from gpupool.server.transports.listener import FrameListener
 
+try:
+    from gpupool.server.transports.ucx_listener import UcxListener
+except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:// endpoint
+    UcxListener = None  # type: ignore[assignment,misc]
+
 log = logging.getLogger(__name__)
 
 # One daemon a port: without this, gRPC lets a second daemon share the port silently.
@@ -51,7 +56,7 @@ class Daemon:
         pools: list[WorkerPool],
         devices: list[DeviceInfo],
         backend: str,
-        listener: FrameListener,
+        listeners: list[FrameListener | UcxListener],
         endpoints: list[str],
     ) -> None:
         self.server = server
@@ -61,7 +66,7 @@ class Daemon:
         self.devices = devices
         self.endpoints = endpoints
         self._pools = pools
-        self._listener = listener
+        self._listeners = listeners
         self._stopped = False
 
     @property
@@ -77,7 +82,8 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
-        self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()
@@ -102,8 +108,8 @@ def start_daemon(
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
     Besides gRPC on ``listen`` it serves ``shm://`` on a Unix socket and, without TLS,
-    ``tcp://`` on another port of the same host (raw frames carry no TLS: a daemon with TLS
-    offers only encrypted gRPC across hosts).
+    ``tcp://`` (and ``ucx://`` where ucxx is installed) on other ports of the same host
+    (those carry no TLS: a daemon with TLS offers only encrypted gRPC across hosts).
     """
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
@@ -129,9 +135,14 @@ def start_daemon(
     local = "127.0.0.1" if host in WILDCARDS else host.strip("[]")
     public = socket.getfqdn() if host in WILDCARDS else local
     bind = "0.0.0.0" if host in WILDCARDS else local
-    listener = FrameListener(service, None if tls else bind, public)
-    # fastest first: what a client on this host can use, then across hosts
-    service.endpoints.extend([*listener.endpoints, f"grpc://{public}:{port}"])
+    frames = FrameListener(service, None if tls else bind, public)
+    listeners: list[FrameListener | UcxListener] = [frames]
+    if UcxListener is not None and tls is None:
+        listeners.append(UcxListener(service, public))
+    # fastest first: shared memory on this host, then UCX, TCP frames, gRPC
+    shm, tcp = frames.endpoints[:1], frames.endpoints[1:]
+    ucx = [url for listener in listeners[1:] for url in listener.endpoints]
+    service.endpoints.extend([*shm, *ucx, *tcp, f"grpc://{public}:{port}"])
     log.info(
         "daemon listening",
         extra=fields(
@@ -142,5 +153,5 @@ def start_daemon(
         ),
     )
     return Daemon(
-        server, port, local, pools, devices, config.kind, listener, list(service.endpoints)
+        server, port, local, pools, devices, config.kind, listeners, list(service.endpoints)
     )

@@ -15,6 +15,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 SERVICE = "gpupool.v1.Daemon"
 CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND)
+
+
+class SessionCall(Protocol):
+    """What a session needs of its call: gRPC's ServicerContext, or ucx's stand-in."""
+
+    def add_callback(self, callback: Callable[[], None]) -> bool: ...
+
+    def peer(self) -> str: ...
 
 
 class DaemonService:
@@ -69,7 +78,7 @@ class DaemonService:
             endpoints=self.endpoints,
         )
 
-    def session(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def session(self, requests: Iterator[bytes], context: SessionCall) -> Iterator[bytes]:
         """One session: open it on a worker, then relay until either side ends."""
         session_id = uuid.uuid4().hex[:12]
         try:

@@ -103,6 +103,11 @@ def _register_builtin() -> None:
     register("grpc", grpc_link.open_grpc)
     register("tcp", frame_links.open_tcp)
     register("shm", frame_links.open_shm)
+    try:
+        from gpupool.client.transports import ucx_link
+    except ImportError:  # the optional extra gpupool[ucx] is not installed
+        return
+    register("ucx", ucx_link.open_ucx)
 
 
 _register_builtin()
