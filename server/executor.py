@@ -159,9 +159,8 @@ class _DeviceSource:
         self._ptr = ptr
         self._stream = stream
 
-    def view(self, offset: int, size: int) -> memoryview:
-        backend, ptr = self._executor.backend, self._ptr + offset
-        return self._executor._guarded(lambda: backend.read(ptr, size, self._stream))
+    def direct(self, offset: int, size: int) -> memoryview | None:
+        return self._executor.backend.host_view(self._ptr + offset, size)
 
     def copy_into(self, offset: int, target: memoryview) -> None:
         backend, ptr = self._executor.backend, self._ptr + offset
@@ -183,7 +182,11 @@ def as_replies(item: pb.Reply | DeviceData) -> Iterator[pb.Reply]:
         return
     for start in range(0, item.size, CHUNK_SIZE):
         end = min(start + CHUNK_SIZE, item.size)
-        yield pb.Reply(data=bytes(item.source.view(start, end - start)), more=end < item.size)
+        view = item.source.direct(start, end - start)
+        if view is None:
+            view = memoryview(bytearray(end - start))
+            item.source.copy_into(start, view)
+        yield pb.Reply(data=bytes(view), more=end < item.size)
     if not item.size:
         yield pb.Reply(data=b"")
 

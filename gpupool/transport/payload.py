@@ -2,8 +2,10 @@
 
 A payload goes from a :class:`Source` to a :class:`Sink`. On the client both are the user's own
 buffer (no extra copy of a large transfer is ever held); in a worker they are the device, whose
-memory the emulator can hand out directly (``target``) and a GPU takes through staged copies
-(``write``). The same classes run on both ends, in both directions.
+memory the emulator can hand out directly (``direct``/``target``) and a GPU moves through
+pinned staging buffers. Staged pieces are pipelined: while one piece crosses the network, the
+one before it is copied to (or the one after it from) the device. The same classes run on
+both ends, in both directions.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ ATTACH_TIMEOUT_S = 10.0
 
 
 class Source(Protocol):
-    """Bytes to send: ``view(offset, size)`` is readable until the next call."""
+    """Bytes to send: a view of them where the host can read them in place, else copies."""
 
-    def view(self, offset: int, size: int) -> memoryview: ...
+    def direct(self, offset: int, size: int) -> memoryview | None: ...
 
     def copy_into(self, offset: int, target: memoryview) -> None: ...
 
@@ -47,7 +49,7 @@ class BufferSource:
     def __init__(self, buffer: memoryview) -> None:
         self._buffer = buffer
 
-    def view(self, offset: int, size: int) -> memoryview:
+    def direct(self, offset: int, size: int) -> memoryview | None:
         return self._buffer[offset : offset + size]
 
     def copy_into(self, offset: int, target: memoryview) -> None:
@@ -110,6 +112,7 @@ class Stripes:
         self._staging = staging
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(count - 1, "stripe") if count > 1 else None
+        self._copiers = ThreadPoolExecutor(count, "stage")  # device copies beside the network
 
     def attach(self, index: int, sock: socket.socket) -> None:
         if not 0 < index < self.count:
@@ -121,7 +124,7 @@ class Stripes:
             self._attached.notify_all()
 
     def send(self, size: int, source: Source) -> None:
-        self._each(size, lambda sock, offset, n: _send_share(sock, source, offset, n))
+        self._each(size, lambda sock, offset, n: self._send_share(sock, source, offset, n))
 
     def receive(self, size: int, sink: Sink) -> None:
         self._each(size, lambda sock, offset, n: self._receive_share(sock, sink, offset, n))
@@ -129,6 +132,7 @@ class Stripes:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self._copiers.shutdown(wait=False, cancel_futures=True)
         for sock in list(self._sockets.values())[1:]:
             sock.close()
 
@@ -154,22 +158,45 @@ class Stripes:
                 raise ConnectionLost(f"stripe {index} was never attached")
             return self._sockets[index]
 
+    def _stages(self) -> tuple[memoryview, memoryview]:
+        """This thread's two staging buffers (one filling while the other drains)."""
+        stages: tuple[memoryview, memoryview] | None = getattr(self._local, "stages", None)
+        if stages is None:
+            stages = self._local.stages = (self._staging(STAGE), self._staging(STAGE))
+        return stages
+
     def _receive_share(self, sock: socket.socket, sink: Sink, offset: int, size: int) -> None:
         direct = sink.target(offset, size)
         if direct is not None:
             receive_exactly(sock, direct)
             return
-        stage = getattr(self._local, "stage", None)
-        if stage is None:
-            stage = self._local.stage = self._staging(STAGE)
-        for piece_offset, n in pieces(size, STAGE, offset):
-            receive_exactly(sock, stage[:n])
-            sink.write(piece_offset, stage[:n])
+        stages, writing = self._stages(), None
+        for index, (piece_offset, n) in enumerate(pieces(size, STAGE, offset)):
+            stage = stages[index % 2][:n]
+            receive_exactly(sock, stage)  # while the piece before goes to the device
+            if writing is not None:
+                writing.result()
+            writing = self._copiers.submit(sink.write, piece_offset, stage)
+        if writing is not None:
+            writing.result()
 
-
-def _send_share(sock: socket.socket, source: Source, offset: int, size: int) -> None:
-    for piece_offset, n in pieces(size, STAGE, offset):
-        sock.sendall(source.view(piece_offset, n))
+    def _send_share(self, sock: socket.socket, source: Source, offset: int, size: int) -> None:
+        direct = source.direct(offset, size)
+        if direct is not None:
+            sock.sendall(direct)
+            return
+        stages = self._stages()
+        parts = list(pieces(size, STAGE, offset))
+        reading = None
+        if parts:
+            reading = self._copiers.submit(source.copy_into, parts[0][0], stages[0][: parts[0][1]])
+        for index, (_piece_offset, n) in enumerate(parts):
+            assert reading is not None
+            reading.result()
+            if index + 1 < len(parts):  # the next piece comes off the device meanwhile
+                after, m = parts[index + 1]
+                reading = self._copiers.submit(source.copy_into, after, stages[(index + 1) % 2][:m])
+            sock.sendall(stages[index % 2][:n])
 
 
 RING_SLOTS = 4
