@@ -21,7 +21,8 @@ from gpupool.transport.frames import MESSAGE, FrameSocket
 from gpupool.transport.payload import BufferSink, BufferSource, DiscardSink, Ring, Stripes
 
 ENV_STRIPES = "GPUPOOL_STRIPES"
-DEFAULT_STRIPES = 4
+# Parallel streams need cores to run on: four where there are plenty, fewer on small hosts.
+DEFAULT_STRIPES = max(1, min(4, os.cpu_count() or 1))
 INLINE_LIMIT = 64 << 10  # larger host-to-device copies travel as payload, not in the message
 
 

@@ -22,52 +22,47 @@ def _columns(records: Sequence[Record]) -> list[str]:
     return names
 
 
-def _cell(record: Record | None) -> str:
-    if record is None:
-        return "—"
+def _figure(record: Record) -> str:
     if record.gbps is not None:
-        text = f"{record.gbps:.2f} GB/s"
-    elif record.per_s is not None:
-        text = f"{record.per_s:,.0f}/s"
-    else:
-        text = f"{record.us:.1f} µs"
-    ratios = []
-    if record.ratio is not None and not record.native:
-        ratios.append(f"{record.ratio:.2f}x nat")
-    if record.link_ratio is not None:
-        ratios.append(f"{record.link_ratio:.2f}x link")
-    return text + ("\n[dim]" + " ".join(ratios) + "[/dim]" if ratios else "")
+        return f"{record.gbps:.2f} GB/s"
+    if record.per_s is not None:
+        return f"{record.per_s:,.0f}/s ({record.us:.1f} µs)"
+    return f"{record.us:.1f} µs"
+
+
+def _times(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}x"
 
 
 def print_tables(records: Sequence[Record], console: Console) -> None:
+    """One table per operation; a row per size and target, with its two ratios."""
     names = _columns(records)
-    index = {(r.op, r.transport, r.size_bytes): r for r in records}
-    for op in COPIES:
-        sizes = sorted({r.size_bytes for r in records if r.op == op})
-        if not sizes:
-            continue
-        table = Table(
-            title=f"{op.upper()} bandwidth (median; x nat: of native, x link: of the raw link)",
-            show_lines=True,
+    for op, title in (
+        *((copy, f"{copy.upper()} bandwidth (median)") for copy in COPIES),
+        ("latency", "Synchronizing 4-byte copy: median round trip"),
+        ("launch", "Asynchronous kernel launches"),
+    ):
+        rows = sorted(
+            (r for r in records if r.op == op),
+            key=lambda r: (r.size_bytes, names.index(r.transport)),
         )
-        table.add_column("size", justify="right")
-        shown = [name for name in names if any((op, name, s) in index for s in sizes)]
-        for name in shown:
-            table.add_column(name, justify="right")
-        for size in sizes:
-            row = [_cell(index.get((op, name, size))) for name in shown]
-            table.add_row(format_size(size), *row)
-        console.print(table)
-    small = [r for r in records if r.op in ("latency", "launch")]
-    if small:
-        table = Table(title="Synchronizing 4-byte copy (median round trip) and async launches")
-        table.add_column("")
-        shown = [name for name in names if any(r.transport == name for r in small)]
-        for name in shown:
-            table.add_column(name, justify="right")
-        for op, label in (("latency", "round trip"), ("launch", "launches")):
-            cells = [_cell(index.get((op, name, 4 if op == "latency" else 0))) for name in shown]
-            table.add_row(label, *cells)
+        if not rows:
+            continue
+        copies = op in COPIES
+        table = Table(title=title)
+        headers = ("size", "target", "figure", "remote/native", "remote/raw link")
+        for header in headers if copies else headers[1:4]:
+            table.add_column(header, justify="left" if header == "target" else "right")
+        previous = None
+        for record in rows:
+            size = format_size(record.size_bytes) if record.size_bytes != previous else ""
+            previous = record.size_bytes
+            ratio = None if record.native else record.ratio
+            cells = [record.transport, _figure(record), _times(ratio)]
+            if copies:
+                cells = [size, *cells, _times(record.link_ratio)]
+            dim = record.native or record.transport.startswith("raw-")
+            table.add_row(*cells, style="dim" if dim else None)
         console.print(table)
 
 

@@ -68,7 +68,7 @@ class Plan:
 
 
 def reps(size: int) -> int:
-    return 20 if size <= 1 << 20 else 7 if size <= 16 << 20 else 3
+    return 20 if size <= 1 << 20 else 7 if size <= 16 << 20 else 5
 
 
 @contextmanager

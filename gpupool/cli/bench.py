@@ -42,8 +42,14 @@ def add(commands: Any) -> None:
         metavar="SIZE[,...]",
         help="copy sizes (default 4KiB..256MiB on an emulator, ..1GiB on a GPU)",
     )
+    from gpupool.client.transports.frame_links import DEFAULT_STRIPES
+
     parser.add_argument(
-        "--stripes", type=int, default=4, metavar="N", help="tcp:// connections (default 4)"
+        "--stripes",
+        type=int,
+        default=DEFAULT_STRIPES,
+        metavar="N",
+        help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw bandwidth curves")

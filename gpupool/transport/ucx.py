@@ -10,9 +10,13 @@ sender's messages.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+# ucxx sets a variable that current UCX no longer reads, and UCX warns about it on stderr.
+os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
 
 import ucxx
 
