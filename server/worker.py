@@ -73,17 +73,20 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     if channel is None:
         return 0
     executor = SessionExecutor(backend, translate)
-    while (item := channel.next()) is not None:
-        request, payload = item
-        if payload:
-            receive = functools.partial(channel.receive_payload, payload)
-            replies = executor.handle_payload(request, payload, receive)
-        else:
-            replies = executor.handle(request)
-        for reply in replies:
-            channel.send(reply)
-        if executor.poisoned:
-            return EXIT_POISONED
+    try:
+        while (item := channel.next()) is not None:
+            request, payload = item
+            if payload:
+                receive = functools.partial(channel.receive_payload, payload)
+                replies = executor.handle_payload(request, payload, receive)
+            else:
+                replies = executor.handle(request)
+            for reply in replies:
+                channel.send(reply)
+            if executor.poisoned:
+                return EXIT_POISONED
+    except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer
+        log.info("session connection lost", extra=logs.fields(reason=str(exc)))
     return 0
 
 

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import ipaddress
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,8 +133,40 @@ def test_strangers_on_the_frame_port_do_not_disturb_the_daemon(emu_daemon: Daemo
         frames.send(MESSAGE, pb.Request(malloc=pb.Malloc(size=1)).SerializeToString())
         _kind, message, _ = frames.receive()
         assert "must start with 'open'" in pb.Reply.FromString(message).error.message
+    with socket.create_connection(address) as greedy:
+        frames = FrameSocket(greedy)
+        too_many = pb.Request(open=pb.OpenSession(device=0, stripes=1000))
+        frames.send(MESSAGE, too_many.SerializeToString())
+        _kind, message, _ = frames.receive()
+        assert "a session may use 16" in pb.Reply.FromString(message).error.message
     gpupool.connect(emu_daemon.address, transport="tcp")
     try:
+        round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
+def test_a_client_that_dies_mid_copy_ends_only_its_session(emu_daemon: Daemon) -> None:
+    """Half a payload, then the connection drops: the worker ends and frees its memory."""
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        free_before = rt.memGetInfo()[0]
+        with socket.create_connection(_tcp_address(emu_daemon)) as quitter:
+            frames = FrameSocket(quitter)
+            opening = pb.Request(wait=True, open=pb.OpenSession(device=0))
+            frames.send(MESSAGE, opening.SerializeToString())
+            frames.receive()
+            reply = pb.Request(wait=True, malloc=pb.Malloc(size=64 << 20))
+            frames.send(MESSAGE, reply.SerializeToString())
+            _kind, message, _ = frames.receive()
+            ptr = pb.Reply.FromString(message).ptr
+            copy = pb.Request(wait=True, memcpy_htod=pb.MemcpyHtoD(dst=ptr, size=64 << 20))
+            frames.send(MESSAGE, copy.SerializeToString(), 64 << 20)
+            quitter.sendall(bytes(1 << 20))  # and no more
+        deadline = time.monotonic() + 10
+        while rt.memGetInfo()[0] < free_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.memGetInfo()[0] >= free_before
         round_trip(1 << 20)
     finally:
         gpupool.disconnect()

@@ -79,15 +79,17 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(COPIES), figsize=(5 * len(COPIES), 4.2), sharey=False)
+    names = _columns(records)
+    colors = {name: f"C{index % 10}" for index, name in enumerate(names)}  # same in each panel
     for axis, op in zip(axes, COPIES, strict=True):
-        for name in _columns(records):
+        for name in names:
             points = sorted(
                 (r.size_bytes, r.gbps) for r in records if r.op == op and r.transport == name
             )
             if points:
                 style = "--" if name.startswith(("native", "raw-")) else "-"
                 xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, style, marker="o", markersize=3, label=name)
+                axis.plot(xs, ys, style, color=colors[name], marker="o", markersize=3, label=name)
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_title(op.upper())

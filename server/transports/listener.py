@@ -16,9 +16,10 @@ import threading
 
 from google.protobuf.message import DecodeError
 
-from gpupool.errors import ConnectionLost
+from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.executor import error_message
 from gpupool.server.service import DaemonService
 from gpupool.transport.frames import MESSAGE, FrameSocket
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0  # a connection that says nothing for this long is dropped
 BACKLOG = 128
+MAX_STRIPES = 16  # connections one tcp:// session may use
 
 
 class FrameListener:
@@ -97,6 +99,11 @@ class FrameListener:
             request = pb.Request()
         if kind == MESSAGE and not payload and request.HasField("attach") and not shared_memory:
             self._service.attach_stripe(frames, request.attach)
+        elif kind == MESSAGE and request.open.stripes > MAX_STRIPES:
+            problem = f"{request.open.stripes} stripes asked for; a session may use {MAX_STRIPES}"
+            refusal = CUDARuntimeError("cudaErrorInvalidValue", problem)
+            frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
+            frames.close()
         elif kind == MESSAGE and not payload:
             self._service.serve_connection(frames, first, shared_memory)
         else:
