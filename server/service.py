@@ -116,14 +116,19 @@ class DaemonService:
         handover = pb.Handover(
             session_id=session_id, key=key, first=first, shared_memory=shared_memory
         )
+
+        def deliver(worker: Worker) -> None:
+            self._keyed[key] = worker  # before the client can learn the key and attach
+            worker.hand_over(frames.sock, handover)
+
         try:
             pool = self._pool_for(first)
-            worker = _start_session(pool, lambda worker: worker.hand_over(frames.sock, handover))
+            worker = _start_session(pool, deliver)
         except CUDARuntimeError as exc:
+            self._keyed.pop(key, None)
             frames.send(MESSAGE, pb.Reply(error=error_message(exc)).SerializeToString())
             frames.close()
             return
-        self._keyed[key] = worker
         transport = "shm" if shared_memory else "tcp"
         log.info(
             "session opened",

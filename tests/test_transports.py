@@ -92,6 +92,18 @@ def test_striped_copies_of_awkward_sizes_keep_every_byte(
         gpupool.disconnect()
 
 
+def test_a_bad_stripe_count_is_refused_by_name(
+    emu_daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUPOOL_STRIPES", "lots")
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        with pytest.raises(gpupool.GpupoolError, match="GPUPOOL_STRIPES='lots'"):
+            rt.memGetInfo()
+    finally:
+        gpupool.disconnect()
+
+
 def test_the_stripe_split_covers_the_payload_once() -> None:
     for size, count in [(0, 4), (STRIPE_MIN - 1, 4), (STRIPE_MIN, 3), ((256 << 20) + 7, 4)]:
         shares = split(size, count)

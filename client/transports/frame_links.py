@@ -18,7 +18,14 @@ from gpupool.client.transports import Endpoint, Link
 from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.transport.frames import MESSAGE, FrameSocket
-from gpupool.transport.payload import BufferSink, BufferSource, DiscardSink, Ring, Stripes
+from gpupool.transport.payload import (
+    MAX_STRIPES,
+    BufferSink,
+    BufferSource,
+    DiscardSink,
+    Ring,
+    Stripes,
+)
 
 ENV_STRIPES = "GPUPOOL_STRIPES"
 # Parallel streams need cores to run on: four where there are plenty, fewer on small hosts.
@@ -130,13 +137,13 @@ def open_tcp(endpoint: Endpoint, timeout: float) -> Link:
     parts = urlsplit(endpoint.url)
     if parts.hostname is None or parts.port is None:
         raise GpupoolError(f"bad tcp endpoint {endpoint.url!r}")
+    text = os.environ.get(ENV_STRIPES, str(DEFAULT_STRIPES))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_STRIPES:
+        raise GpupoolError(f"{ENV_STRIPES}={text!r}: a number of connections, 1 to {MAX_STRIPES}")
     address = (parts.hostname, parts.port)
     sock = socket.create_connection(address, timeout)
     sock.settimeout(None)
-    stripes = int(os.environ.get(ENV_STRIPES, DEFAULT_STRIPES))
-    if stripes < 1:
-        raise GpupoolError(f"{ENV_STRIPES}={stripes}: at least one connection")
-    return TcpLink(sock, address, stripes)
+    return TcpLink(sock, address, int(text))
 
 
 def open_shm(endpoint: Endpoint, timeout: float) -> Link:

@@ -21,6 +21,7 @@ from typing import Protocol
 from gpupool.errors import ConnectionLost
 from gpupool.transport.frames import SLOT, FrameSocket, receive_exactly
 
+MAX_STRIPES = 16  # connections one session may use; a daemon refuses more
 STRIPE_MIN = 4 << 20  # smaller payloads travel on the session's own connection only
 STRIPE_ALIGN = 64 << 10
 STAGE = 4 << 20  # bytes a stripe moves per step when the sink cannot be written directly

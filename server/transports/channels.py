@@ -8,6 +8,7 @@ is the same for both; a channel hides which it is.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -119,6 +120,8 @@ class FrameChannel:
             item.opened.key = self._handover.key
             if self._ring_fd is not None:  # the client maps the same ring
                 self.frames.send_with_fds(item.SerializeToString(), [self._ring_fd])
+                os.close(self._ring_fd)  # the mapping stays
+                self._ring_fd = None
                 return
         self.frames.send(MESSAGE, item.SerializeToString())
 

@@ -22,12 +22,12 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.executor import error_message
 from gpupool.server.service import DaemonService
 from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.transport.payload import MAX_STRIPES
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0  # a connection that says nothing for this long is dropped
 BACKLOG = 128
-MAX_STRIPES = 16  # connections one tcp:// session may use
 
 
 class FrameListener:
