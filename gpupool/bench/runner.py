@@ -60,11 +60,12 @@ class Plan:
     transports: Sequence[str]
     stripes: int
 
-    def steps(self) -> int:
-        """Measurements the plan makes (for the progress bar)."""
-        targets = len(self.transports) + 3
+    def steps(self, targets: Sequence[Target]) -> int:
+        """Measurements the plan makes with ``targets`` (for the progress bar)."""
+        device = [t for t in targets if not t.name.startswith("raw-")]
         bandwidth = sum(reps(size) for size in self.sizes) if "bandwidth" in self.kinds else 0
-        return targets * (bandwidth + ("latency" in self.kinds) + ("launch" in self.kinds))
+        small = ("latency" in self.kinds) + ("launch" in self.kinds)
+        return bandwidth * len(targets) + small * len(device)
 
 
 def reps(size: int) -> int:
@@ -91,10 +92,16 @@ def targets(address: str, plan: Plan) -> Iterator[list[Target]]:
         yield chosen
 
 
-def run(address: str, plan: Plan, advance: Callable[[str], None]) -> list[Record]:
-    """Measure ``plan`` against device 0 of the daemon at ``address``."""
+def run(
+    address: str, plan: Plan, start: Callable[[int], None], advance: Callable[[str], None]
+) -> list[Record]:
+    """Measure ``plan`` against device 0 of the daemon at ``address``.
+
+    ``start`` learns how many steps there will be, ``advance`` is told each one's name.
+    """
     records: list[Record] = []
     with targets(address, plan) as chosen:
+        start(plan.steps(chosen))
         if "bandwidth" in plan.kinds:
             for size in plan.sizes:
                 records += _bandwidth(chosen, size, advance)

@@ -91,11 +91,13 @@ def main(args: argparse.Namespace) -> int:
         with Progress(
             TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), console=console
         ) as progress:
-            task = progress.add_task("starting", total=plan.steps())
+            task = progress.add_task("starting targets", total=None)
             records = runner.run(
-                address, plan, lambda what: progress.update(task, advance=1, description=what)
+                address,
+                plan,
+                lambda total: progress.update(task, total=total),
+                lambda what: progress.update(task, advance=1, description=what),
             )
-            progress.update(task, completed=plan.steps())
     finally:
         if embedded is not None:
             embedded.stop()
