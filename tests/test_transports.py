@@ -10,6 +10,8 @@ import datetime
 import hashlib
 import ipaddress
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +233,28 @@ def test_grpc_with_tls(tmp_path: Path) -> None:
             gpupool.connect(daemon.address, transport="tcp", tls=TLS(ca=cert))
             rt.memGetInfo()
         gpupool.disconnect()
+
+
+def test_grpc_with_client_certificates(tmp_path: Path) -> None:
+    """--tls-client-ca: only clients holding a certificate of that CA are answered."""
+    cert, key = _self_signed(tmp_path)
+    files = TLSFiles(cert, key, client_ca=cert)  # the test's one certificate signs both ends
+    with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30, tls=files) as daemon:
+        gpupool.connect(daemon.address, transport="grpc", tls=TLS(ca=cert, cert=cert, key=key))
+        try:
+            round_trip(1 << 10)
+        finally:
+            gpupool.disconnect()
+        with pytest.raises(gpupool.ConnectionLost, match="cannot reach daemon"):
+            gpupool.connect(daemon.address, timeout=1, tls=TLS(ca=cert))  # no certificate
+
+
+def test_daemon_tls_options_go_together(tmp_path: Path) -> None:
+    cert, _key = _self_signed(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpupool.cli", "daemon", "--tls-cert", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stdout
