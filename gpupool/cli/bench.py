@@ -6,10 +6,15 @@ import argparse
 import datetime
 import os
 import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, size, start_daemon
+from gpupool.cli.options import add_daemon_options, size
 
 NAME = "bench"
 
@@ -56,6 +61,35 @@ def add(commands: Any) -> None:
     add_daemon_options(parser, log_level="warning")
 
 
+@contextmanager
+def daemon_process(args: argparse.Namespace) -> Iterator[str]:
+    """A local daemon in a process of its own, as a real one runs: its front would otherwise
+    share this process (and its GIL) with the client being measured. Yields its address."""
+    command = [
+        *(sys.executable, "-m", "gpupool.cli", "daemon", "--listen", "127.0.0.1:0"),
+        *("--backend", args.backend, "--emu-devices", str(args.emu_devices)),
+        *("--emu-memory", str(args.emu_memory), "--warm", str(args.warm)),
+        *("--log-level", args.log_level),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        found = re.search(r" on (\S+) \(", banner)
+        if found is None:
+            raise SystemExit(f"gpupool bench: the local daemon did not start ({banner!r})")
+        yield found.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -64,14 +98,18 @@ def main(args: argparse.Namespace) -> int:
     from gpupool.client.context import Context
     from gpupool.client.transports import OPENERS, candidates
     from gpupool.client.transports.frame_links import ENV_STRIPES
+    from gpupool.proto.gpupool_pb2 import InfoRequest
 
     console = Console()
-    embedded = None if args.daemons else start_daemon(args, "127.0.0.1:0")
-    address = embedded.address if embedded is not None else args.daemons.split(",")[0]
-    try:
+    with ExitStack() as stack:
+        if args.daemons:
+            address = args.daemons.split(",")[0]
+        else:
+            address = stack.enter_context(daemon_process(args))
         probe = Context([address])
         endpoints = probe.daemons[address].endpoints
         backend_name = probe.devices[0].properties.name if probe.devices else "?"
+        on_gpu = probe.daemons[address].stub.GetInfo(InfoRequest(), timeout=10).backend == "cupy"
         probe.close()
         offered = [url.split("://")[0] for url in candidates(endpoints)]
         wanted = args.transport.split(",") if args.transport else offered
@@ -80,7 +118,6 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
             return 2
         kinds = runner.KINDS if args.what == "all" else (args.what,)
-        on_gpu = embedded is None or embedded.backend == "cupy"
         plan = runner.Plan(
             kinds=kinds,
             sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
@@ -98,16 +135,13 @@ def main(args: argparse.Namespace) -> int:
                 lambda total: progress.update(task, total=total),
                 lambda what: progress.update(task, advance=1, description=what),
             )
-    finally:
-        if embedded is not None:
-            embedded.stop()
     report.print_tables(records, console)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "device": backend_name,
-        "daemon": "embedded" if embedded is not None else address,
+        "daemon": address if args.daemons else "embedded (a local daemon process)",
         "transports": list(wanted),
         "stripes": args.stripes,
     }
