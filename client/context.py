@@ -5,7 +5,8 @@ ordinals 0-1 are a's and 2-3 are b's. With an allocation from the pool scheduler
 (``GPUPOOL_ALLOCATION``, which wins over ``GPUPOOL_DAEMONS``), the ordinals are the
 allocation's GPUs in its order, whichever daemons they are on, each reporting its quota as
 its memory and opening its session with the lease's current grant. A session opens on first
-use of a device. The current device is per thread, as in CUDA.
+use of a device, over the fastest transport the daemon offers that this client can reach
+(``GPUPOOL_TRANSPORT`` chooses one). The current device is per thread, as in CUDA.
 """
 
 from __future__ import annotations
@@ -15,17 +16,71 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from gpupool.client.lease import ENV_ALLOCATION, Lease, Placement, attach
 from gpupool.client.session import Session
+from gpupool.client.transports import OPENERS, Endpoint, Link, candidates
 from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 
 ENV_DAEMONS = "GPUPOOL_DAEMONS"
+ENV_TLS = ("GPUPOOL_TLS_CA", "GPUPOOL_TLS_CERT", "GPUPOOL_TLS_KEY")
+
+
+@dataclass(frozen=True)
+class TLS:
+    """PEM files for ``grpc://`` with TLS: the CA that signed the daemons' certificates, and
+    this client's own certificate and key where the daemons require one."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> TLS | None:
+        ca, cert, key = (os.environ.get(name) for name in ENV_TLS)
+        if not ca:
+            return None
+        return cls(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.ca.read_bytes(),
+            self.key.read_bytes() if self.key else None,
+            self.cert.read_bytes() if self.cert else None,
+        )
+
+
+class DaemonLinks:
+    """One daemon: its gRPC channel, and the transport its sessions use."""
+
+    def __init__(self, address: str, channel: grpc.Channel, endpoints: Sequence[str]) -> None:
+        self.address = address
+        self.stub = pb_grpc.DaemonStub(channel)
+        grpc_url = f"grpc://{address.removeprefix('grpc://')}"  # the address that answered
+        self.endpoints = [url if not url.startswith("grpc://") else grpc_url for url in endpoints]
+        if not any(url.startswith("grpc://") for url in self.endpoints):
+            self.endpoints.append(grpc_url)
+        self.transport: str | None = None  # the scheme chosen, once a session has opened
+
+    def open(self, wanted: str | None, timeout: float) -> Link:
+        """A new link to this daemon, over the first of its endpoints that can be reached."""
+        failures = []
+        for url in candidates(self.endpoints, wanted):
+            endpoint = Endpoint(url, self.stub)
+            try:
+                link = OPENERS[endpoint.scheme](endpoint, timeout)
+            except OSError as exc:
+                failures.append(f"{url}: {exc}")
+                continue
+            self.transport = endpoint.scheme
+            return link
+        raise ConnectionLost(f"cannot reach daemon {self.address}: " + "; ".join(failures))
 
 
 @dataclass(frozen=True)
@@ -48,22 +103,31 @@ class Context:
         self,
         addresses: Sequence[str],
         connect_timeout: float = 10.0,
+        transport: str | None = None,
+        tls: TLS | None = None,
         lease: Lease | None = None,
         owns_lease: bool = False,
     ) -> None:
         self.devices: list[Device] = []
+        self.daemons: dict[str, DaemonLinks] = {}
         self._lease = lease
         self._owns_lease = owns_lease
         if lease is not None:
             addresses = list(dict.fromkeys(p.address for p in lease.placements))
         infos: dict[str, pb.DaemonInfo] = {}
-        self._stubs: dict[str, pb_grpc.DaemonStub] = {}
+        self._transport = transport
+        self._timeout = connect_timeout
         self._channels: list[grpc.Channel] = []
         self._sessions: dict[int, Session] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        tls = tls or TLS.from_env()
         for address in addresses:
-            channel = grpc.insecure_channel(address.removeprefix("grpc://"), GRPC_OPTIONS)
+            target = address.removeprefix("grpc://")
+            if tls is None:
+                channel = grpc.insecure_channel(target, GRPC_OPTIONS)
+            else:
+                channel = grpc.secure_channel(target, tls.credentials(), GRPC_OPTIONS)
             self._channels.append(channel)
             stub = pb_grpc.DaemonStub(channel)
             try:
@@ -71,7 +135,7 @@ class Context:
             except grpc.RpcError as exc:
                 self.close()
                 raise ConnectionLost(f"cannot reach daemon {address}: {exc.code().name}") from exc
-            self._stubs[address] = stub
+            self.daemons[address] = DaemonLinks(address, channel, info.endpoints)
             infos[address] = info
             self.devices += [Device(address, i, props) for i, props in enumerate(info.devices)]
         if lease is not None:
@@ -101,8 +165,9 @@ class Context:
             session = self._sessions.get(ordinal)
             if session is None:
                 device = self.device(ordinal)
+                link = self.daemons[device.address].open(self._transport, self._timeout)
                 token = self._lease.placements[ordinal].grant if self._lease else ""
-                session = Session(self._stubs[device.address], device.index, token=token)
+                session = Session(link, device.index, token=token)
                 self._sessions[ordinal] = session
             return session
 
@@ -138,6 +203,8 @@ _context_lock = threading.Lock()
 def connect(
     addresses: str | Sequence[str] | None = None,
     timeout: float = 10.0,
+    transport: str | None = None,
+    tls: TLS | None = None,
     lease: Lease | None = None,
 ) -> Context:
     """Use the daemons at ``addresses`` (``host:port``, comma-separated or a list), or the
@@ -145,7 +212,10 @@ def connect(
 
     Without either, ``GPUPOOL_ALLOCATION`` names an allocation to use, else
     ``GPUPOOL_DAEMONS`` names daemons. Replaces an earlier connection. ConnectionLost when
-    a daemon does not answer within ``timeout`` seconds.
+    a daemon does not answer within ``timeout`` seconds. ``transport`` (else
+    ``GPUPOOL_TRANSPORT``) names the one transport to use: ``grpc``, ``tcp``, ``shm`` or
+    ``ucx``; by default the fastest that works. ``tls`` (else ``GPUPOOL_TLS_CA``, ...) makes
+    the gRPC channel use TLS.
     """
     global _context
     owns_lease = False
@@ -161,7 +231,7 @@ def connect(
             f" (or {ENV_ALLOCATION}, from gpupool request)"
         )
     try:
-        context = Context(addresses, timeout, lease, owns_lease)
+        context = Context(addresses, timeout, transport, tls, lease, owns_lease)
     except BaseException:
         if owns_lease and lease is not None:
             lease.close()

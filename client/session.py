@@ -1,5 +1,8 @@
 """One session: a device of one daemon, reached over one ordered stream of requests.
 
+The stream is a transport's :class:`~gpupool.client.transports.Link` (gRPC, TCP frames,
+shared memory, UCX): what is queued, batched and waited for is the same on each.
+
 Asynchronous calls (launches, frees, memsets, small async copies) are queued here and travel
 together, in one ``Batch``, with the next synchronizing call, so a loop of launches costs one
 round trip per synchronization rather than one per launch. A sticky CUDA error ends the
@@ -9,12 +12,10 @@ session as it ends a CUDA context: every later call raises the same error.
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 from dataclasses import dataclass
 
-import grpc
-
+from gpupool.client.transports import Link
 from gpupool.errors import (
     ARRAY_ERRORS,
     ArrayFunctionError,
@@ -24,14 +25,10 @@ from gpupool.errors import (
     GpupoolError,
 )
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto import gpupool_pb2_grpc as pb_grpc
-from gpupool.proto.limits import CHUNK_SIZE
 
 CLOSE_TIMEOUT_S = 2.0
 MAX_QUEUED_CALLS = 4096  # flush the queue earlier than the next sync past these
 MAX_QUEUED_BYTES = 8 << 20
-_IN_FLIGHT = 8  # messages the stream may hold before a sender waits: bounds client memory
-_END = None
 
 
 @dataclass
@@ -64,9 +61,8 @@ def raise_for(error: pb.Error) -> None:
 class Session:
     """A session on one device of one daemon."""
 
-    def __init__(self, stub: pb_grpc.DaemonStub, device: int, token: str = "") -> None:
-        self._outbox: queue.Queue[pb.Request | None] = queue.Queue(_IN_FLIGHT)
-        self._replies = stub.Session(iter(self._outbox.get, _END))
+    def __init__(self, link: Link, device: int, token: str = "") -> None:
+        self._link = link
         self._queued: list[pb.Request] = []
         self._queued_bytes = 0
         self._lock = threading.RLock()
@@ -74,11 +70,16 @@ class Session:
         try:
             reply = self.call(pb.Request(open=pb.OpenSession(device=device, token=token)))
         except GpupoolError:
-            self._outbox.put(_END)  # lets gRPC's sending thread finish
+            link.close(0)
             raise
         opened = reply.opened
         self.session_id = opened.session_id
         self.properties = opened.properties
+        try:
+            link.opened(opened)
+        except OSError as exc:
+            link.close(0)
+            raise ConnectionLost(f"session {self.session_id}: cannot attach: {exc}") from exc
 
     def submit(self, request: pb.Request) -> None:
         """Queue an asynchronous call; it travels with the next synchronizing one."""
@@ -98,41 +99,42 @@ class Session:
             return self._final_reply()
 
     def read(self, request: pb.Request, target: memoryview) -> None:
-        """Send a device-to-host copy and write its data chunks into ``target`` as they arrive."""
+        """Send a device-to-host copy and write its data into ``target`` as it arrives."""
         with self._lock:
             request.wait = True
             self._send_with_queue(request)
-            offset, more = 0, True
-            while more:
-                reply = self._next_reply()
-                more = reply.more
-                end = offset + len(reply.data)
-                if end <= len(target):
-                    target[offset:end] = reply.data
-                offset = end
-            if offset != len(target):
+            first = self._next_reply()
+            try:
+                received = self._link.receive_data(first, target)
+            except ConnectionLost as exc:
+                raise self._lost(str(exc)) from exc
+            if received != len(target):
                 raise CUDARuntimeError(
-                    "cudaErrorUnknown", f"daemon sent {offset} bytes for a {len(target)}-byte copy"
+                    "cudaErrorUnknown",
+                    f"daemon sent {received} bytes for a {len(target)}-byte copy",
                 )
 
     def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
-        """Send a host-to-device copy: inline when small, else its header then chunks."""
+        """Send a host-to-device copy: inline when small, else its header then its payload."""
         with self._lock:
             size = header.memcpy_htod.size
-            if size <= CHUNK_SIZE:
+            if size <= self._link.inline_limit:
                 header.memcpy_htod.data = data.tobytes()
                 if not wait:
                     self.submit(header)
                     return
                 self.call(header)
                 return
+            self._check_alive()
             STATS.calls += 1
             header.wait = wait
             self._flush()
-            self._send(header)
-            for start in range(0, size, CHUNK_SIZE):
-                chunk = data[start : start + CHUNK_SIZE].tobytes()
-                self._send(pb.Request(chunk=pb.Chunk(data=chunk)))
+            STATS.messages += 1
+            try:
+                self._link.send_copy(header, data)
+            except ConnectionLost:
+                self._next_reply()  # raises the daemon's reason, where it gave one
+                raise
             if wait:
                 self._final_reply()
 
@@ -140,27 +142,15 @@ class Session:
         """Send what is queued and end the session; the daemon frees its memory.
 
         Waits up to ``timeout`` seconds for the daemon to finish the queued calls and end the
-        stream, then cancels it (which ends the worker at once).
+        session, then drops the connection (which ends the worker at once).
         """
         with self._lock:
             if self._sticky is None:
                 try:
                     self._flush()
-                except ConnectionLost:
+                except GpupoolError:
                     pass
-            try:
-                self._outbox.put_nowait(_END)
-            except queue.Full:  # the stream is stuck or gone: nothing will take it
-                pass
-            deadline = threading.Timer(timeout, self._replies.cancel)
-            deadline.start()
-            try:
-                for _ in self._replies:  # the replies of nothing: the stream's end
-                    pass
-            except grpc.RpcError:
-                pass
-            finally:
-                deadline.cancel()
+            self._link.close(timeout)
 
     # internals
 
@@ -186,13 +176,11 @@ class Session:
 
     def _send(self, request: pb.Request) -> None:
         STATS.messages += 1
-        while True:
-            try:
-                self._outbox.put(request, timeout=0.5)
-                return
-            except queue.Full:
-                if self._replies.done():  # the stream ended: nobody will take it
-                    self._next_reply()  # raises the reason
+        try:
+            self._link.send(request)
+        except ConnectionLost:
+            self._next_reply()  # raises the daemon's reason, where it gave one
+            raise
 
     def _final_reply(self) -> pb.Reply:
         while True:
@@ -202,11 +190,9 @@ class Session:
 
     def _next_reply(self) -> pb.Reply:
         try:
-            reply: pb.Reply = next(self._replies)
-        except StopIteration:
-            raise self._lost("the daemon ended the session") from None
-        except grpc.RpcError as exc:
-            raise self._lost(f"{exc.code().name}: {exc.details()}") from exc
+            reply = self._link.receive()
+        except ConnectionLost as exc:
+            raise self._lost(str(exc)) from exc
         if reply.HasField("error"):
             try:
                 raise_for(reply.error)

@@ -109,14 +109,16 @@ class KernelArg(_message.Message):
     def __init__(self, pointer: _Optional[int] = ..., scalar: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("device", "token", "limits")
+    __slots__ = ("device", "token", "limits", "stripes")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
     device: int
     token: str
     limits: SessionLimits
-    def __init__(self, device: _Optional[int] = ..., token: _Optional[str] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ...) -> None: ...
+    stripes: int
+    def __init__(self, device: _Optional[int] = ..., token: _Optional[str] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ..., stripes: _Optional[int] = ...) -> None: ...
 
 class MemGetInfo(_message.Message):
     __slots__ = ()
@@ -311,7 +313,7 @@ class Batch(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op")
+    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op", "attach")
     WAIT_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     MEM_GET_INFO_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +341,7 @@ class Request(_message.Message):
     DEVICE_SYNCHRONIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ARRAY_OP_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
     wait: bool
     open: OpenSession
     mem_get_info: MemGetInfo
@@ -366,7 +369,8 @@ class Request(_message.Message):
     device_synchronize: DeviceSynchronize
     batch: Batch
     array_op: ArrayOp
-    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ...) -> None: ...
+    attach: AttachStripe
+    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ..., attach: _Optional[_Union[AttachStripe, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("name", "message", "log")
@@ -379,12 +383,14 @@ class Error(_message.Message):
     def __init__(self, name: _Optional[str] = ..., message: _Optional[str] = ..., log: _Optional[str] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
-    __slots__ = ("session_id", "properties")
+    __slots__ = ("session_id", "properties", "key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     properties: DeviceProperties
-    def __init__(self, session_id: _Optional[str] = ..., properties: _Optional[_Union[DeviceProperties, _Mapping]] = ...) -> None: ...
+    key: bytes
+    def __init__(self, session_id: _Optional[str] = ..., properties: _Optional[_Union[DeviceProperties, _Mapping]] = ..., key: _Optional[bytes] = ...) -> None: ...
 
 class MemInfo(_message.Message):
     __slots__ = ("free", "total")
@@ -513,3 +519,25 @@ class ArrayOp(_message.Message):
     stream: int
     generator: int
     def __init__(self, function: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Operand, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[Keyword, _Mapping]]] = ..., out: _Optional[_Iterable[_Union[ArrayDesc, _Mapping]]] = ..., stream: _Optional[int] = ..., generator: _Optional[int] = ...) -> None: ...
+
+class AttachStripe(_message.Message):
+    __slots__ = ("key", "stripe")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    stripe: int
+    def __init__(self, key: _Optional[bytes] = ..., stripe: _Optional[int] = ...) -> None: ...
+
+class Handover(_message.Message):
+    __slots__ = ("session_id", "key", "first", "stripe", "shared_memory")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    key: bytes
+    first: bytes
+    stripe: int
+    shared_memory: bool
+    def __init__(self, session_id: _Optional[str] = ..., key: _Optional[bytes] = ..., first: _Optional[bytes] = ..., stripe: _Optional[int] = ..., shared_memory: _Optional[bool] = ...) -> None: ...

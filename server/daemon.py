@@ -6,6 +6,7 @@ import logging
 import socket
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -17,12 +18,33 @@ from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import DaemonService
+from gpupool.server.transports.listener import FrameListener
+
+try:
+    from gpupool.server.transports.ucx_listener import UcxListener
+except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:// endpoint
+    UcxListener = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
 
 # One daemon a port: without this, gRPC lets a second daemon share the port silently.
 SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 WILDCARDS = ("0.0.0.0", "[::]", "")
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a daemon's TLS: its certificate and key, and, to require client
+    certificates, the CA that signs them."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        pair = (self.key.read_bytes(), self.cert.read_bytes())
+        ca = self.client_ca.read_bytes() if self.client_ca else None
+        return grpc.ssl_server_credentials([pair], ca, require_client_auth=ca is not None)
 
 
 class Daemon:
@@ -36,6 +58,8 @@ class Daemon:
         pools: list[WorkerPool],
         devices: list[DeviceInfo],
         backend: str,
+        listeners: list[FrameListener | UcxListener],
+        endpoints: list[str],
         registration: Registration | None = None,
     ) -> None:
         self.server = server
@@ -44,7 +68,9 @@ class Daemon:
         self.host = host
         self.backend = backend
         self.devices = devices
+        self.endpoints = endpoints
         self._pools = pools
+        self._listeners = listeners
         self._stopped = False
 
     @property
@@ -62,6 +88,8 @@ class Daemon:
         self._stopped = True
         if self.registration is not None:
             self.registration.stop()
+        for listener in self._listeners:
+            listener.close()
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()
@@ -81,12 +109,17 @@ def start_daemon(
     emu_memory: int = 8 << 30,
     warm: int = 1,
     log_level: str = "info",
+    tls: TLSFiles | None = None,
     membership: PoolMembership | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
     With ``membership``, the daemon registers with that scheduler and opens sessions only with
     its grants; without, it is a bare daemon that admits every session.
+
+    Besides gRPC on ``listen`` it serves ``shm://`` on a Unix socket and, without TLS,
+    ``tcp://`` (and ``ucx://`` where ucxx is installed) on other ports of the same host
+    (those carry no TLS: a daemon with TLS offers only encrypted gRPC across hosts).
     """
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
@@ -98,7 +131,10 @@ def start_daemon(
     server.add_generic_rpc_handlers((service.handler(),))
     cause: RuntimeError | None = None
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
         port, cause = 0, exc
     if port == 0:
@@ -109,10 +145,23 @@ def start_daemon(
     host = listen.rsplit(":", 1)[0]
     local = "127.0.0.1" if host in WILDCARDS else host.strip("[]")
     public = socket.getfqdn() if host in WILDCARDS else local
-    service.endpoints.append(f"grpc://{public}:{port}")
+    bind = "0.0.0.0" if host in WILDCARDS else local
+    frames = FrameListener(service, None if tls else bind, public)
+    listeners: list[FrameListener | UcxListener] = [frames]
+    if UcxListener is not None and tls is None:
+        listeners.append(UcxListener(service, public))
+    # fastest first: shared memory on this host, then UCX, TCP frames, gRPC
+    shm, tcp = frames.endpoints[:1], frames.endpoints[1:]
+    ucx = [url for listener in listeners[1:] for url in listener.endpoints]
+    service.endpoints.extend([*shm, *ucx, *tcp, f"grpc://{public}:{port}"])
     log.info(
         "daemon listening",
-        extra=fields(address=f"{host}:{port}", backend=config.kind, devices=len(devices)),
+        extra=fields(
+            address=f"{host}:{port}",
+            backend=config.kind,
+            devices=len(devices),
+            endpoints=service.endpoints,
+        ),
     )
     registration = None
     if membership is not None:
@@ -126,7 +175,10 @@ def start_daemon(
             "a bare daemon off loopback admits every session: join a pool with --scheduler",
             extra=fields(address=f"{host}:{port}"),
         )
-    return Daemon(server, port, local, pools, devices, config.kind, registration)
+    endpoints = list(service.endpoints)
+    return Daemon(
+        server, port, local, pools, devices, config.kind, listeners, endpoints, registration
+    )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -29,6 +30,7 @@ from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions
 from gpupool.server.backends.base import Backend, check_launch
+from gpupool.transport.payload import DiscardSink, Sink, Source
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +112,87 @@ def _invalid_handle(kind: str, handle: int, why: str) -> CUDARuntimeError:
 
 
 class _PendingCopy:
-    """A host-to-device copy whose payload is still arriving in chunks.
+    """A host-to-device copy whose payload is still arriving (in chunks, or beside the header).
 
-    A copy that failed is still followed by its chunks: they are consumed and dropped, and the
-    error is reported once the last one has arrived.
+    A copy that failed is still followed by its payload: it is consumed and dropped, and the
+    error is reported once the last byte has arrived.
     """
 
     def __init__(
         self, dst: int, size: int, stream: object, wait: bool, error: pb.Error | None = None
     ) -> None:
         self.dst = dst
-        self.remaining = size
+        self.size = size
+        self.received = 0
         self.stream = stream
         self.wait = wait
         self.error = error
+        self.fatal: CUDARuntimeError | None = None  # a sticky error: raised once it is all read
+
+
+class _DeviceSink:
+    """Writes a pending copy's payload to the device, remembering the first error."""
+
+    def __init__(self, executor: SessionExecutor, copy: _PendingCopy) -> None:
+        self._executor = executor
+        self._copy = copy
+
+    def target(self, offset: int, size: int) -> memoryview | None:
+        if self._copy.error is not None:
+            return None
+        return self._executor.backend.host_view(self._copy.dst + offset, size)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        copy = self._copy
+        if copy.error is not None:
+            return
+        backend = self._executor.backend
+        try:
+            self._executor._guarded(lambda: backend.write(copy.dst + offset, data, copy.stream))
+        except CUDARuntimeError as exc:
+            copy.error = error_message(exc)
+            if exc.sticky:
+                copy.fatal = exc
+
+
+class _DeviceSource:
+    """A device range as a payload source (the daemon's side of a device-to-host copy)."""
+
+    def __init__(self, executor: SessionExecutor, ptr: int, stream: object) -> None:
+        self._executor = executor
+        self._ptr = ptr
+        self._stream = stream
+
+    def direct(self, offset: int, size: int) -> memoryview | None:
+        return self._executor.backend.host_view(self._ptr + offset, size)
+
+    def copy_into(self, offset: int, target: memoryview) -> None:
+        backend, ptr = self._executor.backend, self._ptr + offset
+        self._executor._guarded(lambda: backend.read_into(ptr, target, self._stream))
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """The data of a device-to-host reply, read from the device as the transport sends it."""
+
+    size: int
+    source: Source
+
+
+def as_replies(item: pb.Reply | DeviceData) -> Iterator[pb.Reply]:
+    """Replies for a message transport: device data as replies of at most CHUNK_SIZE bytes."""
+    if isinstance(item, pb.Reply):
+        yield item
+        return
+    for start in range(0, item.size, CHUNK_SIZE):
+        end = min(start + CHUNK_SIZE, item.size)
+        view = item.source.direct(start, end - start)
+        if view is None:
+            view = memoryview(bytearray(end - start))
+            item.source.copy_into(start, view)
+        yield pb.Reply(data=bytes(view), more=end < item.size)
+    if not item.size:
+        yield pb.Reply(data=b"")
 
 
 class SessionExecutor:
@@ -146,7 +215,7 @@ class SessionExecutor:
         self._copy: _PendingCopy | None = None
         self._opened = False
 
-    def handle(self, request: pb.Request) -> Iterator[pb.Reply]:
+    def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
         wait = request.wait
         if request.HasField("chunk") and self._copy is not None:
@@ -162,7 +231,35 @@ class SessionExecutor:
             unknown = CUDARuntimeError("cudaErrorUnknown", f"{type(exc).__name__}: {exc}")
             yield from self._failed(wait, unknown)
 
-    def _execute(self, request: pb.Request, wait: bool) -> Iterator[pb.Reply]:
+    def handle_payload(
+        self, request: pb.Request, size: int, receive: Callable[[Sink], None]
+    ) -> Iterator[pb.Reply | DeviceData]:
+        """A host-to-device copy whose ``size`` payload bytes travel beside the request.
+
+        ``receive`` moves the payload into the sink it is given; it is called exactly once,
+        whatever the request, so the payload is always read off the wire.
+        """
+        copy = request.memcpy_htod
+        if not request.HasField("memcpy_htod") or copy.data or copy.size != size:
+            receive(DiscardSink())
+            problem = f"a {size}-byte payload beside a request that is not a copy of that size"
+            yield from self._failed(
+                request.wait, CUDARuntimeError("cudaErrorInvalidValue", problem)
+            )
+            return
+        yield from self.handle(request)  # checks the copy and makes it pending
+        pending = self._copy
+        if pending is None:  # reported already (a sticky error); the payload is not wanted
+            receive(DiscardSink())
+            return
+        receive(_DeviceSink(self, pending))
+        pending.received = pending.size
+        try:
+            yield from self._finish(pending)
+        except GpupoolError as exc:
+            yield from self._failed(pending.wait, exc)
+
+    def _execute(self, request: pb.Request, wait: bool) -> Iterator[pb.Reply | DeviceData]:
         call = request.WhichOneof("call")
         if self._copy is not None and call != "chunk":
             self._copy = None
@@ -181,16 +278,16 @@ class SessionExecutor:
             if self._guarded(lambda: self._memcpy_htod(request.memcpy_htod, wait)) and wait:
                 yield pb.Reply()
         elif call == "memcpy_dtoh":
-            view = self._guarded(lambda: self._read(request.memcpy_dtoh))
+            data = self._read(request.memcpy_dtoh)
             if wait:  # nobody reads the data of a copy that does not wait
-                yield from self._chunks(view)
+                yield data
         else:
             method = getattr(self, f"_do_{call}")
             reply = self._guarded(lambda: method(getattr(request, call)))
             if wait:
                 yield reply or pb.Reply()
 
-    def _batch(self, request: pb.Request) -> Iterator[pb.Reply]:
+    def _batch(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """Run a batch's calls in order, after checking that its replies add up to one."""
         inner = request.batch.requests
         waiting = [index for index, each in enumerate(inner) if each.wait]
@@ -248,14 +345,6 @@ class SessionExecutor:
         elif self._held is None:
             self._held = error
 
-    def _chunks(self, view: memoryview) -> Iterator[pb.Reply]:
-        """A device-to-host copy's data, in replies of at most CHUNK_SIZE bytes."""
-        for start in range(0, len(view), CHUNK_SIZE):
-            end = min(start + CHUNK_SIZE, len(view))
-            yield pb.Reply(data=bytes(view[start:end]), more=end < len(view))
-        if not view:
-            yield pb.Reply(data=b"")
-
     # Copies: a host-to-device copy may continue in chunks.
 
     def _memcpy_htod(self, call: pb.MemcpyHtoD, wait: bool) -> bool:
@@ -285,22 +374,19 @@ class SessionExecutor:
         if copy is None:
             raise CUDARuntimeError("cudaErrorInvalidValue", "data chunk outside a copy")
         size = len(call.data)
-        if size > copy.remaining:
+        if size > copy.size - copy.received:
             self._copy = None
             raise CUDARuntimeError("cudaErrorInvalidValue", "more data than the copy announced")
-        if copy.error is None:
-            dst, stream = copy.dst, copy.stream
-            try:
-                self._guarded(lambda: self.backend.write(dst, memoryview(call.data), stream))
-            except CUDARuntimeError as exc:
-                if exc.sticky:
-                    raise
-                copy.error = error_message(exc)
-        copy.dst += size
-        copy.remaining -= size
-        if copy.remaining:
-            return
+        _DeviceSink(self, copy).write(copy.received, memoryview(call.data))
+        copy.received += size
+        if copy.received == copy.size:
+            yield from self._finish(copy)
+
+    def _finish(self, copy: _PendingCopy) -> Iterator[pb.Reply]:
+        """A copy's payload has all arrived: its reply, or its error held."""
         self._copy = None
+        if copy.fatal is not None:
+            raise copy.fatal
         if copy.error is None:
             if copy.wait:
                 yield pb.Reply()
@@ -309,9 +395,10 @@ class SessionExecutor:
         elif self._held is None:
             self._held = copy.error
 
-    def _read(self, call: pb.MemcpyDtoH) -> memoryview:
+    def _read(self, call: pb.MemcpyDtoH) -> DeviceData:
         self._allocations.check(call.src, call.size, "device-to-host copy")
-        return self.backend.read(call.src, call.size, self._streams.get(call.stream))
+        source = _DeviceSource(self, call.src, self._streams.get(call.stream))
+        return DeviceData(call.size, source)
 
     # The other calls: each checks its arguments and returns its reply, if it has a result.
 

@@ -19,8 +19,10 @@ from multiprocessing.connection import Connection
 
 from gpupool.errors import CUDARuntimeError
 from gpupool.logs import fields
+from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.transports.channels import send_handover
 from gpupool.server.worker import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,18 @@ STOP_GRACE_S = 5.0
 class Worker:
     """The front process's handle on one worker process and its socket."""
 
-    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket, slot: int) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        sock: socket.socket,
+        handoffs: socket.socket,
+        slot: int,
+    ) -> None:
         self.process = process
         self.slot = slot
         self.killed = False  # ended on purpose: its client went away
         self._socket = sock
+        self._handoffs = handoffs
         self._conn = Connection(os.dup(sock.fileno()))
         self._send_lock = threading.Lock()
         self._closed = False
@@ -51,6 +60,13 @@ class Worker:
             if self._closed:
                 raise BrokenPipeError("the session's worker is gone")
             self._conn.send_bytes(raw)
+
+    def hand_over(self, client: socket.socket, handover: pb.Handover) -> None:
+        """Give the worker a client connection of its own (``tcp://``, ``shm://``)."""
+        with self._send_lock:
+            if self._closed:
+                raise BrokenPipeError("the session's worker is gone")
+            send_handover(self._handoffs, handover, client)
 
     def replies(self) -> Iterator[bytes]:
         """The worker's serialized replies, until it ends."""
@@ -94,6 +110,7 @@ class Worker:
             self._closed = True
             self._conn.close()
             self._socket.close()
+            self._handoffs.close()
 
 
 class WorkerPool:
@@ -184,7 +201,10 @@ class WorkerPool:
             self._log_level,
         )
         ours, theirs = socket.socketpair()
-        with theirs:
+        # Client connections of tcp:// and shm:// sessions go to the worker on a second pair
+        # (one message, one descriptor each).
+        our_handoffs, their_handoffs = socket.socketpair(type=socket.SOCK_SEQPACKET)
+        with theirs, their_handoffs:
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -192,8 +212,13 @@ class WorkerPool:
                     "gpupool.server.worker",
                     spec.to_json(),
                     str(theirs.fileno()),
+                    str(their_handoffs.fileno()),
                 ],
-                pass_fds=[theirs.fileno(), *([self.ledger.fileno()] if self.ledger else [])],
+                pass_fds=[
+                    theirs.fileno(),
+                    their_handoffs.fileno(),
+                    *([self.ledger.fileno()] if self.ledger else []),
+                ],
                 # Its own session: a Ctrl-C or a signal to the daemon's process group does not
                 # reach workers; the front ends them, and they end when it goes away.
                 start_new_session=True,
@@ -201,7 +226,7 @@ class WorkerPool:
                 env={**os.environ, **env} if env else None,
             )
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
-        return Worker(process, ours, slot)
+        return Worker(process, ours, our_handoffs, slot)
 
     def _reap(self, worker: Worker) -> None:
         """Give an exited worker's slot and accounted memory back; the caller holds the lock."""

@@ -11,9 +11,11 @@ ends; every other session goes on.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,16 +24,25 @@ from gpupool import __version__
 from gpupool.errors import CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.admission import Admission
+from gpupool.server.admission import Admission, Admitted
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.executor import error_message
 from gpupool.server.pool import Worker, WorkerPool
 from gpupool.server.worker import EXIT_NO_BACKEND, EXIT_POISONED
+from gpupool.transport.frames import MESSAGE, FrameSocket
 
 log = logging.getLogger(__name__)
 
 SERVICE = "gpupool.v1.Daemon"
 CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND)
+
+
+class SessionCall(Protocol):
+    """What a session needs of its call: gRPC's ServicerContext, or ucx's stand-in."""
+
+    def add_callback(self, callback: Callable[[], None]) -> bool: ...
+
+    def peer(self) -> str: ...
 
 
 class DaemonService:
@@ -49,6 +60,7 @@ class DaemonService:
         self._pools = list(pools)
         self.admission = admission or Admission()
         self.endpoints: list[str] = []
+        self._keyed: dict[bytes, Worker] = {}  # open frame sessions, by SessionOpened.key
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler; ``Session`` passes raw bytes, so the front never decodes them."""
@@ -72,14 +84,14 @@ class DaemonService:
             endpoints=self.endpoints,
         )
 
-    def session(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def session(self, requests: Iterator[bytes], context: SessionCall) -> Iterator[bytes]:
         """One session: open it on a worker, then relay until either side ends."""
         session_id = uuid.uuid4().hex[:12]
         try:
-            first = next(requests)
-            pool = self._pool_for(first)
-            admitted = self.admission.admit(first, pool.device)  # refuses without a grant
-            worker = _start_session(pool, admitted.request, admitted.worker_env)
+            pool, admitted = self._admit(next(requests))
+            worker = _start_session(
+                pool, lambda worker: worker.send(admitted.request), admitted.worker_env
+            )
         except StopIteration:
             return
         except CUDARuntimeError as exc:
@@ -102,6 +114,74 @@ class DaemonService:
             forget()
             pool.release(worker)
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
+
+    def serve_connection(self, frames: FrameSocket, first: bytes, shared_memory: bool) -> None:
+        """One ``tcp://`` or ``shm://`` session: its worker takes the connection itself.
+
+        The front keeps its copy of the socket only to tell the client when the worker dies
+        (the worker's own replies never pass through here), and waits for the worker's end.
+        """
+        session_id, key = uuid.uuid4().hex[:12], os.urandom(16)
+
+        def deliver(worker: Worker) -> None:
+            self._keyed[key] = worker  # before the client can learn the key and attach
+            handover = pb.Handover(
+                session_id=session_id,
+                key=key,
+                first=admitted.request,
+                shared_memory=shared_memory,
+            )
+            worker.hand_over(frames.sock, handover)
+
+        try:
+            pool, admitted = self._admit(first)
+            worker = _start_session(pool, deliver, admitted.worker_env)
+        except CUDARuntimeError as exc:
+            self._keyed.pop(key, None)
+            frames.send(MESSAGE, pb.Reply(error=error_message(exc)).SerializeToString())
+            frames.close()
+            return
+        transport = "shm" if shared_memory else "tcp"
+        log.info(
+            "session opened",
+            extra=fields(session=session_id, device=pool.device, pid=worker.pid, via=transport),
+        )
+        forget = self.admission.watch(admitted, pool.device, worker.kill)  # its lease ends
+        try:
+            worker.wait(None)
+            notice = _death_notice(worker, session_id)
+            if notice is not None:
+                frames.send(MESSAGE, notice)
+        except OSError:
+            pass  # the client is gone too
+        finally:
+            forget()
+            del self._keyed[key]
+            frames.close()
+            pool.release(worker)
+            log.info("session closed", extra=fields(session=session_id, device=pool.device))
+
+    def attach_stripe(self, frames: FrameSocket, attach: pb.AttachStripe) -> None:
+        """Give an open session's worker another connection for its payloads."""
+        worker = self._keyed.get(attach.key)
+        try:
+            if worker is None:
+                refusal = CUDARuntimeError("cudaErrorInvalidValue", "no open session has that key")
+                frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
+            else:
+                worker.hand_over(frames.sock, pb.Handover(stripe=attach.stripe))
+        except OSError:
+            pass  # the session ended meanwhile; closing tells the client
+        finally:
+            frames.close()
+
+    def _admit(self, first: bytes) -> tuple[WorkerPool, Admitted]:
+        """The device pool of a session's opening request and its admission (the request as
+        the worker gets it); refuses a session without a valid grant where one is needed.
+
+        Every transport opens its sessions through here."""
+        pool = self._pool_for(first)
+        return pool, self.admission.admit(first, pool.device)
 
     def _pool_for(self, first: bytes) -> WorkerPool:
         """The pool of the device the opening request names; refuses any other request."""
@@ -128,24 +208,33 @@ class DaemonService:
                     reply.opened.session_id = session_id
                 raw, first = reply.SerializeToString(), False
             yield raw
-        code = worker.wait()
-        if worker.killed or code in CLEAN_EXITS:
-            return  # the client left, the session ended, or it already has its error
-        reason = worker.exit_reason(code)
-        log.warning("worker died", extra=fields(session=session_id, reason=reason))
-        crash = CUDARuntimeError("cudaErrorIllegalAddress", f"the session's worker {reason}")
-        yield pb.Reply(error=error_message(crash)).SerializeToString()
+        notice = _death_notice(worker, session_id)
+        if notice is not None:
+            yield notice
 
 
-def _start_session(pool: WorkerPool, first: bytes, env: dict[str, str]) -> Worker:
-    """A worker of ``pool`` that has taken the session's opening request.
+def _death_notice(worker: Worker, session_id: str) -> bytes | None:
+    """The session's last reply when its worker died unannounced (a crash), else None."""
+    code = worker.wait()
+    if worker.killed or code in CLEAN_EXITS:
+        return None  # the client left, the session ended, or it already has its error
+    reason = worker.exit_reason(code)
+    log.warning("worker died", extra=fields(session=session_id, reason=reason))
+    crash = CUDARuntimeError("cudaErrorIllegalAddress", f"the session's worker {reason}")
+    return pb.Reply(error=error_message(crash)).SerializeToString()
+
+
+def _start_session(
+    pool: WorkerPool, deliver: Callable[[Worker], None], env: dict[str, str]
+) -> Worker:
+    """A worker of ``pool`` to which ``deliver`` has given the session's opening.
 
     ``env`` non-empty asks for a fresh worker with it (MPS settings), not a warm one.
     """
     for _ in range(3):  # a warm worker may have died while idle: take another
         worker = pool.acquire(env)
         try:
-            worker.send(first)
+            deliver(worker)
             return worker
         except OSError:
             pool.release(worker)

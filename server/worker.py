@@ -10,20 +10,28 @@ the front process shuts the socket's sending side to end the session.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import select
 import signal
+import socket
 import sys
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
-from google.protobuf.message import DecodeError
-
 from gpupool import logs
-from gpupool.errors import CUDARuntimeError
+from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig, open_backend
+from gpupool.server.backends.base import Backend
 from gpupool.server.executor import SessionExecutor, error_message
+from gpupool.server.transports.channels import (
+    Channel,
+    FrameChannel,
+    RelayChannel,
+    receive_handover,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +58,69 @@ class WorkerSpec:
         return cls(**{**fields, "backend": BackendConfig(**fields["backend"])})
 
 
-def serve(conn: Connection, spec: WorkerSpec) -> int:
-    """Serve one session on ``conn``; the process's exit status."""
+def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
+    """Serve one session, arriving on ``conn`` or ``handoffs``; the process's exit status."""
     try:
         backend, translate = open_backend(spec.backend, spec.device, spec.ledger_fd, spec.slot)
     except Exception as exc:
         log.exception("backend failed to start", extra=logs.fields(device=spec.device))
-        _refuse(conn, CUDARuntimeError("cudaErrorInitializationError", f"{exc}"))
+        channel = _first_contact(conn, handoffs, None)
+        error = CUDARuntimeError("cudaErrorInitializationError", f"{exc}")
+        if channel is not None and channel.next() is not None:
+            channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
+    channel = _first_contact(conn, handoffs, backend)
+    if channel is None:
+        return 0
     executor = SessionExecutor(backend, translate)
-    while (raw := _receive(conn)) is not None:
-        try:
-            request = pb.Request.FromString(raw)
-        except DecodeError:
-            request = pb.Request()  # names no call: the executor holds an error for it
-        for reply in executor.handle(request):
-            conn.send_bytes(reply.SerializeToString())
-        if executor.poisoned:
-            return EXIT_POISONED
+    try:
+        while (item := channel.next()) is not None:
+            request, payload = item
+            if payload:
+                receive = functools.partial(channel.receive_payload, payload)
+                replies = executor.handle_payload(request, payload, receive)
+            else:
+                replies = executor.handle(request)
+            for reply in replies:
+                channel.send(reply)
+            if executor.poisoned:
+                return EXIT_POISONED
+    except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer
+        log.info("session connection lost", extra=logs.fields(reason=str(exc)))
     return 0
 
 
-def _receive(conn: Connection) -> bytes | None:
-    """The next request, or None when the session ends (or the front process went away)."""
+def _first_contact(
+    conn: Connection, handoffs: socket.socket, backend: Backend | None
+) -> Channel | None:
+    """The session's channel: relayed messages, or a connection handed over; None if neither."""
+    readable, _, _ = select.select([conn.fileno(), handoffs.fileno()], [], [])
+    if handoffs.fileno() in readable:
+        try:
+            handover, sock = receive_handover(handoffs)
+        except (ConnectionLost, OSError):
+            return None
+        if backend is None:
+            return FrameChannel(sock, handover, handoffs, _plain_buffer, lambda view: None)
+        return FrameChannel(sock, handover, handoffs, backend.staging, backend.register_host)
     try:
-        return conn.recv_bytes()
+        first = conn.recv_bytes()
     except (EOFError, OSError):
         return None
+    return RelayChannel(conn, first)
 
 
-def _refuse(conn: Connection, error: CUDARuntimeError) -> None:
-    """Answer the session's first request with ``error``."""
-    if _receive(conn) is not None:
-        conn.send_bytes(pb.Reply(error=error_message(error)).SerializeToString())
+def _plain_buffer(size: int) -> memoryview:
+    return memoryview(bytearray(size))
 
 
 def main(argv: list[str]) -> int:
-    spec_json, fd = argv
+    spec_json, fd, handoff_fd = argv
     spec = WorkerSpec.from_json(spec_json)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front process decides when workers end
     logs.configure(spec.log_level)
-    return serve(Connection(int(fd)), spec)
+    handoffs = socket.socket(fileno=int(handoff_fd))
+    return serve(Connection(int(fd)), handoffs, spec)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Every behaviour test that takes ``daemon`` runs once on the CPU emulator and once on a GPU
 (the ``gpu`` mark), which is skipped cleanly where CuPy sees no GPU. No CUDA context is made
-in the test process: the daemon probes and runs the GPU in its worker processes.
+in the test process: the daemon probes and runs the GPU in its worker processes. Every test
+that takes ``connected`` runs once over each transport (``ucx`` is skipped where the
+optional extra is not installed); client programs it starts use the same transport.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 import pytest
 
 import gpupool
+from gpupool.client.transports import ENV_TRANSPORT, OPENERS
+from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon, start_daemon
+from gpupool.server.executor import SessionExecutor, as_replies
 
 EMU_MEMORY = 2 << 30
 
@@ -39,12 +44,34 @@ def daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     started.stop()
 
 
+TRANSPORTS = [
+    "grpc",
+    "tcp",
+    "shm",
+    pytest.param(
+        "ucx",
+        marks=pytest.mark.skipif(
+            "ucx" not in OPENERS, reason="ucx: install the extra gpupool[ucx] (ucxx)"
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The transport of this test's sessions, for this process and the clients it starts."""
+    monkeypatch.setenv(ENV_TRANSPORT, request.param)
+    return str(request.param)
+
+
 @pytest.fixture
-def connected(daemon: Daemon) -> Iterator[Daemon]:
+def connected(daemon: Daemon, transport: str) -> Iterator[Daemon]:
     """This process's client connected to ``daemon``; its sessions end after the test."""
-    gpupool.connect(daemon.address)
+    context = gpupool.connect(daemon.address)
     yield daemon
+    used = {links.transport for links in context.daemons.values()} - {None}
     gpupool.disconnect()
+    assert used <= {transport}, f"sessions used {used}, not {transport}"
 
 
 def run_client(code: str, daemons: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -60,3 +87,11 @@ def run_client(code: str, daemons: str, timeout: float = 60) -> subprocess.Compl
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_request(executor: SessionExecutor, **call: object) -> list[pb.Reply]:
+    """The replies to one call made straight to an executor (no sockets), device data in
+    chunks as a message transport sends it. ``wait`` defaults to True."""
+    wait = bool(call.pop("wait", True))
+    items = executor.handle(pb.Request(wait=wait, **call))  # type: ignore[arg-type]
+    return [reply for item in items for reply in as_replies(item)]

@@ -11,6 +11,7 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.arrays import array_extent, checked_dtype
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.executor import SessionExecutor
+from tests.conftest import run_request as call
 
 
 @pytest.fixture
@@ -18,10 +19,6 @@ def executor() -> Iterator[SessionExecutor]:
     ledger = MemoryLedger.create(1 << 30, slots=2)
     yield SessionExecutor(EmuBackend(0, ledger, slot=0), translate=lambda exc: exc)
     ledger.close()
-
-
-def call(executor: SessionExecutor, wait: bool = True, **fields: object) -> list[pb.Reply]:
-    return list(executor.handle(pb.Request(wait=wait, **fields)))  # type: ignore[arg-type]
 
 
 def device_array(executor: SessionExecutor, values: np.ndarray) -> pb.ArrayDesc:

@@ -11,6 +11,7 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.executor import SessionExecutor
+from tests.conftest import run_request as run
 
 
 @pytest.fixture
@@ -18,11 +19,6 @@ def executor() -> Iterator[SessionExecutor]:
     ledger = MemoryLedger.create(1 << 30, slots=2)
     yield SessionExecutor(EmuBackend(0, ledger, slot=0), translate=lambda exc: exc)
     ledger.close()
-
-
-def run(executor: SessionExecutor, **call: object) -> list[pb.Reply]:
-    wait = bool(call.pop("wait", True))
-    return list(executor.handle(pb.Request(wait=wait, **call)))  # type: ignore[arg-type]
 
 
 def malloc(executor: SessionExecutor, size: int) -> int:

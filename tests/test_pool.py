@@ -6,6 +6,7 @@ The emulator reserves memory lazily, so 8 GiB devices cost nothing until written
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -21,9 +22,11 @@ import pytest
 import gpupool
 from gpupool import grants
 from gpupool import runtime as rt
+from gpupool.client.context import DaemonLinks
 from gpupool.client.lease import SchedulerClient, allocate
 from gpupool.client.session import Session
 from gpupool.errors import AllocationError, ConnectionLost, CUDARuntimeError
+from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto.limits import GRPC_OPTIONS
@@ -286,30 +289,39 @@ def test_a_waiting_request_gets_the_gpus_once_they_are_released(pool: Scheduler)
     assert never.value.code == "FAILED_PRECONDITION"
 
 
-def test_sessions_without_a_genuine_unexpired_grant_are_refused(pool: Scheduler) -> None:
-    address = next(gpu.address for gpu in state(pool).gpus if gpu.node == "a")
-    channel = grpc.insecure_channel(address, GRPC_OPTIONS)
-    stub = pb_grpc.DaemonStub(channel)
-    genuine = grants.Grant("nope", "a", 0, GiB, 0.5, expires_at=time.time() + 60)
+@pytest.mark.parametrize("transport", ["grpc", "tcp", "shm"])
+def test_sessions_without_a_genuine_unexpired_grant_are_refused(
+    pool: Scheduler, transport: str
+) -> None:
+    """Every transport opens its sessions through the same admission."""
+    lease = allocate(pool.address, 1, fraction=0.5, ttl=30)
+    placement = lease.placements[0]
+    genuine = grants.read(placement.grant)  # a live allocation: heartbeats leave it be
+    channel = grpc.insecure_channel(placement.address, GRPC_OPTIONS)
+    info = pb_grpc.DaemonStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
+    daemon = DaemonLinks(placement.address, channel, info.endpoints)
+    other = "b" if genuine.node == "a" else "a"
     cases = {
         "": "needs a grant",
         grants.sign(genuine, b"not-the-cluster-secret!"): "signature does not match",
-        grants.sign(genuine, SECRET)[:-4] + "AAAA": "signature does not match",
-        grants.sign(
-            grants.Grant("old", "a", 0, GiB, 0.5, expires_at=time.time() - 1), SECRET
-        ): "expired",
-        grants.sign(grants.Grant("x", "b", 0, GiB, 0.5, time.time() + 60), SECRET): "node 'b'",
+        placement.grant[:-4] + ("AAAA" if not placement.grant.endswith("AAAA") else "BBBB"): (
+            "signature does not match"
+        ),
+        grants.sign(dataclasses.replace(genuine, expires_at=time.time() - 1), SECRET): "expired",
+        grants.sign(dataclasses.replace(genuine, node=other), SECRET): f"node '{other}'",
     }
     try:
         for token, why in cases.items():
             with pytest.raises(CUDARuntimeError, match=why) as refused:
-                Session(stub, 0, token=token)
+                Session(daemon.open(transport, 10), placement.index, token=token)
             assert refused.value.name == "cudaErrorNotPermitted"
-        opened = Session(stub, 0, token=grants.sign(genuine, SECRET))  # the genuine one opens
-        assert opened.properties.total_memory == GiB
+        opened = Session(daemon.open(transport, 10), placement.index, token=placement.grant)
+        assert daemon.transport == transport
+        assert opened.properties.total_memory == GiB * 4  # the genuine one opens: half of 8 GiB
         opened.close()
     finally:
         channel.close()
+        lease.release()
 
 
 def test_scheduler_restart_keeps_allocations_and_nodes_come_and_go(

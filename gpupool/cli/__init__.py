@@ -10,10 +10,11 @@ import argparse
 from collections.abc import Sequence
 
 from gpupool import logs
-from gpupool.cli import daemon, pool_list, release, request, run, scheduler, smi
+from gpupool.cli import bench, daemon, pool_list, release, request, run, scheduler, smi
 
 COMMANDS = {
-    module.NAME: module for module in (daemon, run, scheduler, pool_list, smi, request, release)
+    module.NAME: module
+    for module in (daemon, run, scheduler, pool_list, smi, request, release, bench)
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from gpupool.cli.options import add_daemon_options, add_scheduler_option, start_daemon
@@ -36,11 +37,26 @@ def add(commands: Any) -> None:
         metavar="F",
         help="fractions on one GPU may sum to F (default 1: none)",
     )
+    tls = parser.add_argument_group("TLS (gRPC only: tcp:// is then not offered)")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the daemon's certificate")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    tls.add_argument(
+        "--tls-client-ca", type=Path, metavar="PEM", help="require client certificates of this CA"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
+    from gpupool.server.daemon import TLSFiles
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("gpupool daemon: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not args.tls_cert:
+        print("gpupool daemon: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     try:
-        daemon = start_daemon(args, args.listen)
+        daemon = start_daemon(args, args.listen, tls=tls)
     except (GpupoolError, OSError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1
@@ -53,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
         + joined,
         flush=True,
     )
+    print("endpoints: " + " ".join(daemon.endpoints), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: daemon.server.stop(1))
     try:
         daemon.wait()

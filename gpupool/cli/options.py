@@ -9,7 +9,7 @@ from gpupool import logs
 from gpupool.units import parse_size
 
 if TYPE_CHECKING:
-    from gpupool.server.daemon import Daemon, PoolMembership
+    from gpupool.server.daemon import Daemon, PoolMembership, TLSFiles
 
 
 def size(text: str) -> int:
@@ -64,7 +64,10 @@ def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def start_daemon(
-    args: argparse.Namespace, listen: str, pool: PoolMembership | None = None
+    args: argparse.Namespace,
+    listen: str,
+    pool: PoolMembership | None = None,
+    tls: TLSFiles | None = None,
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` or in the pool
     that ``daemon``'s own options name (when it has them and names a scheduler)."""
@@ -83,6 +86,7 @@ def start_daemon(
         warm=args.warm,
         log_level=args.log_level,
         membership=pool,
+        tls=tls,
     )
 
 

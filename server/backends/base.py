@@ -114,6 +114,26 @@ class Backend(ABC):
     def read(self, ptr: int, size: int, stream: object) -> memoryview:
         """Copy ``size`` bytes at ``ptr`` to the host; the view is read before the next call."""
 
+    def read_into(self, ptr: int, target: memoryview, stream: object) -> None:
+        """Copy ``len(target)`` bytes at ``ptr`` into a host buffer."""
+        target[:] = self.read(ptr, len(target), stream)
+
+    def host_view(self, ptr: int, size: int) -> memoryview | None:
+        """Device memory the host can write directly (the emulator's), else None."""
+        return None
+
+    def staging(self, size: int) -> memoryview:
+        """A host buffer that device copies read from and write to at full speed."""
+        return memoryview(bytearray(size))
+
+    def register_host(self, buffer: memoryview) -> None:
+        """Make a long-lived host buffer (a shared-memory ring) fast to copy from and to."""
+        return None
+
+    def unregister_host(self, buffer: memoryview) -> None:
+        """Undo :meth:`register_host` before the buffer goes away."""
+        return None
+
     @abstractmethod
     def copy(self, dst: int, src: int, size: int, stream: object) -> None: ...
 

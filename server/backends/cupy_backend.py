@@ -23,6 +23,8 @@ from cupy_backends.cuda.api.runtime import CUDARuntimeError as CupyRuntimeError
 from gpupool.errors import CompileError, CUDARuntimeError
 from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 
+_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable
+
 # Driver error names whose runtime name is not their CamelCase spelling.
 _DRIVER_TO_RUNTIME = {
     "CUDA_ERROR_NOT_FOUND": "cudaErrorSymbolNotFound",
@@ -92,6 +94,28 @@ class CupyBackend(Backend):
         runtime.memcpyAsync(host.ctypes.data, ptr, size, runtime.memcpyDeviceToHost, _ptr(stream))
         _stream(stream).synchronize()
         return memoryview(host.data)
+
+    def read_into(self, ptr: int, target: memoryview, stream: object) -> None:
+        host = np.frombuffer(target, np.uint8)
+        runtime.memcpyAsync(
+            host.ctypes.data, ptr, host.nbytes, runtime.memcpyDeviceToHost, _ptr(stream)
+        )
+        _stream(stream).synchronize()
+
+    def staging(self, size: int) -> memoryview:
+        # Pinned: a copy from it runs at the link's DMA speed, not through a bounce buffer.
+        pinned = cupy.cuda.alloc_pinned_memory(size)
+        staged: memoryview = np.frombuffer(pinned, np.uint8, size).data
+        return staged
+
+    def register_host(self, buffer: memoryview) -> None:
+        # cudaHostRegister pins a shared-memory ring in place, so copies from and to it run
+        # at pinned speed although the client wrote it with a plain memcpy.
+        host = np.frombuffer(buffer, np.uint8)
+        runtime.hostRegister(host.ctypes.data, host.nbytes, _HOST_REGISTER_PORTABLE)
+
+    def unregister_host(self, buffer: memoryview) -> None:
+        runtime.hostUnregister(np.frombuffer(buffer, np.uint8).ctypes.data)
 
     def copy(self, dst: int, src: int, size: int, stream: object) -> None:
         runtime.memcpyAsync(dst, src, size, runtime.memcpyDeviceToDevice, _ptr(stream))

@@ -145,6 +145,9 @@ class EmuBackend(Backend):
     def read(self, ptr: int, size: int, stream: object) -> memoryview:
         return memoryview(_at(ptr, size)).cast("B")
 
+    def host_view(self, ptr: int, size: int) -> memoryview | None:
+        return memoryview(_at(ptr, size)).cast("B")
+
     def copy(self, dst: int, src: int, size: int, stream: object) -> None:
         ctypes.memmove(dst, src, size)
 

@@ -1,0 +1,113 @@
+"""A session's connection to its worker, by URL scheme: ``grpc://``, ``tcp://``, ``shm://``, ``ucx://``.
+
+Every transport carries the same call contract (``gpupool.proto``) behind :class:`Link`, and
+registers an opener for its scheme, as dask/distributed's comm registry does; optional ones
+register only where their library imports. A daemon advertises its endpoints fastest first;
+:func:`candidates` orders them by :data:`PREFERENCE` (or by ``GPUPOOL_TRANSPORT``).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gpupool.errors import GpupoolError
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto import gpupool_pb2_grpc as pb_grpc
+from gpupool.proto.limits import CHUNK_SIZE
+
+ENV_TRANSPORT = "GPUPOOL_TRANSPORT"
+PREFERENCE = ("shm", "ucx", "tcp", "grpc")
+
+
+class Link(ABC):
+    """One session's ordered connection: messages both ways, and copies' bulk bytes.
+
+    Not tied to the client library: a daemon can open one on another daemon (peer copies).
+    """
+
+    inline_limit = CHUNK_SIZE  # host-to-device payloads up to this travel inside the message
+
+    @abstractmethod
+    def send(self, request: pb.Request) -> None:
+        """Send one message; ConnectionLost if the connection is gone."""
+
+    @abstractmethod
+    def send_copy(self, header: pb.Request, data: memoryview) -> None:
+        """Send a host-to-device copy's header and then its payload, ``data``."""
+
+    @abstractmethod
+    def receive(self) -> pb.Reply:
+        """The next reply; ConnectionLost when the session's connection ends."""
+
+    @abstractmethod
+    def receive_data(self, first: pb.Reply, target: memoryview) -> int:
+        """Write a device-to-host reply's data into ``target``; the bytes the daemon sent."""
+
+    def opened(self, opened: pb.SessionOpened) -> None:
+        """The session is open: attach whatever else the transport uses."""
+        return None
+
+    @abstractmethod
+    def close(self, timeout: float) -> None:
+        """End the session after what was sent, waiting up to ``timeout`` s for the daemon."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a daemon can be reached, and the gRPC stub every daemon has."""
+
+    url: str
+    stub: pb_grpc.DaemonStub
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+
+Opener = Callable[[Endpoint, float], Link]
+OPENERS: dict[str, Opener] = {}
+
+
+def register(scheme: str, opener: Opener) -> None:
+    OPENERS[scheme] = opener
+
+
+def candidates(endpoints: Sequence[str], wanted: str | None = None) -> list[str]:
+    """The endpoints this client can try, best first.
+
+    ``wanted`` (else ``GPUPOOL_TRANSPORT``) names one scheme to use and no other.
+    """
+    wanted = wanted or os.environ.get(ENV_TRANSPORT) or None
+    usable = [url for url in endpoints if urlsplit(url).scheme in OPENERS]
+    if wanted is not None:
+        if wanted not in OPENERS:
+            raise GpupoolError(
+                f"transport {wanted!r} is not available here (have: {', '.join(sorted(OPENERS))})"
+            )
+        chosen = [url for url in usable if urlsplit(url).scheme == wanted]
+        if not chosen:
+            offered = ", ".join(endpoints) or "nothing"
+            raise GpupoolError(f"the daemon offers no {wanted}:// endpoint (it offers {offered})")
+        return chosen
+    rank = {scheme: index for index, scheme in enumerate(PREFERENCE)}
+    return sorted(usable, key=lambda url: rank.get(urlsplit(url).scheme, len(rank)))
+
+
+def _register_builtin() -> None:
+    from gpupool.client.transports import frame_links, grpc_link
+
+    register("grpc", grpc_link.open_grpc)
+    register("tcp", frame_links.open_tcp)
+    register("shm", frame_links.open_shm)
+    try:
+        from gpupool.client.transports import ucx_link
+    except ImportError:  # the optional extra gpupool[ucx] is not installed
+        return
+    register("ucx", ucx_link.open_ucx)
+
+
+_register_builtin()

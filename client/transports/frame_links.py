@@ -1,0 +1,162 @@
+"""``tcp://`` and ``shm://``: frames straight to the session's worker.
+
+The daemon's front reads only the opening frame and hands the connection to the session's
+worker, so requests, replies and payloads skip the front's relay hop. Over ``tcp://`` a
+large payload is split over ``GPUPOOL_STRIPES`` connections in parallel; over ``shm://``
+(client and daemon on one host) it goes through a shared-memory ring that the daemon has
+registered with the CUDA driver. Either way the payload is read from, and written into, the
+caller's own buffer: the client never holds a second copy of a large transfer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+from gpupool.client.transports import Endpoint, Link
+from gpupool.errors import ConnectionLost, GpupoolError
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.transport.payload import (
+    MAX_STRIPES,
+    BufferSink,
+    BufferSource,
+    DiscardSink,
+    Ring,
+    Stripes,
+)
+
+ENV_STRIPES = "GPUPOOL_STRIPES"
+# Parallel streams need cores to run on: four where there are plenty, fewer on small hosts.
+DEFAULT_STRIPES = max(1, min(4, os.cpu_count() or 1))
+INLINE_LIMIT = 64 << 10  # larger host-to-device copies travel as payload, not in the message
+
+
+class FrameLink(Link):
+    """A session over frames on one socket; payloads over ``payload`` (stripes or a ring)."""
+
+    inline_limit = INLINE_LIMIT
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.frames = FrameSocket(sock)
+        self._payload: Stripes | Ring | None = None
+        self._payload_size = 0  # of the last reply received
+
+    def send(self, request: pb.Request) -> None:
+        try:
+            self.frames.send(MESSAGE, request.SerializeToString())
+        except OSError as exc:
+            raise ConnectionLost(f"sending failed: {exc}") from exc
+
+    def send_copy(self, header: pb.Request, data: memoryview) -> None:
+        try:
+            self.frames.send(MESSAGE, header.SerializeToString(), len(data))
+            self._moves().send(len(data), BufferSource(data))
+        except OSError as exc:
+            raise ConnectionLost(f"sending failed: {exc}") from exc
+
+    def receive(self) -> pb.Reply:
+        try:
+            kind, message, self._payload_size = self.frames.receive()
+        except OSError as exc:
+            raise ConnectionLost(f"receiving failed: {exc}") from exc
+        except ConnectionLost:
+            raise ConnectionLost("the daemon ended the session") from None
+        if kind != MESSAGE:
+            raise ConnectionLost(f"unexpected frame of kind {kind}")
+        return pb.Reply.FromString(message)
+
+    def receive_data(self, first: pb.Reply, target: memoryview) -> int:
+        size, self._payload_size = self._payload_size, 0
+        sink = BufferSink(target) if size == len(target) else DiscardSink()
+        try:
+            self._moves().receive(size, sink)
+        except OSError as exc:
+            raise ConnectionLost(f"receiving failed: {exc}") from exc
+        return size
+
+    def close(self, timeout: float) -> None:
+        sock = self.frames.sock
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the worker finishes what was sent, then ends
+            sock.settimeout(timeout)
+            while sock.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+        finally:
+            if self._payload is not None:
+                self._payload.close()
+            sock.close()
+
+    def _moves(self) -> Stripes | Ring:
+        if self._payload is None:
+            raise ConnectionLost("payload before the session was open")
+        return self._payload
+
+
+class TcpLink(FrameLink):
+    def __init__(self, sock: socket.socket, address: tuple[str, int], stripes: int) -> None:
+        super().__init__(sock)
+        self._address = address
+        self.stripes = stripes
+        self._payload = Stripes(sock, stripes)
+
+    def opened(self, opened: pb.SessionOpened) -> None:
+        assert isinstance(self._payload, Stripes)
+        for index in range(1, self.stripes):
+            sock = socket.create_connection(self._address)
+            attach = pb.Request(attach=pb.AttachStripe(key=opened.key, stripe=index))
+            FrameSocket(sock).send(MESSAGE, attach.SerializeToString())
+            self._payload.attach(index, sock)
+
+    def send(self, request: pb.Request) -> None:
+        if request.HasField("open"):  # the front reads how many connections will follow
+            request.open.stripes = self.stripes
+        super().send(request)
+
+
+class ShmLink(FrameLink):
+    def receive(self) -> pb.Reply:
+        if self._payload is not None:
+            return super().receive()
+        try:  # the reply to 'open' brings the ring the worker made
+            message, fds = self.frames.receive_with_fds()
+        except OSError as exc:
+            raise ConnectionLost(f"receiving failed: {exc}") from exc
+        for extra in fds[1:]:
+            os.close(extra)
+        reply = pb.Reply.FromString(message)
+        if fds:
+            self._payload = Ring.attach(self.frames, fds[0])
+        return reply
+
+
+def open_tcp(endpoint: Endpoint, timeout: float) -> Link:
+    parts = urlsplit(endpoint.url)
+    if parts.hostname is None or parts.port is None:
+        raise GpupoolError(f"bad tcp endpoint {endpoint.url!r}")
+    text = os.environ.get(ENV_STRIPES, str(DEFAULT_STRIPES))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_STRIPES:
+        raise GpupoolError(f"{ENV_STRIPES}={text!r}: a number of connections, 1 to {MAX_STRIPES}")
+    address = (parts.hostname, parts.port)
+    sock = socket.create_connection(address, timeout)
+    sock.settimeout(None)
+    return TcpLink(sock, address, int(text))
+
+
+def open_shm(endpoint: Endpoint, timeout: float) -> Link:
+    """Only on the daemon's own host: elsewhere the path names nothing of the daemon's."""
+    parts = urlsplit(endpoint.url)
+    if parts.hostname != socket.gethostname().lower():
+        raise OSError(f"{endpoint.url} is on another host")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(parts.path)
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        raise
+    return ShmLink(sock)

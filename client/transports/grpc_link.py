@@ -1,0 +1,63 @@
+"""``grpc://``: a session as one gRPC bidirectional stream, payloads in chunk messages.
+
+The reference transport: it works wherever gRPC does, with TLS where the channel has it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+
+from gpupool.client.transports import Endpoint
+from gpupool.client.transports.messages import MessageLink
+from gpupool.errors import ConnectionLost
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto import gpupool_pb2_grpc as pb_grpc
+
+_IN_FLIGHT = 8  # messages the stream may hold before a sender waits: bounds client memory
+_END = None
+
+
+class GrpcLink(MessageLink):
+    def __init__(self, stub: pb_grpc.DaemonStub) -> None:
+        self._outbox: queue.Queue[pb.Request | None] = queue.Queue(_IN_FLIGHT)
+        self._replies = stub.Session(iter(self._outbox.get, _END))
+        self._dead = False  # the stream ended: what is sent goes nowhere
+
+    def send(self, request: pb.Request) -> None:
+        while not self._dead:
+            try:
+                self._outbox.put(request, timeout=0.5)
+                return
+            except queue.Full:
+                self._dead = self._replies.done()  # nobody will take it; the reply says why
+
+    def receive(self) -> pb.Reply:
+        try:
+            reply: pb.Reply = next(self._replies)
+            return reply
+        except StopIteration:
+            raise ConnectionLost("the daemon ended the session") from None
+        except grpc.RpcError as exc:
+            raise ConnectionLost(f"{exc.code().name}: {exc.details()}") from exc
+
+    def close(self, timeout: float) -> None:
+        try:
+            self._outbox.put_nowait(_END)
+        except queue.Full:  # the stream is stuck or gone: nothing will take it
+            pass
+        deadline = threading.Timer(timeout, self._replies.cancel)
+        deadline.start()
+        try:
+            for _ in self._replies:  # the replies of nothing: the stream's end
+                pass
+        except grpc.RpcError:
+            pass
+        finally:
+            deadline.cancel()
+
+
+def open_grpc(endpoint: Endpoint, timeout: float) -> GrpcLink:
+    return GrpcLink(endpoint.stub)

@@ -1,0 +1,1 @@
+"""``gpupool bench``: remote against native bandwidth, latency and launch rate, in one run."""

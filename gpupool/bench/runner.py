@@ -1,0 +1,187 @@
+"""Running the benchmark: every target, operation and size, alternating, into records.
+
+Targets take turns for every repetition (native, raw link, then each transport), so a busy
+moment of the machine falls on all of them alike; each figure is the median of its
+repetitions.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+
+from gpupool.bench.rawlink import RawLink
+from gpupool.bench.targets import (
+    RawMemoryTarget,
+    RawTcpTarget,
+    RemoteTarget,
+    Target,
+    native_targets,
+)
+
+KINDS = ("bandwidth", "latency", "launch")
+COPIES = ("h2d", "d2h", "d2d")
+EMULATOR_SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]
+GPU_SIZES = [*EMULATOR_SIZES, 1 << 30]
+LATENCY_SAMPLES = 200
+LAUNCHES = 2000
+LAUNCH_REPEATS = 3
+RAW_LINK = {"shm": "raw-shm"}  # the baseline each transport is read against; else raw-tcp
+
+
+@dataclass
+class Record:
+    """One figure: ``gbps`` for a copy, ``us`` (and ``per_s``) for latency and launches.
+
+    ``ratio`` is against native (remote/native: bandwidth and launch rate as a share of
+    native, latency as a multiple of it); ``link_ratio`` against the raw link's bandwidth.
+    """
+
+    op: str
+    transport: str
+    size_bytes: int
+    native: bool
+    gbps: float | None = None
+    us: float | None = None
+    per_s: float | None = None
+    ratio: float | None = None
+    link_ratio: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Plan:
+    kinds: Sequence[str]
+    sizes: Sequence[int]
+    transports: Sequence[str]
+    stripes: int
+
+    def steps(self, targets: Sequence[Target]) -> int:
+        """Measurements the plan makes with ``targets`` (for the progress bar)."""
+        device = [t for t in targets if not t.name.startswith("raw-")]
+        bandwidth = sum(reps(size) for size in self.sizes) if "bandwidth" in self.kinds else 0
+        small = ("latency" in self.kinds) + ("launch" in self.kinds)
+        return bandwidth * len(targets) + small * len(device)
+
+
+def reps(size: int) -> int:
+    return 20 if size <= 1 << 20 else 7 if size <= 16 << 20 else 5
+
+
+@contextmanager
+def targets(address: str, plan: Plan) -> Iterator[list[Target]]:
+    """Native, raw-link and remote targets, closed on the way out."""
+    with ExitStack() as stack:
+        chosen: list[Target] = list(native_targets())
+        if "bandwidth" in plan.kinds:
+            link = RawLink(max(1, plan.stripes))
+            stack.callback(link.close)
+            chosen.append(RawTcpTarget(link, 1))
+            if "tcp" in plan.transports and plan.stripes > 1:
+                chosen.append(RawTcpTarget(link, plan.stripes))
+            if "shm" in plan.transports:
+                chosen.append(RawMemoryTarget())
+        for transport in plan.transports:
+            chosen.append(RemoteTarget(address, transport))
+        for target in chosen:
+            stack.callback(target.close)
+        yield chosen
+
+
+def run(
+    address: str, plan: Plan, start: Callable[[int], None], advance: Callable[[str], None]
+) -> list[Record]:
+    """Measure ``plan`` against device 0 of the daemon at ``address``.
+
+    ``start`` learns how many steps there will be, ``advance`` is told each one's name.
+    """
+    records: list[Record] = []
+    with targets(address, plan) as chosen:
+        start(plan.steps(chosen))
+        if "bandwidth" in plan.kinds:
+            for size in plan.sizes:
+                records += _bandwidth(chosen, size, advance)
+        if "latency" in plan.kinds:
+            records += _latency(chosen, advance)
+        if "launch" in plan.kinds:
+            records += _launches(chosen, advance)
+    return _with_ratios(records)
+
+
+def _bandwidth(chosen: list[Target], size: int, advance: Callable[[str], None]) -> list[Record]:
+    times: dict[tuple[str, str], list[float]] = {}
+    for target in chosen:
+        target.prepare(size)
+    try:
+        for _ in range(reps(size)):
+            for target in chosen:
+                advance(f"{target.name} {size >> 10} KiB")
+                for op in COPIES:
+                    seconds = getattr(target, op)(size)
+                    if seconds is not None:
+                        times.setdefault((target.name, op), []).append(seconds)
+    finally:
+        for target in chosen:
+            target.release()
+    natives = {target.name for target in chosen if target.native}
+    return [
+        Record(op, name, size, name in natives, gbps=size / statistics.median(samples) / 1e9)
+        for (name, op), samples in times.items()
+    ]
+
+
+def _latency(chosen: list[Target], advance: Callable[[str], None]) -> list[Record]:
+    records = []
+    for target in chosen:
+        advance(f"{target.name} round trips")
+        samples = [target.tiny_round_trip() for _ in range(LATENCY_SAMPLES)]
+        if all(sample is not None for sample in samples):
+            median = statistics.median(s for s in samples if s is not None)
+            records.append(Record("latency", target.name, 4, target.native, us=median * 1e6))
+    return records
+
+
+def _launches(chosen: list[Target], advance: Callable[[str], None]) -> list[Record]:
+    records = []
+    for target in chosen:
+        advance(f"{target.name} launches")
+        target.launches(10)  # loads the kernel
+        samples = [target.launches(LAUNCHES) for _ in range(LAUNCH_REPEATS)]
+        if all(sample is not None for sample in samples):
+            seconds = statistics.median(s for s in samples if s is not None) / LAUNCHES
+            records.append(
+                Record("launch", target.name, 0, target.native, us=seconds * 1e6, per_s=1 / seconds)
+            )
+    return records
+
+
+def _with_ratios(records: list[Record]) -> list[Record]:
+    """Fill in ``ratio`` (against native) and ``link_ratio`` (against the raw link)."""
+    native = {(r.op, r.size_bytes): r for r in records if r.transport == "native"}
+    by_name = {(r.op, r.transport, r.size_bytes): r for r in records}
+    for record in records:
+        base = native.get((record.op, record.size_bytes))
+        if base is not None:
+            record.ratio = _ratio(record, base)
+        if record.native or record.transport.startswith("raw-") or record.gbps is None:
+            continue
+        link = by_name.get(
+            (record.op, RAW_LINK.get(record.transport, "raw-tcp"), record.size_bytes)
+        )
+        if link is not None and link.gbps:
+            record.link_ratio = record.gbps / link.gbps
+    return records
+
+
+def _ratio(record: Record, base: Record) -> float | None:
+    if record.gbps is not None and base.gbps:
+        return record.gbps / base.gbps
+    if record.per_s is not None and base.per_s:
+        return record.per_s / base.per_s
+    if record.us is not None and base.us:
+        return record.us / base.us
+    return None

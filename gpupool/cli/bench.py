@@ -1,0 +1,154 @@
+"""``gpupool bench``: remote against native bandwidth, latency and launch rate, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from gpupool.cli.options import add_daemon_options, size
+
+NAME = "bench"
+
+
+def sizes(text: str) -> list[int]:
+    """Comma-separated sizes: ``4KiB,1MiB,256MiB``."""
+    return [size(part) for part in text.split(",") if part.strip()]
+
+
+def add(commands: Any) -> None:
+    from gpupool.bench.runner import KINDS
+
+    parser = commands.add_parser(
+        NAME,
+        help="measure remote against native copies, round trips and launches",
+        description="Measure, in one run and alternating, native copies (CuPy on a local GPU,"
+        " else NumPy) and remote ones over each transport, plus the raw link. Without"
+        " --daemons an embedded local daemon serves (as `gpupool run` does).",
+    )
+    parser.add_argument("what", choices=[*KINDS, "all"], help="what to measure")
+    parser.add_argument("--daemons", metavar="HOST:PORT", help="the daemon to measure (device 0)")
+    parser.add_argument(
+        "--transport",
+        metavar="T[,T...]",
+        help="transports to measure (default: every one the daemon offers and this client has)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=sizes,
+        metavar="SIZE[,...]",
+        help="copy sizes (default 4KiB..256MiB on an emulator, ..1GiB on a GPU)",
+    )
+    from gpupool.client.transports.frame_links import DEFAULT_STRIPES
+
+    parser.add_argument(
+        "--stripes",
+        type=int,
+        default=DEFAULT_STRIPES,
+        metavar="N",
+        help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw bandwidth curves")
+    add_daemon_options(parser, log_level="warning")
+
+
+@contextmanager
+def daemon_process(args: argparse.Namespace) -> Iterator[str]:
+    """A local daemon in a process of its own, as a real one runs: its front would otherwise
+    share this process (and its GIL) with the client being measured. Yields its address."""
+    command = [
+        *(sys.executable, "-m", "gpupool.cli", "daemon", "--listen", "127.0.0.1:0"),
+        *("--backend", args.backend, "--emu-devices", str(args.emu_devices)),
+        *("--emu-memory", str(args.emu_memory), "--warm", str(args.warm)),
+        *("--log-level", args.log_level),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        found = re.search(r" on (\S+) \(", banner)
+        if found is None:
+            raise SystemExit(f"gpupool bench: the local daemon did not start ({banner!r})")
+        yield found.group(1)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gpupool.bench import report, runner
+    from gpupool.client.context import Context
+    from gpupool.client.transports import OPENERS, candidates
+    from gpupool.client.transports.frame_links import ENV_STRIPES
+    from gpupool.proto.gpupool_pb2 import InfoRequest
+
+    console = Console()
+    with ExitStack() as stack:
+        if args.daemons:
+            address = args.daemons.split(",")[0]
+        else:
+            address = stack.enter_context(daemon_process(args))
+        probe = Context([address])
+        endpoints = probe.daemons[address].endpoints
+        backend_name = probe.devices[0].properties.name if probe.devices else "?"
+        on_gpu = probe.daemons[address].stub.GetInfo(InfoRequest(), timeout=10).backend == "cupy"
+        probe.close()
+        offered = [url.split("://")[0] for url in candidates(endpoints)]
+        wanted = args.transport.split(",") if args.transport else offered
+        missing = [name for name in wanted if name not in offered or name not in OPENERS]
+        if missing:
+            console.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
+            return 2
+        kinds = runner.KINDS if args.what == "all" else (args.what,)
+        plan = runner.Plan(
+            kinds=kinds,
+            sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
+            transports=wanted,
+            stripes=args.stripes,
+        )
+        os.environ[ENV_STRIPES] = str(args.stripes)
+        with Progress(
+            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress:
+            task = progress.add_task("starting targets", total=None)
+            records = runner.run(
+                address,
+                plan,
+                lambda total: progress.update(task, total=total),
+                lambda what: progress.update(task, advance=1, description=what),
+            )
+    report.print_tables(records, console)
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "device": backend_name,
+        "daemon": address if args.daemons else "embedded (a local daemon process)",
+        "transports": list(wanted),
+        "stripes": args.stripes,
+    }
+    if args.json:
+        report.write_json(records, args.json, meta)
+        console.print(f"records: {args.json}")
+    if args.plot:
+        report.plot(records, args.plot, f"gpupool bench — {backend_name}, {meta['date']}")
+        console.print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,77 @@
+"""Frames on a stream socket: a fixed header, a serialized message, then raw payload bytes.
+
+The header says what follows: ``kind`` (a protobuf message, or a slot of a shared-memory
+ring), the message's length, and how many payload bytes belong to it. The payload itself
+travels beside the message (over the session's stripes, or through its ring), never inside
+it, so no layer copies it into a protobuf ``bytes`` field.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Sequence
+
+from gpupool.errors import ConnectionLost
+
+HEADER = struct.Struct("<BIQ")  # kind, message bytes, payload bytes
+MESSAGE = 0  # a Request or Reply; its payload (if any) follows on the payload path
+SLOT = 1  # a shared-memory ring slot is full (sender) or free again (receiver)
+MAX_MESSAGE = 64 << 20
+
+
+def receive_exactly(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock``; ConnectionLost if the peer closes first."""
+    while view:
+        got = sock.recv_into(view)
+        if not got:
+            raise ConnectionLost("the peer closed the connection")
+        view = view[got:]
+
+
+class FrameSocket:
+    """A stream socket (TCP or Unix) that carries frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._header = memoryview(bytearray(HEADER.size))
+
+    def send(self, kind: int, message: bytes = b"", payload: int = 0) -> None:
+        self.sock.sendall(HEADER.pack(kind, len(message), payload) + message)
+
+    def send_with_fds(self, message: bytes, fds: Sequence[int]) -> None:
+        """A message frame that carries file descriptors (Unix sockets only)."""
+        frame = HEADER.pack(MESSAGE, len(message), 0) + message
+        sent = socket.send_fds(self.sock, [frame], list(fds))
+        if sent < len(frame):
+            self.sock.sendall(frame[sent:])
+
+    def receive(self) -> tuple[int, bytes, int]:
+        """The next frame: (kind, message, payload size). ConnectionLost at the end."""
+        receive_exactly(self.sock, self._header)
+        kind, length, payload = HEADER.unpack(self._header)
+        if length > MAX_MESSAGE:
+            raise ConnectionLost(f"frame of {length} bytes: not a gpupool peer")
+        message = bytearray(length)
+        receive_exactly(self.sock, memoryview(message))
+        return kind, bytes(message), payload
+
+    def receive_with_fds(self) -> tuple[bytes, list[int]]:
+        """A message frame sent with :meth:`send_with_fds`, and its descriptors."""
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, HEADER.size, 4)
+        if not data:
+            raise ConnectionLost("the peer closed the connection")
+        self._header[: len(data)] = data
+        receive_exactly(self.sock, self._header[len(data) :])
+        kind, length, _payload = HEADER.unpack(self._header)
+        message = bytearray(length)
+        receive_exactly(self.sock, memoryview(message))
+        if kind != MESSAGE:
+            raise ConnectionLost(f"expected a message frame, got kind {kind}")
+        return bytes(message), fds
+
+    def close(self) -> None:
+        self.sock.close()

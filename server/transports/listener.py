@@ -1,0 +1,111 @@
+"""The front's listeners for frame transports: TCP (``tcp://``) and a Unix socket (``shm://``).
+
+Each accepted connection's first frame says what it is: ``open`` starts a session on a
+worker, ``attach`` adds a payload stripe to an open one. Either way the socket then goes to
+the session's worker, and the front reads nothing more from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+
+from google.protobuf.message import DecodeError
+
+from gpupool.errors import ConnectionLost, CUDARuntimeError
+from gpupool.logs import fields
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.executor import error_message
+from gpupool.server.service import DaemonService
+from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.transport.payload import MAX_STRIPES
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0  # a connection that says nothing for this long is dropped
+BACKLOG = 128
+
+
+class FrameListener:
+    """Accepts frame-transport connections for one daemon."""
+
+    def __init__(self, service: DaemonService, tcp_host: str | None, public_host: str) -> None:
+        """Listen on TCP at ``tcp_host`` (port 0; None: no TCP) and on a fresh Unix socket."""
+        self._service = service
+        self._listeners: list[socket.socket] = []
+        self.endpoints: list[str] = []
+        self._folder = tempfile.mkdtemp(prefix="gpupool-")
+        os.chmod(self._folder, 0o711)  # other local users may connect, not list
+        path = os.path.join(self._folder, "daemon.sock")
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(path)
+        os.chmod(path, 0o666)
+        self._start(unix, shared_memory=True)
+        self.endpoints.append(f"shm://{socket.gethostname()}{path}")
+        if tcp_host is not None:
+            family = socket.AF_INET6 if ":" in tcp_host else socket.AF_INET
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((tcp_host, 0))
+            self._start(tcp, shared_memory=False)
+            port = tcp.getsockname()[1]
+            host = f"[{public_host}]" if ":" in public_host else public_host
+            self.endpoints.append(f"tcp://{host}:{port}")
+
+    def close(self) -> None:
+        """Stop accepting (open sessions go on until their workers end)."""
+        for listener in self._listeners:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _start(self, listener: socket.socket, shared_memory: bool) -> None:
+        listener.listen(BACKLOG)
+        self._listeners.append(listener)
+        threading.Thread(
+            target=self._accept, args=(listener, shared_memory), name="accept", daemon=True
+        ).start()
+
+    def _accept(self, listener: socket.socket, shared_memory: bool) -> None:
+        while True:
+            try:
+                sock, _peer = listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(
+                target=self._serve, args=(sock, shared_memory), name="frame-session", daemon=True
+            ).start()
+
+    def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
+        frames = FrameSocket(sock)
+        try:
+            sock.settimeout(HELLO_TIMEOUT_S)
+            kind, first, payload = frames.receive()
+            sock.settimeout(None)
+        except (ConnectionLost, OSError):
+            frames.close()
+            return
+        request = pb.Request()
+        try:
+            request.ParseFromString(first)
+        except DecodeError:
+            request = pb.Request()
+        if kind == MESSAGE and not payload and request.HasField("attach") and not shared_memory:
+            self._service.attach_stripe(frames, request.attach)
+        elif kind == MESSAGE and request.open.stripes > MAX_STRIPES:
+            problem = f"{request.open.stripes} stripes asked for; a session may use {MAX_STRIPES}"
+            refusal = CUDARuntimeError("cudaErrorInvalidValue", problem)
+            frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
+            frames.close()
+        elif kind == MESSAGE and not payload:
+            self._service.serve_connection(frames, first, shared_memory)
+        else:
+            log.info("connection refused", extra=fields(reason="not a gpupool client"))
+            frames.close()

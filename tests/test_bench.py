@@ -1,0 +1,56 @@
+"""``gpupool bench`` as a user runs it, with small sizes: every record, well formed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gpupool.bench.runner import COPIES
+
+
+def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> None:
+    out, picture = tmp_path / "out.json", tmp_path / "curves.png"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "gpupool.cli", "bench", "all"),
+            *("--sizes", "4KiB,5MiB", "--stripes", "2"),
+            *("--json", str(out), "--plot", str(picture), "--emu-devices", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "H2D bandwidth" in result.stdout and "round trip" in result.stdout
+    records = json.loads(out.read_text())["records"]
+    transports = ("grpc", "tcp", "shm")
+    index = {(r["op"], r["transport"], r["size_bytes"]): r for r in records}
+    for size in (4 << 10, 5 << 20):
+        for op in COPIES:
+            for name in ("native", *transports):
+                record = index[(op, name, size)]
+                assert record["gbps"] > 0 and record["native"] == (name == "native")
+                assert name == "native" or record["ratio"] > 0
+        for op in ("h2d", "d2h"):
+            for name in ("raw-tcp", "raw-tcp-x2", "raw-shm"):
+                assert index[(op, name, size)]["gbps"] > 0
+            for name in transports:
+                assert index[(op, name, size)]["link_ratio"] > 0
+    for name in ("native", *transports):
+        assert index[("latency", name, 4)]["us"] > 0
+        launch = index[("launch", name, 0)]
+        assert launch["per_s"] > 0 and abs(launch["us"] * launch["per_s"] - 1e6) < 1
+    assert all(set(r) >= {"op", "transport", "size_bytes", "native"} for r in records)
+    assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_refuses_a_transport_it_does_not_have() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gpupool.cli", "bench", "latency", "--transport", "pigeon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "not available here: pigeon" in result.stdout

@@ -1,0 +1,260 @@
+"""Transport choice, TLS, striping and the frame listener, against real daemons on loopback.
+
+The behaviour suite (test_runtime.py) already runs over every transport; these tests cover
+what only some transports have.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import gpupool
+from gpupool import runtime as rt
+from gpupool.client.context import TLS
+from gpupool.client.transports import OPENERS
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
+from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.transport.payload import STRIPE_ALIGN, STRIPE_MIN, split
+
+
+@pytest.fixture(scope="module")
+def emu_daemon() -> Iterator[Daemon]:
+    with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30) as daemon:
+        yield daemon
+
+
+def round_trip(size: int) -> None:
+    """H2D, D2D and D2H of ``size`` random bytes, checked byte for byte."""
+    host = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    first, second = rt.malloc(size), rt.malloc(size)
+    rt.memcpy(first, host.ctypes.data, size, rt.memcpyHostToDevice)
+    rt.memcpy(second, first, size, rt.memcpyDeviceToDevice)
+    back = np.empty_like(host)
+    rt.memcpy(back.ctypes.data, second, size, rt.memcpyDeviceToHost)
+    assert hashlib.sha256(back).digest() == hashlib.sha256(host).digest()
+    rt.free(first)
+    rt.free(second)
+
+
+def test_the_daemon_advertises_every_endpoint_fastest_first(emu_daemon: Daemon) -> None:
+    ucx = ["ucx"] if "ucx" in OPENERS else []  # where the optional extra is installed
+    assert [url.split("://")[0] for url in emu_daemon.endpoints] == ["shm", *ucx, "tcp", "grpc"]
+    context = gpupool.connect(emu_daemon.address)
+    try:
+        rt.memGetInfo()
+        assert context.daemons[emu_daemon.address].transport == "shm"  # same host: the fastest
+    finally:
+        gpupool.disconnect()
+
+
+def test_a_transport_can_be_named_and_a_missing_one_is_refused(
+    emu_daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUPOOL_TRANSPORT", "tcp")
+    context = gpupool.connect(emu_daemon.address)
+    try:
+        rt.memGetInfo()
+        assert context.daemons[emu_daemon.address].transport == "tcp"
+    finally:
+        gpupool.disconnect()
+    gpupool.connect(emu_daemon.address, transport="carrier-pigeon")
+    try:
+        with pytest.raises(gpupool.GpupoolError, match="'carrier-pigeon' is not available"):
+            rt.memGetInfo()
+    finally:
+        gpupool.disconnect()
+
+
+@pytest.mark.parametrize("stripes", ["1", "3"])
+def test_striped_copies_of_awkward_sizes_keep_every_byte(
+    emu_daemon: Daemon, monkeypatch: pytest.MonkeyPatch, stripes: str
+) -> None:
+    monkeypatch.setenv("GPUPOOL_STRIPES", stripes)
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        for size in (STRIPE_MIN - 1, STRIPE_MIN + 3 * STRIPE_ALIGN + 12345):
+            round_trip(size)
+    finally:
+        gpupool.disconnect()
+
+
+def test_a_bad_stripe_count_is_refused_by_name(
+    emu_daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUPOOL_STRIPES", "lots")
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        with pytest.raises(gpupool.GpupoolError, match="GPUPOOL_STRIPES='lots'"):
+            rt.memGetInfo()
+    finally:
+        gpupool.disconnect()
+
+
+def test_the_stripe_split_covers_the_payload_once() -> None:
+    for size, count in [(0, 4), (STRIPE_MIN - 1, 4), (STRIPE_MIN, 3), ((256 << 20) + 7, 4)]:
+        shares = split(size, count)
+        assert sum(n for _, n in shares) == size
+        assert all(o == sum(n for _, n in shares[:i]) for i, (o, _) in enumerate(shares))
+        assert len(shares) <= count
+
+
+def test_shared_memory_ring_wraps_around(emu_daemon: Daemon) -> None:
+    gpupool.connect(emu_daemon.address, transport="shm")
+    try:
+        round_trip((40 << 20) + 1)  # five slots of eight MiB and one byte: the ring wraps
+    finally:
+        gpupool.disconnect()
+
+
+def _tcp_address(daemon: Daemon) -> tuple[str, int]:
+    url = next(url for url in daemon.endpoints if url.startswith("tcp://"))
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_strangers_on_the_frame_port_do_not_disturb_the_daemon(emu_daemon: Daemon) -> None:
+    address = _tcp_address(emu_daemon)
+    with socket.create_connection(address) as garbage:
+        garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" * 4)  # not a frame: dropped
+        try:
+            assert garbage.recv(100) == b""
+        except ConnectionResetError:
+            pass  # closed with our bytes unread
+    with socket.create_connection(address) as stranger:
+        frames = FrameSocket(stranger)
+        attach = pb.Request(attach=pb.AttachStripe(key=b"guess", stripe=1))
+        frames.send(MESSAGE, attach.SerializeToString())
+        _kind, message, _ = frames.receive()
+        assert pb.Reply.FromString(message).error.name == "cudaErrorInvalidValue"
+    with socket.create_connection(address) as wrong_first:
+        frames = FrameSocket(wrong_first)
+        frames.send(MESSAGE, pb.Request(malloc=pb.Malloc(size=1)).SerializeToString())
+        _kind, message, _ = frames.receive()
+        assert "must start with 'open'" in pb.Reply.FromString(message).error.message
+    with socket.create_connection(address) as greedy:
+        frames = FrameSocket(greedy)
+        too_many = pb.Request(open=pb.OpenSession(device=0, stripes=1000))
+        frames.send(MESSAGE, too_many.SerializeToString())
+        _kind, message, _ = frames.receive()
+        assert "a session may use 16" in pb.Reply.FromString(message).error.message
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
+def test_a_client_that_dies_mid_copy_ends_only_its_session(emu_daemon: Daemon) -> None:
+    """Half a payload, then the connection drops: the worker ends and frees its memory."""
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        free_before = rt.memGetInfo()[0]
+        with socket.create_connection(_tcp_address(emu_daemon)) as quitter:
+            frames = FrameSocket(quitter)
+            opening = pb.Request(wait=True, open=pb.OpenSession(device=0))
+            frames.send(MESSAGE, opening.SerializeToString())
+            frames.receive()
+            reply = pb.Request(wait=True, malloc=pb.Malloc(size=64 << 20))
+            frames.send(MESSAGE, reply.SerializeToString())
+            _kind, message, _ = frames.receive()
+            ptr = pb.Reply.FromString(message).ptr
+            copy = pb.Request(wait=True, memcpy_htod=pb.MemcpyHtoD(dst=ptr, size=64 << 20))
+            frames.send(MESSAGE, copy.SerializeToString(), 64 << 20)
+            quitter.sendall(bytes(1 << 20))  # and no more
+        deadline = time.monotonic() + 10
+        while rt.memGetInfo()[0] < free_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rt.memGetInfo()[0] >= free_before
+        round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpupool test daemon")])
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "daemon.pem", folder / "daemon.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_grpc_with_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with start_daemon(
+        backend="emu", emu_devices=1, emu_memory=1 << 30, tls=TLSFiles(cert, key)
+    ) as daemon:
+        assert not any(url.startswith("tcp://") for url in daemon.endpoints)  # no plain text
+        gpupool.connect(daemon.address, transport="grpc", tls=TLS(ca=cert))
+        try:
+            round_trip(5 << 20)
+        finally:
+            gpupool.disconnect()
+        with pytest.raises(gpupool.ConnectionLost, match="cannot reach daemon"):
+            gpupool.connect(daemon.address, timeout=1)  # a plain-text client is not answered
+        with pytest.raises(gpupool.GpupoolError, match="no tcp:// endpoint"):
+            gpupool.connect(daemon.address, transport="tcp", tls=TLS(ca=cert))
+            rt.memGetInfo()
+        gpupool.disconnect()
+
+
+def test_grpc_with_client_certificates(tmp_path: Path) -> None:
+    """--tls-client-ca: only clients holding a certificate of that CA are answered."""
+    cert, key = _self_signed(tmp_path)
+    files = TLSFiles(cert, key, client_ca=cert)  # the test's one certificate signs both ends
+    with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30, tls=files) as daemon:
+        gpupool.connect(daemon.address, transport="grpc", tls=TLS(ca=cert, cert=cert, key=key))
+        try:
+            round_trip(1 << 10)
+        finally:
+            gpupool.disconnect()
+        with pytest.raises(gpupool.ConnectionLost, match="cannot reach daemon"):
+            gpupool.connect(daemon.address, timeout=1, tls=TLS(ca=cert))  # no certificate
+
+
+def test_daemon_tls_options_go_together(tmp_path: Path) -> None:
+    cert, _key = _self_signed(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpupool.cli", "daemon", "--tls-cert", str(cert)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
