@@ -58,6 +58,7 @@ UFUNCS = (
     "cosh",
     "deg2rad",
     "divide",
+    "divmod",
     "equal",
     "exp",
     "exp2",

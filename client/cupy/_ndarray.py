@@ -287,6 +287,27 @@ class ndarray:
     def __setitem__(self, key: Any, value: Any) -> None:
         _indexing.setitem(self, key, value)
 
+    def __copy__(self) -> ndarray:
+        """A copy of the data, as CuPy's (not a second array object on the same memory)."""
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ndarray:
+        return self.copy()
+
+    def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
+        """Pickled as its host copy, as CuPy's: a device address means nothing elsewhere, and
+        unpickling one would free the same memory twice."""
+        from gpupool.cupy._creation import array
+
+        return array, (self.get(),)
+
+    def __getattr__(self, name: str) -> Any:
+        """CuPy's other ndarray names raise NotImplementedError naming them (never missing
+        silently); private and special names stay AttributeError for Python's probes."""
+        if name.startswith("_"):
+            raise AttributeError(f"'ndarray' object has no attribute {name!r}")
+        unsupported(f"cupy.ndarray.{name}")
+
     def __iter__(self) -> Iterator[ndarray]:
         if not self._shape:
             raise TypeError("iteration over a 0-d array")
@@ -463,6 +484,12 @@ class ndarray:
 
     def __imatmul__(self, other: Any) -> Any:
         return _products.matmul(self, other, out=self)
+
+    def __divmod__(self, other: Any) -> Any:
+        return _ufuncs.divmod(self, other)
+
+    def __rdivmod__(self, other: Any) -> Any:
+        return _ufuncs.divmod(other, self)
 
     def __neg__(self) -> ndarray:
         return _ufuncs.negative(self)

@@ -1,0 +1,73 @@
+"""Regressions from an acceptance review of ``gpupool.cupy`` as CuPy programs use it.
+
+Each test is a defect the review found: a wrong answer, a missing CuPy name that did not say
+so, or a daemon request that was not refused as it should be. Real daemons, compared with
+NumPy, as in ``test_cupy_arrays``.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import gpupool.cupy as cp
+from gpupool.server.daemon import Daemon
+
+
+@pytest.fixture(autouse=True)
+def _collect_before_disconnect(connected: Daemon) -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+def test_copy_and_deepcopy_copy_the_data(connected: Daemon) -> None:
+    original = cp.arange(5)
+    shallow, deep = copy.copy(original), copy.deepcopy({"w": original})["w"]
+    original[0] = 7
+    assert shallow.data.ptr != original.data.ptr != deep.data.ptr
+    assert shallow.tolist() == deep.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_pickle_stores_the_host_copy(connected: Daemon) -> None:
+    original = cp.arange(6.0).reshape(2, 3)[:, ::2]
+    restored = pickle.loads(pickle.dumps(original))
+    assert isinstance(restored, cp.ndarray)
+    assert restored.data.ptr != original.data.ptr
+    np.testing.assert_array_equal(restored.get(), np.arange(6.0).reshape(2, 3)[:, ::2])
+    del restored
+    gc.collect()
+    assert original.sum().item() == 10.0  # still there: the copy freed only its own memory
+
+
+def test_unsupported_ndarray_methods_raise_not_implemented_naming_them(
+    connected: Daemon,
+) -> None:
+    array = cp.arange(3)
+    for name in ("repeat", "take", "base", "ptp", "searchsorted"):
+        with pytest.raises(NotImplementedError, match=rf"cupy\.ndarray\.{name} .*docs/cupy\.md"):
+            getattr(array, name)
+    assert not hasattr(array, "tobytes")
+    with pytest.raises(AttributeError, match="_private"):
+        array._private  # noqa: B018
+
+
+def test_divmod_as_numpy(connected: Daemon) -> None:
+    values = np.array([-7, -1, 0, 5, 9])
+    quotient, remainder = divmod(cp.asarray(values), 3)
+    np.testing.assert_array_equal(quotient.get(), values // 3)
+    np.testing.assert_array_equal(remainder.get(), values % 3)
+    quotient, remainder = divmod(10.5, cp.asarray([2.0, -3.0]))
+    expected = divmod(10.5, np.array([2.0, -3.0]))
+    np.testing.assert_array_equal(quotient.get(), expected[0])
+    np.testing.assert_array_equal(remainder.get(), expected[1])
+    assert cp.divmod(cp.arange(4), 2)[1].dtype == np.divmod(np.arange(4), 2)[1].dtype
+
+
+def test_version_is_cupy_like() -> None:
+    major = int(cp.__version__.split(".")[0])
+    assert major >= 13
