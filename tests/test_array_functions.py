@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -113,3 +114,26 @@ def test_random_states_are_made_seeded_and_released(executor: SessionExecutor) -
     assert call(executor, wait=False, array_op=release) == []
     (reply,) = call(executor, array_op=sample)
     assert reply.error.name == "cudaErrorInvalidResourceHandle"
+
+
+def test_numpy_warnings_stay_out_of_the_daemon_log(executor: SessionExecutor) -> None:
+    values = device_array(executor, np.array([1.0, 0.0, -1.0]))
+    out = device_array(executor, np.zeros(3))
+    empty = pb.ArrayDesc(ptr=values.ptr, shape=[0], strides=[8], dtype="<f8")
+    scalar = pb.ArrayDesc(ptr=out.ptr, shape=[], strides=[], dtype="<f8")
+    divide = pb.ArrayOp(
+        function="true_divide",
+        args=[pb.Operand(array=values), pb.Operand(real=0.0)],
+        out=[out],
+    )
+    mean = pb.ArrayOp(function="mean", args=[pb.Operand(array=empty)], out=[scalar])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the call
+        call(executor, wait=False, array_op=divide)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        assert not reply.HasField("error"), reply.error
+        np.testing.assert_array_equal(read(executor, out), [np.inf, np.nan, -np.inf])
+        call(executor, wait=False, array_op=mean)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        assert not reply.HasField("error"), reply.error
+        assert np.isnan(read(executor, scalar))
