@@ -71,3 +71,22 @@ def test_divmod_as_numpy(connected: Daemon) -> None:
 def test_version_is_cupy_like() -> None:
     major = int(cp.__version__.split(".")[0])
     assert major >= 13
+
+
+def test_an_empty_list_indexes_as_integers(connected: Daemon) -> None:
+    values = np.arange(12.0).reshape(3, 4)
+    for key in ([], (slice(None), [])):
+        result = cp.asarray(values)[key]
+        assert result.shape == values[key].shape
+        assert result.dtype == values.dtype
+
+
+def test_setting_shape_reshapes_in_place(connected: Daemon) -> None:
+    array = cp.arange(6)
+    array.shape = (2, 3)
+    assert array.strides == (24, 8)
+    np.testing.assert_array_equal((array * 1).get(), np.arange(6).reshape(2, 3))
+    with pytest.raises(AttributeError, match="incompatible shape"):
+        array.T.shape = (6,)  # no view of a transpose has it (NumPy's and CuPy's rule)
+    with pytest.raises(AttributeError, match="incompatible shape"):
+        array.shape = (4, 2)

@@ -112,7 +112,20 @@ class ndarray:
         self._owner = memptr is None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
-    shape = property(lambda self: self._shape)
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @shape.setter
+    def shape(self, shape: Any) -> None:
+        """Reshape in place where a view has the shape (CuPy's AttributeError where not)."""
+        try:
+            view = np.reshape(layout(self), shape, copy=False)
+        except ValueError as exc:
+            raise AttributeError(f"incompatible shape: {exc}") from None
+        self._shape, self._strides = view.shape, view.strides
+        self.__dict__.pop("_descriptor", None)  # the wire form has the old shape
+
     dtype = property(lambda self: self._dtype)
     strides = property(lambda self: self._strides)
     ndim = property(lambda self: len(self._shape))
