@@ -90,3 +90,16 @@ def test_setting_shape_reshapes_in_place(connected: Daemon) -> None:
         array.T.shape = (6,)  # no view of a transpose has it (NumPy's and CuPy's rule)
     with pytest.raises(AttributeError, match="incompatible shape"):
         array.shape = (4, 2)
+
+
+def test_numpy_functions_the_shim_lacks_raise_not_implemented_naming_them(
+    connected: Daemon,
+) -> None:
+    array = cp.arange(4.0)
+    with pytest.raises(NotImplementedError, match=r"cupy\.unique "):
+        np.unique(array)
+    with pytest.raises(NotImplementedError, match=r"cupy\.logaddexp "):
+        np.logaddexp(array, 1)
+    with pytest.raises(NotImplementedError, match=r"cupy\.add\.reduce "):
+        np.add.reduce(array)
+    assert np.sum(array).item() == 6.0  # what the shim has still dispatches

@@ -433,8 +433,10 @@ class ndarray:
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         ours = _ufuncs.BY_NUMPY_NAME.get(ufunc.__name__)
-        if method != "__call__" or ours is None:
-            return NotImplemented
+        if ours is None:  # CuPy has it (its ufuncs are NumPy's): say so, not a TypeError
+            unsupported(f"cupy.{ufunc.__name__}")
+        if method != "__call__":
+            unsupported(f"cupy.{ufunc.__name__}.{method}")
         return ours(*inputs, **kwargs)
 
     def __array_function__(
@@ -443,10 +445,10 @@ class ndarray:
         import gpupool.cupy
 
         module = {"numpy": gpupool.cupy, "numpy.linalg": gpupool.cupy.linalg}.get(func.__module__)
-        ours = None if module is None else vars(module).get(func.__name__)
-        if ours is None:
+        if module is None:
             return NotImplemented
-        return ours(*args, **kwargs)
+        # a name the shim lacks raises NotImplementedError naming it (the module's __getattr__)
+        return getattr(module, func.__name__)(*args, **kwargs)
 
     def _scalar(self) -> np.ndarray:
         if self.size != 1:
