@@ -103,3 +103,31 @@ def test_numpy_functions_the_shim_lacks_raise_not_implemented_naming_them(
     with pytest.raises(NotImplementedError, match=r"cupy\.add\.reduce "):
         np.add.reduce(array)
     assert np.sum(array).item() == 6.0  # what the shim has still dispatches
+
+
+def test_copy_and_array_move_an_array_to_the_current_device(connected: Daemon) -> None:
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("one device")
+    values = np.arange(12.0).reshape(3, 4)
+    with cp.cuda.Device(1):
+        remote = cp.asarray(values)
+    here = cp.arange(4.0)
+    moved, made, fortran = remote.copy(), cp.array(remote[:, ::2]), remote.copy(order="F")
+    assert moved.device_id == made.device_id == fortran.device_id == 0
+    assert cp.asarray(remote) is remote  # asarray copies nothing, as CuPy's
+    np.testing.assert_array_equal((moved + here).get(), values + np.arange(4.0))
+    np.testing.assert_array_equal(made.get(), values[:, ::2])
+    assert fortran.flags.f_contiguous
+    np.testing.assert_array_equal(fortran.get(), values)
+    with pytest.raises(ValueError, match=r"x\.copy\(\)"):
+        remote + here
+
+
+def test_views_and_copies_of_an_array_on_another_device_stay_there(connected: Daemon) -> None:
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("one device")
+    with cp.cuda.Device(1):
+        remote = cp.arange(12.0).reshape(3, 4)
+    flat = remote.T.reshape(-1)  # no view has that shape: a copy, on the array's device
+    assert flat.device_id == copy.copy(remote).device_id == copy.deepcopy(remote).device_id == 1
+    np.testing.assert_array_equal(flat.get(), np.arange(12.0).reshape(3, 4).T.reshape(-1))

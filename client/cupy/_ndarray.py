@@ -167,7 +167,7 @@ class ndarray:
         blocking: bool = True,
     ) -> np.ndarray:
         """A host copy (waits for the queued work that writes this array)."""
-        source = self if self.flags.c_contiguous else self.copy()
+        source = self if self.flags.c_contiguous else self.astype(self._dtype, order="C")
         if out is None:
             out = np.empty(self._shape, self._dtype)
         elif out.shape != self._shape or out.dtype != self._dtype or not out.flags.c_contiguous:
@@ -217,7 +217,7 @@ class ndarray:
         try:
             return self._view(np.reshape(layout(self), target, order=layout_order, copy=False))
         except ValueError:  # no view has that shape: copy, as NumPy does
-            contiguous = self.copy(order=layout_order)
+            contiguous = self.astype(self._dtype, order=layout_order)
             return contiguous._view(np.reshape(layout(contiguous), target, order=layout_order))
 
     def ravel(self, order: str = "C") -> ndarray:
@@ -286,7 +286,16 @@ class ndarray:
         return out
 
     def copy(self, order: str = "C") -> ndarray:
-        return self.astype(self._dtype, order=order)
+        """A copy on the current device, as CuPy's (the way to move an array between devices:
+        through the host when it is on another device, which may be another daemon)."""
+        current = runtime.getDevice()
+        if current == self.device_id:
+            return self.astype(self._dtype, order=order)
+        layout_order = _resolve_order(self, order)
+        host = self.get()  # a synchronizing call, as CuPy's peer copy waits for the source
+        moved = ndarray(self._shape, self._dtype)  # on the current device
+        moved.set(host)
+        return moved if layout_order == "C" else moved.astype(self._dtype, order="F")
 
     def fill(self, value: Any) -> None:
         _indexing.check_scalar_fits(value, self._dtype)
@@ -301,11 +310,12 @@ class ndarray:
         _indexing.setitem(self, key, value)
 
     def __copy__(self) -> ndarray:
-        """A copy of the data, as CuPy's (not a second array object on the same memory)."""
-        return self.copy()
+        """A copy of the data on the array's device, as CuPy's (not a second array object on
+        the same memory)."""
+        return self.astype(self._dtype)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ndarray:
-        return self.copy()
+        return self.astype(self._dtype)
 
     def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
         """Pickled as its host copy, as CuPy's: a device address means nothing elsewhere, and
