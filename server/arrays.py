@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
@@ -193,6 +194,7 @@ class ArrayFunctions:
         self._backend = backend
         self._allocations = allocations
         self._xp = backend.array_module()
+        self._max_view_bytes = backend.properties().total_memory
         self._random_states: dict[int, Any] = {}
         self._table = self._make_table(self._xp)
 
@@ -219,6 +221,12 @@ class ArrayFunctions:
             raise ValueError(f"array of {len(shape)} dimensions with {len(strides)} strides")
         if 0 in shape:
             return self._xp.empty(shape, dtype)
+        if math.prod(shape) * dtype.itemsize > self._max_view_bytes:
+            # zero strides make any shape fit one element; its temporaries and loops would not
+            raise ValueError(
+                f"{what} array of shape {shape} spans more than the device's"
+                f" {self._max_view_bytes} bytes"
+            )
         if desc.ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"{what} array at 0x{desc.ptr:x} is not aligned for {dtype}")
         low, high = array_extent(desc.ptr, shape, strides, dtype.itemsize)

@@ -137,3 +137,28 @@ def test_numpy_warnings_stay_out_of_the_daemon_log(executor: SessionExecutor) ->
         (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
         assert not reply.HasField("error"), reply.error
         assert np.isnan(read(executor, scalar))
+
+
+def test_a_broadcast_view_bigger_than_the_device_is_refused(executor: SessionExecutor) -> None:
+    """Zero strides make any shape fit one element; the function's temporaries and loops
+    would not (a fancy index of it, a sort, a variance)."""
+    values = device_array(executor, np.arange(4.0))
+    out = device_array(executor, np.zeros(4))
+    huge = pb.ArrayDesc(ptr=values.ptr, shape=[1 << 20, 1 << 20], strides=[0, 0], dtype="<f8")
+    rows = device_array(executor, np.arange(4))
+    index = pb.Operand(sequence=pb.OperandList(items=[pb.Operand(array=rows)]))
+    op = pb.ArrayOp(function="getitem", args=[pb.Operand(array=huge), index], out=[out])
+    call(executor, wait=False, array_op=op)
+    (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+    assert reply.error.name == "ValueError"
+    assert "spans more than the device's" in reply.error.message
+    broadcast = pb.ArrayDesc(ptr=values.ptr, shape=[1024, 4], strides=[0, 8], dtype="<f8")
+    column = pb.ArrayDesc(ptr=out.ptr, shape=[4], strides=[8], dtype="<f8")
+    op = pb.ArrayOp(
+        function="sum",
+        args=[pb.Operand(array=broadcast)],
+        kwargs=[pb.Keyword(name="axis", value=pb.Operand(integer=0))],
+        out=[column],
+    )
+    call(executor, wait=False, array_op=op)  # a broadcast view within the device still works
+    np.testing.assert_array_equal(read(executor, out), np.arange(4.0) * 1024)
