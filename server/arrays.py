@@ -283,9 +283,9 @@ class ArrayFunctions:
         for name, function in _provided(xp, UFUNCS):
             table[name] = _ufunc(function)
         for name, function in _provided(xp, RETURNING):
-            table[name] = self._returning(function)
+            table[name] = self._returning(function, name)
         for name, function in _provided(xp.linalg, LINALG):
-            table[f"linalg.{name}"] = self._returning(function)
+            table[f"linalg.{name}"] = self._returning(function, name)
         for name in RANDOM:
             table[f"random.{name}"] = self._sampling(name)
         table["random.seed"] = self._seed
@@ -308,8 +308,9 @@ class ArrayFunctions:
                 raise ValueError(f"result of shape {value.shape} for an output of {out.shape}")
             out[...] = value
 
-    def _returning(self, function: Callable[..., Any]) -> Function:
+    def _returning(self, function: Callable[..., Any], name: str) -> Function:
         def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            _check_fits(result_shape(name, args), outs)
             self._store(outs, function(*args, **kwargs))
 
         return run
@@ -336,6 +337,7 @@ class ArrayFunctions:
 
     def _getitem(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         array, key = args
+        _check_fits(indexed_shape(array, key), outs)
         self._store(outs, array[key])
 
     def _arange(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
@@ -375,6 +377,63 @@ def _ufunc(function: Callable[..., Any]) -> Function:
         function(*args, *outs, casting="unsafe", **kwargs)
 
     return run
+
+
+def result_shape(name: str, args: Sequence[Any]) -> tuple[int, ...] | None:
+    """The shape of a product's or a broadcasting function's result, from its operands' shapes
+    alone: such a result may be far bigger than any operand, so it is checked against the
+    output before it is computed. None for other functions, and for operands the function
+    does not take (it then raises its own error)."""
+    shapes = [tuple(getattr(arg, "shape", ())) for arg in args]  # a scalar is 0-d
+    try:
+        if name in _BROADCASTING:
+            return tuple(np.broadcast_shapes(*shapes))
+        if name not in _PRODUCTS:
+            return None
+        a, b = shapes[:2]
+        if name == "outer":
+            return (math.prod(a), math.prod(b))
+        if not a or not b:
+            return tuple(np.broadcast_shapes(a, b))
+        columns = b[-1:] if len(b) > 1 else ()  # a vector b contributes no dimension
+        if name == "inner":
+            return a[:-1] + b[:-1]
+        if name == "dot":
+            return a[:-1] + b[:-2] + columns
+        return tuple(np.broadcast_shapes(a[:-2], b[:-2])) + a[-2:-1] + columns  # matmul
+    except (ValueError, TypeError):
+        return None
+
+
+def indexed_shape(array: Any, key: Any) -> tuple[int, ...] | None:
+    """The shape ``array[key]`` has, from an empty stand-in (the extra empty last dimension
+    keeps NumPy from copying anything); None where a boolean mask's count is needed (its
+    result is no bigger than the array) or the key is not valid (indexing then says why)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    stand_ins: list[Any] = []
+    for part in parts:
+        dtype = getattr(part, "dtype", None)
+        if dtype is not None and dtype.kind == "b":
+            return None
+        stand_ins.append(part if dtype is None else np.broadcast_to(np.intp(0), part.shape))
+    if any(part is Ellipsis for part in parts):
+        stand_ins.append(slice(None))  # the ellipsis must not reach the extra dimension
+    try:
+        return tuple(np.broadcast_to(np.False_, (*array.shape, 0))[tuple(stand_ins)].shape[:-1])
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+_BROADCASTING = ("around", "clip", "isclose", "where")
+_PRODUCTS = ("dot", "inner", "matmul", "outer")
+
+
+def _check_fits(shape: tuple[int, ...] | None, outs: Sequence[Any]) -> None:
+    """Refuse a result bigger than its outputs before computing it (the client's own results
+    always fit: it allocated them from the same shapes)."""
+    if shape is not None and math.prod(shape) > sum(out.size for out in outs):
+        shapes = ", ".join(str(out.shape) for out in outs)
+        raise ValueError(f"result of shape {shape} does not fit the output(s) {shapes}")
 
 
 def _setitem(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.arrays import array_extent, checked_dtype
+from gpupool.server.arrays import array_extent, checked_dtype, indexed_shape, result_shape
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.executor import SessionExecutor
 
@@ -162,3 +162,61 @@ def test_a_broadcast_view_bigger_than_the_device_is_refused(executor: SessionExe
     )
     call(executor, wait=False, array_op=op)  # a broadcast view within the device still works
     np.testing.assert_array_equal(read(executor, out), np.arange(4.0) * 1024)
+
+
+@pytest.mark.parametrize("name", ["dot", "inner", "matmul", "outer"])
+def test_product_shapes_are_numpys(name: str) -> None:
+    shapes = [(), (3,), (2, 3), (3, 3), (4, 2, 3), (1, 3, 3), (5, 1, 3, 3)]
+    for a in shapes:
+        for b in shapes:
+            try:
+                expected = getattr(np, name)(np.ones(a), np.ones(b)).shape
+            except ValueError:
+                continue
+            assert result_shape(name, [np.ones(a), np.ones(b)]) == expected, (a, b)
+    assert result_shape("where", [np.ones((3, 1)), 0.5, np.ones(4)]) == (3, 4)
+    assert result_shape("sum", [np.ones(3)]) is None
+
+
+def test_indexed_shapes_are_numpys() -> None:
+    values = np.ones((4, 5, 6))
+    rows, grid = np.array([0, 3, 1]), np.zeros((2, 1), np.int64)
+    keys: list[object] = [
+        rows,
+        (rows, slice(1, 4)),
+        (Ellipsis, rows),
+        (slice(None), grid, rows),
+        (grid, slice(None), rows),
+        (None, rows, Ellipsis, None),
+        (1, rows),
+    ]
+    for key in keys:
+        assert indexed_shape(values, key) == values[key].shape, key  # type: ignore[index]
+    assert indexed_shape(values, np.ones(4, bool)) is None  # a mask's count needs the data
+    assert indexed_shape(values, np.array([9])) == (1, 5, 6)  # the values are checked later
+    assert indexed_shape(np.ones((0, 3)), np.array([0])) is None  # an empty dimension
+
+
+def test_a_result_bigger_than_its_output_is_refused_before_it_is_computed(
+    executor: SessionExecutor,
+) -> None:
+    vector = device_array(executor, np.arange(4.0))
+    out = device_array(executor, np.zeros(16))
+    row = pb.ArrayDesc(ptr=vector.ptr, shape=[1, 1 << 24], strides=[0, 0], dtype="<f8")
+    column = pb.ArrayDesc(ptr=vector.ptr, shape=[1 << 24, 1], strides=[0, 0], dtype="<f8")
+    grid = pb.ArrayDesc(ptr=out.ptr, shape=[4, 4], strides=[32, 8], dtype="<f8")
+    condition = pb.ArrayDesc(ptr=vector.ptr, shape=[], strides=[], dtype="<f8")
+    for function in ("matmul", "where"):  # (2**24)**2 elements: never allocated
+        operands = [column, row] if function == "matmul" else [condition, column, row]
+        op = pb.ArrayOp(function=function, args=[pb.Operand(array=a) for a in operands], out=[grid])
+        call(executor, wait=False, array_op=op)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        assert reply.error.name == "ValueError"
+        assert "does not fit the output" in reply.error.message
+    op = pb.ArrayOp(
+        function="outer", args=[pb.Operand(array=vector), pb.Operand(array=vector)], out=[grid]
+    )
+    call(executor, wait=False, array_op=op)  # a result that fits is computed as before
+    np.testing.assert_array_equal(
+        read(executor, out), np.outer(np.arange(4.0), np.arange(4.0)).ravel()
+    )
