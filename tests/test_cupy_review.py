@@ -131,3 +131,19 @@ def test_views_and_copies_of_an_array_on_another_device_stay_there(connected: Da
     flat = remote.T.reshape(-1)  # no view has that shape: a copy, on the array's device
     assert flat.device_id == copy.copy(remote).device_id == copy.deepcopy(remote).device_id == 1
     np.testing.assert_array_equal(flat.get(), np.arange(12.0).reshape(3, 4).T.reshape(-1))
+
+
+def test_reduction_kernel_expressions_see_cupys_index_sizes(connected: Daemon) -> None:
+    mean = cp.ReductionKernel(
+        "T x",
+        "float64 y",
+        "x",
+        "a + b",
+        "y = a / (_in_ind.size() / _out_ind.size())",  # how CuPy's own mean is written
+        "0",
+        "review_mean",
+        reduce_type="double",
+    )
+    values = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
+    got = mean(cp.asarray(values), axis=(0, 2))
+    np.testing.assert_allclose(got.get(), values.mean(axis=(0, 2)))
