@@ -147,3 +147,24 @@ def test_reduction_kernel_expressions_see_cupys_index_sizes(connected: Daemon) -
     values = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
     got = mean(cp.asarray(values), axis=(0, 2))
     np.testing.assert_allclose(got.get(), values.mean(axis=(0, 2)))
+
+
+def test_get_copies_in_the_order_of_the_current_stream(
+    connected: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU, the null stream's copy is not ordered after a non-blocking stream's work."""
+    copies: list[int] = []
+    real_copy = cp.cuda.runtime.memcpyAsync
+
+    def recording_copy(dst: int, src: int, size: int, kind: int, stream: int = 0) -> None:
+        copies.append(stream)
+        real_copy(dst, src, size, kind, stream)
+
+    monkeypatch.setattr(cp.cuda.runtime, "memcpyAsync", recording_copy)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        result = cp.arange(6.0)[::2] * 2
+        np.testing.assert_array_equal(result.get(), [0.0, 4.0, 8.0])
+    other = cp.cuda.Stream()
+    np.testing.assert_array_equal(result.get(stream=other), [0.0, 4.0, 8.0])
+    assert copies[-2:] == [stream.ptr, other.ptr]

@@ -175,10 +175,13 @@ class ndarray:
                 f"out must be a C-contiguous {self._dtype} array of shape {self._shape}"
             )
         if out.nbytes:
+            # in the order of the current (or the given) stream, as CuPy's copy_to_host: work
+            # queued on a non-blocking stream is not ordered before the null stream's copy
+            handle = _remote.current_stream(self.device_id) if stream is None else stream.ptr
             with _remote.on_device(self.device_id):
-                runtime.memcpy(
-                    out.ctypes.data, source.data.ptr, out.nbytes, runtime.memcpyDeviceToHost
-                )
+                runtime.memcpyAsync(
+                    out.ctypes.data, source.data.ptr, out.nbytes, runtime.memcpyDeviceToHost, handle
+                )  # a device-to-host copy returns once the host array is filled
         return out
 
     def set(self, arr: Any, stream: Any = None) -> None:
