@@ -168,3 +168,24 @@ def test_get_copies_in_the_order_of_the_current_stream(
     other = cp.cuda.Stream()
     np.testing.assert_array_equal(result.get(stream=other), [0.0, 4.0, 8.0])
     assert copies[-2:] == [stream.ptr, other.ptr]
+
+
+def test_memory_pointer_host_copies_follow_the_current_stream(
+    connected: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies: list[int] = []
+    real_copy = cp.cuda.runtime.memcpyAsync
+
+    def recording_copy(dst: int, src: int, size: int, kind: int, stream: int = 0) -> None:
+        copies.append(stream)
+        real_copy(dst, src, size, kind, stream)
+
+    monkeypatch.setattr(cp.cuda.runtime, "memcpyAsync", recording_copy)
+    pointer = cp.cuda.alloc(32)
+    values, back = np.arange(4.0), np.empty(4)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        pointer.copy_from_host(values.ctypes.data, 32)
+        pointer.copy_to_host(back.ctypes.data, 32)
+    np.testing.assert_array_equal(back, values)
+    assert copies == [stream.ptr, stream.ptr]
