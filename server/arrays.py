@@ -321,9 +321,20 @@ class ArrayFunctions:
             (out,) = outs
             if method == "randint":
                 kwargs = {**kwargs, "dtype": out.dtype}
+            if method == "choice" and not kwargs.get("replace", True):
+                self._check_population(params[0] if params else None)
             self._store(outs, getattr(state, method)(*params, size=out.shape, **kwargs))
 
         return run
+
+    def _check_population(self, population: Any) -> None:
+        """Sampling without replacement permutes the whole population: an int one may not
+        need more memory than the device has (a view of one is bounded the same way)."""
+        if isinstance(population, int) and population * 8 > self._max_view_bytes:
+            raise ValueError(
+                f"a population of {population} spans more than the device's"
+                f" {self._max_view_bytes} bytes"
+            )
 
     def _seed(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         handle, seed = args

@@ -220,3 +220,30 @@ def test_a_result_bigger_than_its_output_is_refused_before_it_is_computed(
     np.testing.assert_array_equal(
         read(executor, out), np.outer(np.arange(4.0), np.arange(4.0)).ravel()
     )
+
+
+def test_sampling_without_replacement_from_a_huge_population_is_refused(
+    executor: SessionExecutor,
+) -> None:
+    """NumPy and CuPy permute the whole population: 2**40 int64s would be 8 TiB."""
+    out = device_array(executor, np.zeros(4, np.int64))
+    seed = pb.ArrayOp(function="random.seed", args=[pb.Operand(integer=1)], generator=3)
+    call(executor, wait=False, array_op=seed)
+    replace = pb.Keyword(name="replace", value=pb.Operand(boolean=False))
+    for population in (1 << 40, 10):
+        op = pb.ArrayOp(
+            function="random.choice",
+            args=[pb.Operand(integer=population)],
+            kwargs=[replace],
+            generator=3,
+            out=[out],
+        )
+        call(executor, wait=False, array_op=op)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        if population > 10:
+            assert reply.error.name == "ValueError"
+            assert "spans more than the device" in reply.error.message
+        else:
+            assert not reply.HasField("error"), reply.error
+    samples = read(executor, out)
+    assert len(set(samples.tolist())) == 4 and samples.max() < 10
