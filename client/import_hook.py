@@ -80,7 +80,9 @@ class CupyAliases(importlib.abc.MetaPathFinder):
                 "(see docs/cupy.md for what is supported)",
                 name=fullname,
             ) from exc
-        is_package = hasattr(module, "__path__")
+        # cupyx is a package to the importer, so that ``import cupyx.scipy`` reaches this
+        # finder and its NotImplementedError, not "'cupyx' is not a package"
+        is_package = hasattr(module, "__path__") or fullname == "cupyx"
         return importlib.machinery.ModuleSpec(
             fullname, _ExistingModule(module), is_package=is_package
         )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -58,6 +60,7 @@ UFUNCS = (
     "cosh",
     "deg2rad",
     "divide",
+    "divmod",
     "equal",
     "exp",
     "exp2",
@@ -191,6 +194,7 @@ class ArrayFunctions:
         self._backend = backend
         self._allocations = allocations
         self._xp = backend.array_module()
+        self._max_view_bytes = backend.properties().total_memory
         self._random_states: dict[int, Any] = {}
         self._table = self._make_table(self._xp)
 
@@ -200,7 +204,7 @@ class ArrayFunctions:
             raise CUDARuntimeError(
                 "cudaErrorNotSupported", f"array function {call.function!r} is not in the table"
             )
-        with _as_array_errors(), self._backend.on_stream(stream):
+        with _as_array_errors(), _quietly(), self._backend.on_stream(stream):
             outs = [self._array(desc, "output") for desc in call.out]
             args = [self._operand(operand) for operand in call.args]
             kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
@@ -217,6 +221,12 @@ class ArrayFunctions:
             raise ValueError(f"array of {len(shape)} dimensions with {len(strides)} strides")
         if 0 in shape:
             return self._xp.empty(shape, dtype)
+        if math.prod(shape) * dtype.itemsize > self._max_view_bytes:
+            # zero strides make any shape fit one element; its temporaries and loops would not
+            raise ValueError(
+                f"{what} array of shape {shape} spans more than the device's"
+                f" {self._max_view_bytes} bytes"
+            )
         if desc.ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"{what} array at 0x{desc.ptr:x} is not aligned for {dtype}")
         low, high = array_extent(desc.ptr, shape, strides, dtype.itemsize)
@@ -273,9 +283,9 @@ class ArrayFunctions:
         for name, function in _provided(xp, UFUNCS):
             table[name] = _ufunc(function)
         for name, function in _provided(xp, RETURNING):
-            table[name] = self._returning(function)
+            table[name] = self._returning(function, name)
         for name, function in _provided(xp.linalg, LINALG):
-            table[f"linalg.{name}"] = self._returning(function)
+            table[f"linalg.{name}"] = self._returning(function, name)
         for name in RANDOM:
             table[f"random.{name}"] = self._sampling(name)
         table["random.seed"] = self._seed
@@ -298,8 +308,9 @@ class ArrayFunctions:
                 raise ValueError(f"result of shape {value.shape} for an output of {out.shape}")
             out[...] = value
 
-    def _returning(self, function: Callable[..., Any]) -> Function:
+    def _returning(self, function: Callable[..., Any], name: str) -> Function:
         def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            _check_fits(result_shape(name, args), outs)
             self._store(outs, function(*args, **kwargs))
 
         return run
@@ -310,9 +321,20 @@ class ArrayFunctions:
             (out,) = outs
             if method == "randint":
                 kwargs = {**kwargs, "dtype": out.dtype}
+            if method == "choice" and not kwargs.get("replace", True):
+                self._check_population(params[0] if params else None)
             self._store(outs, getattr(state, method)(*params, size=out.shape, **kwargs))
 
         return run
+
+    def _check_population(self, population: Any) -> None:
+        """Sampling without replacement permutes the whole population: an int one may not
+        need more memory than the device has (a view of one is bounded the same way)."""
+        if isinstance(population, int) and population * 8 > self._max_view_bytes:
+            raise ValueError(
+                f"a population of {population} spans more than the device's"
+                f" {self._max_view_bytes} bytes"
+            )
 
     def _seed(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         handle, seed = args
@@ -326,6 +348,7 @@ class ArrayFunctions:
 
     def _getitem(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         array, key = args
+        _check_fits(indexed_shape(array, key), outs)
         self._store(outs, array[key])
 
     def _arange(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
@@ -367,6 +390,63 @@ def _ufunc(function: Callable[..., Any]) -> Function:
     return run
 
 
+def result_shape(name: str, args: Sequence[Any]) -> tuple[int, ...] | None:
+    """The shape of a product's or a broadcasting function's result, from its operands' shapes
+    alone: such a result may be far bigger than any operand, so it is checked against the
+    output before it is computed. None for other functions, and for operands the function
+    does not take (it then raises its own error)."""
+    shapes = [tuple(getattr(arg, "shape", ())) for arg in args]  # a scalar is 0-d
+    try:
+        if name in _BROADCASTING:
+            return tuple(np.broadcast_shapes(*shapes))
+        if name not in _PRODUCTS:
+            return None
+        a, b = shapes[:2]
+        if name == "outer":
+            return (math.prod(a), math.prod(b))
+        if not a or not b:
+            return tuple(np.broadcast_shapes(a, b))
+        columns = b[-1:] if len(b) > 1 else ()  # a vector b contributes no dimension
+        if name == "inner":
+            return a[:-1] + b[:-1]
+        if name == "dot":
+            return a[:-1] + b[:-2] + columns
+        return tuple(np.broadcast_shapes(a[:-2], b[:-2])) + a[-2:-1] + columns  # matmul
+    except (ValueError, TypeError):
+        return None
+
+
+def indexed_shape(array: Any, key: Any) -> tuple[int, ...] | None:
+    """The shape ``array[key]`` has, from an empty stand-in (the extra empty last dimension
+    keeps NumPy from copying anything); None where a boolean mask's count is needed (its
+    result is no bigger than the array) or the key is not valid (indexing then says why)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    stand_ins: list[Any] = []
+    for part in parts:
+        dtype = getattr(part, "dtype", None)
+        if dtype is not None and dtype.kind == "b":
+            return None
+        stand_ins.append(part if dtype is None else np.broadcast_to(np.intp(0), part.shape))
+    if any(part is Ellipsis for part in parts):
+        stand_ins.append(slice(None))  # the ellipsis must not reach the extra dimension
+    try:
+        return tuple(np.broadcast_to(np.False_, (*array.shape, 0))[tuple(stand_ins)].shape[:-1])
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+_BROADCASTING = ("around", "clip", "isclose", "where")
+_PRODUCTS = ("dot", "inner", "matmul", "outer")
+
+
+def _check_fits(shape: tuple[int, ...] | None, outs: Sequence[Any]) -> None:
+    """Refuse a result bigger than its outputs before computing it (the client's own results
+    always fit: it allocated them from the same shapes)."""
+    if shape is not None and math.prod(shape) > sum(out.size for out in outs):
+        shapes = ", ".join(str(out.shape) for out in outs)
+        raise ValueError(f"result of shape {shape} does not fit the output(s) {shapes}")
+
+
 def _setitem(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
     key, value = args
     (target,) = outs
@@ -378,6 +458,14 @@ def _assign(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
     (value,) = args
     (out,) = outs
     out[...] = value
+
+
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """No NumPy warnings (division by zero, mean of an empty slice): CuPy gives none, the
+    client asked for IEEE results, and a warning would land in the daemon's JSON-line log."""
+    with warnings.catch_warnings(action="ignore"), np.errstate(all="ignore"):
+        yield
 
 
 @contextlib.contextmanager

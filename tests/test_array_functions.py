@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.arrays import array_extent, checked_dtype
+from gpupool.server.arrays import array_extent, checked_dtype, indexed_shape, result_shape
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.executor import SessionExecutor
 from tests.conftest import run_request as call
@@ -110,3 +111,136 @@ def test_random_states_are_made_seeded_and_released(executor: SessionExecutor) -
     assert call(executor, wait=False, array_op=release) == []
     (reply,) = call(executor, array_op=sample)
     assert reply.error.name == "cudaErrorInvalidResourceHandle"
+
+
+def test_numpy_warnings_stay_out_of_the_daemon_log(executor: SessionExecutor) -> None:
+    values = device_array(executor, np.array([1.0, 0.0, -1.0]))
+    out = device_array(executor, np.zeros(3))
+    empty = pb.ArrayDesc(ptr=values.ptr, shape=[0], strides=[8], dtype="<f8")
+    scalar = pb.ArrayDesc(ptr=out.ptr, shape=[], strides=[], dtype="<f8")
+    divide = pb.ArrayOp(
+        function="true_divide",
+        args=[pb.Operand(array=values), pb.Operand(real=0.0)],
+        out=[out],
+    )
+    mean = pb.ArrayOp(function="mean", args=[pb.Operand(array=empty)], out=[scalar])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the call
+        call(executor, wait=False, array_op=divide)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        assert not reply.HasField("error"), reply.error
+        np.testing.assert_array_equal(read(executor, out), [np.inf, np.nan, -np.inf])
+        call(executor, wait=False, array_op=mean)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        assert not reply.HasField("error"), reply.error
+        assert np.isnan(read(executor, scalar))
+
+
+def test_a_broadcast_view_bigger_than_the_device_is_refused(executor: SessionExecutor) -> None:
+    """Zero strides make any shape fit one element; the function's temporaries and loops
+    would not (a fancy index of it, a sort, a variance)."""
+    values = device_array(executor, np.arange(4.0))
+    out = device_array(executor, np.zeros(4))
+    huge = pb.ArrayDesc(ptr=values.ptr, shape=[1 << 20, 1 << 20], strides=[0, 0], dtype="<f8")
+    rows = device_array(executor, np.arange(4))
+    index = pb.Operand(sequence=pb.OperandList(items=[pb.Operand(array=rows)]))
+    op = pb.ArrayOp(function="getitem", args=[pb.Operand(array=huge), index], out=[out])
+    call(executor, wait=False, array_op=op)
+    (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+    assert reply.error.name == "ValueError"
+    assert "spans more than the device's" in reply.error.message
+    broadcast = pb.ArrayDesc(ptr=values.ptr, shape=[1024, 4], strides=[0, 8], dtype="<f8")
+    column = pb.ArrayDesc(ptr=out.ptr, shape=[4], strides=[8], dtype="<f8")
+    op = pb.ArrayOp(
+        function="sum",
+        args=[pb.Operand(array=broadcast)],
+        kwargs=[pb.Keyword(name="axis", value=pb.Operand(integer=0))],
+        out=[column],
+    )
+    call(executor, wait=False, array_op=op)  # a broadcast view within the device still works
+    np.testing.assert_array_equal(read(executor, out), np.arange(4.0) * 1024)
+
+
+@pytest.mark.parametrize("name", ["dot", "inner", "matmul", "outer"])
+def test_product_shapes_are_numpys(name: str) -> None:
+    shapes = [(), (3,), (2, 3), (3, 3), (4, 2, 3), (1, 3, 3), (5, 1, 3, 3)]
+    for a in shapes:
+        for b in shapes:
+            try:
+                expected = getattr(np, name)(np.ones(a), np.ones(b)).shape
+            except ValueError:
+                continue
+            assert result_shape(name, [np.ones(a), np.ones(b)]) == expected, (a, b)
+    assert result_shape("where", [np.ones((3, 1)), 0.5, np.ones(4)]) == (3, 4)
+    assert result_shape("sum", [np.ones(3)]) is None
+
+
+def test_indexed_shapes_are_numpys() -> None:
+    values = np.ones((4, 5, 6))
+    rows, grid = np.array([0, 3, 1]), np.zeros((2, 1), np.int64)
+    keys: list[object] = [
+        rows,
+        (rows, slice(1, 4)),
+        (Ellipsis, rows),
+        (slice(None), grid, rows),
+        (grid, slice(None), rows),
+        (None, rows, Ellipsis, None),
+        (1, rows),
+    ]
+    for key in keys:
+        assert indexed_shape(values, key) == values[key].shape, key  # type: ignore[index]
+    assert indexed_shape(values, np.ones(4, bool)) is None  # a mask's count needs the data
+    assert indexed_shape(values, np.array([9])) == (1, 5, 6)  # the values are checked later
+    assert indexed_shape(np.ones((0, 3)), np.array([0])) is None  # an empty dimension
+
+
+def test_a_result_bigger_than_its_output_is_refused_before_it_is_computed(
+    executor: SessionExecutor,
+) -> None:
+    vector = device_array(executor, np.arange(4.0))
+    out = device_array(executor, np.zeros(16))
+    row = pb.ArrayDesc(ptr=vector.ptr, shape=[1, 1 << 24], strides=[0, 0], dtype="<f8")
+    column = pb.ArrayDesc(ptr=vector.ptr, shape=[1 << 24, 1], strides=[0, 0], dtype="<f8")
+    grid = pb.ArrayDesc(ptr=out.ptr, shape=[4, 4], strides=[32, 8], dtype="<f8")
+    condition = pb.ArrayDesc(ptr=vector.ptr, shape=[], strides=[], dtype="<f8")
+    for function in ("matmul", "where"):  # (2**24)**2 elements: never allocated
+        operands = [column, row] if function == "matmul" else [condition, column, row]
+        op = pb.ArrayOp(function=function, args=[pb.Operand(array=a) for a in operands], out=[grid])
+        call(executor, wait=False, array_op=op)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        assert reply.error.name == "ValueError"
+        assert "does not fit the output" in reply.error.message
+    op = pb.ArrayOp(
+        function="outer", args=[pb.Operand(array=vector), pb.Operand(array=vector)], out=[grid]
+    )
+    call(executor, wait=False, array_op=op)  # a result that fits is computed as before
+    np.testing.assert_array_equal(
+        read(executor, out), np.outer(np.arange(4.0), np.arange(4.0)).ravel()
+    )
+
+
+def test_sampling_without_replacement_from_a_huge_population_is_refused(
+    executor: SessionExecutor,
+) -> None:
+    """NumPy and CuPy permute the whole population: 2**40 int64s would be 8 TiB."""
+    out = device_array(executor, np.zeros(4, np.int64))
+    seed = pb.ArrayOp(function="random.seed", args=[pb.Operand(integer=1)], generator=3)
+    call(executor, wait=False, array_op=seed)
+    replace = pb.Keyword(name="replace", value=pb.Operand(boolean=False))
+    for population in (1 << 40, 10):
+        op = pb.ArrayOp(
+            function="random.choice",
+            args=[pb.Operand(integer=population)],
+            kwargs=[replace],
+            generator=3,
+            out=[out],
+        )
+        call(executor, wait=False, array_op=op)
+        (reply,) = call(executor, device_synchronize=pb.DeviceSynchronize())
+        if population > 10:
+            assert reply.error.name == "ValueError"
+            assert "spans more than the device" in reply.error.message
+        else:
+            assert not reply.HasField("error"), reply.error
+    samples = read(executor, out)
+    assert len(set(samples.tolist())) == 4 and samples.max() < 10

@@ -112,6 +112,14 @@ def test_a_missing_cupy_submodule_names_the_shim(daemon: Daemon, tmp_path: Path)
             cupyx.scatter_add
         except NotImplementedError as exc:
             print(exc)
+        try:
+            import cupyx.scipy.special
+        except NotImplementedError as exc:
+            print(exc)
+        try:
+            from cupyx.profiler import benchmark
+        except NotImplementedError as exc:
+            print(exc)
         """
     )
     result = _run(
@@ -120,3 +128,5 @@ def test_a_missing_cupy_submodule_names_the_shim(daemon: Daemon, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert "gpupool's CuPy shim has no gpupool.cupy.no_such_module" in result.stdout
     assert "cupyx.scatter_add is not supported" in result.stdout
+    assert "cupyx.scipy is not supported" in result.stdout  # not "'cupyx' is not a package"
+    assert "cupyx.profiler is not supported" in result.stdout

@@ -156,6 +156,7 @@ from gpupool.cupy._ufuncs import (
     deg2rad,
     degrees,
     divide,
+    divmod,
     equal,
     exp,
     exp2,
@@ -218,6 +219,7 @@ from gpupool.cupy.cuda.memory import get_default_memory_pool
 from gpupool.cupy.cuda.pinned_memory import get_default_pinned_memory_pool
 
 __getattr__ = module_getattr(__name__)
+__version__ = "14.0.0+gpupool"  # the CuPy API it follows (programs print and compare it)
 
 
 def get_array_module(*args: Any) -> ModuleType:
@@ -289,6 +291,7 @@ __all__ = [
     "degrees",
     "diagonal",
     "divide",
+    "divmod",
     "dot",
     "dtype",
     "e",

@@ -113,8 +113,11 @@ def _index_arrays(array: ndarray, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         if isinstance(part, list | np.ndarray):
             from gpupool.cupy._creation import array as to_device
 
+            host = np.asarray(part)
+            if host.size == 0 and isinstance(part, list):
+                host = host.astype(np.intp)  # NumPy: an empty list indexes as integers
             with _remote.on_device(array.device_id):
-                part = to_device(part)
+                part = to_device(host)
         elif isinstance(part, bool | np.bool_) or (_is_mask(part) and part.ndim == 0):
             unsupported("indexing with a boolean scalar")
         elif not (is_basic(part) or isinstance(part, ndarray)):

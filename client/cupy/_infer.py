@@ -82,7 +82,7 @@ def common_device(arrays: Sequence[ndarray]) -> int:
     if len(devices) > 1:
         raise ValueError(
             f"arrays on devices {sorted(devices)}: an operation needs all its arrays on one"
-            " device (copy them over with cupy.asarray under that device)"
+            " device (copy one over with x.copy() or cupy.array(x) under the other's device)"
         )
     return devices.pop() if devices else runtime.getDevice()
 

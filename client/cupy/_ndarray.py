@@ -112,7 +112,20 @@ class ndarray:
         self._owner = memptr is None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
-    shape = property(lambda self: self._shape)
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @shape.setter
+    def shape(self, shape: Any) -> None:
+        """Reshape in place where a view has the shape (CuPy's AttributeError where not)."""
+        try:
+            view = np.reshape(layout(self), shape, copy=False)
+        except ValueError as exc:
+            raise AttributeError(f"incompatible shape: {exc}") from None
+        self._shape, self._strides = view.shape, view.strides
+        self.__dict__.pop("_descriptor", None)  # the wire form has the old shape
+
     dtype = property(lambda self: self._dtype)
     strides = property(lambda self: self._strides)
     ndim = property(lambda self: len(self._shape))
@@ -154,7 +167,7 @@ class ndarray:
         blocking: bool = True,
     ) -> np.ndarray:
         """A host copy (waits for the queued work that writes this array)."""
-        source = self if self.flags.c_contiguous else self.copy()
+        source = self if self.flags.c_contiguous else self.astype(self._dtype, order="C")
         if out is None:
             out = np.empty(self._shape, self._dtype)
         elif out.shape != self._shape or out.dtype != self._dtype or not out.flags.c_contiguous:
@@ -162,10 +175,13 @@ class ndarray:
                 f"out must be a C-contiguous {self._dtype} array of shape {self._shape}"
             )
         if out.nbytes:
+            # in the order of the current (or the given) stream, as CuPy's copy_to_host: work
+            # queued on a non-blocking stream is not ordered before the null stream's copy
+            handle = _remote.current_stream(self.device_id) if stream is None else stream.ptr
             with _remote.on_device(self.device_id):
-                runtime.memcpy(
-                    out.ctypes.data, source.data.ptr, out.nbytes, runtime.memcpyDeviceToHost
-                )
+                runtime.memcpyAsync(
+                    out.ctypes.data, source.data.ptr, out.nbytes, runtime.memcpyDeviceToHost, handle
+                )  # a device-to-host copy returns once the host array is filled
         return out
 
     def set(self, arr: Any, stream: Any = None) -> None:
@@ -204,7 +220,7 @@ class ndarray:
         try:
             return self._view(np.reshape(layout(self), target, order=layout_order, copy=False))
         except ValueError:  # no view has that shape: copy, as NumPy does
-            contiguous = self.copy(order=layout_order)
+            contiguous = self.astype(self._dtype, order=layout_order)
             return contiguous._view(np.reshape(layout(contiguous), target, order=layout_order))
 
     def ravel(self, order: str = "C") -> ndarray:
@@ -273,7 +289,16 @@ class ndarray:
         return out
 
     def copy(self, order: str = "C") -> ndarray:
-        return self.astype(self._dtype, order=order)
+        """A copy on the current device, as CuPy's (the way to move an array between devices:
+        through the host when it is on another device, which may be another daemon)."""
+        current = runtime.getDevice()
+        if current == self.device_id:
+            return self.astype(self._dtype, order=order)
+        layout_order = _resolve_order(self, order)
+        host = self.get()  # a synchronizing call, as CuPy's peer copy waits for the source
+        moved = ndarray(self._shape, self._dtype)  # on the current device
+        moved.set(host)
+        return moved if layout_order == "C" else moved.astype(self._dtype, order="F")
 
     def fill(self, value: Any) -> None:
         _indexing.check_scalar_fits(value, self._dtype)
@@ -286,6 +311,28 @@ class ndarray:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         _indexing.setitem(self, key, value)
+
+    def __copy__(self) -> ndarray:
+        """A copy of the data on the array's device, as CuPy's (not a second array object on
+        the same memory)."""
+        return self.astype(self._dtype)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ndarray:
+        return self.astype(self._dtype)
+
+    def __reduce__(self) -> tuple[Any, tuple[np.ndarray]]:
+        """Pickled as its host copy, as CuPy's: a device address means nothing elsewhere, and
+        unpickling one would free the same memory twice."""
+        from gpupool.cupy._creation import array
+
+        return array, (self.get(),)
+
+    def __getattr__(self, name: str) -> Any:
+        """CuPy's other ndarray names raise NotImplementedError naming them (never missing
+        silently); private and special names stay AttributeError for Python's probes."""
+        if name.startswith("_"):
+            raise AttributeError(f"'ndarray' object has no attribute {name!r}")
+        unsupported(f"cupy.ndarray.{name}")
 
     def __iter__(self) -> Iterator[ndarray]:
         if not self._shape:
@@ -399,8 +446,10 @@ class ndarray:
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         ours = _ufuncs.BY_NUMPY_NAME.get(ufunc.__name__)
-        if method != "__call__" or ours is None:
-            return NotImplemented
+        if ours is None:  # CuPy has it (its ufuncs are NumPy's): say so, not a TypeError
+            unsupported(f"cupy.{ufunc.__name__}")
+        if method != "__call__":
+            unsupported(f"cupy.{ufunc.__name__}.{method}")
         return ours(*inputs, **kwargs)
 
     def __array_function__(
@@ -409,10 +458,10 @@ class ndarray:
         import gpupool.cupy
 
         module = {"numpy": gpupool.cupy, "numpy.linalg": gpupool.cupy.linalg}.get(func.__module__)
-        ours = None if module is None else vars(module).get(func.__name__)
-        if ours is None:
+        if module is None:
             return NotImplemented
-        return ours(*args, **kwargs)
+        # a name the shim lacks raises NotImplementedError naming it (the module's __getattr__)
+        return getattr(module, func.__name__)(*args, **kwargs)
 
     def _scalar(self) -> np.ndarray:
         if self.size != 1:
@@ -463,6 +512,12 @@ class ndarray:
 
     def __imatmul__(self, other: Any) -> Any:
         return _products.matmul(self, other, out=self)
+
+    def __divmod__(self, other: Any) -> Any:
+        return _ufuncs.divmod(self, other)
+
+    def __rdivmod__(self, other: Any) -> Any:
+        return _ufuncs.divmod(other, self)
 
     def __neg__(self) -> ndarray:
         return _ufuncs.negative(self)

@@ -221,6 +221,9 @@ class ReductionKernel(kp.UserKernel):
             *(f"_gp_out.shape_[{d}] = _gp_out_n{d};" for d in range(n_out)),
             f"gpupool_kernel::Indexer<{n_red}> _gp_red; _gp_red.size_ = _gp_red_size;",
             *(f"_gp_red.shape_[{d}] = _gp_red_n{d};" for d in range(n_red)),
+            # CuPy's names for the input's and the output's sizes (its mean divides by them)
+            "gpupool_kernel::Indexer<1> _in_ind; _in_ind.size_ = _gp_out_size * _gp_red_size;",
+            "gpupool_kernel::Indexer<1> _out_ind; _out_ind.size_ = _gp_out_size;",
         ]
         dtypes = [d for _k, d in signature] + list(placeholders.values())
         nl = "\n      "

@@ -109,10 +109,13 @@ class MemoryPointer:
                 )
 
     def copy_from_host(self, mem: Any, size: int) -> None:
-        """Copy ``size`` bytes from host memory (an address or a buffer); waits."""
+        """Copy ``size`` bytes from host memory (an address or a buffer) in the current stream's
+        order, and wait for it, as CuPy's (a null-stream copy is not ordered after the work of
+        a non-blocking stream)."""
         if size > 0:
             with self.device:
-                runtime.memcpy(self.ptr, _host_address(mem), size, runtime.memcpyHostToDevice)
+                self.copy_from_host_async(mem, size)
+                runtime.streamSynchronize(_stream_ptr(None))
 
     def copy_from_host_async(self, mem: Any, size: int, stream: Stream | None = None) -> None:
         """Copy ``size`` host bytes in stream order (the current stream by default)."""
@@ -127,9 +130,8 @@ class MemoryPointer:
                 )
 
     def copy_to_host(self, mem: Any, size: int) -> None:
-        if size > 0:
-            with self.device:
-                runtime.memcpy(_host_address(mem), self.ptr, size, runtime.memcpyDeviceToHost)
+        """Copy to host memory in the current stream's order, as CuPy's (see copy_from_host)."""
+        self.copy_to_host_async(mem, size)
 
     def copy_to_host_async(self, mem: Any, size: int, stream: Stream | None = None) -> None:
         """Copy ``size`` bytes to host memory after the stream's earlier work (the host buffer
