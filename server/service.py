@@ -4,8 +4,8 @@ The front process never touches a device. It answers ``GetInfo`` itself; for ``S
 checks the opening request, takes a warm worker for the device and then only moves bytes:
 requests from the client to the worker, replies back, without decoding them. A worker that
 dies takes its session with it: the client gets one error reply naming why (its CUDA error
-when it ended on a sticky error, ``cudaErrorIllegalAddress`` when it crashed) and the stream
-ends; every other session goes on.
+when it ended on a sticky error, ``cudaErrorIllegalAddress`` when it crashed, the lease's end
+when the daemon ended it) and the stream ends; every other session goes on.
 """
 
 from __future__ import annotations
@@ -86,7 +86,13 @@ class DaemonService:
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
         context.add_callback(worker.kill)  # the client went away: end its worker now
-        forget = self.admission.watch(admitted, pool.device, worker.kill)  # or its lease ends
+        ended: list[CUDARuntimeError] = []  # or its lease ended: end it, and say why
+
+        def end(why: CUDARuntimeError) -> None:
+            ended.append(why)
+            worker.kill()
+
+        forget = self.admission.watch(admitted, pool.device, end)
         log.info(
             "session opened",
             extra=fields(
@@ -97,7 +103,7 @@ class DaemonService:
             threading.Thread(
                 target=_pump, args=(requests, worker), name=f"pump-{session_id}", daemon=True
             ).start()
-            yield from self._replies(worker, session_id)
+            yield from self._replies(worker, session_id, ended)
         finally:
             forget()
             pool.release(worker)
@@ -119,7 +125,9 @@ class DaemonService:
             )
         return self._pools[device]
 
-    def _replies(self, worker: Worker, session_id: str) -> Iterator[bytes]:
+    def _replies(
+        self, worker: Worker, session_id: str, ended: list[CUDARuntimeError]
+    ) -> Iterator[bytes]:
         first = True
         for raw in worker.replies():
             if first:  # the reply to 'open': give the session its id
@@ -129,6 +137,9 @@ class DaemonService:
                 raw, first = reply.SerializeToString(), False
             yield raw
         code = worker.wait()
+        if ended:  # the daemon ended the session: its last reply says why
+            yield pb.Reply(error=error_message(ended[0])).SerializeToString()
+            return
         if worker.killed or code in CLEAN_EXITS:
             return  # the client left, the session ended, or it already has its error
         reason = worker.exit_reason(code)

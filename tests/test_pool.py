@@ -226,8 +226,11 @@ def test_a_released_lease_ends_its_sessions_and_their_memory(pool: Scheduler) ->
         gpu = next(g for g in state(pool).gpus if g.allocations)
         eventually(lambda: _memory_used(pool, gpu) == GiB, within=2)
         lease.release()
-        with pytest.raises(ConnectionLost):
-            eventually(lambda: rt.memGetInfo() is None, within=3)
+        with pytest.raises(CUDARuntimeError, match="was released or has expired") as told:
+            eventually(lambda: rt.memGetInfo() is None, within=3)  # the daemon says why
+        assert told.value.name == "cudaErrorNotPermitted" and lease.id in str(told.value)
+        with pytest.raises(ConnectionLost):  # and the session is over
+            rt.memGetInfo()
         eventually(lambda: _memory_used(pool, gpu) == 0, within=2)
     finally:
         gpupool.disconnect()
