@@ -47,6 +47,13 @@ def main(args: argparse.Namespace) -> int:
         print("gpupool run: no command given (gpupool run -- python prog.py)", file=sys.stderr)
         return 2
     env = dict(os.environ)
+    if wants_allocation(args) and args.daemons:
+        print(
+            "gpupool run: --daemons names the daemons to use, -n/--fraction/--memory/--scheduler"
+            " allocate GPUs from the pool: give one or the other",
+            file=sys.stderr,
+        )
+        return 2
     if wants_allocation(args):  # GPUs from the pool, released however the command ends
         try:
             with contextlib.ExitStack() as stack:
