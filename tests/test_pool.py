@@ -361,6 +361,17 @@ def test_pool_commands_need_a_secret_and_a_scheduler(monkeypatch: pytest.MonkeyP
     assert away.returncode == 1 and "does not answer" in away.stderr
 
 
+def test_run_refuses_daemons_and_an_allocation_together() -> None:
+    both = gpupool_cli("run", "-n", "2", "--daemons", "127.0.0.1:1", "--", "true")
+    assert both.returncode == 2
+    assert "--daemons names the daemons to use" in both.stderr and "one or the other" in both.stderr
+
+
+def test_allocation_errors_are_part_of_the_api() -> None:
+    assert gpupool.AllocationError is AllocationError and "AllocationError" in gpupool.__all__
+    assert issubclass(gpupool.AllocationError, gpupool.GpupoolError)
+
+
 # Sees its quota as the device's memory, cannot allocate past it, holds most of it.
 TENANT = """
 import sys, gpupool, gpupool.runtime as rt
