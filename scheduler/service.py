@@ -66,8 +66,9 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             oversubscription=request.oversubscription or 1.0,
             backend=request.backend,
         )
-        if not node.name or not node.address:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node needs a name and address")
+        problem = sm.invalid_node(node)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.apply(sm.Register(node, self._clock()))
         log.info("node registered", extra=fields(node=node.name, gpus=len(node.gpus)))
         return spb.NodeAccepted(heartbeat_s=self._heartbeat_s)

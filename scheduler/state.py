@@ -13,6 +13,7 @@ factor (1 unless the operator says otherwise). A memory-sized share takes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -479,6 +480,22 @@ def _rank(
     if policy == "pack":
         return (free, -on_node, node.name, gpu.index)
     return (on_node, -free, node.name, gpu.index)
+
+
+def invalid_node(node: Node) -> str | None:
+    """What is wrong with a node that asks to register, or None.
+
+    Checked before the node joins: one bad figure (a NaN factor, a GPU of no memory) would
+    otherwise break the placement of every request in the pool, and be stored.
+    """
+    if not node.name or not node.address:
+        return "a node needs a name and an address"
+    if not math.isfinite(node.oversubscription) or node.oversubscription < 1:
+        return f"an oversubscription factor is a number of at least 1, not {node.oversubscription}"
+    for gpu in node.gpus:
+        if gpu.memory <= 0:
+            return f"GPU {gpu.index} of node {node.name!r} reports no memory ({gpu.memory})"
+    return None
 
 
 def _invalid(request: Request) -> str | None:

@@ -26,6 +26,7 @@ from gpupool.client.session import Session
 from gpupool.errors import AllocationError, ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto import scheduler_pb2 as spb
+from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.scheduler.service import Scheduler, start_scheduler
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
@@ -359,6 +360,26 @@ def test_pool_commands_need_a_secret_and_a_scheduler(monkeypatch: pytest.MonkeyP
     assert "no scheduler: pass --scheduler HOST:PORT or set GPUPOOL_SCHEDULER" in listing.stderr
     away = gpupool_cli("request", "--scheduler", "127.0.0.1:1")
     assert away.returncode == 1 and "does not answer" in away.stderr
+
+
+def test_a_node_that_would_break_placement_is_refused_and_the_pool_goes_on(
+    pool: Scheduler,
+) -> None:
+    bad = spb.NodeRegistration(
+        name="nan", address="127.0.0.1:1", oversubscription=float("nan"), gpus=[spb.GpuInfo()]
+    )
+    channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            spb_grpc.SchedulerStub(channel).Register(bad, timeout=10)
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least 1, not nan" in (refused.value.details() or "")
+    with allocate(pool.address, 1, fraction=0.5) as lease:  # the pool still places requests
+        assert len(lease.placements) == 1
+    daemon = gpupool_cli("daemon", "--oversubscribe", "nan")
+    assert daemon.returncode == 2 and "a factor is a number of at least 1" in daemon.stderr
 
 
 def test_run_refuses_daemons_and_an_allocation_together() -> None:

@@ -142,6 +142,22 @@ def test_oversubscription_lets_fractions_sum_past_one() -> None:
     refused(allocate(machine, fraction=0.5))
 
 
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (node("a", oversubscription=float("nan")), "at least 1, not nan"),
+        (node("a", oversubscription=float("inf")), "at least 1, not inf"),
+        (node("a", oversubscription=0.5), "at least 1, not 0.5"),
+        (node("a", memory=0), "GPU 0 of node 'a' reports no memory"),
+        (sm.Node("", "h:1", ()), "needs a name and an address"),
+    ],
+)
+def test_nodes_with_figures_that_would_break_placement_are_refused(bad: sm.Node, why: str) -> None:
+    problem = sm.invalid_node(bad)
+    assert problem is not None and why in problem
+    assert sm.invalid_node(node("a", oversubscription=1.5)) is None
+
+
 def test_a_waiting_request_gets_freed_capacity_in_arrival_order() -> None:
     machine = pool(node("a", gpus=1))
     holder = granted(allocate(machine, fraction=1.0))

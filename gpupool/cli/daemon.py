@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, add_scheduler_option, start_daemon
+from gpupool.cli.options import add_daemon_options, add_scheduler_option, factor, start_daemon
 from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
@@ -31,7 +31,7 @@ def add(commands: Any) -> None:
     )
     pool.add_argument(
         "--oversubscribe",
-        type=float,
+        type=factor,
         default=1.0,
         metavar="F",
         help="fractions on one GPU may sum to F (default 1: none)",
