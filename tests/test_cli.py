@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from gpupool import cli
 from gpupool.units import format_size, parse_size
 from tests.conftest import EXAMPLES, run_client
 
@@ -131,3 +132,12 @@ def test_bad_sizes_on_the_command_line_are_named() -> None:
     )
     assert result.returncode == 2
     assert "not a size: 'lots'" in result.stderr
+
+
+def test_daemon_help_says_how_it_joins_a_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only --scheduler makes a pooled daemon: its help does not promise $GPUPOOL_SCHEDULER."""
+    with pytest.raises(SystemExit):
+        cli.main(["daemon", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--scheduler HOST:PORT register with this pool scheduler" in text
+    assert "GPUPOOL_SCHEDULER" not in text

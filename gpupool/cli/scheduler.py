@@ -26,7 +26,10 @@ def add(commands: Any) -> None:
         "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
     )
     parser.add_argument(
-        "--db", default="gpupool-scheduler.db", metavar="PATH", help="SQLite file of the state"
+        "--db",
+        default="gpupool-scheduler.db",
+        metavar="PATH",
+        help="SQLite file of the state, made if missing (default gpupool-scheduler.db)",
     )
     parser.add_argument("--secret-file", metavar="FILE", help="the cluster secret")
     parser.add_argument(
