@@ -6,6 +6,7 @@ The emulator reserves memory lazily, so 8 GiB devices cost nothing until written
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 import gpupool
 from gpupool import grants
 from gpupool import runtime as rt
-from gpupool.client.lease import SchedulerClient, allocate
+from gpupool.client.lease import Lease, SchedulerClient, allocate
 from gpupool.client.session import Session
 from gpupool.errors import AllocationError, ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
@@ -380,6 +381,22 @@ def test_a_node_that_would_break_placement_is_refused_and_the_pool_goes_on(
         assert len(lease.placements) == 1
     daemon = gpupool_cli("daemon", "--oversubscribe", "nan")
     assert daemon.returncode == 2 and "a factor is a number of at least 1" in daemon.stderr
+
+
+def test_a_failed_renewal_says_why_in_its_message() -> None:
+    """A program that configures no logging sees only a warning's message: it has the reason."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("gpupool.client.lease")
+    logger.addHandler(handler)
+    lease = Lease(SchedulerClient("127.0.0.1:1"), spb.Allocation(id="gone", ttl_s=0.3))
+    try:
+        eventually(lambda: bool(messages), within=10)
+    finally:
+        lease.close()
+        logger.removeHandler(handler)
+    assert messages[0].startswith("lease not renewed: the scheduler at 127.0.0.1:1 does not answer")
 
 
 def test_run_refuses_daemons_and_an_allocation_together() -> None:
