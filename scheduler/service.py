@@ -66,10 +66,15 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             oversubscription=request.oversubscription or 1.0,
             backend=request.backend,
         )
+        now = self._clock()
         problem = sm.invalid_node(node)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        self.apply(sm.Register(node, self._clock()))
+        taken = self._machine.name_taken(node, now)
+        if taken is not None:
+            log.warning("registration refused", extra=fields(node=node.name, reason=taken))
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, taken)
+        self.apply(sm.Register(node, now))
         log.info("node registered", extra=fields(node=node.name, gpus=len(node.gpus)))
         return spb.NodeAccepted(heartbeat_s=self._heartbeat_s)
 

@@ -268,6 +268,25 @@ class SchedulerState:
             if any(part.node == node for part in allocation.slices)
         ]
 
+    def name_taken(self, node: Node, now: float) -> str | None:
+        """Why ``node`` may not register under its name now, or None.
+
+        A daemon that restarts takes its name back (at the same address at once, at another
+        once the old one is down); while a node of that name is up elsewhere, a second
+        daemon with the same name (two on one host, both named after it) would silently
+        take over its GPUs and allocations.
+        """
+        known = self.nodes.get(node.name)
+        if known is None or known.address == node.address or not self._alive(known, now):
+            return None
+        return (
+            f"node {node.name!r} is registered from {known.address} and up: give the daemon at"
+            f" {node.address} another --name (or stop the one at {known.address})"
+        )
+
+    def _alive(self, node: Node, now: float) -> bool:
+        return node.up and now - node.last_seen <= self.node_timeout
+
     @property
     def waiting(self) -> int:
         return len(self._queue)
@@ -358,10 +377,9 @@ class SchedulerState:
     def _on_tick(self, event: Tick) -> Iterator[Instruction]:
         now = event.now
         for node in self.nodes.values():
-            silent = now - node.last_seen
-            if node.up and silent > self.node_timeout:
+            if node.up and not self._alive(node, now):
                 node.up = False
-                yield NodeDown(node.name, silent)
+                yield NodeDown(node.name, now - node.last_seen)
                 yield StoreNode(node)
         for allocation in list(self.allocations.values()):
             if allocation.expires_at <= now:

@@ -29,6 +29,7 @@ from gpupool.server.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 5.0
+REFUSALS = (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class Registration:
@@ -55,6 +56,7 @@ class Registration:
         self._nvml = _Nvml() if node.backend == "cupy" else None
         self.interval = 1.0
         self.registered = threading.Event()
+        self.refused = ""  # why the scheduler last refused to register this node
 
     def start(self) -> None:
         self._thread.start()
@@ -85,12 +87,20 @@ class Registration:
                     log.info("scheduler reachable again", extra=fields(node=self._node.name))
                 reachable = True
             except grpc.RpcError as exc:
-                if reachable:
-                    log.warning(
-                        "scheduler unreachable; sessions go on",
-                        extra=fields(code=exc.code().name, node=self._node.name),
-                    )
-                reachable = False
+                if exc.code() in REFUSALS:  # it answers, and says no: say why, try again later
+                    if self.refused != exc.details():
+                        log.error(
+                            "the scheduler refuses this node",
+                            extra=fields(node=self._node.name, reason=exc.details()),
+                        )
+                    self.refused = exc.details() or exc.code().name
+                else:
+                    if reachable:
+                        log.warning(
+                            "scheduler unreachable; sessions go on",
+                            extra=fields(code=exc.code().name, node=self._node.name),
+                        )
+                    reachable = False
             self._stopping.wait(self.interval)
 
     def _heartbeat(self) -> spb.NodeHeartbeat:

@@ -383,6 +383,28 @@ def test_a_node_that_would_break_placement_is_refused_and_the_pool_goes_on(
     assert daemon.returncode == 2 and "a factor is a number of at least 1" in daemon.stderr
 
 
+def test_a_second_daemon_with_a_nodes_name_is_refused_and_says_why(pool: Scheduler) -> None:
+    impostor = start_daemon(
+        backend="emu",
+        emu_devices=1,
+        log_level="warning",
+        membership=PoolMembership(pool.address, "a", SECRET),
+    )
+    try:
+        assert impostor.registration is not None
+        eventually(
+            lambda: impostor.registration is not None and impostor.registration.refused != "",
+            within=10,
+        )
+        assert "node 'a' is registered from" in impostor.registration.refused
+        assert "another --name" in impostor.registration.refused
+        assert not impostor.registration.registered.is_set()
+        gpus = [gpu for gpu in state(pool).gpus if gpu.node == "a"]
+        assert len(gpus) == 2 and gpus[0].address != impostor.address  # a is as it was
+    finally:
+        impostor.stop()
+
+
 def test_a_failed_renewal_says_why_in_its_message() -> None:
     """A program that configures no logging sees only a warning's message: it has the reason."""
     messages: list[str] = []

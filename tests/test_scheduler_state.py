@@ -232,6 +232,17 @@ def test_a_restarted_node_keeps_its_gpus_and_allocations() -> None:
     assert machine.handle(sm.Heartbeat(3, "nobody", {}, 6.0)) == [sm.Reply(3, None)]
 
 
+def test_a_second_daemon_may_not_take_the_name_of_a_node_that_is_up() -> None:
+    machine = pool(node("a"), node_timeout=10.0)
+    impostor = sm.Node("a", "a:7999", node("a", gpus=1).gpus)
+    taken = machine.name_taken(impostor, 5.0)
+    assert taken is not None and "node 'a' is registered from a:7001 and up" in taken
+    assert machine.name_taken(node("a"), 5.0) is None  # the same daemon, restarted in place
+    assert machine.name_taken(node("b"), 5.0) is None
+    machine.handle(sm.Tick(11.0))  # silent: down
+    assert machine.name_taken(impostor, 11.0) is None  # a restart elsewhere takes it back
+
+
 def test_restored_state_gives_leases_a_full_ttl_after_downtime() -> None:
     machine = pool(node("a"))
     allocation = granted(allocate(machine, ttl=10.0))
