@@ -200,11 +200,14 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         ask = next(self._asks)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[ask] = future
-        self.apply(event(ask))
+        made = event(ask)
+        self.apply(made)
         try:
             return await future
         except asyncio.CancelledError:  # the caller went away while it waited
             self.apply(sm.Withdraw(ask))
+            if isinstance(made, sm.Allocate) and future.done() and not future.cancelled():
+                self._give_back(future)  # granted just before: nobody will hear of it
             raise
         except AllocationError as exc:
             assert context is not None
@@ -217,13 +220,22 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         future = self._waiting.get(instruction.ask)
         if future is None or future.done():
             if isinstance(instruction, sm.Reply) and isinstance(instruction.value, sm.Allocation):
-                # granted after its caller gave up waiting: give it straight back
-                self.apply(sm.Release(0, instruction.value.id, self._clock()))
+                self._release(instruction.value)  # granted after its caller gave up waiting
             return
         if isinstance(instruction, sm.Refuse):
             future.set_exception(AllocationError(instruction.code, instruction.reason))
         else:
             future.set_result(instruction.value)
+
+    def _give_back(self, future: asyncio.Future[object]) -> None:
+        """Release the allocation an abandoned ``Allocate`` was answered with, if any."""
+        if future.exception() is None and isinstance(future.result(), sm.Allocation):
+            self._release(future.result())
+
+    def _release(self, allocation: sm.Allocation) -> None:
+        """Give back an allocation that nobody holds: else it would stay until its lease ends."""
+        log.info("allocation abandoned", extra=fields(allocation=allocation.id))
+        self.apply(sm.Release(0, allocation.id, self._clock()))
 
     def _message(self, allocation: sm.Allocation, with_grants: bool) -> spb.Allocation:
         gpus = []
