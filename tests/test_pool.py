@@ -421,6 +421,22 @@ def test_a_failed_renewal_says_why_in_its_message() -> None:
     assert messages[0].startswith("lease not renewed: the scheduler at 127.0.0.1:1 does not answer")
 
 
+def test_run_uses_the_allocation_in_the_environment_unless_daemons_are_named(
+    pool: Scheduler,
+) -> None:
+    show = (
+        "import os, gpupool.runtime as rt;"
+        " print(rt.getDeviceCount(), os.environ.get('GPUPOOL_DAEMONS') or '-')"
+    )
+    with allocate(pool.address, 3, fraction=0.25) as lease:
+        env = {"GPUPOOL_ALLOCATION": lease.env_value, "GPUPOOL_DAEMONS": ""}
+        held = gpupool_cli("run", "--", sys.executable, "-c", show, env=env)
+        assert held.stdout.split() == ["3", "-"], held.stderr  # no embedded daemon started
+        address = next(gpu.address for gpu in state(pool).gpus if gpu.node == "b")
+        named = gpupool_cli("run", "--daemons", address, "--", sys.executable, "-c", show, env=env)
+        assert named.stdout.split() == ["2", address], named.stderr  # the daemon named wins
+
+
 def test_run_refuses_daemons_and_an_allocation_together() -> None:
     both = gpupool_cli("run", "-n", "2", "--daemons", "127.0.0.1:1", "--", "true")
     assert both.returncode == 2
