@@ -33,6 +33,10 @@ from gpupool.scheduler.store import Store
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
+NOT_A_MEMBER = (
+    "the node's proof does not match this scheduler's cluster secret: give the daemon the"
+    " scheduler's (GPUPOOL_CLUSTER_SECRET or --secret-file)"
+)
 
 
 class SchedulerService(spb_grpc.SchedulerServicer):
@@ -67,6 +71,8 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             backend=request.backend,
         )
         now = self._clock()
+        if not grants.check_node_proof(request.name, request.proof, self._secret):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_A_MEMBER)
         problem = sm.invalid_node(node)
         if problem is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -81,6 +87,8 @@ class SchedulerService(spb_grpc.SchedulerServicer):
     async def Heartbeat(
         self, request: spb.NodeHeartbeat, context: grpc.aio.ServicerContext
     ) -> spb.HeartbeatReply:
+        if not grants.check_node_proof(request.name, request.proof, self._secret):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_A_MEMBER)
         figures = {
             g.index: sm.GpuFigures(g.memory_used, g.utilization, tuple(g.sessions))
             for g in request.gpus

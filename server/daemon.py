@@ -117,7 +117,12 @@ def start_daemon(
     registration = None
     if membership is not None:
         node = node_registration(
-            membership.name, f"{public}:{port}", config.kind, devices, membership.oversubscription
+            membership.name,
+            f"{public}:{port}",
+            config.kind,
+            devices,
+            membership.oversubscription,
+            membership.secret,
         )
         registration = Registration(membership.scheduler, node, devices, pools, admission)
         registration.start()

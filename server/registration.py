@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from gpupool import grants
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
@@ -29,7 +30,11 @@ from gpupool.server.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 5.0
-REFUSALS = (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
+REFUSALS = (
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 
 class Registration:
@@ -119,7 +124,7 @@ class Registration:
                     sessions=self._admission.sessions(index),
                 )
             )
-        return spb.NodeHeartbeat(name=self._node.name, gpus=gpus)
+        return spb.NodeHeartbeat(name=self._node.name, gpus=gpus, proof=self._node.proof)
 
 
 class _Nvml:
@@ -164,13 +169,16 @@ def node_registration(
     backend: str,
     devices: Sequence[DeviceInfo],
     oversubscription: float,
+    secret: bytes,
 ) -> spb.NodeRegistration:
-    """What the scheduler learns of this node when it registers."""
+    """What the scheduler learns of this node when it registers, with the proof that it
+    holds the cluster secret."""
     return spb.NodeRegistration(
         name=name,
         address=address,
         backend=backend,
         oversubscription=oversubscription,
+        proof=grants.node_proof(name, secret),
         gpus=[
             spb.GpuInfo(index=index, uuid=d.uuid, name=d.name, memory=d.total_memory)
             for index, d in enumerate(devices)
