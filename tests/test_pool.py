@@ -102,6 +102,16 @@ def state(scheduler: Scheduler) -> spb.PoolState:
         client.close()
 
 
+def answers(scheduler: Scheduler) -> bool:
+    """True once this process's gRPC reaches ``scheduler`` (channels to one address share
+    their connection, which backs off for a while after the scheduler was away)."""
+    try:
+        state(scheduler)
+    except AllocationError:
+        return False
+    return True
+
+
 def eventually(check: Callable[[], bool], within: float) -> float:
     """Seconds until ``check()`` holds; fails after ``within`` seconds."""
     start = time.monotonic()
@@ -330,6 +340,7 @@ def test_scheduler_restart_keeps_allocations_and_nodes_come_and_go(
         ptr = rt.malloc(1024)
         scheduler.stop()
         scheduler = start_scheduler(f"127.0.0.1:{port}", db, SECRET, **FAST)
+        eventually(lambda: answers(scheduler), within=5)  # past gRPC's reconnection backoff
         restored = state(scheduler)
         assert [a.id for a in restored.allocations] == [lease.id[:8]]
         assert restored.gpus[0].fraction_free == 0.5
@@ -367,7 +378,11 @@ def test_a_node_that_would_break_placement_is_refused_and_the_pool_goes_on(
     pool: Scheduler,
 ) -> None:
     bad = spb.NodeRegistration(
-        name="nan", address="127.0.0.1:1", oversubscription=float("nan"), gpus=[spb.GpuInfo()]
+        name="nan",
+        address="127.0.0.1:1",
+        oversubscription=float("nan"),
+        gpus=[spb.GpuInfo()],
+        proof=grants.node_proof("nan", SECRET),
     )
     channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
     try:
@@ -403,6 +418,48 @@ def test_a_second_daemon_with_a_nodes_name_is_refused_and_says_why(pool: Schedul
         assert len(gpus) == 2 and gpus[0].address != impostor.address  # a is as it was
     finally:
         impostor.stop()
+
+
+def test_only_nodes_with_the_cluster_secret_register_or_hear_allocation_ids(
+    pool: Scheduler,
+) -> None:
+    with allocate(pool.address, 1, fraction=0.25) as lease:
+        node = lease.placements[0].node
+        channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
+        stub = spb_grpc.SchedulerStub(channel)
+        forged = grants.node_proof(node, b"not-the-cluster-secret!")
+        calls = {
+            "register": lambda proof: stub.Register(
+                spb.NodeRegistration(name=node, address="127.0.0.1:1", proof=proof), timeout=10
+            ),
+            "heartbeat": lambda proof: stub.Heartbeat(
+                spb.NodeHeartbeat(name=node, proof=proof), timeout=10
+            ),
+        }
+        try:
+            for call in calls.values():
+                for proof in ("", forged):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        call(proof)
+                    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                    assert "cluster secret" in (refused.value.details() or "")
+            reply = calls["heartbeat"](grants.node_proof(node, SECRET))
+            assert lease.id in reply.live_allocations  # the genuine node hears them
+        finally:
+            channel.close()
+        assert state(pool).allocations[0].gpus[0].address == lease.placements[0].address
+    outsider = start_daemon(
+        backend="emu",
+        emu_devices=1,
+        log_level="warning",
+        membership=PoolMembership(pool.address, "outsider", b"another-cluster-secret"),
+    )
+    try:
+        assert outsider.registration is not None
+        eventually(lambda: "cluster secret" in outsider.registration.refused, within=10)  # type: ignore[union-attr]
+        assert "outsider" not in {gpu.node for gpu in state(pool).gpus}
+    finally:
+        outsider.stop()
 
 
 def test_a_failed_renewal_says_why_in_its_message() -> None:
