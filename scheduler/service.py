@@ -72,6 +72,10 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         )
         now = self._clock()
         if not grants.check_node_proof(request.name, request.proof, self._secret):
+            log.warning(
+                "registration refused",
+                extra=fields(node=request.name, address=request.address, reason="no proof"),
+            )
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_A_MEMBER)
         problem = sm.invalid_node(node)
         if problem is not None:
