@@ -361,6 +361,24 @@ def test_scheduler_restart_keeps_allocations_and_nodes_come_and_go(
         scheduler.stop()
 
 
+def test_run_keeps_its_commands_status_when_the_release_cannot_reach_the_scheduler(
+    tmp_path: Path, secret_env: None
+) -> None:
+    scheduler = start_scheduler("127.0.0.1:0", str(tmp_path / "db"), SECRET, **FAST)
+    daemon = join(scheduler, "lone", devices=1, memory=GiB)
+    try:
+        argv = ["run", "-n", "1", "--ttl", "30", "--scheduler", scheduler.address]
+        run = holding(argv, HOLD, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert run.stdout is not None and run.stdout.readline() == "ready\n"
+        scheduler.stop()  # away when the command ends
+        _, err = run.communicate("\n", timeout=30)
+        assert run.returncode == 0, err  # the command's status, not the release's failure
+        assert "not released (the scheduler at" in err and "ends on its own within 30 s" in err
+    finally:
+        daemon.stop()
+        scheduler.stop()
+
+
 def test_pool_commands_need_a_secret_and_a_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(grants.ENV_SECRET, raising=False)
     monkeypatch.delenv("GPUPOOL_SCHEDULER", raising=False)
