@@ -26,7 +26,7 @@ from gpupool.errors import AllocationError
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
-from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.scheduler import state as sm
 from gpupool.scheduler.store import Store
 
@@ -365,7 +365,7 @@ async def _serve(
     machine = sm.SchedulerState(node_timeout)
     machine.restore(*store.load(), now=time.time())
     service = SchedulerService(machine, store, secret, heartbeat_s)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     spb_grpc.add_SchedulerServicer_to_server(service, server)
     try:
         port = server.add_insecure_port(listen)

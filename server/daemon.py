@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import grpc
 
 from gpupool.logs import fields
-from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends import resolve
 from gpupool.server.backends.base import DeviceInfo
@@ -20,8 +20,6 @@ from gpupool.server.service import DaemonService
 
 log = logging.getLogger(__name__)
 
-# One daemon a port: without this, gRPC lets a second daemon share the port silently.
-SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 WILDCARDS = ("0.0.0.0", "[::]", "")
 
 

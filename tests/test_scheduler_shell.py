@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpupool.scheduler import state as sm
-from gpupool.scheduler.service import SchedulerService
+from gpupool.scheduler.service import SchedulerService, start_scheduler
 from gpupool.scheduler.store import Store
 
 
@@ -63,3 +63,12 @@ def test_an_allocation_granted_just_as_its_caller_goes_away_is_given_back(tmp_pa
 
     machine = asyncio.run(scenario())
     assert machine.allocations == {} and machine.used_units("a", 0) == 0
+
+
+def test_a_second_scheduler_on_a_port_in_use_is_refused(tmp_path: Path) -> None:
+    first = start_scheduler("127.0.0.1:0", str(tmp_path / "one.db"), b"secret")
+    try:
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            start_scheduler(f"127.0.0.1:{first.port}", str(tmp_path / "two.db"), b"secret")
+    finally:
+        first.stop()
