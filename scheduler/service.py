@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -361,7 +362,11 @@ async def _serve(
     tick_s: float,
     started: Future[Scheduler],
 ) -> None:
-    store = Store(db)
+    try:
+        store = Store(db)
+    except sqlite3.Error as exc:  # no such folder, not a database, no permission
+        started.set_exception(OSError(f"cannot open the state database {db}: {exc}"))
+        return
     machine = sm.SchedulerState(node_timeout)
     machine.restore(*store.load(), now=time.time())
     service = SchedulerService(machine, store, secret, heartbeat_s)

@@ -72,3 +72,11 @@ def test_a_second_scheduler_on_a_port_in_use_is_refused(tmp_path: Path) -> None:
             start_scheduler(f"127.0.0.1:{first.port}", str(tmp_path / "two.db"), b"secret")
     finally:
         first.stop()
+
+
+def test_a_state_database_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("not sqlite " * 100)
+    for db in (tmp_path / "no" / "such" / "folder.db", not_a_database):
+        with pytest.raises(OSError, match=f"cannot open the state database {db}"):
+            start_scheduler("127.0.0.1:0", str(db), b"secret")
