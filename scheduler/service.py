@@ -242,8 +242,9 @@ class SchedulerService(spb_grpc.SchedulerServicer):
 
     def _give_back(self, future: asyncio.Future[object]) -> None:
         """Release the allocation an abandoned ``Allocate`` was answered with, if any."""
-        if future.exception() is None and isinstance(future.result(), sm.Allocation):
-            self._release(future.result())
+        allocation = future.result() if future.exception() is None else None
+        if isinstance(allocation, sm.Allocation):
+            self._release(allocation)
 
     def _release(self, allocation: sm.Allocation) -> None:
         """Give back an allocation that nobody holds: else it would stay until its lease ends."""
