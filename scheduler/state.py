@@ -434,12 +434,12 @@ class SchedulerState:
         if room >= request.count:
             return None
         gpus = sum(len(node.gpus) for node in self.nodes.values())
-        where = "its largest node has" if request.same_node else "the pool has"
+        where = "the largest node has" if request.same_node else "the pool has"
         detail = f"{room} GPUs" if request.same_node else f"{gpus} GPUs"
         if request.memory is not None:
             largest = max((g.memory for n in self.nodes.values() for g in n.gpus), default=0)
             detail = f"{room} GPUs of at least {format_size(request.memory)}"
-            detail += f" (the largest has {format_size(largest)})"
+            detail += f" (the largest GPU has {format_size(largest)})"
         return f"can never fit: {request.describe()} asked, and {where} {detail}"
 
     def _place(self, request: Request) -> list[Slice] | str:

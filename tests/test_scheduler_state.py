@@ -77,9 +77,9 @@ def test_requests_that_can_never_fit_fail_at_once_with_the_reason() -> None:
     assert too_many.code == "FAILED_PRECONDITION"
     assert "can never fit: 5 GPUs x 1 asked, and the pool has 4 GPUs" in too_many.reason
     one_node = refused(allocate(machine, count=3, same_node=True, wait=60))
-    assert "its largest node has 2 GPUs" in one_node.reason
+    assert "on one node asked, and the largest node has 2 GPUs" in one_node.reason
     too_big = refused(allocate(machine, fraction=None, memory=9 * GiB))
-    assert "(the largest has 8GiB)" in too_big.reason
+    assert "the pool has 0 GPUs of at least 9GiB (the largest GPU has 8GiB)" in too_big.reason
     assert machine.waiting == 0
 
 
