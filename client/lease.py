@@ -159,9 +159,9 @@ class Lease:
             try:
                 self.renew()
             except AllocationError as exc:
-                log.warning(
-                    "lease not renewed", extra=fields(allocation=self.id, reason=exc.reason)
-                )
+                # the reason in the message itself: a program that configures no logging
+                # still shows it (Python's last-resort handler prints the message alone)
+                log.warning(f"lease not renewed: {exc.reason}", extra=fields(allocation=self.id))
                 if exc.code == "NOT_FOUND":
                     return  # released or expired: nothing left to renew
 

@@ -8,9 +8,16 @@ __version__ = "0.1.0"
 
 from gpupool.client import connect, disconnect, stats
 from gpupool.client.module import Function, Module
-from gpupool.errors import CompileError, ConnectionLost, CUDARuntimeError, GpupoolError
+from gpupool.errors import (
+    AllocationError,
+    CompileError,
+    ConnectionLost,
+    CUDARuntimeError,
+    GpupoolError,
+)
 
 __all__ = [
+    "AllocationError",
     "CUDARuntimeError",
     "CompileError",
     "ConnectionLost",

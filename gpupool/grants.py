@@ -84,6 +84,18 @@ def verify(token: str, secret: bytes, node: str, device: int, now: float) -> Gra
     return grant
 
 
+def node_proof(name: str, secret: bytes) -> str:
+    """What a daemon sends with its registration and heartbeats to show that it holds the
+    cluster secret: without it, anyone who reaches the scheduler could register a node (and
+    draw clients and their grants to it) or read a node's allocation ids (capabilities) from
+    a heartbeat's reply."""
+    return _b64(_mac(b"gpupool node " + name.encode(), secret))
+
+
+def check_node_proof(name: str, proof: str, secret: bytes) -> bool:
+    return hmac.compare_digest(proof.encode(), node_proof(name, secret).encode())
+
+
 def read(token: str) -> Grant:
     """The grant in ``token``, unchecked (for the client, which has no secret)."""
     return Grant(**json.loads(_unb64(token.split(".")[0])))

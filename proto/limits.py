@@ -6,3 +6,6 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
 ]
+# One server a port: without this, gRPC lets a second daemon or scheduler share the port
+# silently, and the kernel splits the connections between the two.
+SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]

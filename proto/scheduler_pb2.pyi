@@ -27,18 +27,20 @@ class GpuInfo(_message.Message):
     def __init__(self, index: _Optional[int] = ..., uuid: _Optional[str] = ..., name: _Optional[str] = ..., memory: _Optional[int] = ...) -> None: ...
 
 class NodeRegistration(_message.Message):
-    __slots__ = ("name", "address", "gpus", "oversubscription", "backend")
+    __slots__ = ("name", "address", "gpus", "oversubscription", "backend", "proof")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     OVERSUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
     oversubscription: float
     backend: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., oversubscription: _Optional[float] = ..., backend: _Optional[str] = ...) -> None: ...
+    proof: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., oversubscription: _Optional[float] = ..., backend: _Optional[str] = ..., proof: _Optional[str] = ...) -> None: ...
 
 class NodeAccepted(_message.Message):
     __slots__ = ("heartbeat_s",)
@@ -59,12 +61,14 @@ class GpuFigures(_message.Message):
     def __init__(self, index: _Optional[int] = ..., memory_used: _Optional[int] = ..., utilization: _Optional[int] = ..., sessions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeHeartbeat(_message.Message):
-    __slots__ = ("name", "gpus")
+    __slots__ = ("name", "gpus", "proof")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     name: str
     gpus: _containers.RepeatedCompositeFieldContainer[GpuFigures]
-    def __init__(self, name: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ...) -> None: ...
+    proof: str
+    def __init__(self, name: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ..., proof: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("known", "live_allocations")

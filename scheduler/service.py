@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,13 +27,17 @@ from gpupool.errors import AllocationError
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
-from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.scheduler import state as sm
 from gpupool.scheduler.store import Store
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
+NOT_A_MEMBER = (
+    "the node's proof does not match this scheduler's cluster secret: give the daemon the"
+    " scheduler's (GPUPOOL_CLUSTER_SECRET or --secret-file)"
+)
 
 
 class SchedulerService(spb_grpc.SchedulerServicer):
@@ -66,15 +71,29 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             oversubscription=request.oversubscription or 1.0,
             backend=request.backend,
         )
-        if not node.name or not node.address:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node needs a name and address")
-        self.apply(sm.Register(node, self._clock()))
+        now = self._clock()
+        if not grants.check_node_proof(request.name, request.proof, self._secret):
+            log.warning(
+                "registration refused",
+                extra=fields(node=request.name, address=request.address, reason="no proof"),
+            )
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_A_MEMBER)
+        problem = sm.invalid_node(node)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        taken = self._machine.name_taken(node, now)
+        if taken is not None:
+            log.warning("registration refused", extra=fields(node=node.name, reason=taken))
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, taken)
+        self.apply(sm.Register(node, now))
         log.info("node registered", extra=fields(node=node.name, gpus=len(node.gpus)))
         return spb.NodeAccepted(heartbeat_s=self._heartbeat_s)
 
     async def Heartbeat(
         self, request: spb.NodeHeartbeat, context: grpc.aio.ServicerContext
     ) -> spb.HeartbeatReply:
+        if not grants.check_node_proof(request.name, request.proof, self._secret):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_A_MEMBER)
         figures = {
             g.index: sm.GpuFigures(g.memory_used, g.utilization, tuple(g.sessions))
             for g in request.gpus
@@ -194,11 +213,14 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         ask = next(self._asks)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._waiting[ask] = future
-        self.apply(event(ask))
+        made = event(ask)
+        self.apply(made)
         try:
             return await future
         except asyncio.CancelledError:  # the caller went away while it waited
             self.apply(sm.Withdraw(ask))
+            if isinstance(made, sm.Allocate) and future.done() and not future.cancelled():
+                self._give_back(future)  # granted just before: nobody will hear of it
             raise
         except AllocationError as exc:
             assert context is not None
@@ -211,13 +233,23 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         future = self._waiting.get(instruction.ask)
         if future is None or future.done():
             if isinstance(instruction, sm.Reply) and isinstance(instruction.value, sm.Allocation):
-                # granted after its caller gave up waiting: give it straight back
-                self.apply(sm.Release(0, instruction.value.id, self._clock()))
+                self._release(instruction.value)  # granted after its caller gave up waiting
             return
         if isinstance(instruction, sm.Refuse):
             future.set_exception(AllocationError(instruction.code, instruction.reason))
         else:
             future.set_result(instruction.value)
+
+    def _give_back(self, future: asyncio.Future[object]) -> None:
+        """Release the allocation an abandoned ``Allocate`` was answered with, if any."""
+        allocation = future.result() if future.exception() is None else None
+        if isinstance(allocation, sm.Allocation):
+            self._release(allocation)
+
+    def _release(self, allocation: sm.Allocation) -> None:
+        """Give back an allocation that nobody holds: else it would stay until its lease ends."""
+        log.info("allocation abandoned", extra=fields(allocation=allocation.id))
+        self.apply(sm.Release(0, allocation.id, self._clock()))
 
     def _message(self, allocation: sm.Allocation, with_grants: bool) -> spb.Allocation:
         gpus = []
@@ -331,11 +363,15 @@ async def _serve(
     tick_s: float,
     started: Future[Scheduler],
 ) -> None:
-    store = Store(db)
+    try:
+        store = Store(db)
+    except sqlite3.Error as exc:  # no such folder, not a database, no permission
+        started.set_exception(OSError(f"cannot open the state database {db}: {exc}"))
+        return
     machine = sm.SchedulerState(node_timeout)
     machine.restore(*store.load(), now=time.time())
     service = SchedulerService(machine, store, secret, heartbeat_s)
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     spb_grpc.add_SchedulerServicer_to_server(service, server)
     try:
         port = server.add_insecure_port(listen)

@@ -13,6 +13,7 @@ factor (1 unless the operator says otherwise). A memory-sized share takes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -267,6 +268,25 @@ class SchedulerState:
             if any(part.node == node for part in allocation.slices)
         ]
 
+    def name_taken(self, node: Node, now: float) -> str | None:
+        """Why ``node`` may not register under its name now, or None.
+
+        A daemon that restarts takes its name back (at the same address at once, at another
+        once the old one is down); while a node of that name is up elsewhere, a second
+        daemon with the same name (two on one host, both named after it) would silently
+        take over its GPUs and allocations.
+        """
+        known = self.nodes.get(node.name)
+        if known is None or known.address == node.address or not self._alive(known, now):
+            return None
+        return (
+            f"node {node.name!r} is registered from {known.address} and up: give the daemon at"
+            f" {node.address} another --name (or stop the one at {known.address})"
+        )
+
+    def _alive(self, node: Node, now: float) -> bool:
+        return node.up and now - node.last_seen <= self.node_timeout
+
     @property
     def waiting(self) -> int:
         return len(self._queue)
@@ -357,10 +377,9 @@ class SchedulerState:
     def _on_tick(self, event: Tick) -> Iterator[Instruction]:
         now = event.now
         for node in self.nodes.values():
-            silent = now - node.last_seen
-            if node.up and silent > self.node_timeout:
+            if node.up and not self._alive(node, now):
                 node.up = False
-                yield NodeDown(node.name, silent)
+                yield NodeDown(node.name, now - node.last_seen)
                 yield StoreNode(node)
         for allocation in list(self.allocations.values()):
             if allocation.expires_at <= now:
@@ -415,12 +434,12 @@ class SchedulerState:
         if room >= request.count:
             return None
         gpus = sum(len(node.gpus) for node in self.nodes.values())
-        where = "its largest node has" if request.same_node else "the pool has"
+        where = "the largest node has" if request.same_node else "the pool has"
         detail = f"{room} GPUs" if request.same_node else f"{gpus} GPUs"
         if request.memory is not None:
             largest = max((g.memory for n in self.nodes.values() for g in n.gpus), default=0)
             detail = f"{room} GPUs of at least {format_size(request.memory)}"
-            detail += f" (the largest has {format_size(largest)})"
+            detail += f" (the largest GPU has {format_size(largest)})"
         return f"can never fit: {request.describe()} asked, and {where} {detail}"
 
     def _place(self, request: Request) -> list[Slice] | str:
@@ -479,6 +498,22 @@ def _rank(
     if policy == "pack":
         return (free, -on_node, node.name, gpu.index)
     return (on_node, -free, node.name, gpu.index)
+
+
+def invalid_node(node: Node) -> str | None:
+    """What is wrong with a node that asks to register, or None.
+
+    Checked before the node joins: one bad figure (a NaN factor, a GPU of no memory) would
+    otherwise break the placement of every request in the pool, and be stored.
+    """
+    if not node.name or not node.address:
+        return "a node needs a name and an address"
+    if not math.isfinite(node.oversubscription) or node.oversubscription < 1:
+        return f"an oversubscription factor is a number of at least 1, not {node.oversubscription}"
+    for gpu in node.gpus:
+        if gpu.memory <= 0:
+            return f"GPU {gpu.index} of node {node.name!r} reports no memory ({gpu.memory})"
+    return None
 
 
 def _invalid(request: Request) -> str | None:

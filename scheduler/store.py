@@ -25,7 +25,10 @@ class Store:
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: one row a change
         self._db.execute("pragma journal_mode=wal")
-        self._db.execute("pragma synchronous=normal")  # WAL keeps commits durable across crashes
+        # every commit synced before its reply goes out: with ``normal``, WAL survives the
+        # process's crash but may lose the last commits to a power cut or the host's crash,
+        # and a scheduler that forgot allocations it handed out would hand them out again
+        self._db.execute("pragma synchronous=full")
         self._db.executescript(SCHEMA)
 
     def load(self) -> tuple[list[Node], list[Allocation]]:

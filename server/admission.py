@@ -45,7 +45,7 @@ class _Open:
     allocation: str
     device: int
     opened_at: float
-    end: Callable[[], None]
+    end: Callable[[CUDARuntimeError], None]
 
 
 class Admission:
@@ -83,9 +83,7 @@ class Admission:
         grant = grants.verify(request.open.token, self._secret, self.node, device, self._clock())
         with self._lock:
             if grant.allocation in self._ended:
-                raise CUDARuntimeError(
-                    grants.REFUSED, f"allocation {grant.allocation} was released or has expired"
-                )
+                raise lease_ended(grant.allocation)
         request.open.limits.CopyFrom(
             pb.SessionLimits(
                 allocation=grant.allocation, memory=grant.memory, fraction=grant.fraction
@@ -96,9 +94,11 @@ class Admission:
             env = mps.worker_env(grant.fraction)
         return Admitted(request.SerializeToString(), grant.allocation, env)
 
-    def watch(self, admitted: Admitted, device: int, end: Callable[[], None]) -> Callable[[], None]:
-        """Keep an open session, to be ended by ``end`` when its lease ends; returns the
-        callable that forgets it (when the session closes)."""
+    def watch(
+        self, admitted: Admitted, device: int, end: Callable[[CUDARuntimeError], None]
+    ) -> Callable[[], None]:
+        """Keep an open session, to be ended by ``end`` (given the error that tells the client
+        why) when its lease ends; returns the callable that forgets it (when it closes)."""
         key = next(self._keys)
         with self._lock:
             self._open[key] = _Open(admitted.allocation, device, self._clock(), end)
@@ -136,8 +136,17 @@ class Admission:
                 "lease ended: ending its session",
                 extra=fields(allocation=each.allocation, device=each.device),
             )
-            each.end()
+            each.end(lease_ended(each.allocation))
 
     def _forget(self, key: int) -> None:
         with self._lock:
             self._open.pop(key, None)
+
+
+def lease_ended(allocation: str) -> CUDARuntimeError:
+    """What a session of ``allocation`` is told once its lease has ended, and what a later
+    session with one of its grants is refused with."""
+    return CUDARuntimeError(
+        grants.REFUSED,
+        f"allocation {allocation} was released or has expired: its sessions are ended",
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 
 from gpupool.logs import fields
-from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends import resolve
 from gpupool.server.backends.base import DeviceInfo
@@ -27,8 +27,6 @@ except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:
 
 log = logging.getLogger(__name__)
 
-# One daemon a port: without this, gRPC lets a second daemon share the port silently.
-SERVER_OPTIONS = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
 WILDCARDS = ("0.0.0.0", "[::]", "")
 
 
@@ -166,7 +164,12 @@ def start_daemon(
     registration = None
     if membership is not None:
         node = node_registration(
-            membership.name, f"{public}:{port}", config.kind, devices, membership.oversubscription
+            membership.name,
+            f"{public}:{port}",
+            config.kind,
+            devices,
+            membership.oversubscription,
+            membership.secret,
         )
         registration = Registration(membership.scheduler, node, devices, pools, admission)
         registration.start()

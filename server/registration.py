@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from gpupool import grants
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
@@ -29,6 +30,11 @@ from gpupool.server.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 5.0
+REFUSALS = (
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 
 class Registration:
@@ -55,6 +61,7 @@ class Registration:
         self._nvml = _Nvml() if node.backend == "cupy" else None
         self.interval = 1.0
         self.registered = threading.Event()
+        self.refused = ""  # why the scheduler last refused to register this node
 
     def start(self) -> None:
         self._thread.start()
@@ -85,12 +92,20 @@ class Registration:
                     log.info("scheduler reachable again", extra=fields(node=self._node.name))
                 reachable = True
             except grpc.RpcError as exc:
-                if reachable:
-                    log.warning(
-                        "scheduler unreachable; sessions go on",
-                        extra=fields(code=exc.code().name, node=self._node.name),
-                    )
-                reachable = False
+                if exc.code() in REFUSALS:  # it answers, and says no: say why, try again later
+                    if self.refused != exc.details():
+                        log.error(
+                            "the scheduler refuses this node",
+                            extra=fields(node=self._node.name, reason=exc.details()),
+                        )
+                    self.refused = exc.details() or exc.code().name
+                else:
+                    if reachable:
+                        log.warning(
+                            "scheduler unreachable; sessions go on",
+                            extra=fields(code=exc.code().name, node=self._node.name),
+                        )
+                    reachable = False
             self._stopping.wait(self.interval)
 
     def _heartbeat(self) -> spb.NodeHeartbeat:
@@ -109,7 +124,7 @@ class Registration:
                     sessions=self._admission.sessions(index),
                 )
             )
-        return spb.NodeHeartbeat(name=self._node.name, gpus=gpus)
+        return spb.NodeHeartbeat(name=self._node.name, gpus=gpus, proof=self._node.proof)
 
 
 class _Nvml:
@@ -154,13 +169,16 @@ def node_registration(
     backend: str,
     devices: Sequence[DeviceInfo],
     oversubscription: float,
+    secret: bytes,
 ) -> spb.NodeRegistration:
-    """What the scheduler learns of this node when it registers."""
+    """What the scheduler learns of this node when it registers, with the proof that it
+    holds the cluster secret."""
     return spb.NodeRegistration(
         name=name,
         address=address,
         backend=backend,
         oversubscription=oversubscription,
+        proof=grants.node_proof(name, secret),
         gpus=[
             spb.GpuInfo(index=index, uuid=d.uuid, name=d.name, memory=d.total_memory)
             for index, d in enumerate(devices)

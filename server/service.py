@@ -4,8 +4,8 @@ The front process never touches a device. It answers ``GetInfo`` itself; for ``S
 checks the opening request, takes a warm worker for the device and then only moves bytes:
 requests from the client to the worker, replies back, without decoding them. A worker that
 dies takes its session with it: the client gets one error reply naming why (its CUDA error
-when it ended on a sticky error, ``cudaErrorIllegalAddress`` when it crashed) and the stream
-ends; every other session goes on.
+when it ended on a sticky error, ``cudaErrorIllegalAddress`` when it crashed, the lease's end
+when the daemon ended it) and the stream ends; every other session goes on.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class DaemonService:
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
         context.add_callback(worker.kill)  # the client went away: end its worker now
-        forget = self.admission.watch(admitted, pool.device, worker.kill)  # or its lease ends
+        ended, forget = self._watch(admitted, pool.device, worker)  # or its lease ends
         log.info(
             "session opened",
             extra=fields(
@@ -109,7 +109,7 @@ class DaemonService:
             threading.Thread(
                 target=_pump, args=(requests, worker), name=f"pump-{session_id}", daemon=True
             ).start()
-            yield from self._replies(worker, session_id)
+            yield from self._replies(worker, session_id, ended)
         finally:
             forget()
             pool.release(worker)
@@ -146,10 +146,10 @@ class DaemonService:
             "session opened",
             extra=fields(session=session_id, device=pool.device, pid=worker.pid, via=transport),
         )
-        forget = self.admission.watch(admitted, pool.device, worker.kill)  # its lease ends
+        ended, forget = self._watch(admitted, pool.device, worker)  # its lease ends
         try:
             worker.wait(None)
-            notice = _death_notice(worker, session_id)
+            notice = _last_word(worker, session_id, ended)
             if notice is not None:
                 frames.send(MESSAGE, notice)
         except OSError:
@@ -199,7 +199,22 @@ class DaemonService:
             )
         return self._pools[device]
 
-    def _replies(self, worker: Worker, session_id: str) -> Iterator[bytes]:
+    def _watch(
+        self, admitted: Admitted, device: int, worker: Worker
+    ) -> tuple[list[CUDARuntimeError], Callable[[], None]]:
+        """Have the session's worker ended when its lease ends. Returns the list that then
+        holds why (for the session's last reply) and the callable that stops watching."""
+        ended: list[CUDARuntimeError] = []
+
+        def end(why: CUDARuntimeError) -> None:
+            ended.append(why)
+            worker.kill()
+
+        return ended, self.admission.watch(admitted, device, end)
+
+    def _replies(
+        self, worker: Worker, session_id: str, ended: list[CUDARuntimeError]
+    ) -> Iterator[bytes]:
         first = True
         for raw in worker.replies():
             if first:  # the reply to 'open': give the session its id
@@ -208,14 +223,17 @@ class DaemonService:
                     reply.opened.session_id = session_id
                 raw, first = reply.SerializeToString(), False
             yield raw
-        notice = _death_notice(worker, session_id)
+        notice = _last_word(worker, session_id, ended)
         if notice is not None:
             yield notice
 
 
-def _death_notice(worker: Worker, session_id: str) -> bytes | None:
-    """The session's last reply when its worker died unannounced (a crash), else None."""
+def _last_word(worker: Worker, session_id: str, ended: list[CUDARuntimeError]) -> bytes | None:
+    """The session's last reply when the daemon ended it (its lease ended) or its worker died
+    unannounced (a crash); None when the client left or already has its error."""
     code = worker.wait()
+    if ended:
+        return pb.Reply(error=error_message(ended[0])).SerializeToString()
     if worker.killed or code in CLEAN_EXITS:
         return None  # the client left, the session ended, or it already has its error
     reason = worker.exit_reason(code)

@@ -59,16 +59,25 @@ def test_sessions_of_ended_leases_are_ended_and_their_grants_refused() -> None:
     clock = Clock()
     admission = Admission("n1", SECRET, clock, mps_running=lambda: False)
     ended: list[str] = []
+    told: list[CUDARuntimeError] = []
     for allocation in ("kept", "dropped"):
         admitted = admission.admit(opening(token(allocation)), 0)
-        admission.watch(admitted, 0, lambda name=allocation: ended.append(name))
+        admission.watch(
+            admitted, 0, lambda why, name=allocation: (ended.append(name), told.append(why))
+        )
     assert sorted(admission.sessions(0)) == ["dropped", "kept"]
     admission.sync(["kept", "dropped"], asked_at=clock.now)
     clock.now += 1
     late = admission.admit(opening(token("new")), 0)  # granted after the heartbeat left
-    admission.watch(late, 0, lambda: ended.append("new"))
+    admission.watch(late, 0, lambda why: ended.append("new"))
     admission.sync(["kept"], asked_at=clock.now - 0.5)
     assert ended == ["dropped"]  # "new" opened after that heartbeat was asked: it stays
+    assert [(why.name, why.detail) for why in told] == [  # what its client is told
+        (
+            "cudaErrorNotPermitted",
+            "allocation dropped was released or has expired: its sessions are ended",
+        )
+    ]
     admission.sync(["kept"], asked_at=clock.now - 0.5)
     assert ended == ["dropped"]  # each session is ended once
     with pytest.raises(CUDARuntimeError, match="dropped was released or has expired"):

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from gpupool import cli, logs
 from gpupool.units import format_size, parse_size
 from tests.conftest import EXAMPLES, run_client
 
@@ -131,3 +132,21 @@ def test_bad_sizes_on_the_command_line_are_named() -> None:
     )
     assert result.returncode == 2
     assert "not a size: 'lots'" in result.stderr
+
+
+def test_daemon_help_says_how_it_joins_a_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    """Only --scheduler makes a pooled daemon: its help does not promise $GPUPOOL_SCHEDULER."""
+    with pytest.raises(SystemExit):
+        cli.main(["daemon", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--scheduler HOST:PORT register with this pool scheduler" in text
+    assert "GPUPOOL_SCHEDULER" not in text
+
+
+@pytest.mark.parametrize("beats", [["--heartbeat", "10"], ["--heartbeat", "0"]])
+def test_scheduler_refuses_heartbeats_that_would_mark_live_nodes_down(
+    beats: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "configure", lambda level: None)  # leave this process's logging
+    assert cli.main(["scheduler", "--node-timeout", "5", *beats]) == 2
+    assert "must be more than 0 and less than --node-timeout (5 s)" in capsys.readouterr().err

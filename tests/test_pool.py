@@ -7,6 +7,7 @@ The emulator reserves memory lazily, so 8 GiB devices cost nothing until written
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -23,12 +24,13 @@ import gpupool
 from gpupool import grants
 from gpupool import runtime as rt
 from gpupool.client.context import DaemonLinks
-from gpupool.client.lease import SchedulerClient, allocate
+from gpupool.client.lease import Lease, SchedulerClient, allocate
 from gpupool.client.session import Session
 from gpupool.errors import AllocationError, ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto import scheduler_pb2 as spb
+from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.scheduler.service import Scheduler, start_scheduler
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
@@ -101,6 +103,16 @@ def state(scheduler: Scheduler) -> spb.PoolState:
         return client.pool()
     finally:
         client.close()
+
+
+def answers(scheduler: Scheduler) -> bool:
+    """True once this process's gRPC reaches ``scheduler`` (channels to one address share
+    their connection, which backs off for a while after the scheduler was away)."""
+    try:
+        state(scheduler)
+    except AllocationError:
+        return False
+    return True
 
 
 def eventually(check: Callable[[], bool], within: float) -> float:
@@ -229,8 +241,11 @@ def test_a_released_lease_ends_its_sessions_and_their_memory(pool: Scheduler) ->
         gpu = next(g for g in state(pool).gpus if g.allocations)
         eventually(lambda: _memory_used(pool, gpu) == GiB, within=2)
         lease.release()
-        with pytest.raises(ConnectionLost):
-            eventually(lambda: rt.memGetInfo() is None, within=3)
+        with pytest.raises(CUDARuntimeError, match="was released or has expired") as told:
+            eventually(lambda: rt.memGetInfo() is None, within=3)  # the daemon says why
+        assert told.value.name == "cudaErrorNotPermitted" and lease.id in str(told.value)
+        with pytest.raises(ConnectionLost):  # and the session is over
+            rt.memGetInfo()
         eventually(lambda: _memory_used(pool, gpu) == 0, within=2)
     finally:
         gpupool.disconnect()
@@ -337,6 +352,7 @@ def test_scheduler_restart_keeps_allocations_and_nodes_come_and_go(
         ptr = rt.malloc(1024)
         scheduler.stop()
         scheduler = start_scheduler(f"127.0.0.1:{port}", db, SECRET, **FAST)
+        eventually(lambda: answers(scheduler), within=5)  # past gRPC's reconnection backoff
         restored = state(scheduler)
         assert [a.id for a in restored.allocations] == [lease.id[:8]]
         assert restored.gpus[0].fraction_free == 0.5
@@ -357,6 +373,24 @@ def test_scheduler_restart_keeps_allocations_and_nodes_come_and_go(
         scheduler.stop()
 
 
+def test_run_keeps_its_commands_status_when_the_release_cannot_reach_the_scheduler(
+    tmp_path: Path, secret_env: None
+) -> None:
+    scheduler = start_scheduler("127.0.0.1:0", str(tmp_path / "db"), SECRET, **FAST)
+    daemon = join(scheduler, "lone", devices=1, memory=GiB)
+    try:
+        argv = ["run", "-n", "1", "--ttl", "30", "--scheduler", scheduler.address]
+        run = holding(argv, HOLD, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert run.stdout is not None and run.stdout.readline() == "ready\n"
+        scheduler.stop()  # away when the command ends
+        _, err = run.communicate("\n", timeout=30)
+        assert run.returncode == 0, err  # the command's status, not the release's failure
+        assert "not released (the scheduler at" in err and "ends on its own within 30 s" in err
+    finally:
+        daemon.stop()
+        scheduler.stop()
+
+
 def test_pool_commands_need_a_secret_and_a_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(grants.ENV_SECRET, raising=False)
     monkeypatch.delenv("GPUPOOL_SCHEDULER", raising=False)
@@ -368,6 +402,137 @@ def test_pool_commands_need_a_secret_and_a_scheduler(monkeypatch: pytest.MonkeyP
     assert "no scheduler: pass --scheduler HOST:PORT or set GPUPOOL_SCHEDULER" in listing.stderr
     away = gpupool_cli("request", "--scheduler", "127.0.0.1:1")
     assert away.returncode == 1 and "does not answer" in away.stderr
+
+
+def test_a_node_that_would_break_placement_is_refused_and_the_pool_goes_on(
+    pool: Scheduler,
+) -> None:
+    bad = spb.NodeRegistration(
+        name="nan",
+        address="127.0.0.1:1",
+        oversubscription=float("nan"),
+        gpus=[spb.GpuInfo()],
+        proof=grants.node_proof("nan", SECRET),
+    )
+    channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            spb_grpc.SchedulerStub(channel).Register(bad, timeout=10)
+    finally:
+        channel.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least 1, not nan" in (refused.value.details() or "")
+    with allocate(pool.address, 1, fraction=0.5) as lease:  # the pool still places requests
+        assert len(lease.placements) == 1
+    daemon = gpupool_cli("daemon", "--oversubscribe", "nan")
+    assert daemon.returncode == 2 and "a factor is a number of at least 1" in daemon.stderr
+
+
+def test_a_second_daemon_with_a_nodes_name_is_refused_and_says_why(pool: Scheduler) -> None:
+    impostor = start_daemon(
+        backend="emu",
+        emu_devices=1,
+        log_level="warning",
+        membership=PoolMembership(pool.address, "a", SECRET),
+    )
+    try:
+        assert impostor.registration is not None
+        eventually(
+            lambda: impostor.registration is not None and impostor.registration.refused != "",
+            within=10,
+        )
+        assert "node 'a' is registered from" in impostor.registration.refused
+        assert "another --name" in impostor.registration.refused
+        assert not impostor.registration.registered.is_set()
+        gpus = [gpu for gpu in state(pool).gpus if gpu.node == "a"]
+        assert len(gpus) == 2 and gpus[0].address != impostor.address  # a is as it was
+    finally:
+        impostor.stop()
+
+
+def test_only_nodes_with_the_cluster_secret_register_or_hear_allocation_ids(
+    pool: Scheduler,
+) -> None:
+    with allocate(pool.address, 1, fraction=0.25) as lease:
+        node = lease.placements[0].node
+        channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
+        stub = spb_grpc.SchedulerStub(channel)
+        forged = grants.node_proof(node, b"not-the-cluster-secret!")
+        calls = {
+            "register": lambda proof: stub.Register(
+                spb.NodeRegistration(name=node, address="127.0.0.1:1", proof=proof), timeout=10
+            ),
+            "heartbeat": lambda proof: stub.Heartbeat(
+                spb.NodeHeartbeat(name=node, proof=proof), timeout=10
+            ),
+        }
+        try:
+            for call in calls.values():
+                for proof in ("", forged):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        call(proof)
+                    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                    assert "cluster secret" in (refused.value.details() or "")
+            reply = calls["heartbeat"](grants.node_proof(node, SECRET))
+            assert lease.id in reply.live_allocations  # the genuine node hears them
+        finally:
+            channel.close()
+        assert state(pool).allocations[0].gpus[0].address == lease.placements[0].address
+    outsider = start_daemon(
+        backend="emu",
+        emu_devices=1,
+        log_level="warning",
+        membership=PoolMembership(pool.address, "outsider", b"another-cluster-secret"),
+    )
+    try:
+        assert outsider.registration is not None
+        eventually(lambda: "cluster secret" in outsider.registration.refused, within=10)  # type: ignore[union-attr]
+        assert "outsider" not in {gpu.node for gpu in state(pool).gpus}
+    finally:
+        outsider.stop()
+
+
+def test_a_failed_renewal_says_why_in_its_message() -> None:
+    """A program that configures no logging sees only a warning's message: it has the reason."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("gpupool.client.lease")
+    logger.addHandler(handler)
+    lease = Lease(SchedulerClient("127.0.0.1:1"), spb.Allocation(id="gone", ttl_s=0.3))
+    try:
+        eventually(lambda: bool(messages), within=10)
+    finally:
+        lease.close()
+        logger.removeHandler(handler)
+    assert messages[0].startswith("lease not renewed: the scheduler at 127.0.0.1:1 does not answer")
+
+
+def test_run_uses_the_allocation_in_the_environment_unless_daemons_are_named(
+    pool: Scheduler,
+) -> None:
+    show = (
+        "import os, gpupool.runtime as rt;"
+        " print(rt.getDeviceCount(), os.environ.get('GPUPOOL_DAEMONS') or '-')"
+    )
+    with allocate(pool.address, 3, fraction=0.25) as lease:
+        env = {"GPUPOOL_ALLOCATION": lease.env_value, "GPUPOOL_DAEMONS": ""}
+        held = gpupool_cli("run", "--", sys.executable, "-c", show, env=env)
+        assert held.stdout.split() == ["3", "-"], held.stderr  # no embedded daemon started
+        address = next(gpu.address for gpu in state(pool).gpus if gpu.node == "b")
+        named = gpupool_cli("run", "--daemons", address, "--", sys.executable, "-c", show, env=env)
+        assert named.stdout.split() == ["2", address], named.stderr  # the daemon named wins
+
+
+def test_run_refuses_daemons_and_an_allocation_together() -> None:
+    both = gpupool_cli("run", "-n", "2", "--daemons", "127.0.0.1:1", "--", "true")
+    assert both.returncode == 2
+    assert "--daemons names the daemons to use" in both.stderr and "one or the other" in both.stderr
+
+
+def test_allocation_errors_are_part_of_the_api() -> None:
+    assert gpupool.AllocationError is AllocationError and "AllocationError" in gpupool.__all__
+    assert issubclass(gpupool.AllocationError, gpupool.GpupoolError)
 
 
 # Sees its quota as the device's memory, cannot allocate past it, holds most of it.

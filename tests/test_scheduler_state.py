@@ -77,9 +77,9 @@ def test_requests_that_can_never_fit_fail_at_once_with_the_reason() -> None:
     assert too_many.code == "FAILED_PRECONDITION"
     assert "can never fit: 5 GPUs x 1 asked, and the pool has 4 GPUs" in too_many.reason
     one_node = refused(allocate(machine, count=3, same_node=True, wait=60))
-    assert "its largest node has 2 GPUs" in one_node.reason
+    assert "on one node asked, and the largest node has 2 GPUs" in one_node.reason
     too_big = refused(allocate(machine, fraction=None, memory=9 * GiB))
-    assert "(the largest has 8GiB)" in too_big.reason
+    assert "the pool has 0 GPUs of at least 9GiB (the largest GPU has 8GiB)" in too_big.reason
     assert machine.waiting == 0
 
 
@@ -140,6 +140,22 @@ def test_oversubscription_lets_fractions_sum_past_one() -> None:
     for _ in range(3):
         granted(allocate(machine, fraction=0.5))
     refused(allocate(machine, fraction=0.5))
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (node("a", oversubscription=float("nan")), "at least 1, not nan"),
+        (node("a", oversubscription=float("inf")), "at least 1, not inf"),
+        (node("a", oversubscription=0.5), "at least 1, not 0.5"),
+        (node("a", memory=0), "GPU 0 of node 'a' reports no memory"),
+        (sm.Node("", "h:1", ()), "needs a name and an address"),
+    ],
+)
+def test_nodes_with_figures_that_would_break_placement_are_refused(bad: sm.Node, why: str) -> None:
+    problem = sm.invalid_node(bad)
+    assert problem is not None and why in problem
+    assert sm.invalid_node(node("a", oversubscription=1.5)) is None
 
 
 def test_a_waiting_request_gets_freed_capacity_in_arrival_order() -> None:
@@ -214,6 +230,17 @@ def test_a_restarted_node_keeps_its_gpus_and_allocations() -> None:
     assert machine.allocations[allocation.id].slices[0].address == "a:7999"  # clients follow
     assert sm.StoreAllocation(machine.allocations[allocation.id]) in again
     assert machine.handle(sm.Heartbeat(3, "nobody", {}, 6.0)) == [sm.Reply(3, None)]
+
+
+def test_a_second_daemon_may_not_take_the_name_of_a_node_that_is_up() -> None:
+    machine = pool(node("a"), node_timeout=10.0)
+    impostor = sm.Node("a", "a:7999", node("a", gpus=1).gpus)
+    taken = machine.name_taken(impostor, 5.0)
+    assert taken is not None and "node 'a' is registered from a:7001 and up" in taken
+    assert machine.name_taken(node("a"), 5.0) is None  # the same daemon, restarted in place
+    assert machine.name_taken(node("b"), 5.0) is None
+    machine.handle(sm.Tick(11.0))  # silent: down
+    assert machine.name_taken(impostor, 11.0) is None  # a restart elsewhere takes it back
 
 
 def test_restored_state_gives_leases_a_full_ttl_after_downtime() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from gpupool.cli.options import add_scheduler_option, count, fraction, seconds, size, start_daemon
 from gpupool.client.lease import ENV_SCHEDULER, Lease, allocate, scheduler_address
-from gpupool.errors import GpupoolError
+from gpupool.errors import AllocationError, GpupoolError
 
 
 def add_allocation_options(
@@ -86,10 +86,26 @@ def held(args: argparse.Namespace) -> Iterator[Lease]:
     or by SIGTERM (turned into SystemExit so that the release runs)."""
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        with allocate_from(args) as lease:
+        lease = allocate_from(args)
+        try:
             yield lease
+        finally:
+            _release(lease)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _release(lease: Lease) -> None:
+    """Give ``lease`` back; if the scheduler cannot be told, say so and let the lease run out
+    (the command's own exit status still stands)."""
+    try:
+        lease.release()
+    except AllocationError as exc:
+        print(
+            f"gpupool: allocation {lease.id} not released ({exc.reason}); its lease ends"
+            f" on its own within {lease.ttl:g} s",
+            file=sys.stderr,
+        )
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, add_scheduler_option, start_daemon
+from gpupool.cli.options import add_daemon_options, factor, start_daemon
 from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
@@ -23,7 +23,9 @@ def add(commands: Any) -> None:
     )
     add_daemon_options(parser, log_level="info")
     pool = parser.add_argument_group("joining a pool (sessions then need the scheduler's grants)")
-    add_scheduler_option(pool)
+    pool.add_argument(  # no $GPUPOOL_SCHEDULER default: a daemon joins a pool only when told
+        "--scheduler", metavar="HOST:PORT", help="register with this pool scheduler"
+    )
     pool.add_argument(
         "--name", default=socket.gethostname(), help="this node's name in the pool (default: host)"
     )
@@ -32,7 +34,7 @@ def add(commands: Any) -> None:
     )
     pool.add_argument(
         "--oversubscribe",
-        type=float,
+        type=factor,
         default=1.0,
         metavar="F",
         help="fractions on one GPU may sum to F (default 1: none)",

@@ -101,6 +101,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def factor(text: str) -> float:
+    """An oversubscription factor: a finite number, at least 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a factor is a number of at least 1, not {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """A duration in seconds, zero or more."""
     try:

@@ -30,10 +30,10 @@ def add(commands: Any) -> None:
         NAME,
         help="run a command on remote GPUs",
         description="Run COMMAND with GPUPOOL_DAEMONS set. Without --daemons (and without"
-        " GPUPOOL_DAEMONS) an embedded daemon on loopback serves it: the GPUs of this host,"
-        " or emulated ones. With -n/--fraction/--memory/--scheduler, GPUs are allocated from"
-        " the pool for the command and released when it ends, however it ends; with no"
-        " scheduler named, from an embedded one whose daemon serves this host.",
+        " GPUPOOL_DAEMONS or GPUPOOL_ALLOCATION) an embedded daemon on loopback serves it:"
+        " the GPUs of this host, or emulated ones. With -n/--fraction/--memory/--scheduler,"
+        " GPUs are allocated from the pool for the command and released when it ends, however"
+        " it ends; with no scheduler named, from an embedded one whose daemon serves this host.",
     )
     parser.add_argument("--daemons", metavar="HOST:PORT[,...]", help="daemons to use, in order")
     add_daemon_options(parser, log_level="warning")  # the command's output is what matters
@@ -47,6 +47,13 @@ def main(args: argparse.Namespace) -> int:
         print("gpupool run: no command given (gpupool run -- python prog.py)", file=sys.stderr)
         return 2
     env = dict(os.environ)
+    if wants_allocation(args) and args.daemons:
+        print(
+            "gpupool run: --daemons names the daemons to use, -n/--fraction/--memory/--scheduler"
+            " allocate GPUs from the pool: give one or the other",
+            file=sys.stderr,
+        )
+        return 2
     if wants_allocation(args):  # GPUs from the pool, released however the command ends
         try:
             with contextlib.ExitStack() as stack:
@@ -59,12 +66,15 @@ def main(args: argparse.Namespace) -> int:
         except GpupoolError as exc:
             print(f"gpupool run: {exc}", file=sys.stderr)
             return 1
+    if args.daemons:  # named daemons win over an allocation in the environment
+        env.pop(ENV_ALLOCATION, None)
     daemons = args.daemons or env.get(ENV_DAEMONS)
     embedded = None
-    if not daemons:
+    if not daemons and not env.get(ENV_ALLOCATION):  # else the allocation's GPUs serve it
         embedded = start_daemon(args, "127.0.0.1:0")
         daemons = embedded.address
-    env[ENV_DAEMONS] = daemons
+    if daemons:
+        env[ENV_DAEMONS] = daemons
     try:
         return _call(command, env)
     finally:

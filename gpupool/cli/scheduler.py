@@ -26,7 +26,10 @@ def add(commands: Any) -> None:
         "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
     )
     parser.add_argument(
-        "--db", default="gpupool-scheduler.db", metavar="PATH", help="SQLite file of the state"
+        "--db",
+        default="gpupool-scheduler.db",
+        metavar="PATH",
+        help="SQLite file of the state, made if missing (default gpupool-scheduler.db)",
     )
     parser.add_argument("--secret-file", metavar="FILE", help="the cluster secret")
     parser.add_argument(
@@ -49,6 +52,14 @@ def add(commands: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     from gpupool.scheduler.service import start_scheduler
 
+    if not 0 < args.heartbeat < args.node_timeout:
+        print(
+            f"gpupool scheduler: --heartbeat ({args.heartbeat:g} s) must be more than 0 and"
+            f" less than --node-timeout ({args.node_timeout:g} s), or nodes that beat on time"
+            " count as down",
+            file=sys.stderr,
+        )
+        return 2
     try:
         secret = load_secret(args.secret_file)
         scheduler = start_scheduler(args.listen, args.db, secret, args.node_timeout, args.heartbeat)
