@@ -204,13 +204,20 @@ class ArrayFunctions:
             raise CUDARuntimeError(
                 "cudaErrorNotSupported", f"array function {call.function!r} is not in the table"
             )
-        with _as_array_errors(), _quietly(), self._backend.on_stream(stream):
-            outs = [self._array(desc, "output") for desc in call.out]
-            args = [self._operand(operand) for operand in call.args]
-            kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
-            if call.function.startswith("random."):
-                args.insert(0, self._random_state(call))
-            function(args, kwargs, outs)
+        try:
+            with self._backend.on_stream(stream):
+                outs = [self._array(desc, "output") for desc in call.out]
+                args = [self._operand(operand) for operand in call.args]
+                kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
+                if call.function.startswith("random."):
+                    args.insert(0, self._random_state(call))
+                function(args, kwargs, outs)
+        except MemoryError as exc:  # the function's temporaries: CUDA's out of memory
+            raise CUDARuntimeError(
+                "cudaErrorMemoryAllocation", str(exc) or "out of memory"
+            ) from exc
+        except (ValueError, IndexError, TypeError, ArithmeticError) as exc:  # its own errors
+            raise ArrayFunctionError.of(exc) from exc
 
     # operands
 
@@ -461,19 +468,11 @@ def _assign(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
 
 
 @contextlib.contextmanager
-def _quietly() -> Iterator[None]:
+def quietly() -> Iterator[None]:
     """No NumPy warnings (division by zero, mean of an empty slice): CuPy gives none, the
-    client asked for IEEE results, and a warning would land in the daemon's JSON-line log."""
+    client asked for IEEE results, and a warning would land in the daemon's JSON-line log.
+
+    Entered once per request (a batch of thousands of operations), not per operation: it
+    costs more than a small operation itself."""
     with warnings.catch_warnings(action="ignore"), np.errstate(all="ignore"):
         yield
-
-
-@contextlib.contextmanager
-def _as_array_errors() -> Iterator[None]:
-    """Python errors of the array function → their wire form; running out of memory → CUDA's."""
-    try:
-        yield
-    except MemoryError as exc:
-        raise CUDARuntimeError("cudaErrorMemoryAllocation", str(exc) or "out of memory") from exc
-    except (ValueError, IndexError, TypeError, ArithmeticError) as exc:
-        raise ArrayFunctionError.of(exc) from exc

@@ -28,7 +28,7 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
-from gpupool.server.arrays import ArrayFunctions
+from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends.base import Backend, check_launch
 from gpupool.transport.payload import DiscardSink, Sink, Source
 
@@ -223,7 +223,8 @@ class SessionExecutor:
         elif request.HasField("batch"):
             wait = wait or any(inner.wait for inner in request.batch.requests)
         try:
-            yield from self._execute(request, wait)
+            with quietly():
+                yield from self._execute(request, wait)
         except GpupoolError as exc:
             yield from self._failed(wait, exc)
         except Exception as exc:  # a daemon bug: report it to this session, keep serving
