@@ -137,10 +137,7 @@ class ndarray:
     @property
     def device(self) -> Any:
         """The ``cuda.Device`` this array lives on."""
-        device = vars(cuda).get("Device")  # the kernels shim's
-        if device is None:
-            unsupported("ndarray.device")
-        return device(self.device_id)
+        return cuda.Device(self.device_id)
 
     @property
     def flags(self) -> Flags:

@@ -29,10 +29,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 def current_stream(device: int | None = None) -> int:
     """The handle of ``device``'s current stream (the current device's by default; 0, the null
     stream, where no stream was made current)."""
-    get_current_stream = vars(cuda).get("get_current_stream")  # the kernels shim's cuda.Stream
-    if get_current_stream is None:
-        return 0
-    return int(get_current_stream(device).ptr)
+    return int(cuda.get_current_stream(device).ptr)
 
 
 @contextlib.contextmanager
