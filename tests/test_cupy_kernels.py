@@ -172,3 +172,17 @@ def test_kernels_compile_once_per_signature(connected: Daemon) -> None:
         double(x)
     assert gpupool.stats().round_trips == before  # cached: launches are queued, nothing waits
     np.testing.assert_array_equal(double(x).get(), np.arange(100) * 2)
+
+
+def test_generated_kernels_refuse_arrays_of_another_device(connected: Daemon) -> None:
+    """A kernel runs on the current device; another device's pointers mean nothing there."""
+    double = cp.ElementwiseKernel("T x", "T y", "y = 2 * x", "double_it")
+    total = cp.ReductionKernel("T x", "T y", "x", "a + b", "y = a", "0", "total")
+    with cp.cuda.Device(1):
+        elsewhere = cp.arange(4, dtype=np.float32)
+    for kernel in (double, total):
+        with pytest.raises(ValueError, match=r"resides \(1\) is different from the current"):
+            kernel(elsewhere)
+    with cp.cuda.Device(1):  # where the array is, both work
+        assert double(elsewhere).get().tolist() == [0, 2, 4, 6]
+        assert float(total(elsewhere)) == 6

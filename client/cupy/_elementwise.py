@@ -59,6 +59,7 @@ class ElementwiseKernel(kp.UserKernel):
         if block_size <= 0:
             raise ValueError("block_size must be greater than zero")
         in_args, out_args = self.split_arguments(args)
+        kp.check_device(args)
         for param, out in zip(self.out_params, out_args, strict=False):
             if not isinstance(out, ndarray):
                 raise TypeError(f"Output arguments must be cupy.ndarray ({param.name})")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpupool.client import context
+from gpupool.client import context, runtime
 from gpupool.client.module import Function, Module
 from gpupool.cupy._ndarray import ndarray
 from gpupool.cupy.cuda.stream import Stream, get_current_stream
@@ -334,3 +334,15 @@ def ceil_div(a: int, b: int) -> int:
 
 def size_of(shape: Sequence[int]) -> int:
     return math.prod(shape)
+
+
+def check_device(args: Sequence[Any]) -> None:
+    """ValueError, as CuPy raises it, when an array argument is not on the current device: the
+    kernel runs there, and another device's pointers mean nothing to it."""
+    current = runtime.getDevice()
+    for arg in args:
+        if isinstance(arg, ndarray) and arg.device_id != current:
+            raise ValueError(
+                f"The device where the array resides ({arg.device_id}) is different from the"
+                f" current device ({current}). Peer access is unavailable."
+            )

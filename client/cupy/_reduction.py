@@ -13,26 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.lib.array_utils import normalize_axis_tuple
 
 from gpupool.cupy import _kernel_params as kp
+from gpupool.cupy._infer import reduced_shape
 from gpupool.cupy._ndarray import ndarray
 
 _MAX_BLOCK = 256
 _MAX_GRID = (1 << 31) - 1
-
-
-def _axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
-    if axis is None:
-        return tuple(range(ndim))
-    values = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    axes = []
-    for value in values:
-        if not -ndim <= value < ndim:
-            raise np.exceptions.AxisError(int(value), ndim)
-        axes.append(int(value) % ndim)
-    if len(set(axes)) != len(axes):
-        raise ValueError("duplicate value in 'axis'")
-    return tuple(sorted(axes))
 
 
 def _block_size(reduce_size: int) -> int:
@@ -92,17 +80,15 @@ class ReductionKernel(kp.UserKernel):
             out_args = [out]
         if any(not isinstance(o, ndarray) for o in out_args):
             raise TypeError("Output arguments must be cupy.ndarray")
+        kp.check_device([*in_args, *out_args])
         arrays = [a for a in in_args if isinstance(a, ndarray)]
         if not arrays:
             raise ValueError("ReductionKernel needs at least one array input")
         shape = tuple(np.broadcast_shapes(*(a.shape for a in arrays)))
-        axes = _axes(axis, len(shape))
-        kept = [ax for ax in range(len(shape)) if ax not in axes]
-        out_shape = (
-            tuple(1 if ax in axes else n for ax, n in enumerate(shape))
-            if keepdims
-            else (tuple(shape[ax] for ax in kept))
-        )
+        every = range(len(shape))
+        axes = tuple(sorted(every if axis is None else normalize_axis_tuple(axis, len(shape))))
+        kept = [ax for ax in every if ax not in axes]
+        out_shape = reduced_shape(shape, axis, keepdims)
         in_types, out_types, placeholders = kp.decide_types(
             self.in_params,
             self.out_params,
