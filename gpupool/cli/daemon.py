@@ -48,7 +48,8 @@ def add(commands: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gpupool.server.daemon import TLSFiles
+    from gpupool.grants import load_secret
+    from gpupool.server.daemon import PoolMembership, TLSFiles
 
     if (args.tls_cert is None) != (args.tls_key is None):
         print("gpupool daemon: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -58,7 +59,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     try:
-        daemon = start_daemon(args, args.listen, tls=tls)
+        pool = None
+        if args.scheduler:
+            secret = load_secret(args.secret_file)
+            pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
+        daemon = start_daemon(args, args.listen, pool, tls)
     except (GpupoolError, OSError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1

@@ -69,15 +69,9 @@ def start_daemon(
     pool: PoolMembership | None = None,
     tls: TLSFiles | None = None,
 ) -> Daemon:
-    """Start a daemon from the options of ``add_daemon_options``, in ``pool`` or in the pool
-    that ``daemon``'s own options name (when it has them and names a scheduler)."""
-    from gpupool.grants import load_secret
-    from gpupool.server.daemon import PoolMembership
+    """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
     from gpupool.server.daemon import start_daemon as start
 
-    if pool is None and getattr(args, "scheduler", None) and hasattr(args, "secret_file"):
-        secret = load_secret(args.secret_file)
-        pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
     return start(
         listen=listen,
         backend=args.backend,
