@@ -25,6 +25,7 @@ from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.executor import SessionExecutor, as_replies
 
 EMU_MEMORY = 2 << 30
+GPUPOOL = [sys.executable, "-m", "gpupool.cli"]  # the `gpupool` command, as a user runs it
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,9 +12,7 @@ import pytest
 
 from gpupool import cli, logs
 from gpupool.units import format_size, parse_size
-from tests.conftest import EXAMPLES, run_client
-
-GPUPOOL = [sys.executable, "-m", "gpupool.cli"]
+from tests.conftest import EXAMPLES, GPUPOOL, run_client
 
 
 def test_sizes_read_as_people_write_them() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpupool.server.daemon import Daemon, start_daemon
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, GPUPOOL
 
 PROGRAMS = sorted(
     path for path in (EXAMPLES / "cupy").glob("*.py") if path.name != "matmul_loop.py"
@@ -31,7 +31,7 @@ def emulated() -> Iterator[Daemon]:
 
 def run_program(program: Path, daemons: str | None) -> subprocess.CompletedProcess[str]:
     """``python PROGRAM``, through ``gpupool run`` when ``daemons`` is given, else plain."""
-    shim = [sys.executable, "-m", "gpupool.cli", "run", "--daemons", daemons, "--"]
+    shim = [*GPUPOOL, "run", "--daemons", daemons, "--"]
     return subprocess.run(
         [*(shim if daemons else []), sys.executable, str(program)],
         capture_output=True,

@@ -34,10 +34,10 @@ from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.scheduler.service import Scheduler, start_scheduler
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
+from tests.conftest import GPUPOOL
 
 GiB = 1 << 30
 SECRET = b"test-cluster-secret-0123456789"
-GPUPOOL = [sys.executable, "-m", "gpupool.cli"]
 FAST = {"node_timeout": 2.0, "heartbeat_s": 0.2, "tick_s": 0.1}
 
 # An unmodified CuPy program (gpupool run loads the shim for `import cupy`): prints the devices

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from gpupool.server.daemon import Daemon
-
-GPUPOOL = [sys.executable, "-m", "gpupool.cli"]
+from tests.conftest import GPUPOOL
 
 # A CuPy program as people write it: nothing in it knows about gpupool.
 PROGRAM = r'''
