@@ -148,7 +148,6 @@ class Lease:
     def _update(self, allocation: spb.Allocation) -> None:
         with self._lock:
             self.id = allocation.id
-            self.expires_at = allocation.expires_at
             self._placements = [
                 Placement(g.node, g.address, g.index, g.name, g.memory, g.fraction, g.grant)
                 for g in allocation.gpus

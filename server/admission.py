@@ -68,10 +68,6 @@ class Admission:
         self._live: set[str] = set()
         self._ended: dict[str, float] = {}  # allocation id -> when this daemon learned it
 
-    @property
-    def pooled(self) -> bool:
-        return self._secret is not None
-
     def admit(self, first: bytes, device: int) -> Admitted:
         """Check a session's opening request; raises cudaErrorNotPermitted naming why not."""
         if self._secret is None:
