@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ from gpupool.client.context import TLS
 from gpupool.client.transports import OPENERS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
-from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.server.transports import listener
+from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
 from gpupool.transport.payload import STRIPE_ALIGN, STRIPE_MIN, split
 
 
@@ -154,6 +156,59 @@ def test_strangers_on_the_frame_port_do_not_disturb_the_daemon(emu_daemon: Daemo
         _kind, message, _ = frames.receive()
         assert "a session may use 16" in pb.Reply.FromString(message).error.message
     gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
+def _shm_path(daemon: Daemon) -> str:
+    url = next(url for url in daemon.endpoints if url.startswith("shm://"))
+    return urlsplit(url).path
+
+
+def _connect_to(daemon: Daemon, scheme: str) -> socket.socket:
+    if scheme == "tcp":
+        return socket.create_connection(_tcp_address(daemon))
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.connect(_shm_path(daemon))
+    return unix
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float:
+    """How long until the daemon closes ``sock`` (failing if it takes over ``seconds``)."""
+    start = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        assert sock.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "shm"])
+def test_a_stranger_cannot_hold_the_front_with_a_huge_or_slow_opening(
+    emu_daemon: Daemon, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed 64 MiB opening is refused at once (the front used to set 64 MiB aside and wait
+    for it), and one sent a byte at a time is dropped at the hello deadline, not never."""
+    monkeypatch.setattr(listener, "HELLO_TIMEOUT_S", 1.0)
+    with _connect_to(emu_daemon, scheme) as huge:
+        huge.sendall(HEADER.pack(MESSAGE, MAX_MESSAGE, 0))
+        assert _closed_within(huge, 0.5) < 0.5
+    with _connect_to(emu_daemon, scheme) as slow:
+        opening = HEADER.pack(MESSAGE, 1000, 0) + bytes(1000)
+        slow.settimeout(0.2)
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < 3:  # one byte each 0.1 s: each recv is quick
+                slow.sendall(opening[:1])
+                opening = opening[1:]
+                time.sleep(0.1)
+        except OSError:  # dropped: sending fails
+            pass
+        assert time.monotonic() - start < 2.5
+    gpupool.connect(emu_daemon.address, transport=scheme)
     try:
         round_trip(1 << 20)
     finally:

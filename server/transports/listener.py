@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 
 from google.protobuf.message import DecodeError
 
@@ -26,7 +27,10 @@ from gpupool.transport.payload import MAX_STRIPES
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0  # a connection that says nothing for this long is dropped
+HELLO_TIMEOUT_S = 10.0  # a connection that has not said what it is by then is dropped
+# An opening frame (open with its grant, or attach) is small: a stranger's claimed length must
+# not make the front set aside up to MAX_MESSAGE bytes for each connection it holds.
+HELLO_MAX = 64 << 10
 BACKLOG = 128
 
 
@@ -86,8 +90,7 @@ class FrameListener:
     def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
         frames = FrameSocket(sock)
         try:
-            sock.settimeout(HELLO_TIMEOUT_S)
-            kind, first, payload = frames.receive()
+            kind, first, payload = frames.receive(HELLO_MAX, time.monotonic() + HELLO_TIMEOUT_S)
             sock.settimeout(None)
         except (ConnectionLost, OSError):
             frames.close()
