@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -302,6 +303,10 @@ def test_grpc_with_client_certificates(tmp_path: Path) -> None:
             gpupool.disconnect()
         with pytest.raises(gpupool.ConnectionLost, match="cannot reach daemon"):
             gpupool.connect(daemon.address, timeout=1, tls=TLS(ca=cert))  # no certificate
+        # A Unix socket asks for no certificate: only the daemon's own user may use it.
+        assert os.stat(_shm_path(daemon)).st_mode & 0o777 == 0o600
+    with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30) as daemon:
+        assert os.stat(_shm_path(daemon)).st_mode & 0o777 == 0o666  # as open as its ports
 
 
 def test_daemon_tls_options_go_together(tmp_path: Path) -> None:

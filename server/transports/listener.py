@@ -37,8 +37,20 @@ BACKLOG = 128
 class FrameListener:
     """Accepts frame-transport connections for one daemon."""
 
-    def __init__(self, service: DaemonService, tcp_host: str | None, public_host: str) -> None:
-        """Listen on TCP at ``tcp_host`` (port 0; None: no TCP) and on a fresh Unix socket."""
+    def __init__(
+        self,
+        service: DaemonService,
+        tcp_host: str | None,
+        public_host: str,
+        shm_for_everyone: bool = True,
+    ) -> None:
+        """Listen on TCP at ``tcp_host`` (port 0; None: no TCP) and on a fresh Unix socket.
+
+        The Unix socket is open to every local user, as the daemon's ports are, unless
+        ``shm_for_everyone`` is False: a daemon that admits only clients holding a certificate
+        keeps it to its own user, since a Unix socket asks for none (others' clients find it
+        closed and go on to gRPC with their certificate).
+        """
         self._service = service
         self._listeners: list[socket.socket] = []
         self.endpoints: list[str] = []
@@ -47,7 +59,7 @@ class FrameListener:
         path = os.path.join(self._folder, "daemon.sock")
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         unix.bind(path)
-        os.chmod(path, 0o666)
+        os.chmod(path, 0o666 if shm_for_everyone else 0o600)
         self._start(unix, shared_memory=True)
         self.endpoints.append(f"shm://{socket.gethostname()}{path}")
         if tcp_host is not None:
