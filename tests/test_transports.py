@@ -34,6 +34,7 @@ from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
 from gpupool.server.transports import listener
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
 from gpupool.transport.payload import STRIPE_ALIGN, STRIPE_MIN, split
+from tests.conftest import run_client
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +239,36 @@ def test_a_client_that_dies_mid_copy_ends_only_its_session(emu_daemon: Daemon) -
             time.sleep(0.05)
         assert rt.memGetInfo()[0] >= free_before
         round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
+@pytest.mark.parametrize("stripes", ["1", "2"])
+def test_a_payload_that_cannot_be_sent_ends_the_session_instead_of_hanging(
+    emu_daemon: Daemon, stripes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host buffer cannot be read (EFAULT) part way into a payload: the client used to wait
+    for a reply while the worker waited for the rest of the payload, forever."""
+    monkeypatch.setenv("GPUPOOL_TRANSPORT", "tcp")
+    monkeypatch.setenv("GPUPOOL_STRIPES", stripes)
+    result = run_client(
+        """
+        import gpupool
+        from gpupool import runtime as rt
+        size = 16 << 20
+        ptr = rt.malloc(size)
+        try:
+            rt.memcpy(ptr, 4096, size, rt.memcpyHostToDevice)  # no page is mapped there
+        except gpupool.ConnectionLost as exc:
+            print(exc)
+        """,
+        emu_daemon.address,
+        timeout=20,
+    )
+    assert "sending failed: [Errno 14] Bad address" in result.stdout, result.stderr
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        round_trip(5 << 20)
     finally:
         gpupool.disconnect()
 
