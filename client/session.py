@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
 from gpupool.client.transports import Link
 from gpupool.errors import (
@@ -132,9 +133,8 @@ class Session:
             STATS.messages += 1
             try:
                 self._link.send_copy(header, data)
-            except ConnectionLost:
-                self._next_reply()  # raises the daemon's reason, where it gave one
-                raise
+            except ConnectionLost as lost:
+                self._raise_reason(lost)
             if wait:
                 self._final_reply()
 
@@ -178,9 +178,18 @@ class Session:
         STATS.messages += 1
         try:
             self._link.send(request)
+        except ConnectionLost as lost:
+            self._raise_reason(lost)
+
+    def _raise_reason(self, lost: ConnectionLost) -> NoReturn:
+        """Sending failed: raise the daemon's reason where it gave one (a lease ended, say),
+        else why sending failed (a connection reset, a host buffer that cannot be read)
+        rather than only that the session then ended."""
+        try:
+            self._next_reply()
         except ConnectionLost:
-            self._next_reply()  # raises the daemon's reason, where it gave one
-            raise
+            pass
+        raise self._lost(str(lost)) from lost
 
     def _final_reply(self) -> pb.Reply:
         while True:

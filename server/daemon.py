@@ -144,7 +144,8 @@ def start_daemon(
     local = "127.0.0.1" if host in WILDCARDS else host.strip("[]")
     public = socket.getfqdn() if host in WILDCARDS else local
     bind = "0.0.0.0" if host in WILDCARDS else local
-    frames = FrameListener(service, None if tls else bind, public)
+    client_certificates = tls is not None and tls.client_ca is not None
+    frames = FrameListener(service, None if tls else bind, public, not client_certificates)
     listeners: list[FrameListener | UcxListener] = [frames]
     if UcxListener is not None and tls is None:
         listeners.append(UcxListener(service, public))

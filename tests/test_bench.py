@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,25 @@ def test_bench_refuses_a_transport_it_does_not_have() -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "not available here: pigeon" in result.stdout
+
+
+def test_bench_names_bad_arguments_before_running() -> None:
+    """A plot it cannot draw, a stripe count the daemon refuses, a daemon it cannot reach: said
+    at once in a line, not a traceback after (or in the middle of) the measurements."""
+    bench = [sys.executable, "-m", "gpupool.cli", "bench", "latency"]
+    for extra, said in (
+        (["--plot", "curves.txt"], "'curves.txt': name a picture file (.avif,"),
+        (["--stripes", "0"], "a number of connections, 1 to 16: '0'"),
+        (["--stripes", "17"], "a number of connections, 1 to 16: '17'"),
+    ):
+        result = subprocess.run([*bench, *extra], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{closed.getsockname()[1]}"
+        result = subprocess.run(
+            [*bench, "--daemons", nobody], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"gpupool bench: cannot reach daemon {nobody}")
+    assert "Traceback" not in result.stderr

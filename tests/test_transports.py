@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -29,8 +31,10 @@ from gpupool.client.context import TLS
 from gpupool.client.transports import OPENERS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
-from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.server.transports import listener
+from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
 from gpupool.transport.payload import STRIPE_ALIGN, STRIPE_MIN, split
+from tests.conftest import run_client
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +164,59 @@ def test_strangers_on_the_frame_port_do_not_disturb_the_daemon(emu_daemon: Daemo
         gpupool.disconnect()
 
 
+def _shm_path(daemon: Daemon) -> str:
+    url = next(url for url in daemon.endpoints if url.startswith("shm://"))
+    return urlsplit(url).path
+
+
+def _connect_to(daemon: Daemon, scheme: str) -> socket.socket:
+    if scheme == "tcp":
+        return socket.create_connection(_tcp_address(daemon))
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.connect(_shm_path(daemon))
+    return unix
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float:
+    """How long until the daemon closes ``sock`` (failing if it takes over ``seconds``)."""
+    start = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        assert sock.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "shm"])
+def test_a_stranger_cannot_hold_the_front_with_a_huge_or_slow_opening(
+    emu_daemon: Daemon, scheme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed 64 MiB opening is refused at once (the front used to set 64 MiB aside and wait
+    for it), and one sent a byte at a time is dropped at the hello deadline, not never."""
+    monkeypatch.setattr(listener, "HELLO_TIMEOUT_S", 1.0)
+    with _connect_to(emu_daemon, scheme) as huge:
+        huge.sendall(HEADER.pack(MESSAGE, MAX_MESSAGE, 0))
+        assert _closed_within(huge, 0.5) < 0.5
+    with _connect_to(emu_daemon, scheme) as slow:
+        opening = HEADER.pack(MESSAGE, 1000, 0) + bytes(1000)
+        slow.settimeout(0.2)
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < 3:  # one byte each 0.1 s: each recv is quick
+                slow.sendall(opening[:1])
+                opening = opening[1:]
+                time.sleep(0.1)
+        except OSError:  # dropped: sending fails
+            pass
+        assert time.monotonic() - start < 2.5
+    gpupool.connect(emu_daemon.address, transport=scheme)
+    try:
+        round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
 def test_a_client_that_dies_mid_copy_ends_only_its_session(emu_daemon: Daemon) -> None:
     """Half a payload, then the connection drops: the worker ends and frees its memory."""
     gpupool.connect(emu_daemon.address, transport="tcp")
@@ -182,6 +239,36 @@ def test_a_client_that_dies_mid_copy_ends_only_its_session(emu_daemon: Daemon) -
             time.sleep(0.05)
         assert rt.memGetInfo()[0] >= free_before
         round_trip(1 << 20)
+    finally:
+        gpupool.disconnect()
+
+
+@pytest.mark.parametrize("stripes", ["1", "2"])
+def test_a_payload_that_cannot_be_sent_ends_the_session_instead_of_hanging(
+    emu_daemon: Daemon, stripes: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host buffer cannot be read (EFAULT) part way into a payload: the client used to wait
+    for a reply while the worker waited for the rest of the payload, forever."""
+    monkeypatch.setenv("GPUPOOL_TRANSPORT", "tcp")
+    monkeypatch.setenv("GPUPOOL_STRIPES", stripes)
+    result = run_client(
+        """
+        import gpupool
+        from gpupool import runtime as rt
+        size = 16 << 20
+        ptr = rt.malloc(size)
+        try:
+            rt.memcpy(ptr, 4096, size, rt.memcpyHostToDevice)  # no page is mapped there
+        except gpupool.ConnectionLost as exc:
+            print(exc)
+        """,
+        emu_daemon.address,
+        timeout=20,
+    )
+    assert "sending failed: [Errno 14] Bad address" in result.stdout, result.stderr
+    gpupool.connect(emu_daemon.address, transport="tcp")
+    try:
+        round_trip(5 << 20)
     finally:
         gpupool.disconnect()
 
@@ -247,6 +334,10 @@ def test_grpc_with_client_certificates(tmp_path: Path) -> None:
             gpupool.disconnect()
         with pytest.raises(gpupool.ConnectionLost, match="cannot reach daemon"):
             gpupool.connect(daemon.address, timeout=1, tls=TLS(ca=cert))  # no certificate
+        # A Unix socket asks for no certificate: only the daemon's own user may use it.
+        assert os.stat(_shm_path(daemon)).st_mode & 0o777 == 0o600
+    with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30) as daemon:
+        assert os.stat(_shm_path(daemon)).st_mode & 0o777 == 0o666  # as open as its ports
 
 
 def test_daemon_tls_options_go_together(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ class FrameLink(Link):
             self.frames.send(MESSAGE, header.SerializeToString(), len(data))
             self._moves().send(len(data), BufferSource(data))
         except OSError as exc:
+            self._abandon()
             raise ConnectionLost(f"sending failed: {exc}") from exc
 
     def receive(self) -> pb.Reply:
@@ -89,6 +90,18 @@ class FrameLink(Link):
             if self._payload is not None:
                 self._payload.close()
             sock.close()
+
+    def _abandon(self) -> None:
+        """Give up a payload sent in part (a stripe broke, the host buffer could not be read):
+        the worker, still waiting for the rest, reads the end instead and ends the session,
+        so the reply the session then waits for comes (as the connection's end) and no side
+        waits for the other."""
+        try:
+            self.frames.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if self._payload is not None:
+            self._payload.close()
 
     def _moves(self) -> Stripes | Ring:
         if self._payload is None:

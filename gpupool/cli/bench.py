@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.cli.options import add_daemon_options, size
+from gpupool.errors import GpupoolError
 
 NAME = "bench"
 
@@ -22,6 +23,28 @@ NAME = "bench"
 def sizes(text: str) -> list[int]:
     """Comma-separated sizes: ``4KiB,1MiB,256MiB``."""
     return [size(part) for part in text.split(",") if part.strip()]
+
+
+def stripes(text: str) -> int:
+    """A number of tcp:// connections a daemon accepts for one session."""
+    from gpupool.transport.payload import MAX_STRIPES
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_STRIPES:
+        raise argparse.ArgumentTypeError(f"a number of connections, 1 to {MAX_STRIPES}: {text!r}")
+    return int(text)
+
+
+def picture(text: str) -> Path:
+    """A file matplotlib can draw into, known before the run rather than after it."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(text)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name a picture file ({', '.join(f'.{name}' for name in sorted(formats))})"
+        )
+    return path
 
 
 def add(commands: Any) -> None:
@@ -51,13 +74,13 @@ def add(commands: Any) -> None:
 
     parser.add_argument(
         "--stripes",
-        type=int,
+        type=stripes,
         default=DEFAULT_STRIPES,
         metavar="N",
         help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw bandwidth curves")
+    parser.add_argument("--plot", type=picture, metavar="FILE.png", help="draw bandwidth curves")
     add_daemon_options(parser, log_level="warning")
 
 
@@ -106,7 +129,11 @@ def main(args: argparse.Namespace) -> int:
             address = args.daemons.split(",")[0]
         else:
             address = stack.enter_context(daemon_process(args))
-        probe = Context([address])
+        try:
+            probe = Context([address])
+        except GpupoolError as exc:
+            print(f"gpupool bench: {exc}", file=sys.stderr)
+            return 1
         endpoints = probe.daemons[address].endpoints
         backend_name = probe.devices[0].properties.name if probe.devices else "?"
         on_gpu = probe.daemons[address].stub.GetInfo(InfoRequest(), timeout=10).backend == "cupy"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Sequence
 
 from gpupool.errors import ConnectionLost
@@ -20,9 +21,18 @@ SLOT = 1  # a shared-memory ring slot is full (sender) or free again (receiver)
 MAX_MESSAGE = 64 << 20
 
 
-def receive_exactly(sock: socket.socket, view: memoryview) -> None:
-    """Fill ``view`` from ``sock``; ConnectionLost if the peer closes first."""
+def receive_exactly(sock: socket.socket, view: memoryview, deadline: float | None = None) -> None:
+    """Fill ``view`` from ``sock``; ConnectionLost if the peer closes first.
+
+    With a ``deadline`` (``time.monotonic()``), TimeoutError once it passes: a timeout on the
+    socket alone bounds each ``recv``, and a peer sending a byte at a time never meets it.
+    """
     while view:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the peer was too slow")
+            sock.settimeout(left)
         got = sock.recv_into(view)
         if not got:
             raise ConnectionLost("the peer closed the connection")
@@ -49,14 +59,17 @@ class FrameSocket:
         if sent < len(frame):
             self.sock.sendall(frame[sent:])
 
-    def receive(self) -> tuple[int, bytes, int]:
-        """The next frame: (kind, message, payload size). ConnectionLost at the end."""
-        receive_exactly(self.sock, self._header)
+    def receive(
+        self, limit: int = MAX_MESSAGE, deadline: float | None = None
+    ) -> tuple[int, bytes, int]:
+        """The next frame: (kind, message, payload size). ConnectionLost at the end, or for a
+        message over ``limit`` bytes (before any room is made for it)."""
+        receive_exactly(self.sock, self._header, deadline)
         kind, length, payload = HEADER.unpack(self._header)
-        if length > MAX_MESSAGE:
+        if length > limit:
             raise ConnectionLost(f"frame of {length} bytes: not a gpupool peer")
         message = bytearray(length)
-        receive_exactly(self.sock, memoryview(message))
+        receive_exactly(self.sock, memoryview(message), deadline)
         return kind, bytes(message), payload
 
     def receive_with_fds(self) -> tuple[bytes, list[int]]:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 
 from google.protobuf.message import DecodeError
 
@@ -26,15 +27,30 @@ from gpupool.transport.payload import MAX_STRIPES
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0  # a connection that says nothing for this long is dropped
+HELLO_TIMEOUT_S = 10.0  # a connection that has not said what it is by then is dropped
+# An opening frame (open with its grant, or attach) is small: a stranger's claimed length must
+# not make the front set aside up to MAX_MESSAGE bytes for each connection it holds.
+HELLO_MAX = 64 << 10
 BACKLOG = 128
 
 
 class FrameListener:
     """Accepts frame-transport connections for one daemon."""
 
-    def __init__(self, service: DaemonService, tcp_host: str | None, public_host: str) -> None:
-        """Listen on TCP at ``tcp_host`` (port 0; None: no TCP) and on a fresh Unix socket."""
+    def __init__(
+        self,
+        service: DaemonService,
+        tcp_host: str | None,
+        public_host: str,
+        shm_for_everyone: bool = True,
+    ) -> None:
+        """Listen on TCP at ``tcp_host`` (port 0; None: no TCP) and on a fresh Unix socket.
+
+        The Unix socket is open to every local user, as the daemon's ports are, unless
+        ``shm_for_everyone`` is False: a daemon that admits only clients holding a certificate
+        keeps it to its own user, since a Unix socket asks for none (others' clients find it
+        closed and go on to gRPC with their certificate).
+        """
         self._service = service
         self._listeners: list[socket.socket] = []
         self.endpoints: list[str] = []
@@ -43,7 +59,7 @@ class FrameListener:
         path = os.path.join(self._folder, "daemon.sock")
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         unix.bind(path)
-        os.chmod(path, 0o666)
+        os.chmod(path, 0o666 if shm_for_everyone else 0o600)
         self._start(unix, shared_memory=True)
         self.endpoints.append(f"shm://{socket.gethostname()}{path}")
         if tcp_host is not None:
@@ -86,8 +102,7 @@ class FrameListener:
     def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
         frames = FrameSocket(sock)
         try:
-            sock.settimeout(HELLO_TIMEOUT_S)
-            kind, first, payload = frames.receive()
+            kind, first, payload = frames.receive(HELLO_MAX, time.monotonic() + HELLO_TIMEOUT_S)
             sock.settimeout(None)
         except (ConnectionLost, OSError):
             frames.close()
