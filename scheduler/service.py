@@ -23,6 +23,7 @@ from concurrent.futures import Future
 import grpc
 
 from gpupool import grants
+from gpupool.addresses import ListenHosts, join_host_port
 from gpupool.errors import AllocationError
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
@@ -310,7 +311,7 @@ class Scheduler:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     def wait(self) -> None:
         assert self.thread is not None
@@ -382,10 +383,7 @@ async def _serve(
         started.set_exception(OSError(f"cannot listen on {listen} (in use?)"))
         return
     await server.start()
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    scheduler = Scheduler(
-        "127.0.0.1" if host in ("0.0.0.0", "", "::") else host, port, asyncio.get_running_loop()
-    )
+    scheduler = Scheduler(ListenHosts.of(listen).local, port, asyncio.get_running_loop())
     log.info(
         "scheduler listening",
         extra=fields(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from gpupool.addresses import ListenHosts, join_host_port
 from gpupool.logs import fields
 from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.server.admission import Admission
@@ -26,8 +26,6 @@ except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:
     UcxListener = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
-
-WILDCARDS = ("0.0.0.0", "[::]", "")
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class Daemon:
     @property
     def address(self) -> str:
         """``host:port`` for clients (``GPUPOOL_DAEMONS``)."""
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -140,23 +138,22 @@ def start_daemon(
             pool.close()
         raise OSError(f"cannot listen on {listen} (in use?)") from cause
     server.start()
-    host = listen.rsplit(":", 1)[0]
-    local = "127.0.0.1" if host in WILDCARDS else host.strip("[]")
-    public = socket.getfqdn() if host in WILDCARDS else local
-    bind = "0.0.0.0" if host in WILDCARDS else local
+    hosts = ListenHosts.of(listen)
     client_certificates = tls is not None and tls.client_ca is not None
-    frames = FrameListener(service, None if tls else bind, public, not client_certificates)
+    frames = FrameListener(
+        service, None if tls else hosts.bind, hosts.public, not client_certificates
+    )
     listeners: list[FrameListener | UcxListener] = [frames]
     if UcxListener is not None and tls is None:
-        listeners.append(UcxListener(service, public))
+        listeners.append(UcxListener(service, hosts.public))
     # fastest first: shared memory on this host, then UCX, TCP frames, gRPC
     shm, tcp = frames.endpoints[:1], frames.endpoints[1:]
     ucx = [url for listener in listeners[1:] for url in listener.endpoints]
-    service.endpoints.extend([*shm, *ucx, *tcp, f"grpc://{public}:{port}"])
+    service.endpoints.extend([*shm, *ucx, *tcp, f"grpc://{join_host_port(hosts.public, port)}"])
     log.info(
         "daemon listening",
         extra=fields(
-            address=f"{host}:{port}",
+            address=listen,
             backend=config.kind,
             devices=len(devices),
             endpoints=service.endpoints,
@@ -166,7 +163,7 @@ def start_daemon(
     if membership is not None:
         node = node_registration(
             membership.name,
-            f"{public}:{port}",
+            join_host_port(hosts.public, port),
             config.kind,
             devices,
             membership.oversubscription,
@@ -174,14 +171,14 @@ def start_daemon(
         )
         registration = Registration(membership.scheduler, node, devices, pools, admission)
         registration.start()
-    elif host not in ("127.0.0.1", "localhost", "[::1]"):
+    elif not hosts.loopback:
         log.warning(
             "a bare daemon off loopback admits every session: join a pool with --scheduler",
-            extra=fields(address=f"{host}:{port}"),
+            extra=fields(address=listen),
         )
     endpoints = list(service.endpoints)
     return Daemon(
-        server, port, local, pools, devices, config.kind, listeners, endpoints, registration
+        server, port, hosts.local, pools, devices, config.kind, listeners, endpoints, registration
     )
 
 

@@ -17,6 +17,7 @@ import time
 
 from google.protobuf.message import DecodeError
 
+from gpupool.addresses import join_host_port
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
@@ -69,8 +70,7 @@ class FrameListener:
             tcp.bind((tcp_host, 0))
             self._start(tcp, shared_memory=False)
             port = tcp.getsockname()[1]
-            host = f"[{public_host}]" if ":" in public_host else public_host
-            self.endpoints.append(f"tcp://{host}:{port}")
+            self.endpoints.append(f"tcp://{join_host_port(public_host, port)}")
 
     def close(self) -> None:
         """Stop accepting (open sessions go on until their workers end)."""

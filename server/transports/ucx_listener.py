@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from gpupool.addresses import join_host_port
 from gpupool.logs import fields
 from gpupool.server.service import DaemonService
 from gpupool.transport.ucx import END, MESSAGE, loop, run, ucxx
@@ -48,7 +49,7 @@ class UcxListener:
     def __init__(self, service: DaemonService, public_host: str) -> None:
         self._service = service
         self._listener = run(self._create())
-        self.endpoints = [f"ucx://{public_host}:{self._listener.port}"]
+        self.endpoints = [f"ucx://{join_host_port(public_host, self._listener.port)}"]
 
     async def _create(self) -> Any:
         return ucxx.create_listener(self._serve)
