@@ -30,7 +30,7 @@ from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends.base import Backend, check_launch
-from gpupool.transport.payload import DiscardSink, Sink, Source
+from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +184,12 @@ def as_replies(item: pb.Reply | DeviceData) -> Iterator[pb.Reply]:
     if isinstance(item, pb.Reply):
         yield item
         return
-    for start in range(0, item.size, CHUNK_SIZE):
-        end = min(start + CHUNK_SIZE, item.size)
-        view = item.source.direct(start, end - start)
+    for start, length in pieces(item.size, CHUNK_SIZE):
+        view = item.source.direct(start, length)
         if view is None:
-            view = memoryview(bytearray(end - start))
+            view = memoryview(bytearray(length))
             item.source.copy_into(start, view)
-        yield pb.Reply(data=bytes(view), more=end < item.size)
+        yield pb.Reply(data=bytes(view), more=start + length < item.size)
     if not item.size:
         yield pb.Reply(data=b"")
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 from gpupool.client.transports import Link
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
+from gpupool.transport.payload import pieces
 
 
 class MessageLink(Link):
     def send_copy(self, header: pb.Request, data: memoryview) -> None:
         self.send(header)
-        for start in range(0, len(data), CHUNK_SIZE):
-            self.send(pb.Request(chunk=pb.Chunk(data=data[start : start + CHUNK_SIZE].tobytes())))
+        for start, length in pieces(len(data), CHUNK_SIZE):
+            self.send(pb.Request(chunk=pb.Chunk(data=data[start : start + length].tobytes())))
 
     def receive_data(self, first: pb.Reply, target: memoryview) -> int:
         offset, reply = 0, first

@@ -14,11 +14,12 @@ import time
 from collections.abc import Sequence
 
 from gpupool.errors import ConnectionLost
+from gpupool.proto.limits import MESSAGE_LIMIT
 
 HEADER = struct.Struct("<BIQ")  # kind, message bytes, payload bytes
 MESSAGE = 0  # a Request or Reply; its payload (if any) follows on the payload path
 SLOT = 1  # a shared-memory ring slot is full (sender) or free again (receiver)
-MAX_MESSAGE = 64 << 20
+MAX_MESSAGE = MESSAGE_LIMIT  # the same bound as gRPC messages
 
 
 def receive_exactly(sock: socket.socket, view: memoryview, deadline: float | None = None) -> None:
