@@ -57,13 +57,17 @@ class TLS:
 
 
 class DaemonLinks:
-    """One daemon: its gRPC channel, and the transport its sessions use."""
+    """One daemon: its gRPC channel, what it said of itself, and the transport its sessions
+    use."""
 
-    def __init__(self, address: str, channel: grpc.Channel, endpoints: Sequence[str]) -> None:
+    def __init__(self, address: str, channel: grpc.Channel, info: pb.DaemonInfo) -> None:
         self.address = address
         self.stub = pb_grpc.DaemonStub(channel)
+        self.backend = info.backend
         grpc_url = f"grpc://{address.removeprefix('grpc://')}"  # the address that answered
-        self.endpoints = [url if not url.startswith("grpc://") else grpc_url for url in endpoints]
+        self.endpoints = [
+            url if not url.startswith("grpc://") else grpc_url for url in info.endpoints
+        ]
         if not any(url.startswith("grpc://") for url in self.endpoints):
             self.endpoints.append(grpc_url)
         self.transport: str | None = None  # the scheme chosen, once a session has opened
@@ -135,7 +139,7 @@ class Context:
             except grpc.RpcError as exc:
                 self.close()
                 raise ConnectionLost(f"cannot reach daemon {address}: {exc.code().name}") from exc
-            self.daemons[address] = DaemonLinks(address, channel, info.endpoints)
+            self.daemons[address] = DaemonLinks(address, channel, info)
             infos[address] = info
             self.devices += [Device(address, i, props) for i, props in enumerate(info.devices)]
         if lease is not None:

@@ -314,7 +314,7 @@ def test_sessions_without_a_genuine_unexpired_grant_are_refused(
     genuine = grants.read(placement.grant)  # a live allocation: heartbeats leave it be
     channel = grpc.insecure_channel(placement.address, GRPC_OPTIONS)
     info = pb_grpc.DaemonStub(channel).GetInfo(pb.InfoRequest(), timeout=10)
-    daemon = DaemonLinks(placement.address, channel, info.endpoints)
+    daemon = DaemonLinks(placement.address, channel, info)
     other = "b" if genuine.node == "a" else "a"
     cases = {
         "": "needs a grant",

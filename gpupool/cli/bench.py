@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gpupool.cli.options import add_daemon_options, size
 from gpupool.errors import GpupoolError
@@ -121,7 +122,6 @@ def main(args: argparse.Namespace) -> int:
     from gpupool.client.context import Context
     from gpupool.client.transports import OPENERS, candidates
     from gpupool.client.transports.frame_links import ENV_STRIPES
-    from gpupool.proto.gpupool_pb2 import InfoRequest
 
     console = Console()
     with ExitStack() as stack:
@@ -136,9 +136,9 @@ def main(args: argparse.Namespace) -> int:
             return 1
         endpoints = probe.daemons[address].endpoints
         backend_name = probe.devices[0].properties.name if probe.devices else "?"
-        on_gpu = probe.daemons[address].stub.GetInfo(InfoRequest(), timeout=10).backend == "cupy"
+        on_gpu = probe.daemons[address].backend == "cupy"
         probe.close()
-        offered = [url.split("://")[0] for url in candidates(endpoints)]
+        offered = [urlsplit(url).scheme for url in candidates(endpoints)]
         wanted = args.transport.split(",") if args.transport else offered
         missing = [name for name in wanted if name not in offered or name not in OPENERS]
         if missing:
