@@ -25,6 +25,7 @@ DTYPE_OF: dict[int, np.dtype] = {
     pb.COMPLEX128: np.dtype(np.complex128),
 }
 SCALAR_TYPE_OF: dict[np.dtype, int] = {dtype: code for code, dtype in DTYPE_OF.items()}
+_WIRE_DTYPE_OF = {code: dtype.newbyteorder("<") for code, dtype in DTYPE_OF.items()}
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -47,7 +48,8 @@ def to_scalar(value: np.generic) -> pb.Scalar:
 
 def from_scalar(scalar: pb.Scalar) -> np.generic:
     """The NumPy scalar a wire scalar holds; ValueError when type and size disagree."""
-    dtype = DTYPE_OF.get(scalar.type)
-    if dtype is None or len(scalar.data) != dtype.itemsize:
+    wire = _WIRE_DTYPE_OF.get(scalar.type)
+    if wire is None or len(scalar.data) != wire.itemsize:
         raise ValueError(f"malformed scalar argument: type {scalar.type}, {len(scalar.data)} bytes")
-    return np.frombuffer(scalar.data, dtype.newbyteorder("<"))[0].astype(dtype)
+    value = np.frombuffer(scalar.data, wire)[0]
+    return value if _LITTLE_ENDIAN else value.astype(DTYPE_OF[scalar.type])
