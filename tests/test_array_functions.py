@@ -244,3 +244,12 @@ def test_sampling_without_replacement_from_a_huge_population_is_refused(
             assert not reply.HasField("error"), reply.error
     samples = read(executor, out)
     assert len(set(samples.tolist())) == 4 and samples.max() < 10
+
+
+def test_every_ufunc_of_the_shim_is_in_the_daemons_table() -> None:
+    """The shim's ufuncs (its public names) and the daemon's whitelist are two lists: the
+    client's decides what a program can call, the daemon's what it will run. They must agree."""
+    from gpupool.cupy import _ufuncs
+    from gpupool.server.arrays import UFUNCS
+
+    assert sorted(_ufuncs.BY_NAME) == sorted(UFUNCS)
