@@ -406,8 +406,9 @@ class SessionExecutor:
         if self._opened:
             raise CUDARuntimeError("cudaErrorInvalidValue", "the session is already open")
         self._opened = True
-        if call.limits.memory:  # the front put the grant's quota here
-            quota = min(call.limits.memory, self._device.total_memory)
+        if call.limits.memory:  # the front put the grant's quota here; our context is in it
+            share = min(call.limits.memory, self._device.total_memory)
+            quota = max(0, share - self.backend.context_memory())
             self._quota = MemoryQuota(quota)
             self._device = dataclasses.replace(self._device, total_memory=quota)
             self._cap_backend_memory()

@@ -75,6 +75,14 @@ def connected(daemon: Daemon, transport: str) -> Iterator[Daemon]:
     assert used <= {transport}, f"sessions used {used}, not {transport}"
 
 
+def require_devices(count: int) -> None:
+    """Skip where the connected daemon has fewer devices (a machine with one GPU, say)."""
+    from gpupool import runtime
+
+    if runtime.getDeviceCount() < count:
+        pytest.skip(f"needs {count} devices")
+
+
 def run_client(code: str, daemons: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a client program in its own process, as a user's program would run."""
     env = dict(os.environ, GPUPOOL_DAEMONS=daemons)

@@ -13,6 +13,7 @@ import gpupool
 import gpupool.cupy as cp
 from gpupool.cupy import cuda
 from gpupool.server.daemon import Daemon, start_daemon
+from tests.conftest import require_devices
 
 SPIN = r"""
 extern "C" __global__ void add_one(float* x, int n, int rounds) {
@@ -22,6 +23,7 @@ extern "C" __global__ void add_one(float* x, int n, int rounds) {
 
 
 def test_device_context_manager_across_two_devices(connected: Daemon) -> None:
+    require_devices(2)
     assert cuda.Device().id == 0
     with cuda.Device(1) as device:
         assert cuda.runtime.getDevice() == 1 and device.id == 1

@@ -11,6 +11,7 @@ import gpupool.cupy as cp
 from gpupool.cupy.cuda.compiler import CompileException
 from gpupool.errors import CUDARuntimeError
 from gpupool.server.daemon import Daemon
+from tests.conftest import require_devices
 
 BLOCK_SUMS = r"""
 extern "C" __global__ void block_sums(const float* x, float* sums, int n) {
@@ -176,6 +177,7 @@ def test_kernels_compile_once_per_signature(connected: Daemon) -> None:
 
 def test_generated_kernels_refuse_arrays_of_another_device(connected: Daemon) -> None:
     """A kernel runs on the current device; another device's pointers mean nothing there."""
+    require_devices(2)
     double = cp.ElementwiseKernel("T x", "T y", "y = 2 * x", "double_it")
     total = cp.ReductionKernel("T x", "T y", "x", "a + b", "y = a", "0", "total")
     with cp.cuda.Device(1):

@@ -17,6 +17,7 @@ import pytest
 
 import gpupool.cupy as cp
 from gpupool.server.daemon import Daemon
+from tests.conftest import require_devices
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +107,7 @@ def test_numpy_functions_the_shim_lacks_raise_not_implemented_naming_them(
 
 
 def test_copy_and_array_move_an_array_to_the_current_device(connected: Daemon) -> None:
-    if cp.cuda.runtime.getDeviceCount() < 2:
-        pytest.skip("one device")
+    require_devices(2)
     values = np.arange(12.0).reshape(3, 4)
     with cp.cuda.Device(1):
         remote = cp.asarray(values)
@@ -124,8 +124,7 @@ def test_copy_and_array_move_an_array_to_the_current_device(connected: Daemon) -
 
 
 def test_views_and_copies_of_an_array_on_another_device_stay_there(connected: Daemon) -> None:
-    if cp.cuda.runtime.getDeviceCount() < 2:
-        pytest.skip("one device")
+    require_devices(2)
     with cp.cuda.Device(1):
         remote = cp.arange(12.0).reshape(3, 4)
     flat = remote.T.reshape(-1)  # no view has that shape: a copy, on the array's device

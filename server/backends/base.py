@@ -103,6 +103,14 @@ class Backend(ABC):
         """Bound :meth:`own_memory` by ``limit`` bytes: the rest of a session's quota."""
         return  # a backend without memory of its own has nothing to bound
 
+    def context_memory(self) -> int:
+        """Device bytes this process takes beyond its allocations (a CUDA context).
+
+        They come out of a session's share of the device: two half-GPU tenants each see
+        half of its memory less their own context, so both fit on the device at once.
+        """
+        return 0
+
     @abstractmethod
     def free(self, ptr: int) -> None: ...
 
