@@ -26,7 +26,7 @@ def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> No
     assert result.returncode == 0, result.stdout + result.stderr
     assert "H2D bandwidth" in result.stdout and "round trip" in result.stdout
     records = json.loads(out.read_text())["records"]
-    transports = ("grpc", "tcp", "shm")
+    transports = ("grpc", "tcp", "tcp-x1", "shm")  # tcp-x1: tcp:// on one connection
     index = {(r["op"], r["transport"], r["size_bytes"]): r for r in records}
     for size in (4 << 10, 5 << 20):
         for op in COPIES:
@@ -39,6 +39,10 @@ def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> No
                 assert index[(op, name, size)]["gbps"] > 0
             for name in transports:
                 assert index[(op, name, size)]["link_ratio"] > 0
+    for name in ("raw-tcp", "raw-shm"):  # a ping-pong on the bare socket
+        assert index[("latency", name, 4)]["us"] > 0
+    for name in transports:
+        assert index[("latency", name, 4)]["link_ratio"] > 0
     for name in ("native", *transports):
         assert index[("latency", name, 4)]["us"] > 0
         launch = index[("launch", name, 0)]

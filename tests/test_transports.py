@@ -30,6 +30,7 @@ from gpupool import runtime as rt
 from gpupool.client.context import TLS
 from gpupool.client.transports import OPENERS
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
 from gpupool.server.transports import listener
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
@@ -81,6 +82,19 @@ def test_a_transport_can_be_named_and_a_missing_one_is_refused(
     try:
         with pytest.raises(gpupool.GpupoolError, match="'carrier-pigeon' is not available"):
             rt.memGetInfo()
+    finally:
+        gpupool.disconnect()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_copies_either_side_of_the_inline_limit_keep_every_byte(
+    emu_daemon: Daemon, transport: str
+) -> None:
+    """Up to INLINE_LIMIT a copy rides inside the message, beyond it beside it."""
+    gpupool.connect(emu_daemon.address, transport=transport)
+    try:
+        for size in (1, INLINE_LIMIT, INLINE_LIMIT + 1):
+            round_trip(size)
     finally:
         gpupool.disconnect()
 

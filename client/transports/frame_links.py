@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from gpupool.client.transports import Endpoint, Link
 from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.transport.frames import MESSAGE, FrameSocket
 from gpupool.transport.payload import (
     MAX_STRIPES,
@@ -30,7 +31,6 @@ from gpupool.transport.payload import (
 ENV_STRIPES = "GPUPOOL_STRIPES"
 # Parallel streams need cores to run on: four where there are plenty, fewer on small hosts.
 DEFAULT_STRIPES = max(1, min(4, os.cpu_count() or 1))
-INLINE_LIMIT = 64 << 10  # larger host-to-device copies travel as payload, not in the message
 
 
 class FrameLink(Link):
@@ -70,6 +70,10 @@ class FrameLink(Link):
 
     def receive_data(self, first: pb.Reply, target: memoryview) -> int:
         size, self._payload_size = self._payload_size, 0
+        if not size:  # a small read: its data came inside the reply
+            if len(first.data) == len(target):
+                target[:] = first.data
+            return len(first.data)
         sink = BufferSink(target) if size == len(target) else DiscardSink()
         try:
             self._moves().receive(size, sink)

@@ -4,15 +4,18 @@ A peer process (``python -m gpupool.bench.rawlink``) receives or sends a request
 bytes on each connection, from and into a buffer it reuses, as a daemon's worker would
 without any protocol. The client side moves them over one connection, or split over several
 in parallel (what ``tcp://`` striping does), so the remote figures can be read as a share of
-what the link itself carries. For ``shm://`` the link is memory: one memcpy.
+what the link itself carries. For ``shm://`` the link is memory (one memcpy) for bulk bytes
+and a Unix socket for messages: the peer serves one too, for the round-trip baseline.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +34,8 @@ def _serve_connection(conn: socket.socket) -> None:
     buffer = memoryview(bytearray(BUFFER))
     header = memoryview(bytearray(REQUEST.size))
     with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             try:
                 receive_exactly(conn, header)
@@ -49,17 +53,22 @@ def _serve_connection(conn: socket.socket) -> None:
 
 
 def serve() -> None:
-    """The peer: print the port, serve connections until stdin closes."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    print(listener.getsockname()[1], flush=True)
+    """The peer: print the TCP port and the Unix socket's path, serve until stdin closes."""
+    with tempfile.TemporaryDirectory(prefix="gpupool-rawlink-") as folder:
+        listeners = [socket.create_server(("127.0.0.1", 0)), socket.socket(socket.AF_UNIX)]
+        path = os.path.join(folder, "peer")
+        listeners[1].bind(path)
+        listeners[1].listen()
+        print(listeners[0].getsockname()[1], path, flush=True)
 
-    def accept() -> None:
-        while True:
-            conn, _ = listener.accept()
-            threading.Thread(target=_serve_connection, args=(conn,), daemon=True).start()
+        def accept(listener: socket.socket) -> None:
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=_serve_connection, args=(conn,), daemon=True).start()
 
-    threading.Thread(target=accept, daemon=True).start()
-    sys.stdin.read()
+        for listener in listeners:
+            threading.Thread(target=accept, args=(listener,), daemon=True).start()
+        sys.stdin.read()
 
 
 class RawLink:
@@ -73,11 +82,21 @@ class RawLink:
             text=True,
         )
         assert self._peer.stdout is not None
-        port = int(self._peer.stdout.readline())
-        self._sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(stripes)]
+        port, path = self._peer.stdout.readline().split()
+        self._sockets = [socket.create_connection(("127.0.0.1", int(port))) for _ in range(stripes)]
         for sock in self._sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._unix = socket.socket(socket.AF_UNIX)
+        self._unix.connect(path)
         self._pool = ThreadPoolExecutor(stripes)
+        self._tiny = memoryview(bytearray(4))
+
+    def round_trip(self, unix: bool = False) -> float:
+        """Seconds for 4 bytes asked of the peer to arrive (on TCP, or on the Unix socket)."""
+        sock = self._unix if unix else self._sockets[0]
+        start = time.perf_counter()
+        self._receive_share(sock, self._tiny)
+        return time.perf_counter() - start
 
     def send(self, data: memoryview, stripes: int) -> float:
         """Seconds to move ``data`` to the peer over ``stripes`` connections."""
@@ -88,7 +107,7 @@ class RawLink:
         return self._timed(target, stripes, self._receive_share)
 
     def close(self) -> None:
-        for sock in self._sockets:
+        for sock in [*self._sockets, self._unix]:
             sock.close()
         self._pool.shutdown()
         if self._peer.stdin is not None:

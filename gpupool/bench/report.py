@@ -51,7 +51,8 @@ def print_tables(records: Sequence[Record], console: Console) -> None:
         copies = op in COPIES
         table = Table(title=title)
         headers = ("size", "target", "figure", "remote/native", "remote/raw link")
-        for header in headers if copies else headers[1:4]:
+        shown = headers if copies else headers[1:] if op == "latency" else headers[1:4]
+        for header in shown:
             table.add_column(header, justify="left" if header == "target" else "right")
         previous = None
         for record in rows:
@@ -61,6 +62,8 @@ def print_tables(records: Sequence[Record], console: Console) -> None:
             cells = [record.transport, _figure(record), _times(ratio)]
             if copies:
                 cells = [size, *cells, _times(record.link_ratio)]
+            elif op == "latency":
+                cells.append(_times(record.link_ratio))
             dim = record.native or record.transport.startswith("raw-")
             table.add_row(*cells, style="dim" if dim else None)
         console.print(table)

@@ -7,6 +7,7 @@ repetitions.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -29,6 +30,7 @@ LATENCY_SAMPLES = 200
 LAUNCHES = 2000
 LAUNCH_REPEATS = 3
 RAW_LINK = {"shm": "raw-shm"}  # the baseline each transport is read against; else raw-tcp
+SINGLE_STREAM = "tcp-x1"  # tcp:// on one connection, beside the striped default
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Record:
     """One figure: ``gbps`` for a copy, ``us`` (and ``per_s``) for latency and launches.
 
     ``ratio`` is against native (remote/native: bandwidth and launch rate as a share of
-    native, latency as a multiple of it); ``link_ratio`` against the raw link's bandwidth.
+    native, latency as a multiple of it); ``link_ratio`` likewise against the raw link.
     """
 
     op: str
@@ -64,8 +66,9 @@ class Plan:
         """Measurements the plan makes with ``targets`` (for the progress bar)."""
         device = [t for t in targets if not t.name.startswith("raw-")]
         bandwidth = sum(reps(size) for size in self.sizes) if "bandwidth" in self.kinds else 0
-        small = ("latency" in self.kinds) + ("launch" in self.kinds)
-        return bandwidth * len(targets) + small * len(device)
+        latency = len(targets) if "latency" in self.kinds else 0
+        launch = len(device) if "launch" in self.kinds else 0
+        return bandwidth * len(targets) + latency + launch
 
 
 def reps(size: int) -> int:
@@ -77,19 +80,36 @@ def targets(address: str, plan: Plan) -> Iterator[list[Target]]:
     """Native, raw-link and remote targets, closed on the way out."""
     with ExitStack() as stack:
         chosen: list[Target] = list(native_targets())
-        if "bandwidth" in plan.kinds:
+        if "bandwidth" in plan.kinds or "latency" in plan.kinds:
             link = RawLink(max(1, plan.stripes))
             stack.callback(link.close)
             chosen.append(RawTcpTarget(link, 1))
             if "tcp" in plan.transports and plan.stripes > 1:
                 chosen.append(RawTcpTarget(link, plan.stripes))
             if "shm" in plan.transports:
-                chosen.append(RawMemoryTarget())
+                chosen.append(RawMemoryTarget(link))
         for transport in plan.transports:
             chosen.append(RemoteTarget(address, transport))
+            if transport == "tcp" and plan.stripes > 1:
+                chosen.append(_single_stream(address))
         for target in chosen:
             stack.callback(target.close)
         yield chosen
+
+
+def _single_stream(address: str) -> Target:
+    """tcp:// on one connection: the link's session is opened with one stripe."""
+    from gpupool.client.transports.frame_links import ENV_STRIPES
+
+    striped = os.environ.get(ENV_STRIPES)
+    os.environ[ENV_STRIPES] = "1"  # read once, as the session opens
+    try:
+        return RemoteTarget(address, "tcp", name=SINGLE_STREAM)
+    finally:
+        if striped is None:
+            del os.environ[ENV_STRIPES]
+        else:
+            os.environ[ENV_STRIPES] = striped
 
 
 def run(
@@ -167,13 +187,13 @@ def _with_ratios(records: list[Record]) -> list[Record]:
         base = native.get((record.op, record.size_bytes))
         if base is not None:
             record.ratio = _ratio(record, base)
-        if record.native or record.transport.startswith("raw-") or record.gbps is None:
+        if record.native or record.transport.startswith("raw-"):
             continue
         link = by_name.get(
             (record.op, RAW_LINK.get(record.transport, "raw-tcp"), record.size_bytes)
         )
-        if link is not None and link.gbps:
-            record.link_ratio = record.gbps / link.gbps
+        if link is not None:
+            record.link_ratio = _ratio(record, link)
     return records
 
 

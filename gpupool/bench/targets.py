@@ -56,10 +56,10 @@ class Target(ABC):
 
 
 class RemoteTarget(Target):
-    """Device 0 of a daemon, over one transport."""
+    """Device 0 of a daemon, over one transport (``name``: the records' name for it)."""
 
-    def __init__(self, address: str, transport: str) -> None:
-        self.name = transport
+    def __init__(self, address: str, transport: str, name: str | None = None) -> None:
+        self.name = name or transport
         self._context = Context([address], transport=transport)
         self._session: Session = self._context.session(0)
         self._buffers: list[int] = []
@@ -157,13 +157,17 @@ class RawTcpTarget(Target):
     def d2h(self, size: int) -> float:
         return self._link.receive(self._host.data[:size], self._stripes)
 
+    def tiny_round_trip(self) -> float | None:
+        return self._link.round_trip() if self._stripes == 1 else None
+
 
 class RawMemoryTarget(Target):
-    """The link of ``shm://``: one host memory copy each way."""
+    """The link of ``shm://``: one host memory copy each way, messages on a Unix socket."""
 
     name = "raw-shm"
 
-    def __init__(self) -> None:
+    def __init__(self, link: RawLink) -> None:
+        self._link = link
         self._a = self._b = np.empty(0, np.uint8)
 
     def prepare(self, size: int) -> None:
@@ -174,6 +178,9 @@ class RawMemoryTarget(Target):
 
     def d2h(self, size: int) -> float:
         return memcpy_seconds(self._a, self._b)
+
+    def tiny_round_trip(self) -> float:
+        return self._link.round_trip(unix=True)
 
 
 class NumpyNativeTarget(Target):

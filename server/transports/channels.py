@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from gpupool.errors import ConnectionLost
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.server.executor import DeviceData, as_replies
 from gpupool.transport.frames import MESSAGE, FrameSocket
 from gpupool.transport.payload import Ring, Sink, Stripes
@@ -111,6 +112,8 @@ class FrameChannel:
         self._payload().receive(size, sink)
 
     def send(self, item: pb.Reply | DeviceData) -> None:
+        if isinstance(item, DeviceData) and item.size <= INLINE_LIMIT:
+            item = next(as_replies(item))  # one reply: INLINE_LIMIT is within a chunk
         if isinstance(item, DeviceData):
             self.frames.send(MESSAGE, b"", item.size)
             self._payload().send(item.size, item.source)
