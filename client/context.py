@@ -162,6 +162,13 @@ class Context:
             )
         return self.devices[ordinal]
 
+    def properties(self, ordinal: int) -> pb.DeviceProperties:
+        """The device's properties; a leased share's from its session (opened now), whose
+        worker knows the memory it really has: the share less the worker's CUDA context."""
+        if self._lease is not None:
+            return self.session(ordinal).properties
+        return self.device(ordinal).properties
+
     def session(self, ordinal: int | None = None) -> Session:
         """The session on ``ordinal`` (the current device by default), opened on first use."""
         ordinal = self.current_device if ordinal is None else ordinal

@@ -106,7 +106,7 @@ def getDevice() -> int:
 
 def getDeviceProperties(device: int) -> dict[str, Any]:
     """The device's properties, with the keys CuPy's ``getDeviceProperties`` uses."""
-    props = context.current().device(device).properties
+    props = context.current().properties(device)
     return {
         "name": props.name.encode(),
         "totalGlobalMem": props.total_memory,
