@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from gpupool.errors import ConnectionLost
+from gpupool.transport import memcopy, memfd
 from gpupool.transport.frames import SLOT, FrameSocket, receive_exactly
 
 MAX_STRIPES = 16  # connections one session may use; a daemon refuses more
@@ -54,7 +55,7 @@ class BufferSource:
         return self._buffer[offset : offset + size]
 
     def copy_into(self, offset: int, target: memoryview) -> None:
-        target[:] = self._buffer[offset : offset + len(target)]
+        memcopy.copy(target, self._buffer[offset : offset + len(target)])
 
 
 class BufferSink:
@@ -67,7 +68,7 @@ class BufferSink:
         return self._buffer[offset : offset + size]
 
     def write(self, offset: int, data: memoryview) -> None:
-        self._buffer[offset : offset + len(data)] = data
+        memcopy.copy(self._buffer[offset : offset + len(data)], data)
 
 
 class DiscardSink:
@@ -221,7 +222,7 @@ class Ring:
     @classmethod
     def create(cls, frames: FrameSocket, slot_size: int = RING_SLOT_SIZE) -> tuple[Ring, int]:
         """A new ring in an anonymous shared file; the descriptor to send the peer."""
-        fd = os_memfd(slot_size * RING_SLOTS)
+        fd = memfd.create("gpupool-ring", slot_size * RING_SLOTS)
         return cls(frames, mmap.mmap(fd, slot_size * RING_SLOTS)), fd
 
     @classmethod
@@ -252,7 +253,7 @@ class Ring:
             slot = self._slot(index, n)
             direct = sink.target(offset, n)
             if direct is not None:
-                direct[:] = slot
+                memcopy.copy(direct, slot)
             else:
                 sink.write(offset, slot)
             self.frames.send(SLOT, payload=n)
@@ -269,10 +270,3 @@ class Ring:
         kind, _message, _size = self.frames.receive()
         if kind != SLOT:
             raise ConnectionLost(f"expected a ring slot back, got frame kind {kind}")
-
-
-def os_memfd(size: int) -> int:
-    """An anonymous shared file of ``size`` bytes: gone once both ends close it."""
-    fd = os.memfd_create("gpupool-ring")
-    os.ftruncate(fd, size)
-    return fd
