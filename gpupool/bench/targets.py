@@ -56,7 +56,8 @@ class Target(ABC):
 
 
 class RemoteTarget(Target):
-    """Device 0 of a daemon, over one transport (``name``: the records' name for it)."""
+    """Device 0 of a daemon, over one transport, copying from and to NumPy arrays (``name``:
+    the records' name for it)."""
 
     def __init__(self, address: str, transport: str, name: str | None = None) -> None:
         self.name = name or transport
@@ -137,6 +138,31 @@ class RemoteTarget(Target):
         get = pb.GetFunction(module=module, name="noop", function=function)
         self._session.call(pb.Request(get_function=get))
         return function
+
+
+class PinnedRemoteTarget(RemoteTarget):
+    """Copies over ``transport`` from and to the shim's pinned host memory (``shm-pinned``:
+    the worker copies between the device and the client's own pages). Round trips, launches
+    and device copies take the same path as the plain target's, so they are not repeated."""
+
+    def __init__(self, address: str, transport: str) -> None:
+        super().__init__(address, transport, name=f"{transport}-pinned")
+
+    def prepare(self, size: int) -> None:
+        from gpupool.cupy.cuda.pinned_memory import alloc_pinned_memory
+
+        self._buffers = [self._malloc(size), self._malloc(size)]
+        self._host = np.frombuffer(alloc_pinned_memory(size), np.uint8, size)
+        self._host[:] = 1
+
+    def d2d(self, size: int) -> None:
+        return None
+
+    def tiny_round_trip(self) -> None:
+        return None
+
+    def launches(self, count: int) -> None:
+        return None
 
 
 class RawTcpTarget(Target):
