@@ -208,7 +208,7 @@ class SessionExecutor:
         """``translate`` turns a backend library's own exception types into gpupool's;
         ``host_memory`` is what the client shared (shm:// sessions), which copies may name."""
         self.backend = backend
-        self.host_memory = host_memory
+        self._host_memory = host_memory
         self.poisoned = False
         self._device = backend.properties()
         self._translate = translate
@@ -425,11 +425,11 @@ class SessionExecutor:
         self.backend.read_into(call.src, target, self._streams.get(call.stream))
 
     def _shared(self, ref: pb.HostRef, size: int) -> memoryview:
-        if self.host_memory is None:
+        if self._host_memory is None:
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", "host memory is shared only over shm:// sessions"
             )
-        return self.host_memory.view(ref, size)
+        return self._host_memory.view(ref, size)
 
     def _read(self, call: pb.MemcpyDtoH) -> DeviceData:
         self._allocations.check(call.src, call.size, "device-to-host copy")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class RemoteTarget(Target):
         self._session.read(request, self._host.data[:size])
         return time.perf_counter() - start
 
-    def d2d(self, size: int) -> float:
+    def d2d(self, size: int) -> float | None:
         dst, src = self._buffers[1], self._buffers[0]
         copy = pb.Request(memcpy_dtod=pb.MemcpyDtoD(dst=dst, src=src, size=size))
         start = time.perf_counter()
@@ -91,7 +92,7 @@ class RemoteTarget(Target):
         self._session.call(pb.Request(device_synchronize=pb.DeviceSynchronize()))
         return time.perf_counter() - start
 
-    def tiny_round_trip(self) -> float:
+    def tiny_round_trip(self) -> float | None:
         if not self._buffers:
             self.prepare(4)
         request = pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=self._buffers[0], size=4))
@@ -100,7 +101,7 @@ class RemoteTarget(Target):
         self._session.read(request, target)
         return time.perf_counter() - start
 
-    def launches(self, count: int) -> float:
+    def launches(self, count: int) -> float | None:
         if not self._function:
             self._function = self._load_noop()
         if not self._buffers:
@@ -152,7 +153,8 @@ class PinnedRemoteTarget(RemoteTarget):
         from gpupool.cupy.cuda.pinned_memory import alloc_pinned_memory
 
         self._buffers = [self._malloc(size), self._malloc(size)]
-        self._host = np.frombuffer(alloc_pinned_memory(size), np.uint8, size)
+        pointer: Any = alloc_pinned_memory(size)  # a ctypes array: the buffer protocol
+        self._host = np.frombuffer(pointer, np.uint8, size)
         self._host[:] = 1
 
     def d2d(self, size: int) -> None:
