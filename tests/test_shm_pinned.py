@@ -27,10 +27,13 @@ from gpupool.client.transports.frame_links import ShmLink, open_shm
 from gpupool.cupy.cuda.pinned_memory import PinnedMemory, PinnedMemoryPointer
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.daemon import Daemon, start_daemon
+from gpupool.server.executor import SessionExecutor
 from gpupool.server.host_memory import ENV_LIMIT, SharedHostMemory
 from gpupool.transport import memfd
 from gpupool.transport.frames import SHARE
+from tests.conftest import run_request as run
 
 MiB = 1 << 20
 
@@ -303,3 +306,29 @@ def test_the_client_finds_the_block_a_buffer_lies_in() -> None:
     del whole, block
     gc.collect()
     assert told == [number]
+
+
+def test_a_shared_copy_carries_no_bytes_of_its_own() -> None:
+    """A reference copy with inline data, or with a payload beside it, is refused (the
+    payload still read off the wire), and a held error is reported without running it."""
+    ledger = MemoryLedger.create(64 * MiB, slots=1)
+    backend = EmuBackend(0, ledger, slot=0)
+    shared = SharedHostMemory(backend, lambda exc: exc, limit=MiB)
+    shared.add(7, memfd.create("seven", MiB))
+    executor = SessionExecutor(backend, lambda exc: exc, shared)
+    try:
+        ptr = run(executor, malloc=pb.Malloc(size=MiB))[0].ptr
+        ref = pb.HostRef(block=7)
+        both = pb.MemcpyHtoD(dst=ptr, size=4, host=ref, data=b"abcd")
+        assert "both inline and shared" in run(executor, memcpy_htod=both)[0].error.message
+        drained: list[object] = []
+        beside = pb.Request(wait=True, memcpy_htod=pb.MemcpyHtoD(dst=ptr, size=MiB, host=ref))
+        replies = list(executor.handle_payload(beside, MiB, drained.append))
+        assert len(drained) == 1 and replies[0].error.name == "cudaErrorInvalidValue"
+        run(executor, wait=False, memset=pb.Memset(ptr=ptr + MiB, value=1, size=1))  # held
+        copy = pb.MemcpyHtoD(dst=ptr, size=MiB, host=ref)
+        assert run(executor, memcpy_htod=copy)[0].error.name == "cudaErrorInvalidValue"
+        assert run(executor, memcpy_htod=copy) == [pb.Reply()]  # nothing left pending
+    finally:
+        shared.close()
+        ledger.close()
