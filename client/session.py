@@ -100,8 +100,14 @@ class Session:
             return self._final_reply()
 
     def read(self, request: pb.Request, target: memoryview) -> None:
-        """Send a device-to-host copy and write its data into ``target`` as it arrives."""
+        """Send a device-to-host copy and write its data into ``target`` as it arrives (or
+        have the worker write it there, where it can reach ``target`` itself)."""
         with self._lock:
+            host = self._host_ref(target)
+            if host is not None:  # the worker writes into the target itself
+                request.memcpy_dtoh.host.CopyFrom(host)
+                self.call(request)
+                return
             request.wait = True
             self._send_with_queue(request)
             first = self._next_reply()
@@ -116,7 +122,8 @@ class Session:
                 )
 
     def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
-        """Send a host-to-device copy: inline when small, else its header then its payload."""
+        """Send a host-to-device copy: inline when small, by reference when the worker can
+        reach the host memory itself (``Link.host_ref``), else its header then its payload."""
         with self._lock:
             size = header.memcpy_htod.size
             if size <= self._link.inline_limit:
@@ -126,7 +133,13 @@ class Session:
                     return
                 self.call(header)
                 return
-            self._check_alive()
+            host = self._host_ref(data)
+            if host is not None:
+                # The worker copies from the host memory itself, so the call waits for it:
+                # memcpyAsync promises that the source may be reused once it returns.
+                header.memcpy_htod.host.CopyFrom(host)
+                self.call(header)
+                return
             STATS.calls += 1
             header.wait = wait
             self._flush()
@@ -157,6 +170,14 @@ class Session:
     def _check_alive(self) -> None:
         if self._sticky is not None:
             raise self._sticky
+
+    def _host_ref(self, view: memoryview) -> pb.HostRef | None:
+        """The link's reference to host memory its worker can reach (shared pinned memory)."""
+        self._check_alive()
+        try:
+            return self._link.host_ref(view)
+        except ConnectionLost as exc:
+            raise self._lost(str(exc)) from exc
 
     def _send_with_queue(self, request: pb.Request) -> None:
         self._check_alive()

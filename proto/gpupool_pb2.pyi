@@ -137,16 +137,18 @@ class Free(_message.Message):
     def __init__(self, ptr: _Optional[int] = ...) -> None: ...
 
 class MemcpyHtoD(_message.Message):
-    __slots__ = ("dst", "size", "stream", "data")
+    __slots__ = ("dst", "size", "stream", "data", "host")
     DST_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     dst: int
     size: int
     stream: int
     data: bytes
-    def __init__(self, dst: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    host: HostRef
+    def __init__(self, dst: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ..., data: _Optional[bytes] = ..., host: _Optional[_Union[HostRef, _Mapping]] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data",)
@@ -155,14 +157,24 @@ class Chunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class MemcpyDtoH(_message.Message):
-    __slots__ = ("src", "size", "stream")
+    __slots__ = ("src", "size", "stream", "host")
     SRC_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
     src: int
     size: int
     stream: int
-    def __init__(self, src: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+    host: HostRef
+    def __init__(self, src: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ..., host: _Optional[_Union[HostRef, _Mapping]] = ...) -> None: ...
+
+class HostRef(_message.Message):
+    __slots__ = ("block", "offset")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    block: int
+    offset: int
+    def __init__(self, block: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class MemcpyDtoD(_message.Message):
     __slots__ = ("dst", "src", "size", "stream")
@@ -519,6 +531,18 @@ class ArrayOp(_message.Message):
     stream: int
     generator: int
     def __init__(self, function: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Operand, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[Keyword, _Mapping]]] = ..., out: _Optional[_Iterable[_Union[ArrayDesc, _Mapping]]] = ..., stream: _Optional[int] = ..., generator: _Optional[int] = ...) -> None: ...
+
+class ShareHost(_message.Message):
+    __slots__ = ("block",)
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    block: int
+    def __init__(self, block: _Optional[int] = ...) -> None: ...
+
+class DropHost(_message.Message):
+    __slots__ = ("blocks",)
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, blocks: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AttachStripe(_message.Message):
     __slots__ = ("key", "stripe")

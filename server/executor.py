@@ -29,7 +29,9 @@ from gpupool.proto.limits import CHUNK_SIZE
 from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
+from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend, check_launch
+from gpupool.server.host_memory import SharedHostMemory
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 log = logging.getLogger(__name__)
@@ -197,9 +199,16 @@ def as_replies(item: pb.Reply | DeviceData) -> Iterator[pb.Reply]:
 class SessionExecutor:
     """Carries out the requests of one session on one backend."""
 
-    def __init__(self, backend: Backend, translate: Callable[[Exception], Exception]) -> None:
-        """``translate`` turns a backend library's own exception types into gpupool's."""
+    def __init__(
+        self,
+        backend: Backend,
+        translate: Callable[[Exception], Exception],
+        host_memory: SharedHostMemory | None = None,
+    ) -> None:
+        """``translate`` turns a backend library's own exception types into gpupool's;
+        ``host_memory`` is what the client shared (shm:// sessions), which copies may name."""
         self.backend = backend
+        self._host_memory = host_memory
         self.poisoned = False
         self._device = backend.properties()
         self._translate = translate
@@ -243,7 +252,12 @@ class SessionExecutor:
         whatever the request, so the payload is always read off the wire.
         """
         copy = request.memcpy_htod
-        if not request.HasField("memcpy_htod") or copy.data or copy.size != size:
+        if (
+            not request.HasField("memcpy_htod")
+            or copy.data
+            or copy.HasField("host")
+            or copy.size != size
+        ):
             receive(DiscardSink())
             problem = f"a {size}-byte payload beside a request that is not a copy of that size"
             yield from self._failed(
@@ -280,6 +294,10 @@ class SessionExecutor:
         elif call == "memcpy_htod":
             if self._guarded(lambda: self._memcpy_htod(request.memcpy_htod, wait)) and wait:
                 yield pb.Reply()
+        elif call == "memcpy_dtoh" and request.memcpy_dtoh.HasField("host"):
+            self._guarded(lambda: self._read_to_host(request.memcpy_dtoh))
+            if wait:
+                yield pb.Reply()
         elif call == "memcpy_dtoh":
             data = self._read(request.memcpy_dtoh)
             if wait:  # nobody reads the data of a copy that does not wait
@@ -312,8 +330,11 @@ class SessionExecutor:
         held = self._held_reply()
         assert held is not None
         copy = request.memcpy_htod
-        if request.HasField("memcpy_htod") and len(copy.data) != copy.size:
-            # its chunks follow: swallow them, then reply
+        if (
+            request.HasField("memcpy_htod")
+            and len(copy.data) != copy.size
+            and not copy.HasField("host")
+        ):  # its chunks follow: swallow them, then reply
             self._copy = _PendingCopy(copy.dst, copy.size, None, True, held.error)
             return
         yield held
@@ -326,15 +347,7 @@ class SessionExecutor:
 
     def _guarded(self, action: Callable[[], T]) -> T:
         """Run a backend action, with backend library errors turned into gpupool's."""
-        try:
-            return action()
-        except GpupoolError:
-            raise
-        except Exception as exc:
-            translated = self._translate(exc)
-            if not isinstance(translated, GpupoolError):
-                raise
-            raise translated from exc
+        return translated(self._translate, action)
 
     def _failed(self, wait: bool, exc: GpupoolError) -> Iterator[pb.Reply]:
         error = error_message(exc)
@@ -351,7 +364,14 @@ class SessionExecutor:
     # Copies: a host-to-device copy may continue in chunks.
 
     def _memcpy_htod(self, call: pb.MemcpyHtoD, wait: bool) -> bool:
-        """Start (or, when inline, do) a copy; True when it is done."""
+        """Start (or, when inline or from shared host memory, do) a copy; True when done."""
+        if call.HasField("host"):
+            if call.data:
+                raise CUDARuntimeError("cudaErrorInvalidValue", "a copy both inline and shared")
+            self._allocations.check(call.dst, call.size, "host-to-device copy")
+            source = self._shared(call.host, call.size)
+            self.backend.write(call.dst, source, self._streams.get(call.stream))
+            return True
         inline = len(call.data) == call.size
         try:
             if call.data and not inline:
@@ -397,6 +417,19 @@ class SessionExecutor:
             yield pb.Reply(error=copy.error)
         elif self._held is None:
             self._held = copy.error
+
+    def _read_to_host(self, call: pb.MemcpyDtoH) -> None:
+        """A device-to-host copy into host memory the client shared: no data in the reply."""
+        self._allocations.check(call.src, call.size, "device-to-host copy")
+        target = self._shared(call.host, call.size)
+        self.backend.read_into(call.src, target, self._streams.get(call.stream))
+
+    def _shared(self, ref: pb.HostRef, size: int) -> memoryview:
+        if self._host_memory is None:
+            raise CUDARuntimeError(
+                "cudaErrorInvalidValue", "host memory is shared only over shm:// sessions"
+            )
+        return self._host_memory.view(ref, size)
 
     def _read(self, call: pb.MemcpyDtoH) -> DeviceData:
         self._allocations.check(call.src, call.size, "device-to-host copy")

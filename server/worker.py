@@ -23,9 +23,10 @@ from multiprocessing.connection import Connection
 from gpupool import logs
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.backends import BackendConfig, open_backend
+from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
 from gpupool.server.executor import SessionExecutor, error_message
+from gpupool.server.host_memory import SharedHostMemory, share_limit
 from gpupool.server.transports.channels import (
     Channel,
     FrameChannel,
@@ -64,15 +65,15 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
         backend, translate = open_backend(spec.backend, spec.device, spec.ledger_fd, spec.slot)
     except Exception as exc:
         log.exception("backend failed to start", extra=logs.fields(device=spec.device))
-        channel = _first_contact(conn, handoffs, None)
+        channel = _first_contact(conn, handoffs, None, translate=None)
         error = CUDARuntimeError("cudaErrorInitializationError", f"{exc}")
         if channel is not None and channel.next() is not None:
             channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
-    channel = _first_contact(conn, handoffs, backend)
+    channel = _first_contact(conn, handoffs, backend, translate)
     if channel is None:
         return 0
-    executor = SessionExecutor(backend, translate)
+    executor = SessionExecutor(backend, translate, channel.host_memory)
     try:
         while (item := channel.next()) is not None:
             request, payload = item
@@ -87,11 +88,17 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
                 return EXIT_POISONED
     except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer
         log.info("session connection lost", extra=logs.fields(reason=str(exc)))
+    finally:
+        if channel.host_memory is not None:
+            channel.host_memory.close()
     return 0
 
 
 def _first_contact(
-    conn: Connection, handoffs: socket.socket, backend: Backend | None
+    conn: Connection,
+    handoffs: socket.socket,
+    backend: Backend | None,
+    translate: Translate | None,
 ) -> Channel | None:
     """The session's channel: relayed messages, or a connection handed over; None if neither."""
     readable, _, _ = select.select([conn.fileno(), handoffs.fileno()], [], [])
@@ -100,9 +107,14 @@ def _first_contact(
             handover, sock = receive_handover(handoffs)
         except (ConnectionLost, OSError):
             return None
-        if backend is None:
+        if backend is None or translate is None:
             return FrameChannel(sock, handover, handoffs, _plain_buffer, lambda view: None)
-        return FrameChannel(sock, handover, handoffs, backend.staging, backend.register_host)
+        shared = None
+        if handover.shared_memory:  # the client may share its pinned memory
+            shared = SharedHostMemory(backend, translate, share_limit())
+        return FrameChannel(
+            sock, handover, handoffs, backend.staging, backend.register_host, shared
+        )
     try:
         first = conn.recv_bytes()
     except (EOFError, OSError):

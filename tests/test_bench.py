@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpupool.bench.runner import COPIES
+import pytest
+
+from gpupool.bench.runner import COPIES, Record, _with_ratios
 
 
 def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> None:
@@ -39,6 +41,8 @@ def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> No
                 assert index[(op, name, size)]["gbps"] > 0
             for name in transports:
                 assert index[(op, name, size)]["link_ratio"] > 0
+            pinned = index[(op, "shm-pinned", size)]  # from the shim's pinned memory
+            assert pinned["gbps"] > 0 and pinned["ratio"] > 0 and "link_ratio" not in pinned
     for name in ("raw-tcp", "raw-shm"):  # a ping-pong on the bare socket
         assert index[("latency", name, 4)]["us"] > 0
     for name in transports:
@@ -49,6 +53,25 @@ def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> No
         assert launch["per_s"] > 0 and abs(launch["us"] * launch["per_s"] - 1e6) < 1
     assert all(set(r) >= {"op", "transport", "size_bytes", "native"} for r in records)
     assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_shm_is_read_against_native_pageable_and_pinned_shm_against_native_pinned() -> None:
+    def records(*figures: tuple[str, float]) -> dict[str, Record]:
+        made = [
+            Record("h2d", name, 1, name.startswith("native"), gbps=gbps) for name, gbps in figures
+        ]
+        return {record.transport: record for record in _with_ratios(made)}
+
+    gpu = records(
+        ("native", 50.0), ("native-pageable", 10.0), ("raw-shm", 20.0),
+        ("shm", 12.0), ("shm-pinned", 45.0), ("tcp", 5.0),
+    )  # fmt: skip
+    assert gpu["shm"].ratio == pytest.approx(1.2) and gpu["shm"].link_ratio == pytest.approx(0.6)
+    assert gpu["shm-pinned"].ratio == pytest.approx(0.9) and gpu["shm-pinned"].link_ratio is None
+    assert gpu["tcp"].ratio == pytest.approx(0.1)
+    emulator = records(("native", 10.0), ("shm", 5.0), ("shm-pinned", 8.0))  # one native
+    assert emulator["shm"].ratio == pytest.approx(0.5)
+    assert emulator["shm-pinned"].ratio == pytest.approx(0.8)
 
 
 def test_bench_refuses_a_transport_it_does_not_have() -> None:

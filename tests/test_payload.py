@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from gpupool.transport import memcopy
 from gpupool.transport.frames import FrameSocket
 from gpupool.transport.payload import STAGE, BufferSink, BufferSource, Ring, Stripes
 
@@ -108,3 +109,17 @@ def test_the_ring_carries_payloads_larger_than_itself_both_ways() -> None:
     peer.close()
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, memcopy.PART_MIN - 1, 2 * memcopy.PART_MIN + 3, 9 << 20])
+def test_a_parallel_copy_moves_every_byte_once(size: int) -> None:
+    source = np.random.default_rng(size).integers(0, 256, size + 2, dtype=np.uint8)
+    target = np.zeros(size + 2, np.uint8)
+    memcopy.copy(memoryview(target)[1 : size + 1], memoryview(source)[1 : size + 1])
+    assert (target[1 : size + 1] == source[1 : size + 1]).all()
+    assert target[0] == 0 and target[-1] == 0  # nothing outside the views
+
+
+def test_a_parallel_copy_refuses_views_of_two_sizes() -> None:
+    with pytest.raises(ValueError, match="copy of 3 bytes into 2"):
+        memcopy.copy(memoryview(bytearray(2)), memoryview(b"abc"))

@@ -34,7 +34,7 @@ from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
 from gpupool.server.transports import listener
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
-from gpupool.transport.payload import STRIPE_ALIGN, STRIPE_MIN, split
+from gpupool.transport.payload import RING_SLOT_SIZE, RING_SLOTS, STRIPE_ALIGN, STRIPE_MIN, split
 from tests.conftest import run_client
 
 
@@ -135,7 +135,7 @@ def test_the_stripe_split_covers_the_payload_once() -> None:
 def test_shared_memory_ring_wraps_around(emu_daemon: Daemon) -> None:
     gpupool.connect(emu_daemon.address, transport="shm")
     try:
-        round_trip((40 << 20) + 1)  # five slots of eight MiB and one byte: the ring wraps
+        round_trip((RING_SLOTS + 1) * RING_SLOT_SIZE + 1)  # the ring wraps, and a byte more
     finally:
         gpupool.disconnect()
 

@@ -47,6 +47,14 @@ class Link(ABC):
     def receive_data(self, first: pb.Reply, target: memoryview) -> int:
         """Write a device-to-host reply's data into ``target``; the bytes the daemon sent."""
 
+    def host_ref(self, view: memoryview) -> pb.HostRef | None:
+        """How the worker can reach host memory ``view`` itself, or None: its bytes travel.
+
+        Only a link to a worker on this host can say (``shm://``, for the shim's pinned
+        memory); a copy with a reference moves no payload.
+        """
+        return None
+
     def opened(self, opened: pb.SessionOpened) -> None:
         """The session is open: attach whatever else the transport uses."""
         return None

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 from urllib.parse import urlsplit
 
+from gpupool.client import host_memory
 from gpupool.client.transports import Endpoint, Link
 from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
-from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.transport.frames import DROP, MESSAGE, SHARE, FrameSocket
 from gpupool.transport.payload import (
     MAX_STRIPES,
     BufferSink,
@@ -135,6 +137,76 @@ class TcpLink(FrameLink):
 
 
 class ShmLink(FrameLink):
+    """A session over a Unix socket; payloads through the worker's ring, or not at all.
+
+    A copy from or to the shim's pinned memory (a shareable :class:`HostBlock`) is named by
+    reference: the block's descriptor goes to the worker once, and the worker copies between
+    the device and its own mapping of the block. Blocks the client frees are dropped at the
+    worker after the link's next message (a request queued before the free may still name
+    one), so a worker holds only what its client still has.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._shared: set[int] = set()
+        self._refused: set[int] = set()  # by the worker (its cap): these go through the ring
+        self._freed: deque[int] = deque()  # appended to by collection, from any thread
+
+    def host_ref(self, view: memoryview) -> pb.HostRef | None:
+        if len(view) <= self.inline_limit:
+            return None  # travels inside its message: as fast, and no block to share
+        found = host_memory.find(view)
+        if found is None:
+            return None
+        block, offset = found
+        if block.id in self._refused or (block.id not in self._shared and not self._share(block)):
+            return None
+        return pb.HostRef(block=block.id, offset=offset)
+
+    def forget(self, block: int) -> None:
+        self._freed.append(block)
+
+    def send(self, request: pb.Request) -> None:
+        super().send(request)
+        self._drop_freed()
+
+    def send_copy(self, header: pb.Request, data: memoryview) -> None:
+        super().send_copy(header, data)
+        self._drop_freed()
+
+    def _share(self, block: host_memory.HostBlock) -> bool:
+        """Pass ``block`` to the worker; False if it refused (the copy then uses the ring)."""
+        assert block.fd is not None
+        message = pb.ShareHost(block=block.id).SerializeToString()
+        try:
+            self.frames.send_with_fd(SHARE, message, block.fd)
+            kind, answer, _size = self.frames.receive()
+        except OSError as exc:
+            raise ConnectionLost(f"sharing host memory failed: {exc}") from exc
+        reply = pb.Reply.FromString(answer)
+        if kind != SHARE:  # the front's notice that the worker ended
+            raise ConnectionLost(f"the daemon ended the session: {reply.error.message}")
+        block.shared_with(self)
+        if reply.HasField("error"):
+            self._refused.add(block.id)
+            return False
+        self._shared.add(block.id)
+        return True
+
+    def _drop_freed(self) -> None:
+        dropped = []
+        while self._freed:
+            block = self._freed.popleft()
+            self._refused.discard(block)
+            if block in self._shared:
+                self._shared.remove(block)
+                dropped.append(block)
+        if dropped:
+            try:
+                self.frames.send(DROP, pb.DropHost(blocks=dropped).SerializeToString())
+            except OSError as exc:
+                raise ConnectionLost(f"sending failed: {exc}") from exc
+
     def receive(self) -> pb.Reply:
         if self._payload is not None:
             return super().receive()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 from gpupool.bench.rawlink import RawLink
 from gpupool.bench.targets import (
+    PinnedRemoteTarget,
     RawMemoryTarget,
     RawTcpTarget,
     RemoteTarget,
@@ -29,7 +30,14 @@ GPU_SIZES = [*EMULATOR_SIZES, 1 << 30]
 LATENCY_SAMPLES = 200
 LAUNCHES = 2000
 LAUNCH_REPEATS = 3
-RAW_LINK = {"shm": "raw-shm"}  # the baseline each transport is read against; else raw-tcp
+# The raw link each transport is read against, else raw-tcp; none for pinned copies over
+# shm://, which move no bytes over a link (the worker copies the client's own pages).
+RAW_LINK: dict[str, str | None] = {"shm": "raw-shm", "shm-pinned": None}
+# The native figure each remote one is read against, where the run has it (a GPU: CuPy's
+# pinned "native" and "native-pageable"); else "native". shm:// from NumPy arrays is held to
+# native pageable copies, from the shim's pinned memory ("shm-pinned") to native pinned ones.
+NATIVE_BASE = {"shm": "native-pageable"}
+PINNED = ("shm",)  # transports also measured from pinned host memory
 SINGLE_STREAM = "tcp-x1"  # tcp:// on one connection, beside the striped default
 
 
@@ -92,6 +100,8 @@ def targets(address: str, plan: Plan) -> Iterator[list[Target]]:
             chosen.append(RemoteTarget(address, transport))
             if transport == "tcp" and plan.stripes > 1:
                 chosen.append(_single_stream(address))
+            if transport in PINNED and "bandwidth" in plan.kinds:
+                chosen.append(PinnedRemoteTarget(address, transport))
         for target in chosen:
             stack.callback(target.close)
         yield chosen
@@ -180,18 +190,18 @@ def _launches(chosen: list[Target], advance: Callable[[str], None]) -> list[Reco
 
 
 def _with_ratios(records: list[Record]) -> list[Record]:
-    """Fill in ``ratio`` (against native) and ``link_ratio`` (against the raw link)."""
-    native = {(r.op, r.size_bytes): r for r in records if r.transport == "native"}
+    """Fill in ``ratio`` (against native: NATIVE_BASE's where the run has it) and
+    ``link_ratio`` (against the raw link)."""
     by_name = {(r.op, r.transport, r.size_bytes): r for r in records}
     for record in records:
-        base = native.get((record.op, record.size_bytes))
+        named = (record.op, NATIVE_BASE.get(record.transport, "native"), record.size_bytes)
+        base = by_name.get(named) or by_name.get((record.op, "native", record.size_bytes))
         if base is not None:
             record.ratio = _ratio(record, base)
-        if record.native or record.transport.startswith("raw-"):
+        link_name = RAW_LINK.get(record.transport, "raw-tcp")
+        if record.native or record.transport.startswith("raw-") or link_name is None:
             continue
-        link = by_name.get(
-            (record.op, RAW_LINK.get(record.transport, "raw-tcp"), record.size_bytes)
-        )
+        link = by_name.get((record.op, link_name, record.size_bytes))
         if link is not None:
             record.link_ratio = _ratio(record, link)
     return records

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,8 @@ class Target(ABC):
 
 
 class RemoteTarget(Target):
-    """Device 0 of a daemon, over one transport (``name``: the records' name for it)."""
+    """Device 0 of a daemon, over one transport, copying from and to NumPy arrays (``name``:
+    the records' name for it)."""
 
     def __init__(self, address: str, transport: str, name: str | None = None) -> None:
         self.name = name or transport
@@ -82,7 +84,7 @@ class RemoteTarget(Target):
         self._session.read(request, self._host.data[:size])
         return time.perf_counter() - start
 
-    def d2d(self, size: int) -> float:
+    def d2d(self, size: int) -> float | None:
         dst, src = self._buffers[1], self._buffers[0]
         copy = pb.Request(memcpy_dtod=pb.MemcpyDtoD(dst=dst, src=src, size=size))
         start = time.perf_counter()
@@ -90,7 +92,7 @@ class RemoteTarget(Target):
         self._session.call(pb.Request(device_synchronize=pb.DeviceSynchronize()))
         return time.perf_counter() - start
 
-    def tiny_round_trip(self) -> float:
+    def tiny_round_trip(self) -> float | None:
         if not self._buffers:
             self.prepare(4)
         request = pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=self._buffers[0], size=4))
@@ -99,7 +101,7 @@ class RemoteTarget(Target):
         self._session.read(request, target)
         return time.perf_counter() - start
 
-    def launches(self, count: int) -> float:
+    def launches(self, count: int) -> float | None:
         if not self._function:
             self._function = self._load_noop()
         if not self._buffers:
@@ -137,6 +139,32 @@ class RemoteTarget(Target):
         get = pb.GetFunction(module=module, name="noop", function=function)
         self._session.call(pb.Request(get_function=get))
         return function
+
+
+class PinnedRemoteTarget(RemoteTarget):
+    """Copies over ``transport`` from and to the shim's pinned host memory (``shm-pinned``:
+    the worker copies between the device and the client's own pages). Round trips, launches
+    and device copies take the same path as the plain target's, so they are not repeated."""
+
+    def __init__(self, address: str, transport: str) -> None:
+        super().__init__(address, transport, name=f"{transport}-pinned")
+
+    def prepare(self, size: int) -> None:
+        from gpupool.cupy.cuda.pinned_memory import alloc_pinned_memory
+
+        self._buffers = [self._malloc(size), self._malloc(size)]
+        pointer: Any = alloc_pinned_memory(size)  # a ctypes array: the buffer protocol
+        self._host = np.frombuffer(pointer, np.uint8, size)
+        self._host[:] = 1
+
+    def d2d(self, size: int) -> None:
+        return None
+
+    def tiny_round_trip(self) -> None:
+        return None
+
+    def launches(self, count: int) -> None:
+        return None
 
 
 class RawTcpTarget(Target):

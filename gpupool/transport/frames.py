@@ -8,6 +8,7 @@ it, so no layer copies it into a protobuf ``bytes`` field.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -19,6 +20,8 @@ from gpupool.proto.limits import MESSAGE_LIMIT
 HEADER = struct.Struct("<BIQ")  # kind, message bytes, payload bytes
 MESSAGE = 0  # a Request or Reply; its payload (if any) follows on the payload path
 SLOT = 1  # a shared-memory ring slot is full (sender) or free again (receiver)
+SHARE = 2  # shm://: a block of host memory, its descriptor on the one payload byte; answered
+DROP = 3  # shm://: host memory blocks the client freed
 MAX_MESSAGE = MESSAGE_LIMIT  # the same bound as gRPC messages
 
 
@@ -59,6 +62,25 @@ class FrameSocket:
         sent = socket.send_fds(self.sock, [frame], list(fds))
         if sent < len(frame):
             self.sock.sendall(frame[sent:])
+
+    def send_with_fd(self, kind: int, message: bytes, fd: int) -> None:
+        """A frame whose one payload byte carries ``fd`` (Unix sockets only).
+
+        The descriptor rides on the payload rather than the header so that the peer reads
+        headers with a plain ``recv`` and asks for descriptors only where a frame has one.
+        """
+        self.sock.sendall(HEADER.pack(kind, len(message), 1) + message)
+        socket.send_fds(self.sock, [b"\0"], [fd])
+
+    def receive_fd(self) -> int | None:
+        """The descriptor on a frame's one payload byte (after :meth:`receive`); None if the
+        byte carried none. Descriptors past the first are closed."""
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, 1, 4)
+        if not data:
+            raise ConnectionLost("the peer closed the connection")
+        for extra in fds[1:]:
+            os.close(extra)
+        return fds[0] if fds else None
 
     def receive(
         self, limit: int = MAX_MESSAGE, deadline: float | None = None

@@ -14,7 +14,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from gpupool.errors import GpupoolError
 from gpupool.logs import fields
 from gpupool.server.backends.base import Backend, DeviceInfo
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "cupy", "emu")
 PROBE_TIMEOUT_S = 120
 Translate = Callable[[Exception], Exception]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,19 @@ def open_backend(
 
 def _no_translation(exc: Exception) -> Exception:
     return exc
+
+
+def translated(translate: Translate, action: Callable[[], T]) -> T:
+    """Run a backend action, with the backend library's errors turned into gpupool's."""
+    try:
+        return action()
+    except GpupoolError:
+        raise
+    except Exception as exc:
+        converted = translate(exc)
+        if not isinstance(converted, GpupoolError):
+            raise
+        raise converted from exc
 
 
 def _probe_gpus() -> list[DeviceInfo]:

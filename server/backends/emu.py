@@ -27,6 +27,7 @@ import numpy as np
 from gpupool.errors import CUDARuntimeError
 from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
+from gpupool.transport import memcopy
 
 ALIGNMENT = 256  # cudaMalloc's alignment
 
@@ -140,10 +141,13 @@ class EmuBackend(Backend):
         self._ledger.release(self._slot, buffer.size - ALIGNMENT)
 
     def write(self, ptr: int, data: memoryview, stream: object) -> None:
-        memoryview(_at(ptr, len(data))).cast("B")[:] = data
+        memcopy.copy(memoryview(_at(ptr, len(data))).cast("B"), data)
 
     def read(self, ptr: int, size: int, stream: object) -> memoryview:
         return memoryview(_at(ptr, size)).cast("B")
+
+    def read_into(self, ptr: int, target: memoryview, stream: object) -> None:
+        memcopy.copy(target, self.read(ptr, len(target), stream))
 
     def host_view(self, ptr: int, size: int) -> memoryview | None:
         return memoryview(_at(ptr, size)).cast("B")

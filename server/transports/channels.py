@@ -17,12 +17,13 @@ from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
-from gpupool.errors import ConnectionLost
+from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
-from gpupool.server.executor import DeviceData, as_replies
-from gpupool.transport.frames import MESSAGE, FrameSocket
+from gpupool.server.executor import DeviceData, as_replies, error_message
+from gpupool.server.host_memory import SharedHostMemory
+from gpupool.transport.frames import DROP, MESSAGE, SHARE, FrameSocket
 from gpupool.transport.payload import Ring, Sink, Stripes
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def decode(raw: bytes) -> pb.Request:
 
 
 class Channel(Protocol):
+    host_memory: SharedHostMemory | None  # what the client shared (shm:// sessions)
+
     def next(self) -> tuple[pb.Request, int] | None:
         """The next request and the size of the payload beside it; None at the session's end."""
 
@@ -46,6 +49,8 @@ class Channel(Protocol):
 
 class RelayChannel:
     """Messages relayed by the front process over the worker's socketpair (``grpc://``)."""
+
+    host_memory: SharedHostMemory | None = None
 
     def __init__(self, conn: Connection, first: bytes | None = None) -> None:
         self._conn = conn
@@ -78,8 +83,11 @@ class FrameChannel:
         handoffs: socket.socket,
         staging: Callable[[int], memoryview],
         register: Callable[[memoryview], None],
+        host_memory: SharedHostMemory | None = None,
     ) -> None:
+        """``host_memory`` takes the blocks an shm:// client shares (SHARE, DROP frames)."""
         self.frames = FrameSocket(sock)
+        self.host_memory = host_memory
         self._handover = handover
         self._first: bytes | None = handover.first
         self.ring: Ring | None = None
@@ -101,6 +109,12 @@ class FrameChannel:
             return decode(raw), 0
         try:
             kind, message, payload = self.frames.receive()
+            while self.host_memory is not None and (kind, payload) in ((SHARE, 1), (DROP, 0)):
+                if kind == SHARE:
+                    self._share(self.host_memory, message)
+                else:
+                    self._drop(self.host_memory, message)
+                kind, message, payload = self.frames.receive()
         except (ConnectionLost, OSError):
             return None
         if kind != MESSAGE:
@@ -127,6 +141,28 @@ class FrameChannel:
                 self._ring_fd = None
                 return
         self.frames.send(MESSAGE, item.SerializeToString())
+
+    def _share(self, host_memory: SharedHostMemory, message: bytes) -> None:
+        """Take the block the client shares (its descriptor is on the frame's payload byte)
+        and answer whether it was taken."""
+        fd = self.frames.receive_fd()
+        try:
+            block = pb.ShareHost.FromString(message).block
+        except DecodeError:
+            block = 0  # refused as no block, and its descriptor closed
+        try:
+            host_memory.add(block, fd)
+            answer = pb.Reply()
+        except GpupoolError as exc:
+            answer = pb.Reply(error=error_message(exc))
+            log.info("host memory refused", extra=fields(detail=answer.error.message))
+        self.frames.send(SHARE, answer.SerializeToString())
+
+    def _drop(self, host_memory: SharedHostMemory, message: bytes) -> None:
+        try:
+            host_memory.drop(pb.DropHost.FromString(message).blocks)
+        except DecodeError:
+            log.warning("malformed host memory drop")
 
     def _payload(self) -> Ring | Stripes:
         payload = self.ring or self._stripes

@@ -1,7 +1,9 @@
 """Page-locked host memory as CuPy hands it out: ``alloc_pinned_memory`` and its pool.
 
-A block is an anonymous memory map (page-aligned, so the fast data plane can register it with
-the driver; today it is plain host memory). A ``PinnedMemoryPointer`` exposes the bytes from
+A block is a :class:`~gpupool.client.host_memory.HostBlock`: page-aligned shared memory
+that an ``shm://`` session hands to its worker, which registers it with the driver and copies
+between it and the device directly (one DMA, as from CuPy's pinned memory); other transports
+move its bytes as they move any host buffer's. A ``PinnedMemoryPointer`` exposes the bytes from
 its offset to the block's end through the buffer protocol, so ``numpy.frombuffer(ptr, dtype,
 count)`` works as with CuPy. Like CuPy's, the pool rounds blocks up to 512 bytes and keeps
 freed ones for reuse; a block goes back to it when its last pointer (and every NumPy array
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import mmap
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from gpupool.client.host_memory import HostBlock
 from gpupool.cupy.cuda._bins import AllocatorChoice, BlockPool, round_size
 
 PinnedAllocator = Callable[[int], "PinnedMemoryPointer"]
@@ -27,8 +29,8 @@ class PinnedMemory:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._map = mmap.mmap(-1, max(size, 1))
-        self.ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        self._block = HostBlock(size)
+        self.ptr = self._block.address
 
     def __int__(self) -> int:
         return self.ptr
