@@ -8,6 +8,7 @@ Launches are asynchronous: they are queued and travel with the next synchronizin
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -17,9 +18,11 @@ import numpy as np
 from gpupool.client import context
 from gpupool.client.session import new_handle
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto.scalars import to_scalar
+from gpupool.proto.kernel_args import POINTER
+from gpupool.proto.scalars import wire_scalar
 
 Dims = int | Sequence[int]
+_POINTER = struct.Struct("<Q")
 
 
 class Module:
@@ -93,14 +96,16 @@ class Function:
         """Launch as ``kernel(grid, block, args)`` in CuPy; returns without waiting."""
         ctx = context.current()
         device = ctx.current_device
-        launch = pb.Launch(
+        types, data = kernel_args(args)
+        config = pb.LaunchConfig(
             function=self.handle_on(device),
             grid=_dim3(grid),
             block=_dim3(block),
             shared_mem=shared_mem,
             stream=stream,
-            args=[kernel_arg(arg) for arg in args],
+            arg_types=types,
         )
+        launch = pb.Launch(config=config.SerializeToString(), arg_data=data)
         ctx.session(device).submit(pb.Request(launch=launch))
 
 
@@ -114,18 +119,30 @@ def _dim3(dims: Dims) -> pb.Dim3:
     return pb.Dim3(x=x, y=y, z=z)
 
 
-def kernel_arg(value: Any) -> pb.KernelArg:
-    """The wire form of one kernel argument, converted as CuPy converts it.
+def kernel_args(args: Sequence[Any]) -> tuple[bytes, bytes]:
+    """A launch's ``arg_types`` and ``arg_data`` (``gpupool.proto.kernel_args``)."""
+    types = bytearray()
+    data = []
+    for value in args:
+        code, raw = kernel_arg(value)
+        types.append(code)
+        data.append(raw)
+    return bytes(types), b"".join(data)
+
+
+def kernel_arg(value: Any) -> tuple[int, bytes]:
+    """The wire form of one kernel argument, its ``ScalarType`` and little-endian bytes,
+    converted as CuPy converts it.
 
     Python ints travel as 64-bit integers (the size of a device pointer, so an address from
     ``malloc`` works as a pointer argument), floats as doubles, bools as bools; NumPy scalars
     keep their dtype. Objects exposing ``__cuda_array_interface__`` pass their device pointer.
     """
     if isinstance(value, np.generic):
-        return pb.KernelArg(scalar=to_scalar(value))
+        return wire_scalar(value)
     interface = getattr(value, "__cuda_array_interface__", None)
     if interface is not None:
-        return pb.KernelArg(pointer=interface["data"][0])
+        return POINTER, _POINTER.pack(interface["data"][0])
     if isinstance(value, np.ndarray):
         raise TypeError("a host array cannot be a kernel argument: copy it to the device first")
     if isinstance(value, bool):
@@ -138,4 +155,4 @@ def kernel_arg(value: Any) -> pb.KernelArg:
         value = np.complex128(value)
     if not isinstance(value, np.generic):
         raise TypeError(f"unsupported kernel argument type: {type(value).__name__}")
-    return pb.KernelArg(scalar=to_scalar(value))
+    return wire_scalar(value)

@@ -20,16 +20,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
-
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
-from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
-from gpupool.server.backends.base import Backend, check_launch
+from gpupool.server.backends.base import Backend
+from gpupool.server.launches import PreparedLaunches
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 log = logging.getLogger(__name__)
@@ -210,6 +208,10 @@ class SessionExecutor:
         self._events = _Handles("event")
         self._modules = _Handles("module")
         self._functions = _Handles("function")
+        self._functions_of: dict[int, list[int]] = {}  # module handle -> its functions' handles
+        self._launches = PreparedLaunches(
+            backend, self._device, self._functions.get, self._streams.get
+        )
         self._held: pb.Error | None = None
         self._copy: _PendingCopy | None = None
         self._opened = False
@@ -471,40 +473,26 @@ class SessionExecutor:
         self._modules.add(call.module, module)
 
     def _do_module_unload(self, call: pb.ModuleUnload) -> None:
+        """As cuModuleUnload: the module's functions go with it."""
         self._modules.pop(call.module)
+        for function in self._functions_of.pop(call.module, []):
+            self._functions.pop(function)
+        self._launches.forget()
 
     def _do_get_function(self, call: pb.GetFunction) -> None:
         function = self.backend.get_function(self._modules.get(call.module), call.name)
         self._functions.add(call.function, function)
+        self._functions_of.setdefault(call.module, []).append(call.function)
 
     def _do_launch(self, call: pb.Launch) -> None:
-        grid = (call.grid.x, call.grid.y, call.grid.z)
-        block = (call.block.x, call.block.y, call.block.z)
-        limits = self._device.max_threads_per_block, self._device.shared_memory_per_block
-        check_launch(grid, block, call.shared_mem, *limits)
-        args: list[np.generic] = []
-        for index, arg in enumerate(call.args):
-            kind = arg.WhichOneof("value")
-            if kind == "pointer":
-                args.append(np.uint64(arg.pointer))
-            elif kind == "scalar":
-                try:
-                    args.append(from_scalar(arg.scalar))
-                except ValueError as exc:
-                    raise CUDARuntimeError(
-                        "cudaErrorInvalidValue", f"argument {index}: {exc}"
-                    ) from exc
-            else:
-                raise CUDARuntimeError("cudaErrorInvalidValue", f"argument {index} is empty")
-        function = self._functions.get(call.function)
-        stream = self._streams.get(call.stream)
-        self.backend.launch(function, grid, block, call.shared_mem, stream, args)
+        self._launches.launch(call)
 
     def _do_stream_create(self, call: pb.StreamCreate) -> None:
         self._streams.add(call.stream, self.backend.create_stream())
 
     def _do_stream_destroy(self, call: pb.StreamDestroy) -> None:
         self.backend.destroy_stream(self._streams.pop(call.stream))
+        self._launches.forget()
 
     def _do_stream_synchronize(self, call: pb.StreamSynchronize) -> None:
         self.backend.synchronize_stream(self._streams.get(call.stream))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gpupool.client.module import kernel_arg
+from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.scalars import DTYPE_OF, from_scalar, to_scalar
 
 
@@ -22,10 +23,10 @@ def test_other_byte_orders_travel_as_little_endian() -> None:
 
 
 def test_python_values_convert_as_cupy_converts_them() -> None:
-    assert from_scalar(kernel_arg(7).scalar).dtype == np.int64
-    assert from_scalar(kernel_arg(1.5).scalar).dtype == np.float64
-    assert from_scalar(kernel_arg(True).scalar).dtype == np.bool_
-    assert from_scalar(kernel_arg(1j).scalar).dtype == np.complex128
+    assert kernel_arg(-7) == (pb.INT64, (-7).to_bytes(8, "little", signed=True))
+    assert kernel_arg(1.5) == (pb.FLOAT64, np.float64(1.5).tobytes())
+    assert kernel_arg(True) == (pb.BOOL, b"\x01")
+    assert kernel_arg(1j) == (pb.COMPLEX128, np.complex128(1j).tobytes())
     with pytest.raises(TypeError, match="unsupported kernel argument type"):
         kernel_arg("text")
     with pytest.raises(TypeError, match="unsupported kernel argument type"):

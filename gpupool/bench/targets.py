@@ -18,6 +18,7 @@ from gpupool.bench.rawlink import RawLink, memcpy_seconds
 from gpupool.client.context import Context
 from gpupool.client.session import Session
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.kernel_args import POINTER
 
 NOOP = 'extern "C" __global__ void noop(int* p) {}'
 
@@ -104,12 +105,14 @@ class RemoteTarget(Target):
             self._function = self._load_noop()
         if not self._buffers:
             self.prepare(4)
-        launch = pb.Launch(
+        config = pb.LaunchConfig(
             function=self._function,
             grid=pb.Dim3(x=1, y=1, z=1),
             block=pb.Dim3(x=1, y=1, z=1),
-            args=[pb.KernelArg(pointer=self._buffers[0])],
+            arg_types=bytes([POINTER]),
         )
+        data = self._buffers[0].to_bytes(8, "little")
+        launch = pb.Launch(config=config.SerializeToString(), arg_data=data)
         start = time.perf_counter()
         for _ in range(count):
             self._session.submit(pb.Request(launch=launch))
