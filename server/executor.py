@@ -218,20 +218,19 @@ class SessionExecutor:
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
+        with quietly():  # once a message: it costs more than a launch, and a batch has thousands
+            yield from self._handle(request)
+
+    def _handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         wait = request.wait
         if request.HasField("chunk") and self._copy is not None:
             wait = self._copy.wait  # the copy's header asked for the reply
         elif request.HasField("batch"):
             wait = wait or any(inner.wait for inner in request.batch.requests)
         try:
-            with quietly():
-                yield from self._execute(request, wait)
-        except GpupoolError as exc:
-            yield from self._failed(wait, exc)
-        except Exception as exc:  # a daemon bug: report it to this session, keep serving
-            log.exception("unexpected failure", extra=fields(call=request.WhichOneof("call")))
-            unknown = CUDARuntimeError("cudaErrorUnknown", f"{type(exc).__name__}: {exc}")
-            yield from self._failed(wait, unknown)
+            yield from self._execute(request, wait)
+        except Exception as exc:
+            yield from self._failed(wait, self._as_error(exc, request.WhichOneof("call")))
 
     def handle_payload(
         self, request: pb.Request, size: int, receive: Callable[[Sink], None]
@@ -293,14 +292,24 @@ class SessionExecutor:
         """Run a batch's calls in order, after checking that its replies add up to one."""
         inner = request.batch.requests
         waiting = [index for index, each in enumerate(inner) if each.wait]
-        if any(each.WhichOneof("call") in _NOT_IN_A_BATCH for each in inner):
+        calls = [each.WhichOneof("call") for each in inner]
+        if any(call in _NOT_IN_A_BATCH for call in calls):
             raise CUDARuntimeError("cudaErrorInvalidValue", "a batch cannot hold batch/chunk/open")
         if waiting and (request.wait or waiting != [len(inner) - 1]):
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", "only the last call of a batch may wait, and the batch not"
             )
-        for each in inner:
-            yield from self.handle(each)
+        launch = self._launches.launch
+        for each, call in zip(inner, calls, strict=True):
+            if call == "launch" and not each.wait and self._copy is None:
+                # the call a batch holds thousands of: straight to the prepared launch,
+                # without the generators and lookups of the path every other call takes
+                try:
+                    launch(each.launch)
+                except Exception as exc:
+                    yield from self._failed(False, self._as_error(self._backend_error(exc), call))
+            else:
+                yield from self._handle(each)
             if self.poisoned:
                 return
         if request.wait:
@@ -327,13 +336,27 @@ class SessionExecutor:
         """Run a backend action, with backend library errors turned into gpupool's."""
         try:
             return action()
-        except GpupoolError:
-            raise
         except Exception as exc:
-            translated = self._translate(exc)
-            if not isinstance(translated, GpupoolError):
+            translated = self._backend_error(exc)
+            if translated is exc:
                 raise
             raise translated from exc
+
+    def _backend_error(self, exc: Exception) -> Exception:
+        """gpupool's error for a backend library's exception, else ``exc`` itself."""
+        if isinstance(exc, GpupoolError):
+            return exc
+        translated = self._translate(exc)
+        return translated if isinstance(translated, GpupoolError) else exc
+
+    @staticmethod
+    def _as_error(exc: Exception, call: str | None) -> GpupoolError:
+        """The error to report for ``exc``: itself, or, for a daemon bug, cudaErrorUnknown
+        (logged; the session is told and goes on)."""
+        if isinstance(exc, GpupoolError):
+            return exc
+        log.exception("unexpected failure", extra=fields(call=call))
+        return CUDARuntimeError("cudaErrorUnknown", f"{type(exc).__name__}: {exc}")
 
     def _failed(self, wait: bool, exc: GpupoolError) -> Iterator[pb.Reply]:
         error = error_message(exc)

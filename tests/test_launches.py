@@ -22,7 +22,9 @@ from gpupool.server.executor import SessionExecutor
 from tests.conftest import run_request as run
 
 SOURCE = r"""
+#include <assert.h>
 extern "C" __global__ void add(int* x, int v) { x[blockIdx.x * blockDim.x + threadIdx.x] += v; }
+extern "C" __global__ void checked(int v) { assert(v != 0); }
 extern "C" __global__ void shape(int* out) {
     out[blockIdx.x * blockDim.x + threadIdx.x] = gridDim.x * 100 + blockDim.x;
 }
@@ -30,7 +32,7 @@ extern "C" __global__ void keep(double d, float f, short s, double* od, float* o
     *od = d; *of = f; *os = s;
 }
 """
-MODULE, ADD, SHAPE, KEEP = 1, 2, 3, 4
+MODULE, ADD, SHAPE, KEEP, CHECKED = 1, 2, 3, 4, 5
 
 
 class Device:
@@ -46,7 +48,7 @@ def executor() -> Iterator[SessionExecutor]:
     executor = SessionExecutor(EmuBackend(0, ledger, slot=0), translate=lambda exc: exc)
     (loaded,) = run(executor, module_load=pb.ModuleLoad(module=MODULE, cuda_source=SOURCE))
     assert not loaded.HasField("error"), loaded.error
-    for handle, name in ((ADD, "add"), (SHAPE, "shape"), (KEEP, "keep")):
+    for handle, name in ((ADD, "add"), (SHAPE, "shape"), (KEEP, "keep"), (CHECKED, "checked")):
         run(executor, get_function=pb.GetFunction(module=MODULE, name=name, function=handle))
     yield executor
     ledger.close()
@@ -198,3 +200,15 @@ def test_past_the_bound_the_oldest_configuration_goes(
     for grid in (1, 2, 4, 1, 8, 2):
         assert not batch(executor, launch(SHAPE, (Device(out),), grid, 1)).HasField("error")
         assert ints(executor, out, grid) == [grid * 100 + 1] * grid
+
+
+def test_a_sticky_error_in_a_batch_is_reported_at_once_and_ends_it(
+    executor: SessionExecutor,
+) -> None:
+    x = malloc(executor, 4)
+    requests = [launch(ADD, (Device(x), 1)), launch(CHECKED, (np.int32(0),))]
+    requests += [launch(ADD, (Device(x), 1))] * 3
+    (reply,) = run(executor, wait=False, batch=pb.Batch(requests=requests))  # none waits
+    assert reply.error.name == "cudaErrorAssert"
+    assert executor.poisoned
+    assert ints(executor, x, 1) == [1]  # nothing ran after the failed launch
