@@ -2,7 +2,7 @@
 arguments; never used for another configuration, and gone with its function or stream.
 
 Driven on the emulator through the session executor (no sockets); the launches travel as the
-client encodes them (``gpupool.client.module``).
+client encodes them (``gpupool.client.launches``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpupool.client.module import kernel_args
+from gpupool.client.launches import kernel_args
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server import launches
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
