@@ -225,11 +225,11 @@ class SessionExecutor:
         wait = request.wait
         if request.HasField("chunk") and self._copy is not None:
             wait = self._copy.wait  # the copy's header asked for the reply
-        elif request.HasField("batch"):
-            wait = wait or any(inner.wait for inner in request.batch.requests)
         try:
             yield from self._execute(request, wait)
         except Exception as exc:
+            if request.HasField("batch"):  # refused whole: a reply if any of its calls waits
+                wait = wait or any(inner.wait for inner in request.batch.requests)
             yield from self._failed(wait, self._as_error(exc, request.WhichOneof("call")))
 
     def handle_payload(
