@@ -1,8 +1,9 @@
 """Prepared launches: a configuration checked once, then launched with each launch's own
 arguments; never used for another configuration, and gone with its function or stream.
 
-Driven on the emulator through the session executor (no sockets); the launches travel as the
-client encodes them (``gpupool.client.launches``).
+Mostly driven on the emulator through the session executor (no sockets), the launches encoded
+as the client encodes them (``gpupool.client.launches``); the last test goes through the shim
+to real daemons, over every transport.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+import gpupool
+from gpupool import runtime as rt
 from gpupool.client.launches import kernel_args
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server import launches
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
+from gpupool.server.daemon import Daemon
 from gpupool.server.executor import SessionExecutor
 from tests.conftest import run_request as run
 
-SOURCE = r"""
-#include <assert.h>
+KERNELS = r"""
 extern "C" __global__ void add(int* x, int v) { x[blockIdx.x * blockDim.x + threadIdx.x] += v; }
-extern "C" __global__ void checked(int v) { assert(v != 0); }
 extern "C" __global__ void shape(int* out) {
     out[blockIdx.x * blockDim.x + threadIdx.x] = gridDim.x * 100 + blockDim.x;
 }
@@ -32,6 +34,13 @@ extern "C" __global__ void keep(double d, float f, short s, double* od, float* o
     *od = d; *of = f; *os = s;
 }
 """
+SOURCE = (
+    KERNELS
+    + r"""
+#include <assert.h>
+extern "C" __global__ void checked(int v) { assert(v != 0); }
+"""
+)
 MODULE, ADD, SHAPE, KEEP, CHECKED = 1, 2, 3, 4, 5
 
 
@@ -212,3 +221,22 @@ def test_a_sticky_error_in_a_batch_is_reported_at_once_and_ends_it(
     assert reply.error.name == "cudaErrorAssert"
     assert executor.poisoned
     assert ints(executor, x, 1) == [1]  # nothing ran after the failed launch
+
+
+def test_repeated_launches_through_the_shim_take_their_own_arguments_and_grid(
+    connected: Daemon,
+) -> None:
+    module = gpupool.Module.from_source(KERNELS)
+    add, shape = module.get_function("add"), module.get_function("shape")
+    x, out = rt.malloc(4 * 8), rt.malloc(4 * 8)
+    rt.memset(x, 0, 4 * 8)
+    for value in range(1, 201):  # one configuration, its arguments changing
+        add((1,), (1,), (x, value))
+    add((2,), (4,), (x, np.int32(1)))  # other grid, block and argument types
+    for grid in (1, 4, 2):
+        shape((grid,), (2,), (out,))
+    host = np.zeros(8, np.int32)
+    rt.memcpy(host.ctypes.data, x, host.nbytes, rt.memcpyDeviceToHost)
+    assert host.tolist() == [sum(range(1, 201)) + 1] + [1] * 7
+    rt.memcpy(host.ctypes.data, out, host.nbytes, rt.memcpyDeviceToHost)
+    assert host.tolist() == [202] * 4 + [402] * 4  # the 2 x 2 launch over the 4 x 2 one
