@@ -62,7 +62,7 @@ class DaemonLinks:
 
     def __init__(self, address: str, channel: grpc.Channel, info: pb.DaemonInfo) -> None:
         self.address = address
-        self.stub = pb_grpc.DaemonStub(channel)
+        self.channel = channel
         self.backend = info.backend
         grpc_url = f"grpc://{address.removeprefix('grpc://')}"  # the address that answered
         self.endpoints = [
@@ -76,7 +76,7 @@ class DaemonLinks:
         """A new link to this daemon, over the first of its endpoints that can be reached."""
         failures = []
         for url in candidates(self.endpoints, wanted):
-            endpoint = Endpoint(url, self.stub)
+            endpoint = Endpoint(url, self.channel)
             try:
                 link = OPENERS[endpoint.scheme](endpoint, timeout)
             except OSError as exc:

@@ -12,14 +12,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from gpupool.client import context
+from gpupool.client.launches import Dims, LaunchEncoder
 from gpupool.client.session import new_handle
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto.scalars import to_scalar
-
-Dims = int | Sequence[int]
 
 
 class Module:
@@ -68,18 +64,21 @@ class Function:
     def __init__(self, module: Module, name: str) -> None:
         self.module = module
         self.name = name
-        self._handles: dict[int, int] = {}
+        self._encoders: dict[int, LaunchEncoder] = {}  # device ordinal -> its launches
         self._lock = threading.Lock()
 
     def handle_on(self, device: int) -> int:
+        return self._encoder_on(device).function
+
+    def _encoder_on(self, device: int) -> LaunchEncoder:
         with self._lock:
-            if device not in self._handles:
+            if device not in self._encoders:
                 request = pb.GetFunction(
                     module=self.module.handle_on(device), name=self.name, function=new_handle()
                 )
                 context.current().session(device).call(pb.Request(get_function=request))
-                self._handles[device] = request.function
-            return self._handles[device]
+                self._encoders[device] = LaunchEncoder(request.function)
+            return self._encoders[device]
 
     def __call__(
         self,
@@ -93,49 +92,5 @@ class Function:
         """Launch as ``kernel(grid, block, args)`` in CuPy; returns without waiting."""
         ctx = context.current()
         device = ctx.current_device
-        launch = pb.Launch(
-            function=self.handle_on(device),
-            grid=_dim3(grid),
-            block=_dim3(block),
-            shared_mem=shared_mem,
-            stream=stream,
-            args=[kernel_arg(arg) for arg in args],
-        )
-        ctx.session(device).submit(pb.Request(launch=launch))
-
-
-def _dim3(dims: Dims) -> pb.Dim3:
-    if type(dims) is tuple and len(dims) == 1:  # the common (n,) form, on every launch
-        return pb.Dim3(x=dims[0], y=1, z=1)
-    values = (dims,) if isinstance(dims, int) else tuple(dims)
-    if not 1 <= len(values) <= 3:
-        raise ValueError(f"a grid or block has 1 to 3 dimensions, not {len(values)}")
-    x, y, z = (*values, 1, 1)[:3]
-    return pb.Dim3(x=x, y=y, z=z)
-
-
-def kernel_arg(value: Any) -> pb.KernelArg:
-    """The wire form of one kernel argument, converted as CuPy converts it.
-
-    Python ints travel as 64-bit integers (the size of a device pointer, so an address from
-    ``malloc`` works as a pointer argument), floats as doubles, bools as bools; NumPy scalars
-    keep their dtype. Objects exposing ``__cuda_array_interface__`` pass their device pointer.
-    """
-    if isinstance(value, np.generic):
-        return pb.KernelArg(scalar=to_scalar(value))
-    interface = getattr(value, "__cuda_array_interface__", None)
-    if interface is not None:
-        return pb.KernelArg(pointer=interface["data"][0])
-    if isinstance(value, np.ndarray):
-        raise TypeError("a host array cannot be a kernel argument: copy it to the device first")
-    if isinstance(value, bool):
-        value = np.bool_(value)
-    elif isinstance(value, int):
-        value = np.int64(value)
-    elif isinstance(value, float):
-        value = np.float64(value)
-    elif isinstance(value, complex):
-        value = np.complex128(value)
-    if not isinstance(value, np.generic):
-        raise TypeError(f"unsupported kernel argument type: {type(value).__name__}")
-    return pb.KernelArg(scalar=to_scalar(value))
+        encoder = self._encoders.get(device) or self._encoder_on(device)
+        ctx.session(device).submit_entry(encoder.entry(grid, block, args, shared_mem, stream))

@@ -25,6 +25,7 @@ from gpupool.errors import (
     CUDARuntimeError,
     GpupoolError,
 )
+from gpupool.proto import batch
 from gpupool.proto import gpupool_pb2 as pb
 
 CLOSE_TIMEOUT_S = 2.0
@@ -64,7 +65,7 @@ class Session:
 
     def __init__(self, link: Link, device: int, token: str = "") -> None:
         self._link = link
-        self._queued: list[pb.Request] = []
+        self._queued: list[bytes] = []  # batch entries, serialized as they were queued
         self._queued_bytes = 0
         self._lock = threading.RLock()
         self._sticky: CUDARuntimeError | None = None
@@ -84,11 +85,16 @@ class Session:
 
     def submit(self, request: pb.Request) -> None:
         """Queue an asynchronous call; it travels with the next synchronizing one."""
+        self.submit_entry(batch.entry(request.SerializeToString()))
+
+    def submit_entry(self, entry: bytes) -> None:
+        """Queue an asynchronous call already encoded as a batch entry (a launch, say:
+        ``gpupool.client.launches``)."""
         with self._lock:
             self._check_alive()
             STATS.calls += 1
-            self._queued.append(request)
-            self._queued_bytes += request.ByteSize()
+            self._queued.append(entry)
+            self._queued_bytes += len(entry)
             if len(self._queued) >= MAX_QUEUED_CALLS or self._queued_bytes >= MAX_QUEUED_BYTES:
                 self._flush()
 
@@ -183,22 +189,27 @@ class Session:
         self._check_alive()
         STATS.calls += 1
         STATS.round_trips += 1
-        if self._queued:
-            request = pb.Request(batch=pb.Batch(requests=[*self._queued, request]))
-            self._queued.clear()
-            self._queued_bytes = 0
-        self._send(request)
+        if not self._queued:
+            self._send(request)
+            return
+        self._queued.append(batch.entry(request.SerializeToString()))
+        self._flush()
 
     def _flush(self) -> None:
         if self._queued:
-            self._send(pb.Request(batch=pb.Batch(requests=self._queued)))
+            message = batch.batch(self._queued)
             self._queued = []
             self._queued_bytes = 0
+            self._send(message)
 
-    def _send(self, request: pb.Request) -> None:
+    def _send(self, message: pb.Request | bytes) -> None:
+        """Send one message: a request, or a serialized batch."""
         STATS.messages += 1
         try:
-            self._link.send(request)
+            if isinstance(message, bytes):
+                self._link.send_message(message)
+            else:
+                self._link.send(message)
         except ConnectionLost as lost:
             self._raise_reason(lost)
 

@@ -100,14 +100,6 @@ class Scalar(_message.Message):
     data: bytes
     def __init__(self, type: _Optional[_Union[ScalarType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
-class KernelArg(_message.Message):
-    __slots__ = ("pointer", "scalar")
-    POINTER_FIELD_NUMBER: _ClassVar[int]
-    SCALAR_FIELD_NUMBER: _ClassVar[int]
-    pointer: int
-    scalar: Scalar
-    def __init__(self, pointer: _Optional[int] = ..., scalar: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
-
 class OpenSession(_message.Message):
     __slots__ = ("device", "token", "limits", "stripes")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -230,21 +222,29 @@ class GetFunction(_message.Message):
     function: int
     def __init__(self, module: _Optional[int] = ..., name: _Optional[str] = ..., function: _Optional[int] = ...) -> None: ...
 
-class Launch(_message.Message):
-    __slots__ = ("function", "grid", "block", "shared_mem", "stream", "args")
+class LaunchConfig(_message.Message):
+    __slots__ = ("function", "grid", "block", "shared_mem", "stream", "arg_types")
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     GRID_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEM_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
-    ARGS_FIELD_NUMBER: _ClassVar[int]
+    ARG_TYPES_FIELD_NUMBER: _ClassVar[int]
     function: int
     grid: Dim3
     block: Dim3
     shared_mem: int
     stream: int
-    args: _containers.RepeatedCompositeFieldContainer[KernelArg]
-    def __init__(self, function: _Optional[int] = ..., grid: _Optional[_Union[Dim3, _Mapping]] = ..., block: _Optional[_Union[Dim3, _Mapping]] = ..., shared_mem: _Optional[int] = ..., stream: _Optional[int] = ..., args: _Optional[_Iterable[_Union[KernelArg, _Mapping]]] = ...) -> None: ...
+    arg_types: bytes
+    def __init__(self, function: _Optional[int] = ..., grid: _Optional[_Union[Dim3, _Mapping]] = ..., block: _Optional[_Union[Dim3, _Mapping]] = ..., shared_mem: _Optional[int] = ..., stream: _Optional[int] = ..., arg_types: _Optional[bytes] = ...) -> None: ...
+
+class Launch(_message.Message):
+    __slots__ = ("config", "arg_data")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ARG_DATA_FIELD_NUMBER: _ClassVar[int]
+    config: bytes
+    arg_data: bytes
+    def __init__(self, config: _Optional[bytes] = ..., arg_data: _Optional[bytes] = ...) -> None: ...
 
 class StreamCreate(_message.Message):
     __slots__ = ("stream",)

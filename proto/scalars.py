@@ -25,12 +25,13 @@ DTYPE_OF: dict[int, np.dtype] = {
     pb.COMPLEX128: np.dtype(np.complex128),
 }
 SCALAR_TYPE_OF: dict[np.dtype, int] = {dtype: code for code, dtype in DTYPE_OF.items()}
-_WIRE_DTYPE_OF = {code: dtype.newbyteorder("<") for code, dtype in DTYPE_OF.items()}
+WIRE_DTYPE_OF = {code: dtype.newbyteorder("<") for code, dtype in DTYPE_OF.items()}
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-def to_scalar(value: np.generic) -> pb.Scalar:
-    """The wire form of a NumPy scalar; TypeError for a dtype CUDA kernels cannot take.
+def wire_scalar(value: np.generic) -> tuple[int, bytes]:
+    """A NumPy scalar's ``ScalarType`` and little-endian bytes; TypeError for a dtype CUDA
+    kernels cannot take.
 
     On the hot path of every launch: a scalar's own bytes are already little-endian on the
     hosts gpupool runs on, so only other byte orders are converted.
@@ -42,13 +43,18 @@ def to_scalar(value: np.generic) -> pb.Scalar:
         if code is None:
             raise TypeError(f"unsupported kernel argument type: {value.dtype}")
         value = value.astype(dtype)
-    data = value.tobytes() if _LITTLE_ENDIAN else value.byteswap().tobytes()
+    return code, value.tobytes() if _LITTLE_ENDIAN else value.byteswap().tobytes()
+
+
+def to_scalar(value: np.generic) -> pb.Scalar:
+    """The wire form of a NumPy scalar (an array function's operand)."""
+    code, data = wire_scalar(value)
     return pb.Scalar(type=code, data=data)
 
 
 def from_scalar(scalar: pb.Scalar) -> np.generic:
     """The NumPy scalar a wire scalar holds; ValueError when type and size disagree."""
-    wire = _WIRE_DTYPE_OF.get(scalar.type)
+    wire = WIRE_DTYPE_OF.get(scalar.type)
     if wire is None or len(scalar.data) != wire.itemsize:
         raise ValueError(f"malformed scalar argument: type {scalar.type}, {len(scalar.data)} bytes")
     value = np.frombuffer(scalar.data, wire)[0]

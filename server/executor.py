@@ -14,24 +14,23 @@ blocked on it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
-
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
-from gpupool.proto.scalars import from_scalar
 from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends import translated
-from gpupool.server.backends.base import Backend, check_launch
+from gpupool.server.backends.base import Backend
 from gpupool.server.host_memory import SharedHostMemory
+from gpupool.server.launches import PreparedLaunches
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 log = logging.getLogger(__name__)
@@ -219,29 +218,34 @@ class SessionExecutor:
         self._events = _Handles("event")
         self._modules = _Handles("module")
         self._functions = _Handles("function")
+        self._functions_of: dict[int, list[int]] = {}  # module handle -> its functions' handles
+        self._launches = PreparedLaunches(
+            backend, self._device, self._functions.get, self._streams.get
+        )
         self._held: pb.Error | None = None
         self._copy: _PendingCopy | None = None
         self._opened = False
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
+        if request.HasField("array_op") or request.HasField("batch"):
+            # Once a message, and only where array functions may run: silencing warnings
+            # costs more than a launch or a small copy, and a batch holds thousands.
+            with quietly():
+                yield from self._handle(request)
+        else:
+            yield from self._handle(request)
+
+    def _handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         wait = request.wait
         if request.HasField("chunk") and self._copy is not None:
             wait = self._copy.wait  # the copy's header asked for the reply
-        elif request.HasField("batch"):
-            wait = wait or any(inner.wait for inner in request.batch.requests)
         try:
-            if request.HasField("array_op") or request.HasField("batch"):
-                with quietly():  # only array functions warn, and this costs more than a copy
-                    yield from self._execute(request, wait)
-            else:
-                yield from self._execute(request, wait)
-        except GpupoolError as exc:
-            yield from self._failed(wait, exc)
-        except Exception as exc:  # a daemon bug: report it to this session, keep serving
-            log.exception("unexpected failure", extra=fields(call=request.WhichOneof("call")))
-            unknown = CUDARuntimeError("cudaErrorUnknown", f"{type(exc).__name__}: {exc}")
-            yield from self._failed(wait, unknown)
+            yield from self._execute(request, wait)
+        except Exception as exc:
+            if request.HasField("batch"):  # refused whole: a reply if any of its calls waits
+                wait = wait or any(inner.wait for inner in request.batch.requests)
+            yield from self._failed(wait, self._as_error(exc, request.WhichOneof("call")))
 
     def handle_payload(
         self, request: pb.Request, size: int, receive: Callable[[Sink], None]
@@ -312,14 +316,24 @@ class SessionExecutor:
         """Run a batch's calls in order, after checking that its replies add up to one."""
         inner = request.batch.requests
         waiting = [index for index, each in enumerate(inner) if each.wait]
-        if any(each.WhichOneof("call") in _NOT_IN_A_BATCH for each in inner):
+        calls = [each.WhichOneof("call") for each in inner]
+        if any(call in _NOT_IN_A_BATCH for call in calls):
             raise CUDARuntimeError("cudaErrorInvalidValue", "a batch cannot hold batch/chunk/open")
         if waiting and (request.wait or waiting != [len(inner) - 1]):
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", "only the last call of a batch may wait, and the batch not"
             )
-        for each in inner:
-            yield from self.handle(each)
+        launch = self._launches.launch
+        for each, call in zip(inner, calls, strict=True):
+            if call == "launch" and not each.wait and self._copy is None:
+                # the call a batch holds thousands of: straight to the prepared launch,
+                # without the generators and lookups of the path every other call takes
+                try:
+                    self._guarded(functools.partial(launch, each.launch))
+                except Exception as exc:
+                    yield from self._failed(False, self._as_error(exc, call))
+            else:
+                yield from self._handle(each)
             if self.poisoned:
                 return
         if request.wait:
@@ -348,6 +362,15 @@ class SessionExecutor:
     def _guarded(self, action: Callable[[], T]) -> T:
         """Run a backend action, with backend library errors turned into gpupool's."""
         return translated(self._translate, action)
+
+    @staticmethod
+    def _as_error(exc: Exception, call: str | None) -> GpupoolError:
+        """The error to report for ``exc``: itself, or, for a daemon bug, cudaErrorUnknown
+        (logged; the session is told and goes on)."""
+        if isinstance(exc, GpupoolError):
+            return exc
+        log.exception("unexpected failure", extra=fields(call=call))
+        return CUDARuntimeError("cudaErrorUnknown", f"{type(exc).__name__}: {exc}")
 
     def _failed(self, wait: bool, exc: GpupoolError) -> Iterator[pb.Reply]:
         error = error_message(exc)
@@ -508,40 +531,26 @@ class SessionExecutor:
         self._modules.add(call.module, module)
 
     def _do_module_unload(self, call: pb.ModuleUnload) -> None:
+        """As cuModuleUnload: the module's functions go with it."""
         self._modules.pop(call.module)
+        for function in self._functions_of.pop(call.module, []):
+            self._functions.pop(function)
+        self._launches.forget()
 
     def _do_get_function(self, call: pb.GetFunction) -> None:
         function = self.backend.get_function(self._modules.get(call.module), call.name)
         self._functions.add(call.function, function)
+        self._functions_of.setdefault(call.module, []).append(call.function)
 
     def _do_launch(self, call: pb.Launch) -> None:
-        grid = (call.grid.x, call.grid.y, call.grid.z)
-        block = (call.block.x, call.block.y, call.block.z)
-        limits = self._device.max_threads_per_block, self._device.shared_memory_per_block
-        check_launch(grid, block, call.shared_mem, *limits)
-        args: list[np.generic] = []
-        for index, arg in enumerate(call.args):
-            kind = arg.WhichOneof("value")
-            if kind == "pointer":
-                args.append(np.uint64(arg.pointer))
-            elif kind == "scalar":
-                try:
-                    args.append(from_scalar(arg.scalar))
-                except ValueError as exc:
-                    raise CUDARuntimeError(
-                        "cudaErrorInvalidValue", f"argument {index}: {exc}"
-                    ) from exc
-            else:
-                raise CUDARuntimeError("cudaErrorInvalidValue", f"argument {index} is empty")
-        function = self._functions.get(call.function)
-        stream = self._streams.get(call.stream)
-        self.backend.launch(function, grid, block, call.shared_mem, stream, args)
+        self._launches.launch(call)
 
     def _do_stream_create(self, call: pb.StreamCreate) -> None:
         self._streams.add(call.stream, self.backend.create_stream())
 
     def _do_stream_destroy(self, call: pb.StreamDestroy) -> None:
         self.backend.destroy_stream(self._streams.pop(call.stream))
+        self._launches.forget()
 
     def _do_stream_synchronize(self, call: pb.StreamSynchronize) -> None:
         self.backend.synchronize_stream(self._streams.get(call.stream))

@@ -157,12 +157,13 @@ def test_launch_configurations_are_checked_before_the_backend(
     shared: int,
     problem: str,
 ) -> None:
-    launch = pb.Launch(
+    config = pb.LaunchConfig(
         function=12345,  # not even a function: the configuration is checked first
         grid=pb.Dim3(x=grid[0], y=grid[1], z=grid[2]),
         block=pb.Dim3(x=block[0], y=block[1], z=block[2]),
         shared_mem=shared,
     )
+    launch = pb.Launch(config=config.SerializeToString())
     (reply,) = run(executor, launch=launch)
     assert reply.error.name == "cudaErrorInvalidConfiguration"
     assert problem in reply.error.message

@@ -1,11 +1,17 @@
-"""Kernel scalars on the wire: every CUDA scalar type survives the trip, whatever its byte order."""
+"""Kernel arguments and batches on the wire: every CUDA scalar type survives the trip, whatever
+its byte order, and batches the client assembles from bytes are the ones protobuf would make."""
 
 from __future__ import annotations
+
+import enum
 
 import numpy as np
 import pytest
 
-from gpupool.client.module import kernel_arg
+from gpupool.client.launches import LaunchEncoder, kernel_arg, kernel_args
+from gpupool.proto import batch
+from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.kernel_args import POINTER, Signature
 from gpupool.proto.scalars import DTYPE_OF, from_scalar, to_scalar
 
 
@@ -22,11 +28,86 @@ def test_other_byte_orders_travel_as_little_endian() -> None:
 
 
 def test_python_values_convert_as_cupy_converts_them() -> None:
-    assert from_scalar(kernel_arg(7).scalar).dtype == np.int64
-    assert from_scalar(kernel_arg(1.5).scalar).dtype == np.float64
-    assert from_scalar(kernel_arg(True).scalar).dtype == np.bool_
-    assert from_scalar(kernel_arg(1j).scalar).dtype == np.complex128
+    assert kernel_arg(-7) == (pb.INT64, (-7).to_bytes(8, "little", signed=True))
+    assert kernel_arg(1.5) == (pb.FLOAT64, np.float64(1.5).tobytes())
+    assert kernel_arg(True) == (pb.BOOL, b"\x01")
+    assert kernel_arg(1j) == (pb.COMPLEX128, np.complex128(1j).tobytes())
     with pytest.raises(TypeError, match="unsupported kernel argument type"):
         kernel_arg("text")
     with pytest.raises(TypeError, match="unsupported kernel argument type"):
         to_scalar(np.datetime64(1, "s"))
+    with pytest.raises(OverflowError):
+        kernel_arg(1 << 63)  # as np.int64 refuses it
+
+
+def test_subclasses_of_python_scalars_convert_as_their_base() -> None:
+    class Flag(enum.IntEnum):
+        ON = 3
+
+    assert kernel_arg(Flag.ON) == kernel_arg(3)
+    assert kernel_arg(np.True_) == kernel_arg(True)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_OF.values()), ids=str)
+def test_launch_arguments_round_trip_bit_for_bit(dtype: np.dtype) -> None:
+    raw = np.random.default_rng(1).integers(0, 256, dtype.itemsize, dtype=np.uint8).tobytes()
+    value = np.frombuffer(raw, dtype)[0]  # any bits: NaN payloads too
+    types, data = kernel_args([7, value, _Device(0xDEAD00)])
+    signature = Signature.parse(types)
+    assert signature.size == len(data) == 8 + dtype.itemsize + 8
+    first, back, pointer = signature.values(data)
+    assert back.dtype == dtype and back.tobytes() == value.tobytes()
+    assert (first, pointer, types[2]) == (7, 0xDEAD00, POINTER)
+
+
+def test_a_signature_names_an_argument_of_no_known_type() -> None:
+    with pytest.raises(ValueError, match=r"argument 2 has no known type \(code 0\)"):
+        Signature.parse(bytes([pb.INT32, pb.FLOAT32, 0]))
+
+
+def test_batches_assembled_from_bytes_are_protobufs_own() -> None:
+    requests = [
+        pb.Request(free=pb.Free(ptr=1 << 40)),
+        pb.Request(memcpy_htod=pb.MemcpyHtoD(dst=5, size=300, data=bytes(300))),  # long varints
+        pb.Request(wait=True, device_synchronize=pb.DeviceSynchronize()),
+    ]
+    made = batch.batch(batch.entry(each.SerializeToString()) for each in requests)
+    assert pb.Request.FromString(made) == pb.Request(batch=pb.Batch(requests=requests))
+    assert batch.batch([]) == pb.Request(batch=pb.Batch()).SerializeToString()
+
+
+@pytest.mark.parametrize("size", [0, 8, 200])
+def test_a_launch_entry_is_its_head_and_its_argument_bytes(size: int) -> None:
+    config = pb.LaunchConfig(function=3, grid=pb.Dim3(x=1 << 30, y=1, z=1)).SerializeToString()
+    data = bytes(range(size % 256)) * (size // 256) + bytes(range(size % 256))
+    entry = batch.launch_entry_head(config, size) + data
+    expected = pb.Request(launch=pb.Launch(config=config, arg_data=data))
+    assert pb.Request.FromString(batch.batch([entry])).batch.requests[0] == expected
+
+
+def test_the_encoder_keeps_one_head_per_configuration_and_exact_types_only() -> None:
+    encoder = LaunchEncoder(function=9)
+
+    def launched(grid: object, args: tuple[object, ...]) -> pb.Request:
+        entry = encoder.entry(grid, (32,), args, 0, 0)  # type: ignore[arg-type]
+        (request,) = pb.Request.FromString(batch.batch([entry])).batch.requests
+        return request
+
+    first, second = launched((4,), (1, 2.5)), launched((4,), (3, 0.5))
+    assert first.launch.config == second.launch.config
+    assert kernel_args([3, 0.5]) == (
+        pb.LaunchConfig.FromString(second.launch.config).arg_types,
+        second.launch.arg_data,
+    )
+    other_grid = pb.LaunchConfig.FromString(launched((8,), (1, 2.5)).launch.config)
+    assert (other_grid.grid.x, other_grid.grid.y) == (8, 1)
+    other_types = pb.LaunchConfig.FromString(launched((4,), (1, np.float32(2))).launch.config)
+    assert other_types.arg_types == bytes([pb.INT64, pb.FLOAT32])
+    assert pb.LaunchConfig.FromString(launched((np.int64(4),), (1, 2.5)).launch.config).grid.x == 4
+    with pytest.raises(TypeError):
+        launched((4.0,), (1, 2.5))  # equal to a kept grid, but not an int: protobuf refuses it
+
+
+class _Device:
+    def __init__(self, ptr: int) -> None:
+        self.__cuda_array_interface__ = {"data": (ptr, False)}

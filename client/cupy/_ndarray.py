@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gpupool.client import runtime
+from gpupool.client.launches import register_device_array
 from gpupool.cupy import _remote, cuda
 from gpupool.cupy._support import unsupported
 from gpupool.cupy.cuda import memory
@@ -592,6 +593,9 @@ def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
         return "F"
     raise ValueError(f"order must be one of 'C', 'F', 'A', or 'K' (got {order!r})")
 
+
+# A kernel argument of every launch: its pointer, without a __cuda_array_interface__ each time.
+register_device_array(ndarray, lambda array: array.data.ptr)
 
 # These build on ndarray; imported last so that either side may be imported first.
 from gpupool.cupy import _indexing, _products, _reductions, _sorting, _ufuncs  # noqa: E402

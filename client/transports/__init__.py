@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import grpc
+
 from gpupool.errors import GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import CHUNK_SIZE
 
 ENV_TRANSPORT = "GPUPOOL_TRANSPORT"
@@ -31,9 +32,14 @@ class Link(ABC):
 
     inline_limit = CHUNK_SIZE  # host-to-device payloads up to this travel inside the message
 
-    @abstractmethod
     def send(self, request: pb.Request) -> None:
-        """Send one message; ConnectionLost if the connection is gone."""
+        """Send one request; ConnectionLost if the connection is gone."""
+        self.send_message(request.SerializeToString())
+
+    @abstractmethod
+    def send_message(self, message: bytes) -> None:
+        """Send one serialized ``Request`` (a batch the session assembled from queued
+        entries, say); ConnectionLost if the connection is gone."""
 
     @abstractmethod
     def send_copy(self, header: pb.Request, data: memoryview) -> None:
@@ -66,10 +72,10 @@ class Link(ABC):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a daemon can be reached, and the gRPC stub every daemon has."""
+    """Where a daemon can be reached, and the gRPC channel every daemon has."""
 
     url: str
-    stub: pb_grpc.DaemonStub
+    channel: grpc.Channel
 
     @property
     def scheme(self) -> str:

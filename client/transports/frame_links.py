@@ -45,9 +45,9 @@ class FrameLink(Link):
         self._payload: Stripes | Ring | None = None
         self._payload_size = 0  # of the last reply received
 
-    def send(self, request: pb.Request) -> None:
+    def send_message(self, message: bytes) -> None:
         try:
-            self.frames.send(MESSAGE, request.SerializeToString())
+            self.frames.send(MESSAGE, message)
         except OSError as exc:
             raise ConnectionLost(f"sending failed: {exc}") from exc
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Any
 
 import grpc
 
@@ -14,22 +15,26 @@ from gpupool.client.transports import Endpoint
 from gpupool.client.transports.messages import MessageLink
 from gpupool.errors import ConnectionLost
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 
 _IN_FLIGHT = 8  # messages the stream may hold before a sender waits: bounds client memory
 _END = None
+_SESSION = f"/{pb.DESCRIPTOR.services_by_name['Daemon'].full_name}/Session"
 
 
 class GrpcLink(MessageLink):
-    def __init__(self, stub: pb_grpc.DaemonStub) -> None:
-        self._outbox: queue.Queue[pb.Request | None] = queue.Queue(_IN_FLIGHT)
-        self._replies = stub.Session(iter(self._outbox.get, _END))
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(_IN_FLIGHT)
+        # serialized requests go as they are: the session assembles batches as bytes
+        session = channel.stream_stream(_SESSION, None, pb.Reply.FromString)
+        # an iterator of replies that is also a grpc.Call and a grpc.Future (done, cancel),
+        # which grpc-stubs types as a bare CallIterator
+        self._replies: Any = session(iter(self._outbox.get, _END))
         self._dead = False  # the stream ended: what is sent goes nowhere
 
-    def send(self, request: pb.Request) -> None:
+    def send_message(self, message: bytes) -> None:
         while not self._dead:
             try:
-                self._outbox.put(request, timeout=0.5)
+                self._outbox.put(message, timeout=0.5)
                 return
             except queue.Full:
                 self._dead = self._replies.done()  # nobody will take it; the reply says why
@@ -60,4 +65,4 @@ class GrpcLink(MessageLink):
 
 
 def open_grpc(endpoint: Endpoint, timeout: float) -> GrpcLink:
-    return GrpcLink(endpoint.stub)
+    return GrpcLink(endpoint.channel)

@@ -20,8 +20,8 @@ class UcxLink(MessageLink):
         self._endpoint = endpoint
         self._ended = False
 
-    def send(self, request: pb.Request) -> None:
-        self._send(MESSAGE + request.SerializeToString())
+    def send_message(self, message: bytes) -> None:
+        self._send(MESSAGE + message)
 
     def receive(self) -> pb.Reply:
         if self._ended:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from types import ModuleType
@@ -20,6 +20,7 @@ import numpy as np
 
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.proto.kernel_args import Signature
 
 Dim = tuple[int, int, int]
 MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -166,6 +167,28 @@ class Backend(ABC):
         args: Sequence[np.generic],
     ) -> None:
         """Launch ``function``; device pointers arrive as ``np.uint64`` scalars."""
+
+    def prepare_launch(
+        self,
+        function: object,
+        grid: Dim,
+        block: Dim,
+        shared_mem: int,
+        stream: object,
+        signature: Signature,
+    ) -> Callable[[bytes], None]:
+        """A launch of ``function`` in this configuration, made by calling the result with
+        each launch's argument bytes (``signature.size`` of them, as the wire has them).
+
+        The caller has checked the configuration and the bytes' length, and calls the
+        result from one thread. By default each call converts the bytes to NumPy scalars
+        for :meth:`launch`; a backend that can use the bytes as they are does better.
+        """
+
+        def launch(data: bytes) -> None:
+            self.launch(function, grid, block, shared_mem, stream, signature.values(data))
+
+        return launch
 
     @abstractmethod
     def create_stream(self) -> object: ...

@@ -16,20 +16,23 @@ import ctypes
 import fcntl
 import mmap
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import BinaryIO
 
 import numpy as np
 
 from gpupool.errors import CUDARuntimeError
+from gpupool.proto.kernel_args import Signature
 from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
 from gpupool.transport import memcopy
 
 ALIGNMENT = 256  # cudaMalloc's alignment
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class MemoryLedger:
@@ -182,6 +185,20 @@ class EmuBackend(Backend):
     ) -> None:
         assert isinstance(function, EmuFunction)
         function.launch(grid, block, shared_mem, [arg.tobytes() for arg in args])
+
+    def prepare_launch(
+        self,
+        function: object,
+        grid: Dim,
+        block: Dim,
+        shared_mem: int,
+        stream: object,
+        signature: Signature,
+    ) -> Callable[[bytes], None]:
+        if not _LITTLE_ENDIAN:  # kernels here read the host's byte order, not the wire's
+            return super().prepare_launch(function, grid, block, shared_mem, stream, signature)
+        assert isinstance(function, EmuFunction)
+        return function.prepare(grid, block, shared_mem, signature.sizes)
 
     def create_stream(self) -> object:
         return object()

@@ -529,25 +529,61 @@ def _load_private_copy(path: Path) -> ctypes.CDLL:
 # Launching.
 
 
-def _pack_arguments(
-    args: Sequence[bytes], sizes: Sequence[int]
-) -> tuple[ctypes.Array[ctypes.c_char], ctypes.Array[ctypes.c_void_p]]:
-    """Copies each argument into its own zeroed, 16-byte aligned slot of at least its
-    parameter's size, so the C++ side never reads past what Python owns: short arguments are
-    zero-extended and long ones are read from their low (little-endian) bytes, as on a GPU."""
-    slots = [
-        -(-max(len(arg), size, 1) // _ARG_ALIGNMENT) * _ARG_ALIGNMENT
-        for arg, size in zip(args, sizes, strict=True)
-    ]
-    storage = ctypes.create_string_buffer(sum(slots) + _ARG_ALIGNMENT)
-    address = -(-ctypes.addressof(storage) // _ARG_ALIGNMENT) * _ARG_ALIGNMENT
-    pointers = (ctypes.c_void_p * max(len(args), 1))()
-    for index, (arg, slot) in enumerate(zip(args, slots, strict=True)):
-        data = bytes(arg)
-        ctypes.memmove(address, data, len(data))
-        pointers[index] = address
-        address += slot
-    return storage, pointers
+class PreparedLaunch:
+    """One launch configuration of a kernel, launched with new argument bytes at each call.
+
+    Each argument has its own zeroed, 16-byte aligned slot of at least its parameter's size,
+    so the C++ side never reads past what Python owns: short arguments are zero-extended and
+    long ones are read from their low (little-endian) bytes, as on a GPU. The slots, their
+    pointers, the grid, the block and the error buffer are made once; a launch copies its
+    arguments into the slots and calls the launcher. One thread at a time: the slots are
+    shared by every call.
+    """
+
+    def __init__(
+        self,
+        function: EmuFunction,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        shared_mem: int,
+        sizes: Sequence[int],
+    ) -> None:
+        self._function = function
+        slots = [
+            -(-max(size, param, 1) // _ARG_ALIGNMENT) * _ARG_ALIGNMENT
+            for size, param in zip(sizes, function.arg_sizes, strict=True)
+        ]
+        self._storage = ctypes.create_string_buffer(sum(slots) + _ARG_ALIGNMENT)
+        base = -ctypes.addressof(self._storage) % _ARG_ALIGNMENT
+        memory = memoryview(self._storage).cast("B")
+        self._pointers = (ctypes.c_void_p * max(len(sizes), 1))()
+        self._copies: list[tuple[memoryview, slice]] = []
+        slot_start, source = base, 0
+        for index, (size, slot) in enumerate(zip(sizes, slots, strict=True)):
+            self._pointers[index] = ctypes.addressof(self._storage) + slot_start
+            target = memory[slot_start : slot_start + size]
+            self._copies.append((target, slice(source, source + size)))
+            slot_start += slot
+            source += size
+        self._arguments = (
+            (ctypes.c_uint * 3)(*grid),
+            (ctypes.c_uint * 3)(*block),
+            shared_mem,
+            self._pointers,
+        )
+        self._error = ctypes.create_string_buffer(_ERROR_BUFFER_SIZE)
+
+    def __call__(self, data: bytes) -> None:
+        """Runs the kernel to completion on ``data``, the arguments' bytes back to back."""
+        for target, source in self._copies:
+            target[:] = data[source]
+        status = self._function.launcher(*self._arguments, self._error, _ERROR_BUFFER_SIZE)
+        if status:
+            detail = self._error.value.decode(errors="replace")
+            raise CUDARuntimeError(
+                _ERROR_NAMES.get(status, "cudaErrorUnknown"),
+                f"kernel '{self._function.name}': {detail}",
+            )
 
 
 class EmuFunction:
@@ -555,9 +591,9 @@ class EmuFunction:
 
     def __init__(self, name: str, library: ctypes.CDLL, index: int) -> None:
         self.name = name
-        self._launch = library[f"gpupool_launch_k{index}"]
-        self._launch.restype = ctypes.c_int
-        self._launch.argtypes = [
+        self.launcher = library[f"gpupool_launch_k{index}"]
+        self.launcher.restype = ctypes.c_int
+        self.launcher.argtypes = [
             ctypes.POINTER(ctypes.c_uint),
             ctypes.POINTER(ctypes.c_uint),
             ctypes.c_size_t,
@@ -572,6 +608,22 @@ class EmuFunction:
         library[f"gpupool_arg_sizes_k{index}"](sizes)
         self.arg_sizes: tuple[int, ...] = tuple(sizes[: self.num_args])
 
+    def prepare(
+        self,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        shared_mem: int,
+        sizes: Sequence[int],
+    ) -> PreparedLaunch:
+        """A launch in this configuration of arguments of ``sizes`` bytes, checked now."""
+        check_launch(grid, block, shared_mem)
+        if len(sizes) != self.num_args:
+            raise CUDARuntimeError(
+                "cudaErrorInvalidValue",
+                f"kernel '{self.name}' takes {self.num_args} arguments, got {len(sizes)}",
+            )
+        return PreparedLaunch(self, grid, block, shared_mem, sizes)
+
     def launch(
         self,
         grid: tuple[int, int, int],
@@ -580,27 +632,7 @@ class EmuFunction:
         args: Sequence[bytes],
     ) -> None:
         """Runs the kernel to completion; ``args`` are the raw bytes cuLaunchKernel would see."""
-        check_launch(grid, block, shared_mem)
-        if len(args) != self.num_args:
-            raise CUDARuntimeError(
-                "cudaErrorInvalidValue",
-                f"kernel '{self.name}' takes {self.num_args} arguments, got {len(args)}",
-            )
-        _storage, pointers = _pack_arguments(args, self.arg_sizes)  # _storage: alive till return
-        error = ctypes.create_string_buffer(_ERROR_BUFFER_SIZE)
-        status = self._launch(
-            (ctypes.c_uint * 3)(*grid),
-            (ctypes.c_uint * 3)(*block),
-            shared_mem,
-            pointers,
-            error,
-            len(error),
-        )
-        if status:
-            detail = error.value.decode(errors="replace")
-            raise CUDARuntimeError(
-                _ERROR_NAMES.get(status, "cudaErrorUnknown"), f"kernel '{self.name}': {detail}"
-            )
+        self.prepare(grid, block, shared_mem, [len(arg) for arg in args])(b"".join(args))
 
 
 class EmuModule:

@@ -1,0 +1,55 @@
+"""Batches made of requests serialized once, as the client queues them.
+
+A ``Batch`` is protobuf's length-delimited fields one after another, so a request queued in
+serialized form joins a batch by concatenation: no message is built, copied into the batch
+and serialized again for each queued call. And a launch serialized once for its
+configuration (:func:`launch_entry_head`) is, with its argument bytes appended, the whole
+entry: a loop of launches costs a concatenation each.
+
+The daemon parses these with protobuf as any other message; tests check the bytes against
+protobuf's own serialization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gpupool.proto import gpupool_pb2 as pb
+
+_LENGTH_DELIMITED = 2  # protobuf's wire type of bytes and embedded messages
+_REQUESTS = pb.Batch.DESCRIPTOR.fields_by_name["requests"].number
+_BATCH = pb.Request.DESCRIPTOR.fields_by_name["batch"].number
+_LAUNCH = pb.Request.DESCRIPTOR.fields_by_name["launch"].number
+_CONFIG = pb.Launch.DESCRIPTOR.fields_by_name["config"].number
+_ARG_DATA = pb.Launch.DESCRIPTOR.fields_by_name["arg_data"].number
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+def entry(request: bytes) -> bytes:
+    """A serialized ``Request`` as one entry of a batch."""
+    return _field(_REQUESTS, request)
+
+
+def batch(entries: Iterable[bytes]) -> bytes:
+    """The serialized ``Request`` whose batch holds ``entries``, in order."""
+    return _field(_BATCH, b"".join(entries))
+
+
+def launch_entry_head(config: bytes, size: int) -> bytes:
+    """The batch entry of a launch of ``config`` with ``size`` bytes of arguments, without
+    those bytes: the entry of each such launch is this head followed by its arguments."""
+    launch = _field(_CONFIG, config) + _field(_ARG_DATA, bytes(size))
+    whole = entry(_field(_LAUNCH, launch))
+    return whole[: len(whole) - size]
