@@ -168,6 +168,7 @@ def start_daemon(
             devices,
             membership.oversubscription,
             membership.secret,
+            reserved=warm * config.idle_worker_memory,
         )
         registration = Registration(membership.scheduler, node, devices, pools, admission)
         registration.start()

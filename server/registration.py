@@ -170,9 +170,11 @@ def node_registration(
     devices: Sequence[DeviceInfo],
     oversubscription: float,
     secret: bytes,
+    reserved: int = 0,
 ) -> spb.NodeRegistration:
     """What the scheduler learns of this node when it registers, with the proof that it
-    holds the cluster secret."""
+    holds the cluster secret. Each GPU offers its memory less ``reserved`` bytes, which the
+    daemon's warm workers hold: shares of the rest fit on the GPU beside them."""
     return spb.NodeRegistration(
         name=name,
         address=address,
@@ -180,7 +182,7 @@ def node_registration(
         oversubscription=oversubscription,
         proof=grants.node_proof(name, secret),
         gpus=[
-            spb.GpuInfo(index=index, uuid=d.uuid, name=d.name, memory=d.total_memory)
+            spb.GpuInfo(index=index, uuid=d.uuid, name=d.name, memory=d.total_memory - reserved)
             for index, d in enumerate(devices)
         ],
     )

@@ -28,6 +28,7 @@ COPIES = ("h2d", "d2h", "d2d")
 EMULATOR_SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]
 GPU_SIZES = [*EMULATOR_SIZES, 1 << 30]
 LATENCY_SAMPLES = 200
+LATENCY_TURN = 20  # round trips a target makes in one turn
 LAUNCHES = 2000
 LAUNCH_REPEATS = 3
 # The raw link each transport is read against, else raw-tcp; none for pinned copies over
@@ -165,14 +166,29 @@ def _bandwidth(chosen: list[Target], size: int, advance: Callable[[str], None]) 
 
 
 def _latency(chosen: list[Target], advance: Callable[[str], None]) -> list[Record]:
-    records = []
+    """Round trips in turns of LATENCY_TURN samples a target, so that a busy moment of the
+    machine falls on every target alike (as the bandwidth repetitions alternate)."""
+    measured = [target for target in chosen if target.tiny_round_trip() is not None]  # warm
+    samples: dict[str, list[float]] = {target.name: [] for target in measured}
+    turns = LATENCY_SAMPLES // LATENCY_TURN
+    for turn in range(turns):
+        for target in measured:
+            samples[target.name] += [_seconds(target.tiny_round_trip) for _ in range(LATENCY_TURN)]
+            if turn == turns - 1:
+                advance(f"{target.name} round trips")
     for target in chosen:
-        advance(f"{target.name} round trips")
-        samples = [target.tiny_round_trip() for _ in range(LATENCY_SAMPLES)]
-        if all(sample is not None for sample in samples):
-            median = statistics.median(s for s in samples if s is not None)
-            records.append(Record("latency", target.name, 4, target.native, us=median * 1e6))
-    return records
+        if target not in measured:
+            advance(f"{target.name} round trips")
+    return [
+        Record("latency", t.name, 4, t.native, us=statistics.median(samples[t.name]) * 1e6)
+        for t in measured
+    ]
+
+
+def _seconds(measure: Callable[[], float | None]) -> float:
+    seconds = measure()
+    assert seconds is not None  # a target that measures round trips measures every one
+    return seconds
 
 
 def _launches(chosen: list[Target], advance: Callable[[str], None]) -> list[Record]:

@@ -36,6 +36,12 @@ class BackendConfig:
     emu_devices: int = 2
     emu_memory: int = 8 << 30
 
+    @property
+    def idle_worker_memory(self) -> int:
+        """Device memory a warm worker takes before any session is its own: a CUDA context
+        (about 0.5 GiB on an H100; 1 GiB leaves room for the libraries' handles)."""
+        return 1 << 30 if self.kind == "cupy" else 0
+
 
 def resolve(kind: str, emu_devices: int, emu_memory: int) -> tuple[BackendConfig, list[DeviceInfo]]:
     """The backend ``kind`` names (``auto``: CuPy when it sees a GPU) and its devices."""
