@@ -49,7 +49,12 @@ class HostBlock:
         self.fd: int | None = None
         if size >= SHARE_MIN:
             self.fd = memfd.create(f"gpupool-pinned-{os.getpid()}-{self.id}", size)
-        self._map = mmap.mmap(-1 if self.fd is None else self.fd, max(size, 1))
+        try:
+            self._map = mmap.mmap(-1 if self.fd is None else self.fd, max(size, 1))
+        except BaseException:
+            if self.fd is not None:
+                os.close(self.fd)
+            raise
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
         self._holders: weakref.WeakSet[Holder] = weakref.WeakSet()
         weakref.finalize(self, _release, self.id, self._map, self.fd, self._holders)

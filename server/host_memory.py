@@ -79,6 +79,8 @@ class SharedHostMemory:
                 )
             try:
                 memory = mmap.mmap(fd, size)
+            except PermissionError as exc:  # sealed against writes, or opened read-only
+                raise _invalid(f"host block {block} cannot be mapped for writing: {exc}") from exc
             except OSError as exc:
                 raise CUDARuntimeError(
                     "cudaErrorMemoryAllocation", f"host block {block}: {exc}"

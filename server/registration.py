@@ -182,7 +182,9 @@ def node_registration(
         oversubscription=oversubscription,
         proof=grants.node_proof(name, secret),
         gpus=[
-            spb.GpuInfo(index=index, uuid=d.uuid, name=d.name, memory=d.total_memory - reserved)
+            spb.GpuInfo(
+                index=index, uuid=d.uuid, name=d.name, memory=max(0, d.total_memory - reserved)
+            )
             for index, d in enumerate(devices)
         ],
     )

@@ -8,6 +8,7 @@ block is read from the worker's ``/proc/PID/maps``, where the block's memfd show
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import hashlib
 import os
@@ -131,9 +132,28 @@ def test_a_freed_block_is_unmapped_by_the_worker(shm_session: Session) -> None:
     assert mapped_elsewhere(kept_id) and mapped_elsewhere(freed_id)
     del freed
     gc.collect()
-    rt.memGetInfo()  # the drop travels after the next message
+    rt.memGetInfo()  # the drop travels ahead of the next message
     assert mapped_elsewhere(kept_id) and not mapped_elsewhere(freed_id)
     rt.memcpy(kept.ctypes.data, ptr, kept.size, rt.memcpyDeviceToHost)  # still shared
+
+
+def test_a_block_freed_before_a_batch_or_a_ring_read_is_dropped_and_the_session_goes_on(
+    shm_session: Session,
+) -> None:
+    """The drop goes ahead of a batch too, and never into the middle of a ring transfer."""
+    ptr = rt.malloc(2 * MiB)
+    freed = pinned(2 * MiB)
+    rt.memcpy(ptr, freed.ctypes.data, freed.size, rt.memcpyHostToDevice)
+    freed_id = block_id(freed)
+    del freed
+    gc.collect()
+    rt.memsetAsync(ptr, 7, 2 * MiB)  # queued: the next call goes out as a batch
+    plain = np.empty(2 * MiB, np.uint8)  # not pinned: through the ring
+    rt.memcpy(plain.ctypes.data, ptr, plain.size, rt.memcpyDeviceToHost)
+    assert (plain == 7).all()
+    assert not mapped_elsewhere(freed_id)
+    free, _ = rt.memGetInfo()  # the session goes on
+    assert free > 0
 
 
 def test_forged_references_are_refused_and_the_session_goes_on(shm_session: Session) -> None:
@@ -213,6 +233,10 @@ def test_bad_descriptors_are_refused_by_name_and_the_session_goes_on(
     os.ftruncate(unsealed, 4096)
     empty = memfd.create("empty", 0)
     good = memfd.create("good", 4096)
+    frozen = os.memfd_create("frozen", os.MFD_ALLOW_SEALING)  # sealed against writes too
+    os.ftruncate(frozen, 4096)
+    seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+    fcntl.fcntl(frozen, fcntl.F_ADD_SEALS, seals)
     try:
         with plain.open("rb") as plain_file:
             cases = [
@@ -221,6 +245,7 @@ def test_bad_descriptors_are_refused_by_name_and_the_session_goes_on(
                 (103, unsealed, "not a memfd sealed against resizing"),
                 (104, empty, "is empty"),
                 (105, None, "came without a file descriptor"),
+                (107, frozen, "cannot be mapped for writing"),
                 (0, good, "is zero"),
             ]
             for block, fd, said in cases:
@@ -230,7 +255,7 @@ def test_bad_descriptors_are_refused_by_name_and_the_session_goes_on(
         again = share(raw_shm, 106, good).error
         assert again.name == "cudaErrorInvalidValue" and "already shared" in again.message
     finally:
-        for fd in (read_end, write_end, unsealed, empty, good):
+        for fd in (read_end, write_end, unsealed, empty, good, frozen):
             os.close(fd)
     raw_shm.send(pb.Request(wait=True, mem_get_info=pb.MemGetInfo()))
     assert raw_shm.receive().mem_info.total > 0

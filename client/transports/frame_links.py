@@ -166,13 +166,18 @@ class ShmLink(FrameLink):
     def forget(self, block: int) -> None:
         self._freed.append(block)
 
-    def send(self, request: pb.Request) -> None:
-        super().send(request)
+    # Freed blocks are dropped ahead of the next message (a lone call or a batch), never
+    # after one: a read served through the ring has the worker waiting for SLOT frames, and a
+    # DROP there would end the session. No queued call names a block (a copy by reference
+    # always waits for its reply), so nothing in flight still uses one.
+
+    def send_message(self, message: bytes) -> None:
         self._drop_freed()
+        super().send_message(message)
 
     def send_copy(self, header: pb.Request, data: memoryview) -> None:
-        super().send_copy(header, data)
         self._drop_freed()
+        super().send_copy(header, data)
 
     def _share(self, block: host_memory.HostBlock) -> bool:
         """Pass ``block`` to the worker; False if it refused (the copy then uses the ring)."""

@@ -165,7 +165,8 @@ class PinnedRemoteTarget(RemoteTarget):
 
 
 class _Pointer:
-    """A device address as a kernel argument, as the shim's arrays pass theirs."""
+    """A device address as a kernel argument (through ``__cuda_array_interface__``, the way
+    any device array reaches a kernel of the shim)."""
 
     def __init__(self, ptr: int) -> None:
         self.__cuda_array_interface__ = {"data": (ptr, False)}
