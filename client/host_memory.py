@@ -25,9 +25,10 @@ from typing import Protocol
 
 import numpy as np
 
+from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.transport import memfd
 
-SHARE_MIN = 64 << 10  # the frame links' inline limit: a copy over it can lie in such a block
+SHARE_MIN = INLINE_LIMIT  # a copy up to it travels inside its message, never by reference
 
 _ids = itertools.count(1)
 _blocks: weakref.WeakValueDictionary[int, HostBlock] = weakref.WeakValueDictionary()

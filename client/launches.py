@@ -26,7 +26,6 @@ Dims = int | Sequence[int]
 MAX_HEADS = 256  # configurations kept per function and device; the oldest goes first past this
 
 _POINTER = struct.Struct("<Q")
-_INT64 = struct.Struct("<q")
 _FLOAT64 = struct.Struct("<d")
 _COMPLEX128 = struct.Struct("<dd")
 

@@ -65,12 +65,12 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
         backend, translate = open_backend(spec.backend, spec.device, spec.ledger_fd, spec.slot)
     except Exception as exc:
         log.exception("backend failed to start", extra=logs.fields(device=spec.device))
-        channel = _first_contact(conn, handoffs, None, translate=None)
+        channel = _first_contact(conn, handoffs, None)
         error = CUDARuntimeError("cudaErrorInitializationError", f"{exc}")
         if channel is not None and channel.next() is not None:
             channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
-    channel = _first_contact(conn, handoffs, backend, translate)
+    channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
     executor = SessionExecutor(backend, translate, channel.host_memory)
@@ -97,8 +97,7 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
 def _first_contact(
     conn: Connection,
     handoffs: socket.socket,
-    backend: Backend | None,
-    translate: Translate | None,
+    opened: tuple[Backend, Translate] | None,
 ) -> Channel | None:
     """The session's channel: relayed messages, or a connection handed over; None if neither."""
     readable, _, _ = select.select([conn.fileno(), handoffs.fileno()], [], [])
@@ -107,8 +106,9 @@ def _first_contact(
             handover, sock = receive_handover(handoffs)
         except (ConnectionLost, OSError):
             return None
-        if backend is None or translate is None:
+        if opened is None:  # no backend: the channel only carries the refusal
             return FrameChannel(sock, handover, handoffs, _plain_buffer, lambda view: None)
+        backend, translate = opened
         shared = None
         if handover.shared_memory:  # the client may share its pinned memory
             shared = SharedHostMemory(backend, translate, share_limit())

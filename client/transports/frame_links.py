@@ -142,8 +142,8 @@ class ShmLink(FrameLink):
     A copy from or to the shim's pinned memory (a shareable :class:`HostBlock`) is named by
     reference: the block's descriptor goes to the worker once, and the worker copies between
     the device and its own mapping of the block. Blocks the client frees are dropped at the
-    worker after the link's next message (a request queued before the free may still name
-    one), so a worker holds only what its client still has.
+    worker ahead of the link's next message, so a worker holds only what its client still
+    has.
     """
 
     def __init__(self, sock: socket.socket) -> None:

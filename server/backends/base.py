@@ -21,6 +21,7 @@ import numpy as np
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.kernel_args import Signature
+from gpupool.transport import memcopy
 
 Dim = tuple[int, int, int]
 MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -125,7 +126,7 @@ class Backend(ABC):
 
     def read_into(self, ptr: int, target: memoryview, stream: object) -> None:
         """Copy ``len(target)`` bytes at ``ptr`` into a host buffer."""
-        target[:] = self.read(ptr, len(target), stream)
+        memcopy.copy(target, self.read(ptr, len(target), stream))
 
     def host_view(self, ptr: int, size: int) -> memoryview | None:
         """Device memory the host can write directly (the emulator's), else None."""

@@ -149,9 +149,6 @@ class EmuBackend(Backend):
     def read(self, ptr: int, size: int, stream: object) -> memoryview:
         return memoryview(_at(ptr, size)).cast("B")
 
-    def read_into(self, ptr: int, target: memoryview, stream: object) -> None:
-        memcopy.copy(target, self.read(ptr, len(target), stream))
-
     def host_view(self, ptr: int, size: int) -> memoryview | None:
         return memoryview(_at(ptr, size)).cast("B")
 
