@@ -25,6 +25,22 @@ from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.executor import SessionExecutor, as_replies
 
 EMU_MEMORY = 2 << 30
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run the full fuzz, load and soak runs"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests (the full hostile runs) only on demand; CI runs their bounded versions."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="a full fuzz/load/soak run: python -m pytest --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 GPUPOOL = [sys.executable, "-m", "gpupool.cli"]  # the `gpupool` command, as a user runs it
 
 
