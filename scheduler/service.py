@@ -26,10 +26,12 @@ from gpupool import grants
 from gpupool.addresses import ListenHosts, join_host_port
 from gpupool.errors import AllocationError
 from gpupool.logs import fields
+from gpupool.metrics_http import MetricsServer, serve_metrics
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.scheduler import state as sm
+from gpupool.scheduler.metrics import SchedulerMetrics, on_loop
 from gpupool.scheduler.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,10 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         secret: bytes,
         heartbeat_s: float,
         clock: Callable[[], float] = time.time,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._machine = machine
+        self.metrics = metrics or SchedulerMetrics(machine)
         self._store = store
         self._secret = secret
         self._heartbeat_s = heartbeat_s
@@ -181,7 +185,9 @@ class SchedulerService(spb_grpc.SchedulerServicer):
 
     def apply(self, event: sm.Event) -> None:
         """Feed ``event`` to the machine and carry out its instructions."""
-        for instruction in self._machine.handle(event):
+        instructions = self._machine.handle(event)
+        self.metrics.observe(event, instructions)
+        for instruction in instructions:
             if isinstance(instruction, sm.StoreNode):
                 self._store.save_node(instruction.node)
             elif isinstance(instruction, sm.StoreAllocation):
@@ -308,6 +314,7 @@ class Scheduler:
         self.loop = loop
         self.stop_requested = asyncio.Event()
         self.thread: threading.Thread | None = None
+        self.metrics: MetricsServer | None = None  # the /metrics port, when asked for
 
     @property
     def address(self) -> str:
@@ -339,13 +346,16 @@ def start_scheduler(
     node_timeout: float = 10.0,
     heartbeat_s: float = 2.0,
     tick_s: float = TICK_S,
+    metrics_listen: str | None = None,
 ) -> Scheduler:
     """Start a scheduler on ``listen`` (port 0 picks one) with its state in ``db``.
 
     State stored there by an earlier run is taken up again: nodes, and every allocation.
+    With ``metrics_listen`` (``HOST:PORT``), Prometheus metrics and health probes are
+    served there.
     """
     started: Future[Scheduler] = Future()
-    settings = (listen, db, secret, node_timeout, heartbeat_s, tick_s)
+    settings = (listen, db, secret, node_timeout, heartbeat_s, tick_s, metrics_listen)
     thread = threading.Thread(
         target=lambda: asyncio.run(_serve(*settings, started)), name="scheduler", daemon=True
     )
@@ -362,6 +372,7 @@ async def _serve(
     node_timeout: float,
     heartbeat_s: float,
     tick_s: float,
+    metrics_listen: str | None,
     started: Future[Scheduler],
 ) -> None:
     try:
@@ -371,7 +382,8 @@ async def _serve(
         return
     machine = sm.SchedulerState(node_timeout)
     machine.restore(*store.load(), now=time.time())
-    service = SchedulerService(machine, store, secret, heartbeat_s)
+    metrics = SchedulerMetrics(machine, run=on_loop(asyncio.get_running_loop()))
+    service = SchedulerService(machine, store, secret, heartbeat_s, metrics=metrics)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     spb_grpc.add_SchedulerServicer_to_server(service, server)
     try:
@@ -384,6 +396,14 @@ async def _serve(
         return
     await server.start()
     scheduler = Scheduler(ListenHosts.of(listen).local, port, asyncio.get_running_loop())
+    if metrics_listen is not None:
+        try:
+            scheduler.metrics = serve_metrics(metrics_listen, metrics.registry)
+        except OSError as exc:
+            await server.stop(0)
+            store.close()
+            started.set_exception(OSError(f"cannot serve metrics on {metrics_listen}: {exc}"))
+            return
     log.info(
         "scheduler listening",
         extra=fields(
@@ -396,6 +416,8 @@ async def _serve(
     ticker = asyncio.create_task(service.tick_forever(tick_s))
     await scheduler.stop_requested.wait()
     ticker.cancel()
+    if scheduler.metrics is not None:
+        await asyncio.to_thread(scheduler.metrics.close)  # a scrape may wait for this loop
     await server.stop(0.5)
     store.close()
     log.info("scheduler stopped", extra=fields(address=scheduler.address))

@@ -11,10 +11,12 @@ import grpc
 
 from gpupool.addresses import ListenHosts, join_host_port
 from gpupool.logs import fields
+from gpupool.metrics_http import MetricsServer, serve_metrics
 from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends import resolve
 from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.metrics import DaemonMetrics
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import DaemonService
@@ -57,8 +59,10 @@ class Daemon:
         listeners: list[FrameListener | UcxListener],
         endpoints: list[str],
         registration: Registration | None = None,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.server = server
+        self.metrics = metrics  # the /metrics port, when asked for
         self.registration = registration
         self.port = port
         self.host = host
@@ -77,6 +81,14 @@ class Daemon:
     def wait(self) -> None:
         self.server.wait_for_termination()
 
+    def not_ready(self) -> str | None:
+        """Why the daemon cannot take sessions yet (its readiness probe), or None."""
+        if self._stopped:
+            return "stopping"
+        if self.registration is not None and not self.registration.registered.is_set():
+            return self.registration.refused or "not yet registered with the scheduler"
+        return None
+
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving and end every worker; stopping again does nothing."""
         if self._stopped:
@@ -84,6 +96,8 @@ class Daemon:
         self._stopped = True
         if self.registration is not None:
             self.registration.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         for listener in self._listeners:
             listener.close()
         self.server.stop(grace).wait()
@@ -107,6 +121,7 @@ def start_daemon(
     log_level: str = "info",
     tls: TLSFiles | None = None,
     membership: PoolMembership | None = None,
+    metrics_listen: str | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
@@ -115,12 +130,15 @@ def start_daemon(
 
     Besides gRPC on ``listen`` it serves ``shm://`` on a Unix socket and, without TLS,
     ``tcp://`` (and ``ucx://`` where ucxx is installed) on other ports of the same host
-    (those carry no TLS: a daemon with TLS offers only encrypted gRPC across hosts).
+    (those carry no TLS: a daemon with TLS offers only encrypted gRPC across hosts). With
+    ``metrics_listen`` (``HOST:PORT``), Prometheus metrics and health probes are served there.
     """
     config, devices = resolve(backend, emu_devices, emu_memory)
     pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
     admission = Admission(membership.name, membership.secret) if membership else Admission()
-    service = DaemonService(config.kind, devices, pools, admission)
+    metrics = DaemonMetrics()
+    metrics.watch(config.kind, devices, pools)
+    service = DaemonService(config.kind, devices, pools, admission, metrics)
     # Each open session holds a thread; sessions are bounded by the pools' worker slots.
     threads = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS * len(pools) + 8)
     server = grpc.server(threads, options=SERVER_OPTIONS)
@@ -178,9 +196,16 @@ def start_daemon(
             extra=fields(address=listen),
         )
     endpoints = list(service.endpoints)
-    return Daemon(
+    daemon = Daemon(
         server, port, hosts.local, pools, devices, config.kind, listeners, endpoints, registration
     )
+    if metrics_listen is not None:
+        try:
+            daemon.metrics = serve_metrics(metrics_listen, metrics.registry, daemon.not_ready)
+        except OSError as exc:
+            daemon.stop()
+            raise OSError(f"cannot serve metrics on {metrics_listen}: {exc}") from exc
+    return daemon
 
 
 @dataclass(frozen=True)

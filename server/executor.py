@@ -29,6 +29,7 @@ from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend
+from gpupool.server.counters import Cell, SlotCounters
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.launches import PreparedLaunches
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
@@ -203,10 +204,13 @@ class SessionExecutor:
         backend: Backend,
         translate: Callable[[Exception], Exception],
         host_memory: SharedHostMemory | None = None,
+        counters: SlotCounters | None = None,
     ) -> None:
         """``translate`` turns a backend library's own exception types into gpupool's;
-        ``host_memory`` is what the client shared (shm:// sessions), which copies may name."""
+        ``host_memory`` is what the client shared (shm:// sessions), which copies may name;
+        ``counters`` is the worker's row of the device's counters (``/metrics``)."""
         self.backend = backend
+        self._counts = counters or SlotCounters.detached()
         self._host_memory = host_memory
         self.poisoned = False
         self._device = backend.properties()
@@ -330,6 +334,7 @@ class SessionExecutor:
                 # without the generators and lookups of the path every other call takes
                 try:
                     self._guarded(functools.partial(launch, each.launch))
+                    self._counts.launched()
                 except Exception as exc:
                     yield from self._failed(False, self._as_error(exc, call))
             else:
@@ -394,6 +399,7 @@ class SessionExecutor:
             self._allocations.check(call.dst, call.size, "host-to-device copy")
             source = self._shared(call.host, call.size)
             self.backend.write(call.dst, source, self._streams.get(call.stream))
+            self._counts.copied(Cell.HTOD_BYTES, call.size)
             return True
         inline = len(call.data) == call.size
         try:
@@ -411,6 +417,7 @@ class SessionExecutor:
             return False
         if inline:
             self.backend.write(call.dst, memoryview(call.data), stream)
+            self._counts.copied(Cell.HTOD_BYTES, call.size)
             return True
         self._copy = _PendingCopy(call.dst, call.size, stream, wait)
         return False
@@ -434,6 +441,7 @@ class SessionExecutor:
         if copy.fatal is not None:
             raise copy.fatal
         if copy.error is None:
+            self._counts.copied(Cell.HTOD_BYTES, copy.size)
             if copy.wait:
                 yield pb.Reply()
         elif copy.wait:
@@ -446,6 +454,7 @@ class SessionExecutor:
         self._allocations.check(call.src, call.size, "device-to-host copy")
         target = self._shared(call.host, call.size)
         self.backend.read_into(call.src, target, self._streams.get(call.stream))
+        self._counts.copied(Cell.DTOH_BYTES, call.size)
 
     def _shared(self, ref: pb.HostRef, size: int) -> memoryview:
         if self._host_memory is None:
@@ -457,6 +466,7 @@ class SessionExecutor:
     def _read(self, call: pb.MemcpyDtoH) -> DeviceData:
         self._allocations.check(call.src, call.size, "device-to-host copy")
         source = _DeviceSource(self, call.src, self._streams.get(call.stream))
+        self._counts.copied(Cell.DTOH_BYTES, call.size)  # read as it is sent
         return DeviceData(call.size, source)
 
     # The other calls: each checks its arguments and returns its reply, if it has a result.
@@ -514,6 +524,7 @@ class SessionExecutor:
         self._allocations.check(call.src, call.size, "device-to-device copy source")
         self._allocations.check(call.dst, call.size, "device-to-device copy destination")
         self.backend.copy(call.dst, call.src, call.size, self._streams.get(call.stream))
+        self._counts.copied(Cell.DTOD_BYTES, call.size)
 
     def _do_memset(self, call: pb.Memset) -> None:
         if call.value > 0xFF:
@@ -544,6 +555,7 @@ class SessionExecutor:
 
     def _do_launch(self, call: pb.Launch) -> None:
         self._launches.launch(call)
+        self._counts.launched()
 
     def _do_stream_create(self, call: pb.StreamCreate) -> None:
         self._streams.add(call.stream, self.backend.create_stream())
@@ -584,3 +596,4 @@ class SessionExecutor:
 
     def _do_array_op(self, call: pb.ArrayOp) -> None:
         self._arrays.run(call, self._streams.get(call.stream))
+        self._counts.array_op()

@@ -22,8 +22,9 @@ from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.counters import DeviceCounters
 from gpupool.server.transports.channels import send_handover
-from gpupool.server.worker import WorkerSpec
+from gpupool.server.worker import CLEAN_EXITS, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class WorkerPool:
         self.ledger = (
             MemoryLedger.create(config.emu_memory, MAX_WORKERS) if config.kind == "emu" else None
         )
+        self.counters = DeviceCounters(MAX_WORKERS)
         self._lock = threading.Lock()
         self._free_slots = list(range(MAX_WORKERS - 1, -1, -1))
         self._idle: list[Worker] = []
@@ -176,6 +178,7 @@ class WorkerPool:
             self._busy.clear()
         if self.ledger is not None:
             self.ledger.close()
+        self.counters.close()
 
     def _refill(self) -> None:
         with self._lock:
@@ -199,6 +202,7 @@ class WorkerPool:
             slot,
             self.ledger.fileno() if self.ledger else None,
             self._log_level,
+            self.counters.fileno(),
         )
         ours, theirs = socket.socketpair()
         # Client connections of tcp:// and shm:// sessions go to the worker on a second pair
@@ -217,6 +221,7 @@ class WorkerPool:
                 pass_fds=[
                     theirs.fileno(),
                     their_handoffs.fileno(),
+                    self.counters.fileno(),
                     *([self.ledger.fileno()] if self.ledger else []),
                 ],
                 # Its own session: a Ctrl-C or a signal to the daemon's process group does not
@@ -225,6 +230,7 @@ class WorkerPool:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **env} if env else None,
             )
+        self.counters.starts += 1
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, our_handoffs, slot)
 
@@ -232,4 +238,7 @@ class WorkerPool:
         """Give an exited worker's slot and accounted memory back; the caller holds the lock."""
         if self.ledger is not None:
             self.ledger.clear(worker.slot)
+        if not worker.killed and worker.process.returncode not in CLEAN_EXITS:
+            self.counters.crashes += 1
+        self.counters.retire(worker.slot)
         self._free_slots.append(worker.slot)

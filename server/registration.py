@@ -25,6 +25,7 @@ from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.nvml import Nvml
 from gpupool.server.pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Registration:
         self._stub = spb_grpc.SchedulerStub(self._channel)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
-        self._nvml = _Nvml() if node.backend == "cupy" else None
+        self._nvml = Nvml() if node.backend == "cupy" else None
         self.interval = 1.0
         self.registered = threading.Event()
         self.refused = ""  # why the scheduler last refused to register this node
@@ -125,42 +126,6 @@ class Registration:
                 )
             )
         return spb.NodeHeartbeat(name=self._node.name, gpus=gpus, proof=self._node.proof)
-
-
-class _Nvml:
-    """NVML's figures of a GPU by UUID (``nvidia-ml-py``; none where it is missing).
-
-    NVML needs no CUDA context, so the daemon's front may ask it.
-    """
-
-    def __init__(self) -> None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except Exception as exc:  # not installed, no driver: figures stay zero
-            log.info("no NVML figures", extra=fields(reason=repr(exc)))
-            self._nvml = None
-
-    def figures(self, device: DeviceInfo) -> tuple[int, int]:
-        """(memory used in bytes, utilisation in percent) of ``device``.
-
-        Found by UUID, or PCI bus id, not by index: CUDA's and NVML's orders may differ.
-        """
-        if self._nvml is None:
-            return 0, 0
-        try:
-            if device.uuid:
-                handle = self._nvml.nvmlDeviceGetHandleByUUID(device.uuid)
-            else:
-                handle = self._nvml.nvmlDeviceGetHandleByPciBusId(device.pci_bus_id)
-            memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
-        except Exception as exc:  # a GPU fallen off the bus, say: report zeros, keep beating
-            log.warning("NVML failed", extra=fields(device=device.pci_bus_id, reason=repr(exc)))
-            return 0, 0
-        return int(memory.used), int(rates.gpu)
 
 
 def node_registration(

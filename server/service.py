@@ -27,14 +27,14 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.admission import Admission, Admitted
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.executor import error_message
+from gpupool.server.metrics import DaemonMetrics
 from gpupool.server.pool import Worker, WorkerPool
-from gpupool.server.worker import EXIT_NO_BACKEND, EXIT_POISONED
+from gpupool.server.worker import CLEAN_EXITS
 from gpupool.transport.frames import MESSAGE, FrameSocket
 
 log = logging.getLogger(__name__)
 
 SERVICE = "gpupool.v1.Daemon"
-CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND)
 
 
 class SessionCall(Protocol):
@@ -54,8 +54,10 @@ class DaemonService:
         devices: Sequence[DeviceInfo],
         pools: Sequence[WorkerPool],
         admission: Admission | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self._backend = backend
+        self.metrics = metrics or DaemonMetrics()
         self._devices = list(devices)
         self._pools = list(pools)
         self.admission = admission or Admission()
@@ -84,7 +86,9 @@ class DaemonService:
             endpoints=self.endpoints,
         )
 
-    def session(self, requests: Iterator[bytes], context: SessionCall) -> Iterator[bytes]:
+    def session(
+        self, requests: Iterator[bytes], context: SessionCall, transport: str = "grpc"
+    ) -> Iterator[bytes]:
         """One session: open it on a worker, then relay until either side ends."""
         session_id = uuid.uuid4().hex[:12]
         try:
@@ -95,8 +99,10 @@ class DaemonService:
         except StopIteration:
             return
         except CUDARuntimeError as exc:
+            self.metrics.session_refused(transport, exc.name)
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
+        closed = self.metrics.session_opened(pool, worker.slot, transport, admitted.memory)
         context.add_callback(worker.kill)  # the client went away: end its worker now
         ended, forget = self._watch(admitted, pool.device, worker)  # or its lease ends
         log.info(
@@ -113,6 +119,7 @@ class DaemonService:
         finally:
             forget()
             pool.release(worker)
+            closed()
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
 
     def serve_connection(self, frames: FrameSocket, first: bytes, shared_memory: bool) -> None:
@@ -138,10 +145,12 @@ class DaemonService:
             worker = _start_session(pool, deliver, admitted.worker_env)
         except CUDARuntimeError as exc:
             self._keyed.pop(key, None)
+            self.metrics.session_refused("shm" if shared_memory else "tcp", exc.name)
             frames.send(MESSAGE, pb.Reply(error=error_message(exc)).SerializeToString())
             frames.close()
             return
         transport = "shm" if shared_memory else "tcp"
+        closed = self.metrics.session_opened(pool, worker.slot, transport, admitted.memory)
         log.info(
             "session opened",
             extra=fields(session=session_id, device=pool.device, pid=worker.pid, via=transport),
@@ -159,6 +168,7 @@ class DaemonService:
             del self._keyed[key]
             frames.close()
             pool.release(worker)
+            closed()
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
 
     def attach_stripe(self, frames: FrameSocket, attach: pb.AttachStripe) -> None:

@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
@@ -25,6 +26,7 @@ from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
+from gpupool.server.counters import SlotCounters
 from gpupool.server.executor import SessionExecutor, error_message
 from gpupool.server.host_memory import SharedHostMemory, share_limit
 from gpupool.server.transports.channels import (
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 EXIT_POISONED = 3  # the context is unusable; the session has been told why
 EXIT_NO_BACKEND = 4  # the backend did not start; the session has been told why
+CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND)  # any other status is a crash
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class WorkerSpec:
     slot: int
     ledger_fd: int | None  # the emulator's memory ledger, inherited
     log_level: str
+    counters_fd: int | None = None  # the device's counter block (server/counters.py), inherited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -73,9 +77,15 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
-    executor = SessionExecutor(backend, translate, channel.host_memory)
+    counters = (
+        SlotCounters.attach(spec.counters_fd, spec.slot)
+        if spec.counters_fd is not None
+        else SlotCounters.detached()
+    )
+    executor = SessionExecutor(backend, translate, channel.host_memory, counters)
     try:
         while (item := channel.next()) is not None:
+            started = time.perf_counter_ns()
             request, payload = item
             if payload:
                 receive = functools.partial(channel.receive_payload, payload)
@@ -84,6 +94,7 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
                 replies = executor.handle(request)
             for reply in replies:
                 channel.send(reply)
+            counters.busy(time.perf_counter_ns() - started)
             if executor.poisoned:
                 return EXIT_POISONED
     except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, factor, start_daemon
+from gpupool.cli.options import add_daemon_options, add_metrics_option, factor, start_daemon
 from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
@@ -22,6 +22,7 @@ def add(commands: Any) -> None:
         "--listen", default="127.0.0.1:7001", metavar="HOST:PORT", help="(default 127.0.0.1:7001)"
     )
     add_daemon_options(parser, log_level="info")
+    add_metrics_option(parser)
     pool = parser.add_argument_group("joining a pool (sessions then need the scheduler's grants)")
     pool.add_argument(  # no $GPUPOOL_SCHEDULER default: a daemon joins a pool only when told
         "--scheduler", metavar="HOST:PORT", help="register with this pool scheduler"
@@ -63,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
         if args.scheduler:
             secret = load_secret(args.secret_file)
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
-        daemon = start_daemon(args, args.listen, pool, tls)
+        daemon = start_daemon(args, args.listen, pool, tls, args.metrics_listen)
     except (GpupoolError, OSError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1
@@ -77,6 +78,8 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     print("endpoints: " + " ".join(daemon.endpoints), flush=True)
+    if daemon.metrics is not None:
+        print(f"metrics: {daemon.metrics.url}/metrics", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: daemon.server.stop(1))
     try:
         daemon.wait()

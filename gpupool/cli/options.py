@@ -68,6 +68,7 @@ def start_daemon(
     listen: str,
     pool: PoolMembership | None = None,
     tls: TLSFiles | None = None,
+    metrics_listen: str | None = None,
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
     from gpupool.server.daemon import start_daemon as start
@@ -81,6 +82,7 @@ def start_daemon(
         log_level=args.log_level,
         membership=pool,
         tls=tls,
+        metrics_listen=metrics_listen,
     )
 
 
@@ -115,6 +117,14 @@ def seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     return value
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz here (default: none)",
+    )
 
 
 def add_scheduler_option(parser: argparse._ActionsContainer) -> None:

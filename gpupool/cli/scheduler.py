@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Any
 
-from gpupool.cli.options import add_log_level, seconds
+from gpupool.cli.options import add_log_level, add_metrics_option, seconds
 from gpupool.errors import GpupoolError
 from gpupool.grants import load_secret
 
@@ -46,6 +46,7 @@ def add(commands: Any) -> None:
         metavar="S",
         help="how often nodes send heartbeats (default 2)",
     )
+    add_metrics_option(parser)
     add_log_level(parser, "info")
 
 
@@ -62,11 +63,20 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         secret = load_secret(args.secret_file)
-        scheduler = start_scheduler(args.listen, args.db, secret, args.node_timeout, args.heartbeat)
+        scheduler = start_scheduler(
+            args.listen,
+            args.db,
+            secret,
+            args.node_timeout,
+            args.heartbeat,
+            metrics_listen=args.metrics_listen,
+        )
     except (GpupoolError, OSError) as exc:
         print(f"gpupool scheduler: {exc}", file=sys.stderr)
         return 1
     print(f"gpupool scheduler on {scheduler.address} (state in {args.db})", flush=True)
+    if scheduler.metrics is not None:
+        print(f"metrics: {scheduler.metrics.url}/metrics", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     try:
         scheduler.wait()
