@@ -1,0 +1,267 @@
+"""``gpupool webhook``: real AdmissionReviews over HTTPS to the running command."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+
+from gpupool.cli import build_parser
+from tests.conftest import GPUPOOL, self_signed
+
+K8S_VERSION = "1.34.0"
+SCHEDULER = "gpupool-scheduler.gpupool.svc:7000"
+
+
+class Webhook:
+    def __init__(self, url: str, ca: Path) -> None:
+        self.url = url
+        self.tls = ssl.create_default_context(cafile=str(ca))
+
+    def post(self, body: bytes, path: str = "/mutate") -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            self.url + path, body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self.tls) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def review(self, pod: dict[str, Any], uid: str = "0c2d9d5e") -> dict[str, Any]:
+        status, body = self.post(json.dumps(admission_review(pod, uid)).encode())
+        assert status == 200, body
+        answer = json.loads(body)
+        assert answer["apiVersion"] == "admission.k8s.io/v1"
+        assert answer["kind"] == "AdmissionReview"
+        assert answer["response"]["uid"] == uid
+        return dict(answer["response"])
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+    """The ``gpupool webhook`` command, as the Deployment runs it, on a free port."""
+    folder = tmp_path_factory.mktemp("webhook")
+    cert, key = self_signed(folder)
+    process = subprocess.Popen(
+        [
+            *GPUPOOL,
+            "webhook",
+            "--listen=127.0.0.1:0",
+            f"--tls-cert={cert}",
+            f"--tls-key={key}",
+            f"--scheduler={SCHEDULER}",
+            "--env=GPUPOOL_TRANSPORT=tcp",
+            "--secret-env=GPUPOOL_TOKEN=gpupool-token:token",
+            "--ca-secret=gpupool-ca",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("gpupool webhook on https://127.0.0.1:"), line
+        yield Webhook(line.split()[-1], cert)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def admission_review(pod: dict[str, Any], uid: str) -> dict[str, Any]:
+    """What the API server sends for a pod being created."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "vision",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
+
+
+def pod(annotations: dict[str, str], **container: Any) -> dict[str, Any]:
+    spec = {"name": "trainer", "image": "registry.example/gpupool-client:0.1.0", **container}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "train", "namespace": "vision", "annotations": annotations},
+        "spec": {"containers": [spec], "restartPolicy": "Never"},
+    }
+
+
+def patched(original: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    assert response["allowed"] is True and response["patchType"] == "JSONPatch"
+    operations = json.loads(base64.b64decode(response["patch"]))
+    result: dict[str, Any] = jsonpatch.apply_patch(original, operations)
+    return result
+
+
+def test_an_annotated_pod_comes_back_wrapped_in_gpupool_run(webhook: Webhook) -> None:
+    original = pod(
+        {"gpupool.io/gpus": "2", "gpupool.io/fraction": "0.5", "gpupool.io/policy": "spread"},
+        command=["python", "train.py"],
+        args=["--epochs", "1"],
+    )
+    result = patched(original, webhook.review(original))
+    container = result["spec"]["containers"][0]
+    assert container["command"] == [
+        "gpupool",
+        *("run", "-n", "2", "--fraction", "0.5", "--policy", "spread"),
+        *("--", "python", "train.py"),
+    ]
+    assert container["args"] == ["--epochs", "1"]  # args follow the command as before
+    env = {each["name"]: each for each in container["env"]}
+    assert env["GPUPOOL_SCHEDULER"]["value"] == SCHEDULER
+    assert env["GPUPOOL_TRANSPORT"]["value"] == "tcp"
+    assert env["GPUPOOL_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "gpupool-token", "key": "token"}
+    }
+    assert env["GPUPOOL_TLS_CA"]["value"] == "/var/run/gpupool/ca/ca.crt"
+    assert container["volumeMounts"] == [
+        {"name": "gpupool-ca", "mountPath": "/var/run/gpupool/ca", "readOnly": True}
+    ]
+    assert result["spec"]["volumes"] == [
+        {"name": "gpupool-ca", "secret": {"secretName": "gpupool-ca"}}
+    ]
+    assert result["metadata"]["annotations"]["gpupool.io/injected"] == "true"
+    kubernetes_validate.validate(result, K8S_VERSION, strict=True)  # still a valid pod
+    # what the container runs is a command line `gpupool run` takes as meant
+    args = build_parser().parse_args(container["command"][1:] + container["args"])
+    assert (args.command, args.count, args.fraction, args.policy) == ("run", 2, 0.5, "spread")
+    assert args.cmd == ["--", "python", "train.py", "--epochs", "1"]
+    # the API server calls again on reinvocation: a wrapped pod is left as it is
+    again = webhook.review(result)
+    assert again["allowed"] is True and "patch" not in again
+
+
+def test_existing_env_volumes_and_mounts_are_kept(webhook: Webhook) -> None:
+    original = pod(
+        {"gpupool.io/gpus": "1", "gpupool.io/memory": "4GiB", "gpupool.io/same-node": "true"},
+        command=["python", "-m", "serve"],
+        env=[{"name": "GPUPOOL_SCHEDULER", "value": "mine:7000"}, {"name": "A", "value": "1"}],
+        volumeMounts=[{"name": "data", "mountPath": "/data"}],
+    )
+    original["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    result = patched(original, webhook.review(original))
+    container = result["spec"]["containers"][0]
+    assert container["command"][:7] == [
+        "gpupool",
+        *("run", "-n", "1", "--memory", "4GiB", "--same-node"),
+    ]
+    names = [each["name"] for each in container["env"]]
+    added = ["GPUPOOL_TRANSPORT", "GPUPOOL_TOKEN", "GPUPOOL_TLS_CA"]
+    assert names == ["GPUPOOL_SCHEDULER", "A", *added]
+    assert container["env"][0]["value"] == "mine:7000"  # the pod's own setting wins
+    assert [m["name"] for m in container["volumeMounts"]] == ["data", "gpupool-ca"]
+    assert [v["name"] for v in result["spec"]["volumes"]] == ["data", "gpupool-ca"]
+    kubernetes_validate.validate(result, K8S_VERSION, strict=True)
+
+
+def test_a_pod_that_asks_for_nothing_is_left_alone(webhook: Webhook) -> None:
+    for asked in ({}, {"example.com/team": "vision"}):
+        response = webhook.review(pod(asked, command=["sleep", "1"]))
+        assert response == {"uid": "0c2d9d5e", "allowed": True}
+
+
+TWO = {"name": "sidecar", "image": "busybox", "command": ["sleep", "inf"]}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "container", "message"),
+    [
+        ({"gpupool.io/gpus": "0"}, {}, "annotation gpupool.io/gpus: not a positive count: '0'"),
+        ({"gpupool.io/gpus": "two"}, {}, "annotation gpupool.io/gpus: not a positive count"),
+        (
+            {"gpupool.io/gpus": "1", "gpupool.io/fraction": "1.5"},
+            {},
+            "annotation gpupool.io/fraction: a fraction of a GPU is in (0, 1], not '1.5'",
+        ),
+        (
+            {"gpupool.io/gpus": "1", "gpupool.io/fraction": "0.5", "gpupool.io/memory": "1GiB"},
+            {},
+            "give gpupool.io/fraction or gpupool.io/memory, not both",
+        ),
+        ({"gpupool.io/gpus": "1", "gpupool.io/memory": "lots"}, {}, "annotation gpupool.io/mem"),
+        ({"gpupool.io/gpus": "1", "gpupool.io/policy": "best"}, {}, "one of pack, spread"),
+        ({"gpupool.io/gpus": "1", "gpupool.io/wait": "-1"}, {}, "not a number of seconds"),
+        ({"gpupool.io/gpus": "1", "gpupool.io/same-node": "maybe"}, {}, "true or false"),
+        ({"gpupool.io/gpus": "1", "gpupool.io/gpu-memory": "1GiB"}, {}, "unknown annotation"),
+        ({"gpupool.io/fraction": "0.5"}, {}, "needs gpupool.io/gpus too"),
+        ({"gpupool.io/gpus": "1"}, {"command": None}, "sets no command"),
+        ({"gpupool.io/gpus": "1"}, {"two": True}, "say which one runs on the pool"),
+        (
+            {"gpupool.io/gpus": "1", "gpupool.io/container": "nope"},
+            {},
+            "no container 'nope'",
+        ),
+    ],
+)
+def test_malformed_requests_are_refused_with_a_clear_message(
+    webhook: Webhook, annotations: dict[str, str], container: dict[str, Any], message: str
+) -> None:
+    spec = pod(annotations, command=["python", "train.py"])
+    if container.get("command", ...) is None:
+        del spec["spec"]["containers"][0]["command"]
+    if container.get("two"):
+        spec["spec"]["containers"].append(copy.deepcopy(TWO))
+    response = webhook.review(spec)
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 400
+    assert message in response["status"]["message"]
+    assert "patch" not in response
+
+
+def test_what_is_not_an_admission_review_gets_http_400(webhook: Webhook) -> None:
+    assert webhook.post(b"{not json")[0] == 400
+    assert webhook.post(b"[]")[0] == 400
+    status, body = webhook.post(json.dumps({"kind": "AdmissionReview"}).encode())
+    assert (status, body) == (400, b"not an AdmissionReview with a request\n")
+    no_uid = admission_review(pod({}), "")
+    assert webhook.post(json.dumps(no_uid).encode())[0] == 400
+    assert webhook.post(b"{}", path="/elsewhere")[0] == 404
+    host, port = webhook.url.removeprefix("https://").rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        webhook.tls.wrap_socket(raw, server_hostname=host) as secured,
+    ):  # a body too big is refused from its length, before it is read
+        secured.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 4194305\r\n\r\n")
+        assert secured.recv(100).startswith(b"HTTP/1.1 400")
+    with urllib.request.urlopen(webhook.url + "/healthz", timeout=10, context=webhook.tls) as ok:
+        assert ok.read() == b"ok\n"
+
+
+def test_plain_text_and_silent_clients_do_not_stop_it(webhook: Webhook) -> None:
+    host, port = webhook.url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as plain:
+        plain.sendall(b"POST /mutate HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+        plain.settimeout(10)
+        try:
+            answer = plain.recv(100)
+        except (ConnectionResetError, TimeoutError):
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200")
+    with socket.create_connection((host, int(port)), timeout=10):  # says nothing, stays open
+        response = webhook.review(pod({}, command=["true"]), uid="after")
+        assert response == {"uid": "after", "allowed": True}
