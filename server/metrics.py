@@ -25,6 +25,15 @@ from gpupool.server.nvml import Nvml
 from gpupool.server.pool import WorkerPool
 
 UTILISATION_WINDOW_S = 1.0  # the emulator's utilisation: busy time over at least this long
+# why the front refuses to open a session: no grant or a bad one, no such device, not an
+# opening, no worker could start, the device's sessions are all taken or the daemon stops
+REFUSALS = (
+    "cudaErrorNotPermitted",
+    "cudaErrorInvalidDevice",
+    "cudaErrorInvalidValue",
+    "cudaErrorInitializationError",
+    "cudaErrorDevicesUnavailable",
+)
 
 
 class DaemonMetrics:
@@ -61,6 +70,9 @@ class DaemonMetrics:
         self, backend: str, devices: Sequence[DeviceInfo], pools: Sequence[WorkerPool]
     ) -> None:
         """Report the figures of these devices and their workers at every scrape."""
+        for transport in TRANSPORTS:
+            for reason in REFUSALS:
+                self._refusals.labels(transport, reason)
         for pool in pools:
             self._quota.labels(str(pool.device))
             for transport in TRANSPORTS:

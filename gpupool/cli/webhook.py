@@ -8,7 +8,8 @@ not an AdmissionReview at all gets HTTP 400. ``/healthz`` answers the probes.
 
 TLS is the API server's requirement. The handshake happens on the connection's own thread,
 with a deadline over the whole request, so a client that stalls holds one thread, not the
-listener; bodies are bounded.
+listener; bodies are bounded. A renewed certificate (cert-manager rewrites the Secret's
+files) is taken up without a restart: the files are looked at again every half minute.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +38,7 @@ NAME = "webhook"
 MAX_BODY = 4 << 20  # a pod is at most 1.5 MiB in etcd; its review a little more
 REQUEST_TIMEOUT_S = 10.0
 REVIEW_VERSION = "admission.k8s.io/v1"
+RELOAD_S = 30.0
 
 
 def add(commands: Any) -> None:
@@ -184,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], config: InjectConfig, tls: ssl.SSLContext) -> None:
+    def __init__(self, address: tuple[str, int], config: InjectConfig, tls: _Certificate) -> None:
         self.config = config
         self.tls = tls
         self.log = logging.getLogger(__name__)
@@ -195,13 +198,50 @@ class _Server(ThreadingHTTPServer):
         """On the connection's thread: the TLS handshake, then the request, in bounded time."""
         request.settimeout(REQUEST_TIMEOUT_S)
         try:
-            secured = self.tls.wrap_socket(request, server_side=True)
+            secured = self.tls.context().wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError):
             return  # a failed handshake: nothing to answer
         try:
             super().finish_request(secured, client_address)
         finally:
             secured.close()
+
+
+class _Certificate:
+    """The server's TLS context, made again when its certificate's files change."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self._files = (cert, key)
+        self._lock = threading.Lock()
+        self._stamp = self._look()
+        self._context = self._load()
+        self._checked = time.monotonic()
+
+    def context(self) -> ssl.SSLContext:
+        with self._lock:
+            if time.monotonic() - self._checked >= RELOAD_S:
+                self._checked = time.monotonic()
+                stamp = self._look()
+                if stamp != self._stamp:
+                    try:
+                        self._context, self._stamp = self._load(), stamp
+                    except (OSError, ssl.SSLError) as exc:  # half written: try again later
+                        logging.getLogger(__name__).warning(
+                            "certificate not reloaded", extra=fields(reason=str(exc))
+                        )
+            return self._context
+
+    def _look(self) -> tuple[float, ...]:
+        try:
+            return tuple(path.stat().st_mtime for path in self._files)
+        except OSError:
+            return ()
+
+    def _load(self) -> ssl.SSLContext:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(*self._files)
+        return tls
 
 
 class Webhook:
@@ -230,9 +270,7 @@ class Webhook:
 
 def serve_webhook(listen: str, config: InjectConfig, cert: Path, key: Path) -> Webhook:
     """Serve the webhook over TLS on ``listen`` (port 0 picks one)."""
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.minimum_version = ssl.TLSVersion.TLSv1_2
-    tls.load_cert_chain(cert, key)
+    tls = _Certificate(cert, key)
     hosts = ListenHosts.of(listen)
     _, port = split_host_port(listen)
     if not port.isdigit():
