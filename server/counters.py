@@ -72,8 +72,8 @@ class SlotCounters:
     def copied(self, cell: Cell, size: int) -> None:
         self._cells[cell] += size
 
-    def launched(self) -> None:
-        self._cells[Cell.LAUNCHES] += 1
+    def launched(self, count: int = 1) -> None:
+        self._cells[Cell.LAUNCHES] += count
 
     def array_op(self) -> None:
         self._cells[Cell.ARRAY_OPS] += 1

@@ -398,3 +398,13 @@ def test_the_docs_show_the_rendered_dashboard() -> None:
     picture = ROOT / "docs" / "img" / "dashboard.png"
     assert picture.stat().st_size > 20_000
     assert "img/dashboard.png" in (ROOT / "docs" / "operations.md").read_text()
+
+
+@pytest.mark.parametrize("unit", sorted((ROOT / "deploy").glob("*.service")), ids=lambda p: p.name)
+def test_systemd_units_run_command_lines_the_cli_takes(unit: Path) -> None:
+    (line,) = [each for each in unit.read_text().splitlines() if each.startswith("ExecStart=")]
+    program, *args = line.removeprefix("ExecStart=").split()
+    assert program == "/opt/gpupool/bin/gpupool"
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == unit.stem.removeprefix("gpupool-")
+    assert parsed.metrics_listen == "0.0.0.0:9400"

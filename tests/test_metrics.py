@@ -21,6 +21,7 @@ from gpupool import runtime as rt
 from gpupool.client.lease import allocate
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.scheduler.service import start_scheduler
+from gpupool.server.counters import COLLECTIVES, Cell, DeviceCounters, SlotCounters
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -311,3 +312,78 @@ def test_a_metrics_port_in_use_is_a_clear_error(daemon: Daemon) -> None:
     with pytest.raises(OSError, match=r"cannot serve metrics on 127\.0\.0\.1"):
         start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 20, metrics_listen=taken)
     assert "gpupool_gpu_info" in names(scrape(daemon.metrics.url))  # the first one serves on
+
+
+def test_the_schedulers_database_survives_a_restart(tmp_path: Path) -> None:
+    """A rolling restart (the StatefulSet's): the new process on the same file has every
+    allocation, and its metrics say so."""
+    db = str(tmp_path / "pool.db")
+    first = start_scheduler("127.0.0.1:0", db, SECRET, metrics_listen="127.0.0.1:0")
+    try:
+        membership = PoolMembership(first.address, "n1", SECRET)
+        with start_daemon(
+            backend="emu", emu_devices=1, emu_memory=1 << 30, membership=membership
+        ) as daemon:
+            assert daemon.registration is not None and daemon.registration.registered.wait(30)
+            lease = allocate(first.address, 1, fraction=0.5, ttl=3600)
+            lease.close()  # stop renewing; the allocation stays
+    finally:
+        first.stop()
+    second = start_scheduler("127.0.0.1:0", db, SECRET, metrics_listen="127.0.0.1:0")
+    try:
+        assert second.metrics is not None
+        after = scrape(second.metrics.url)
+        assert value(after, "gpupool_scheduler_allocations") == 1
+        assert value(after, "gpupool_scheduler_capacity_gpus", state="allocated") == 0.5
+        assert value(after, "gpupool_scheduler_gpus", state="up") == 1
+    finally:
+        second.stop()
+
+
+@pytest.mark.gpu
+def test_a_gpu_daemon_reports_nvml_figures() -> None:
+    try:
+        daemon = start_daemon(backend="cupy", metrics_listen="127.0.0.1:0")
+    except RuntimeError as exc:
+        pytest.skip(f"no GPU here: {exc}")
+    try:
+        assert daemon.metrics is not None
+        gpupool.connect(daemon.address)
+        try:
+            rt.malloc(256 << 20)
+            during = scrape(daemon.metrics.url)
+        finally:
+            gpupool.disconnect()
+        total = value(during, "gpupool_gpu_memory_total_bytes", device="0")
+        used = value(during, "gpupool_gpu_memory_used_bytes", device="0")
+        assert 256 << 20 <= used <= total  # NVML's figure: every process's memory on the GPU
+        assert 0 <= value(during, "gpupool_gpu_utilization_ratio", device="0") <= 1
+    finally:
+        daemon.stop()
+
+
+def test_a_workers_row_counts_into_its_transports_totals_and_stays_after_it_ends() -> None:
+    block = DeviceCounters(4)
+    try:
+        rows = [SlotCounters.attach(os.dup(block.fileno()), slot) for slot in (1, 2)]
+        block.assign(1, "tcp")
+        block.assign(2, "shm")
+        rows[0].copied(Cell.HTOD_BYTES, 100)
+        rows[0].launched()
+        rows[1].peer_copied("sent", 7)
+        rows[1].collective("all_reduce", 64)
+        with pytest.raises(ValueError, match="sent or received"):
+            rows[1].peer_copied("sideways", 1)
+        with pytest.raises(ValueError, match="unknown collective 'scan'"):
+            rows[1].collective("scan", 1)
+        totals = block.totals()
+        assert totals["tcp"][Cell.HTOD_BYTES] == 100 and totals["tcp"][Cell.LAUNCHES] == 1
+        assert totals["shm"][Cell.PEER_SENT_BYTES] == 7
+        assert totals["shm"][Cell.COLLECTIVE_BYTES + COLLECTIVES.index("all_reduce")] == 64
+        block.retire(1)  # its worker ended: the row is cleared, its counts stay
+        block.assign(1, "grpc")  # the slot's next worker
+        rows[0].launched()
+        totals = block.totals()
+        assert totals["tcp"][Cell.LAUNCHES] == 1 and totals["grpc"][Cell.LAUNCHES] == 1
+    finally:
+        block.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import signal
 import socket
 import ssl
@@ -18,11 +19,12 @@ from typing import Any
 import jsonpatch
 import kubernetes_validate
 import pytest
+import yaml
 
 from gpupool.cli import build_parser
 from tests.conftest import GPUPOOL, self_signed
 
-K8S_VERSION = "1.34.0"
+K8S_VERSION = kubernetes_validate.latest_version()
 SCHEDULER = "gpupool-scheduler.gpupool.svc:7000"
 
 
@@ -265,3 +267,26 @@ def test_plain_text_and_silent_clients_do_not_stop_it(webhook: Webhook) -> None:
     with socket.create_connection((host, int(port)), timeout=10):  # says nothing, stays open
         response = webhook.review(pod({}, command=["true"]), uid="after")
         assert response == {"uid": "after", "allowed": True}
+
+
+def test_the_pod_of_the_operations_guide_is_wrapped_as_it_says(webhook: Webhook) -> None:
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    (example,) = [
+        block for block in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "kind: Pod" in block
+    ]
+    asked = yaml.safe_load(example)
+    result = patched(asked, webhook.review(asked))
+    container = result["spec"]["containers"][0]
+    options = ["-n", "2", "--fraction", "0.5", "--policy", "spread", "--same-node"]
+    assert container["command"] == [
+        "gpupool",
+        "run",
+        *options,
+        "--wait",
+        "600",
+        "--",
+        "python",
+        "train.py",
+    ]
+    assert container["args"] == ["--epochs", "3"]
+    kubernetes_validate.validate(result, K8S_VERSION, strict=True)
