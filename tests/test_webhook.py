@@ -195,6 +195,7 @@ TWO = {"name": "sidecar", "image": "busybox", "command": ["sleep", "inf"]}
     [
         ({"gpupool.io/gpus": "0"}, {}, "annotation gpupool.io/gpus: not a positive count: '0'"),
         ({"gpupool.io/gpus": "two"}, {}, "annotation gpupool.io/gpus: not a positive count"),
+        ({"gpupool.io/gpus": "9" * 5000}, {}, "5000 characters; a value has at most 64"),
         (
             {"gpupool.io/gpus": "1", "gpupool.io/fraction": "1.5"},
             {},

@@ -39,6 +39,7 @@ CA_FOLDER = "/var/run/gpupool/ca"
 ENV_TLS_CA = "GPUPOOL_TLS_CA"
 POLICIES = ("pack", "spread")
 TRUE, FALSE = ("true", "yes", "1"), ("false", "no", "0")
+MAX_VALUE = 64  # characters of an annotation's value: numbers, sizes and names are short
 
 Patch = list[dict[str, Any]]
 
@@ -136,9 +137,11 @@ def run_options(annotations: Mapping[str, str]) -> list[str] | None:
 
 
 def _checked(key: str, text: str, check: Callable[[str], object]) -> object:
+    if len(text) > MAX_VALUE:
+        raise Refused(f"annotation {key}: {len(text)} characters; a value has at most {MAX_VALUE}")
     try:
         return check(text.strip())
-    except argparse.ArgumentTypeError as exc:
+    except (argparse.ArgumentTypeError, ValueError) as exc:
         raise Refused(f"annotation {key}: {exc}") from None
 
 
