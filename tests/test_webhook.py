@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -291,3 +292,28 @@ def test_the_pod_of_the_operations_guide_is_wrapped_as_it_says(webhook: Webhook)
     ]
     assert container["args"] == ["--epochs", "3"]
     kubernetes_validate.validate(result, K8S_VERSION, strict=True)
+
+
+def test_connections_past_the_limit_are_closed_and_service_resumes(webhook: Webhook) -> None:
+    from gpupool.cli.webhook import MAX_CONNECTIONS
+
+    host, port = webhook.url.removeprefix("https://").rsplit(":", 1)
+    silent = [
+        socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_CONNECTIONS)
+    ]
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as extra:
+            extra.settimeout(10)
+            assert extra.recv(1) == b""  # closed at once: the server holds its 128
+    finally:
+        for each in silent:
+            each.close()
+    deadline = time.monotonic() + 10
+    while True:  # the silent ones' threads see them closed and give their places back
+        try:
+            response = webhook.review(pod({}, command=["true"]), uid="resumed")
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert response == {"uid": "resumed", "allowed": True}

@@ -7,8 +7,9 @@ patch that runs it through the pool (``pod_patch.py``), allows it untouched (no
 not an AdmissionReview at all gets HTTP 400. ``/healthz`` answers the probes.
 
 TLS is the API server's requirement. The handshake happens on the connection's own thread,
-with a deadline over the whole request, so a client that stalls holds one thread, not the
-listener; bodies are bounded. A renewed certificate (cert-manager rewrites the Secret's
+so a client that stalls holds that thread, not the listener; every read has a timeout, a
+connection lives at most a minute (the API server opens another), at most 128 are served at
+once, and bodies are bounded. A renewed certificate (cert-manager rewrites the Secret's
 files) is taken up without a restart: the files are looked at again every half minute.
 """
 
@@ -36,7 +37,9 @@ from gpupool.logs import fields
 
 NAME = "webhook"
 MAX_BODY = 4 << 20  # a pod is at most 1.5 MiB in etcd; its review a little more
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0  # for each read and write
+CONNECTION_S = 60.0  # a connection (kept alive between reviews) is closed after this long
+MAX_CONNECTIONS = 128  # more at once are closed as they come
 REVIEW_VERSION = "admission.k8s.io/v1"
 RELOAD_S = 30.0
 
@@ -186,25 +189,46 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = MAX_CONNECTIONS  # the listen backlog (socketserver's default is 5)
 
     def __init__(self, address: tuple[str, int], config: InjectConfig, tls: _Certificate) -> None:
         self.config = config
         self.tls = tls
         self.log = logging.getLogger(__name__)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: this one is closed
+            return
+        super().process_request(request, client_address)
+
     def finish_request(self, request: Any, client_address: Any) -> None:
-        """On the connection's thread: the TLS handshake, then the request, in bounded time."""
+        """On the connection's thread: the TLS handshake, then its requests, in bounded time."""
         request.settimeout(REQUEST_TIMEOUT_S)
+        deadline = threading.Timer(CONNECTION_S, _cut, (request,))
+        deadline.start()
         try:
             secured = self.tls.context().wrap_socket(request, server_side=True)
+            try:
+                super().finish_request(secured, client_address)
+            finally:
+                secured.close()
         except (OSError, ssl.SSLError):
-            return  # a failed handshake: nothing to answer
-        try:
-            super().finish_request(secured, client_address)
+            pass  # a failed handshake, or the connection cut: nothing to answer
         finally:
-            secured.close()
+            deadline.cancel()
+            self._slots.release()
+
+
+def _cut(sock: socket.socket) -> None:
+    """End a connection that has lived too long (its thread's next read or write fails)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already
 
 
 class _Certificate:
