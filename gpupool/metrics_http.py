@@ -34,6 +34,8 @@ class _Server6(_Server):
 class _QuietHandler(WSGIRequestHandler):
     """No line on stderr per request: scrapes come every few seconds (the logs are JSON)."""
 
+    timeout = 10.0  # a scraper that stalls gives its thread back
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
