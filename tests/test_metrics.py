@@ -14,7 +14,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import gpupool
 from gpupool import runtime as rt
@@ -23,8 +22,8 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.scheduler.service import start_scheduler
 from gpupool.server.counters import COLLECTIVES, Cell, DeviceCounters, SlotCounters
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
+from tests.conftest import Samples, scrape, value
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 SECRET = b"metrics-test-secret-0123456789"
 SAXPY = r"""
 extern "C" __global__ void saxpy(float a, const float* x, float* y, int n) {
@@ -34,21 +33,6 @@ extern "C" __global__ void saxpy(float a, const float* x, float* y, int n) {
 ILLEGAL = r"""
 extern "C" __global__ void poke(int* p) { p[threadIdx.x] = 42; }
 """
-
-
-def scrape(url: str) -> Samples:
-    """Every sample of ``url``/metrics, keyed by name and labels."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def names(samples: Samples) -> set[str]:

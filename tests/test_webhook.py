@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +25,7 @@ import pytest
 import yaml
 
 from gpupool.cli import build_parser
-from tests.conftest import GPUPOOL, self_signed
+from tests.conftest import GPUPOOL, scrape, self_signed, value
 
 K8S_VERSION = kubernetes_validate.latest_version()
 SCHEDULER = "gpupool-scheduler.gpupool.svc:7000"
@@ -317,3 +319,60 @@ def test_connections_past_the_limit_are_closed_and_service_resumes(webhook: Webh
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert response == {"uid": "resumed", "allowed": True}
+
+
+def test_a_patched_pod_runs_on_the_pool(tmp_path: Path) -> None:
+    """What the webhook makes of a pod runs for real: its container's command and environment,
+    run here against a real scheduler and daemon, allocate a GPU share and use it."""
+    from gpupool.cli.pod_patch import InjectConfig
+    from gpupool.cli.webhook import serve_webhook
+    from gpupool.scheduler.service import start_scheduler
+    from gpupool.server.daemon import PoolMembership, start_daemon
+
+    secret = b"webhook-pool-secret-0123456789"
+    scheduler = start_scheduler("127.0.0.1:0", str(tmp_path / "db"), secret, heartbeat_s=0.2)
+    cert, key = self_signed(tmp_path)
+    config = InjectConfig(scheduler.address, env={"GPUPOOL_TRANSPORT": "tcp"})
+    hook = serve_webhook("127.0.0.1:0", config, cert, key)
+    try:
+        membership = PoolMembership(scheduler.address, "n1", secret)
+        with start_daemon(
+            backend="emu",
+            emu_devices=1,
+            emu_memory=1 << 30,
+            membership=membership,
+            metrics_listen="127.0.0.1:0",
+        ) as daemon:
+            assert daemon.registration is not None and daemon.registration.registered.wait(30)
+            program = "import cupy; print(float(cupy.arange(5).sum()))"
+            asked = pod(
+                {"gpupool.io/gpus": "1", "gpupool.io/fraction": "0.25"},
+                command=["python", "-c", program],
+            )
+            client = Webhook(hook.url, cert)
+            container = patched(asked, client.review(asked))["spec"]["containers"][0]
+            env = {e["name"]: e["value"] for e in container["env"]}
+            command = container["command"]
+            assert command[0] == "gpupool" and command[command.index("--") + 1] == "python"
+            run = subprocess.run(
+                [
+                    *GPUPOOL,
+                    *command[1 : command.index("--") + 1],
+                    sys.executable,
+                    *command[command.index("--") + 2 :],
+                ],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.split() == ["10.0"]
+            assert daemon.metrics is not None
+            after = scrape(daemon.metrics.url)
+            tcp = {"device": "0", "transport": "tcp"}
+            assert value(after, "gpupool_session_opens_total", **tcp) == 1
+            assert value(after, "gpupool_array_ops_total", **tcp) >= 2
+    finally:
+        hook.close()
+        scheduler.stop()
