@@ -19,6 +19,7 @@ import mmap
 import os
 import tempfile
 import threading
+import time
 from enum import IntEnum
 from typing import BinaryIO
 
@@ -136,7 +137,34 @@ class DeviceCounters:
             totals[index] += rows[codes == index + 1].sum(axis=0)
         return {transport: totals[index] for index, transport in enumerate(TRANSPORTS)}
 
+    def busy_ns(self) -> int:
+        """Time all the device's workers, live and ended, spent serving messages."""
+        return int(sum(row[Cell.BUSY_NS] for row in self.totals().values()))
+
     def close(self) -> None:
         del self._rows
         self._map.close()
         self._file.close()
+
+
+class BusyShare:
+    """The share of time a device's workers spent serving, over the last window of at least
+    ``window_s`` (the emulator's utilisation; several sessions at once count up to 1).
+
+    Each reader keeps its own: the heartbeat and a scrape come at their own paces.
+    """
+
+    def __init__(self, counters: DeviceCounters, window_s: float = 1.0) -> None:
+        self._counters = counters
+        self._window_s = window_s
+        self._lock = threading.Lock()
+        self._since, self._before, self._share = time.monotonic(), counters.busy_ns(), 0.0
+
+    def __call__(self) -> float:
+        busy = self._counters.busy_ns()
+        with self._lock:
+            now = time.monotonic()
+            if now - self._since >= self._window_s:
+                self._share = min(1.0, (busy - self._before) / 1e9 / (now - self._since))
+                self._since, self._before = now, busy
+            return self._share

@@ -11,8 +11,6 @@ metric means.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -20,11 +18,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gpupool.server.backends.base import DeviceInfo
-from gpupool.server.counters import COLLECTIVES, DIRECTIONS, TRANSPORTS, Cell
+from gpupool.server.counters import COLLECTIVES, DIRECTIONS, TRANSPORTS, BusyShare, Cell
 from gpupool.server.nvml import Nvml
 from gpupool.server.pool import WorkerPool
 
-UTILISATION_WINDOW_S = 1.0  # the emulator's utilisation: busy time over at least this long
 # why the front refuses to open a session: no grant or a bad one, no such device, not an
 # opening, no worker could start, the device's sessions are all taken or the daemon stops
 REFUSALS = (
@@ -111,9 +108,7 @@ class _Devices(Collector):
         self._devices = list(devices)
         self._pools = list(pools)
         self._nvml = Nvml() if backend == "cupy" else None
-        self._lock = threading.Lock()
-        start = time.monotonic()
-        self._busy = {pool.device: (start, 0, 0.0) for pool in pools}  # (when, busy ns, ratio)
+        self._busy = {pool.device: BusyShare(pool.counters) for pool in pools}
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         info = GaugeMetricFamily(
@@ -148,7 +143,7 @@ class _Devices(Collector):
             label = str(pool.device)
             totals = pool.counters.totals()
             busy_ns = int(sum(row[Cell.BUSY_NS] for row in totals.values()))
-            memory_used, ratio = self._figures(device, pool, busy_ns)
+            memory_used, ratio = self._figures(device, pool)
             info.add_metric([label, device.name, device.uuid], 1)
             total.add_metric([label], device.total_memory)
             used.add_metric([label], memory_used)
@@ -172,19 +167,13 @@ class _Devices(Collector):
         yield from (info, total, used, utilisation, copies, launches, array_ops, busy)
         yield from (starts, crashes, peer, collective)
 
-    def _figures(self, device: DeviceInfo, pool: WorkerPool, busy_ns: int) -> tuple[int, float]:
+    def _figures(self, device: DeviceInfo, pool: WorkerPool) -> tuple[int, float]:
         """(memory used, utilisation ratio) of one device."""
         if self._nvml is not None:
             memory_used, percent = self._nvml.figures(device)
             return memory_used, percent / 100
         memory_used = pool.ledger.used() if pool.ledger is not None else 0
-        with self._lock:  # busy time over the last window of at least UTILISATION_WINDOW_S
-            since, before, ratio = self._busy[pool.device]
-            now = time.monotonic()
-            if now - since >= UTILISATION_WINDOW_S:
-                ratio = min(1.0, (busy_ns - before) / 1e9 / (now - since))
-                self._busy[pool.device] = (now, busy_ns, ratio)
-        return memory_used, ratio
+        return memory_used, self._busy[pool.device]()
 
 
 def _gauge(name: str, documentation: str) -> GaugeMetricFamily:

@@ -25,6 +25,7 @@ from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.counters import BusyShare
 from gpupool.server.nvml import Nvml
 from gpupool.server.pool import WorkerPool
 
@@ -60,6 +61,7 @@ class Registration:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
         self._nvml = Nvml() if node.backend == "cupy" else None
+        self._busy = [BusyShare(pool.counters) for pool in self._pools]  # the emulator's
         self.interval = 1.0
         self.registered = threading.Event()
         self.refused = ""  # why the scheduler last refused to register this node
@@ -114,7 +116,7 @@ class Registration:
         for index, (device, pool) in enumerate(zip(self._devices, self._pools, strict=True)):
             used, utilization = 0, 0
             if pool.ledger is not None:
-                used = pool.ledger.used()
+                used, utilization = pool.ledger.used(), round(100 * self._busy[index]())
             elif self._nvml is not None:
                 used, utilization = self._nvml.figures(device)
             gpus.append(

@@ -220,7 +220,12 @@ def _pool_workload(scheduler: str, url: str, daemon_url: str) -> None:
             allocate(scheduler, 3, fraction=1.0)  # can never fit
         gpupool.connect(lease=lease)
         try:
-            rt.malloc(1 << 20)
+            ptr = rt.malloc(1 << 20)
+            host = np.ones(1024, np.uint8)
+            deadline = time.monotonic() + 1.5  # busy: the heartbeats carry the emulator's share
+            while time.monotonic() < deadline:
+                rt.memcpy(ptr, host.ctypes.data, host.nbytes, rt.memcpyHostToDevice)
+                rt.memcpy(host.ctypes.data, ptr, host.nbytes, rt.memcpyDeviceToHost)
             held = scrape(url)
             on_daemon = scrape(daemon_url)
         finally:
@@ -245,6 +250,8 @@ def _pool_workload(scheduler: str, url: str, daemon_url: str) -> None:
         + value(on_daemon, "gpupool_sessions", device=index, transport="grpc")
     )
     assert value(on_daemon, "gpupool_gpu_memory_quota_bytes", device=device) == 256 << 20
+    assert value(held, "gpupool_scheduler_gpu_utilization_ratio", node="n1", gpu=device) > 0
+    assert value(held, "gpupool_scheduler_gpu_memory_used_bytes", node="n1", gpu=device) >= 1 << 20
     ended = scrape(url)
     assert value(ended, "gpupool_scheduler_allocations") == 0
     assert value(ended, "gpupool_scheduler_allocations_ended_total", reason="released") == 1
