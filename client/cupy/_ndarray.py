@@ -111,6 +111,7 @@ class ndarray:
             else tuple(int(s) for s in strides)
         )
         self._owner = memptr is None
+        self._base: ndarray | None = None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
     @property
@@ -206,7 +207,14 @@ class ndarray:
     def _view(self, view: np.ndarray) -> ndarray:
         """The remote array a view of :func:`layout` (of this array) stands for."""
         offset = view.__array_interface__["data"][0] - _FAKE_ADDRESS
-        return ndarray(view.shape, view.dtype, self.data + offset, view.strides)
+        result = ndarray(view.shape, view.dtype, self.data + offset, view.strides)
+        result._base = self if self._base is None else self._base  # the owner, as CuPy's
+        return result
+
+    @property
+    def base(self) -> ndarray | None:
+        """The array whose memory this view shares (None for an array that owns its memory)."""
+        return self._base
 
     def reshape(self, *shape: Any, order: str = "C") -> ndarray:
         dims: Any = (
@@ -259,9 +267,13 @@ class ndarray:
         return self._view(layout(self).diagonal(offset, axis1, axis2))
 
     def view(self, dtype: Any = None) -> ndarray:
-        if dtype is not None and np.dtype(dtype) != self._dtype:
-            unsupported("ndarray.view with a dtype")
-        return self._view(layout(self))
+        """A view of the same memory, reinterpreted as ``dtype`` (NumPy's rules and errors
+        for the last axis)."""
+        if dtype is None:
+            return self._view(layout(self))
+        if isinstance(dtype, type) and issubclass(dtype, np.ndarray | ndarray):
+            unsupported("ndarray.view with an array type")
+        return self._view(layout(self).view(np.dtype(dtype)))
 
     # copies: queued operations
 
@@ -414,16 +426,29 @@ class ndarray:
 
     def sort(self, axis: int = -1, kind: Any = None) -> None:
         """Sort in place (the sorted copy made on the daemon is written back)."""
-        self[...] = _sorting.sort(self, axis)
+        self[...] = _sorting.sort(self, axis, kind)
 
     def argsort(self, axis: int | None = -1, kind: Any = None) -> Any:
-        return _sorting.argsort(self, axis)
+        return _sorting.argsort(self, axis, kind)
 
     def round(self, decimals: int = 0, out: Any = None) -> Any:
         return _ufuncs.around(self, decimals, out)
 
     def nonzero(self) -> Any:
-        unsupported("ndarray.nonzero (its result's size depends on the data)")
+        return _searching.nonzero(self)
+
+    def searchsorted(self, v: Any, side: str = "left", sorter: Any = None) -> Any:
+        return _searching.searchsorted(self, v, side, sorter)
+
+    def partition(self, kth: Any, axis: int = -1) -> None:
+        """Partition in place (the partitioned copy made on the daemon is written back)."""
+        self[...] = _searching.partition(self, kth, axis)
+
+    def argpartition(self, kth: Any, axis: int = -1) -> Any:
+        return _searching.argpartition(self, kth, axis)
+
+    def ptp(self, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+        return _statistics.ptp(self, axis, out, keepdims)
 
     def clip(self, min: Any = None, max: Any = None, out: Any = None) -> Any:
         return _ufuncs.clip(self, min, max, out)
@@ -598,4 +623,12 @@ def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
 register_device_array(ndarray, lambda array: array.data.ptr)
 
 # These build on ndarray; imported last so that either side may be imported first.
-from gpupool.cupy import _indexing, _products, _reductions, _sorting, _ufuncs  # noqa: E402
+from gpupool.cupy import (  # noqa: E402
+    _indexing,
+    _products,
+    _reductions,
+    _searching,
+    _sorting,
+    _statistics,
+    _ufuncs,
+)

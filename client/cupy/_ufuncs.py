@@ -135,18 +135,25 @@ equal = ufunc("equal")
 exp = ufunc("exp")
 exp2 = ufunc("exp2")
 expm1 = ufunc("expm1")
+fabs = ufunc("fabs")
+float_power = ufunc("float_power")
 floor = ufunc("floor")
 floor_divide = ufunc("floor_divide")
 fmax = ufunc("fmax")
 fmin = ufunc("fmin")
 fmod = ufunc("fmod")
+frexp = ufunc("frexp")
+gcd = ufunc("gcd")
 greater = ufunc("greater")
 greater_equal = ufunc("greater_equal")
+heaviside = ufunc("heaviside")
 hypot = ufunc("hypot")
 invert = ufunc("invert")
 isfinite = ufunc("isfinite")
 isinf = ufunc("isinf")
 isnan = ufunc("isnan")
+lcm = ufunc("lcm")
+ldexp = ufunc("ldexp")
 left_shift = ufunc("left_shift")
 less = ufunc("less")
 less_equal = ufunc("less_equal")
@@ -154,12 +161,15 @@ log = ufunc("log")
 log10 = ufunc("log10")
 log1p = ufunc("log1p")
 log2 = ufunc("log2")
+logaddexp = ufunc("logaddexp")
+logaddexp2 = ufunc("logaddexp2")
 logical_and = ufunc("logical_and")
 logical_not = ufunc("logical_not")
 logical_or = ufunc("logical_or")
 logical_xor = ufunc("logical_xor")
 maximum = ufunc("maximum")
 minimum = ufunc("minimum")
+modf = ufunc("modf")
 multiply = ufunc("multiply")
 negative = ufunc("negative")
 nextafter = ufunc("nextafter")
@@ -197,10 +207,12 @@ BY_NUMPY_NAME = {each._numpy.__name__: each for each in _ALL}  # for ``__array_u
 BY_NUMPY_NAME.update({"degrees": rad2deg, "radians": deg2rad})
 
 
-def where(condition: Any, x: Any = None, y: Any = None) -> ndarray:
+def where(condition: Any, x: Any = None, y: Any = None) -> Any:
     """Elements of ``x`` where ``condition`` holds, else of ``y``."""
-    if x is None and y is None:
-        unsupported("cupy.where with one argument (its result's size depends on the data)")
+    if x is None and y is None:  # the indices where it holds: nonzero's
+        from gpupool.cupy._searching import nonzero
+
+        return nonzero(condition)
     if x is None or y is None:
         raise ValueError("Must provide both 'x' and 'y' or neither.")
     result: ndarray = elementwise("where", np.where, (condition, x, y))
