@@ -23,6 +23,17 @@ _SUBSCRIPTS = re.compile(r"[A-Za-z,. ]*(->[A-Za-z. ]*)?")
 MAX_SUBSCRIPTS = 256
 
 
+def array_extent(
+    ptr: int, shape: Sequence[int], strides: Sequence[int], itemsize: int
+) -> tuple[int, int]:
+    """The bytes ``[low, high)`` a strided view touches (empty for an empty view)."""
+    if 0 in shape:
+        return ptr, ptr
+    low = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
+    high = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
+    return low, high + itemsize
+
+
 def einsum_shape(subscripts: str, shapes: Sequence[Shape]) -> Shape:
     """The shape ``numpy.einsum(subscripts, *operands)`` gives (explicit or implicit output,
     ``...`` broadcasting); ValueError for subscripts that do not match the operands."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from gpupool import arrayshapes
+from gpupool.arrayshapes import array_extent
 from gpupool.errors import ArrayFunctionError, CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
@@ -361,17 +362,6 @@ NUMERIC_KINDS = "biufc"
 MAX_DIMS = 64  # NumPy's limit
 
 
-def array_extent(
-    ptr: int, shape: Sequence[int], strides: Sequence[int], itemsize: int
-) -> tuple[int, int]:
-    """The bytes ``[low, high)`` a strided view touches (empty for an empty view)."""
-    if 0 in shape:
-        return ptr, ptr
-    low = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
-    high = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
-    return low, high + itemsize
-
-
 @functools.lru_cache(maxsize=256)
 def checked_dtype(text: str) -> np.dtype:
     """A numeric dtype from its wire spelling; TypeError for anything else (objects, records)."""
@@ -486,6 +476,13 @@ class ArrayFunctions:
         table: dict[str, Function] = {}
         for name, function in _provided(xp, UFUNCS):
             table[name] = _ufunc(function)
+            if function.nin == 2 and function.nout == 1:
+                for method in ("reduce", "accumulate", "outer"):
+                    bound = getattr(function, method, None)  # a constant name: the ufunc's own
+                    if bound is not None:
+                        table[f"{name}.{method}"] = self._returning(bound, method)
+            if function.nout == 1 and getattr(function, "at", None) is not None:
+                table[f"{name}.at"] = _ufunc_at(function)
         for name, function in _provided(xp, RETURNING):
             table[name] = self._returning(function, name)
         for name, function in _provided(xp.linalg, LINALG):
@@ -797,6 +794,22 @@ _SIZE_RULES: dict[str, Callable[[Sequence[Any], dict[str, Any]], int]] = {
     ),
     **{name: _fft(name) for name in FFT},
 }
+
+
+def _ufunc_at(function: Any) -> Function:
+    """``ufunc.at(target, indices[, b])`` into the output, unbuffered."""
+
+    def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        (target,) = outs
+        key = args[0] if isinstance(args[0], tuple) else (args[0],)
+        for axis, part in enumerate(key[: target.ndim]):
+            if getattr(part, "dtype", None) is not None and part.dtype.kind in "iu" and part.size:
+                size = target.shape[axis]
+                if int(part.min()) < -size or int(part.max()) >= size:  # CuPy would wrap
+                    raise IndexError(f"index out of bounds for axis {axis} with size {size}")
+        function.at(target, *args)
+
+    return run
 
 
 def _setitem(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:

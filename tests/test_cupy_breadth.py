@@ -295,3 +295,121 @@ def test_text_keywords_take_only_their_words(
     _raw(function, (cp.zeros(3), 0.5) if function == "quantile" else (cp.zeros(3),), kwargs, out)
     with pytest.raises((ValueError, TypeError, CUDARuntimeError), match=error):
         out.get()
+
+
+DISTRIBUTIONS = [
+    ("binomial", (10, 0.3), 3.0, np.int64),
+    ("poisson", (4.0,), 4.0, np.int64),
+    ("exponential", (2.0,), 2.0, np.float64),
+    ("gamma", (3.0, 2.0), 6.0, np.float64),
+    ("beta", (2.0, 2.0), 0.5, np.float64),
+    ("chisquare", (3.0,), 3.0, np.float64),
+    ("geometric", (0.25,), 4.0, np.int64),
+    ("laplace", (1.0, 0.5), 1.0, np.float64),
+    ("lognormal", (0.0, 0.25), np.exp(0.25**2 / 2), np.float64),
+    ("standard_exponential", (), 1.0, np.float64),
+    ("triangular", (0.0, 1.0, 2.0), 1.0, np.float64),
+    ("rayleigh", (1.0,), np.sqrt(np.pi / 2), np.float64),
+]
+
+
+@pytest.mark.parametrize(("method", "params", "mean", "dtype"), DISTRIBUTIONS)
+def test_distributions_sample_on_the_daemon(
+    shim: None, method: str, params: tuple[float, ...], mean: float, dtype: type
+) -> None:
+    state = cp.random.RandomState(5)
+    samples = getattr(state, method)(*params, size=20000)
+    assert samples.shape == (20000,) and samples.dtype == dtype
+    assert abs(float(samples.mean()) - mean) < 0.05 * max(mean, 1.0)
+    module_level = getattr(cp.random, method)(*params, size=(2, 3))
+    assert module_level.shape == (2, 3)
+
+
+def test_distribution_parameters_may_be_arrays(shim: None) -> None:
+    state = cp.random.RandomState(1)
+    lam = np.array([1.0, 10.0, 100.0])
+    draws = state.poisson(cp.asarray(lam), size=(4000, 3))
+    np.testing.assert_allclose(draws.mean(axis=0).get(), lam, rtol=0.1)
+    assert state.normal(cp.asarray(lam), 0.0).get().tolist() == lam.tolist()  # size from loc
+    with pytest.raises(TypeError, match="missing required argument 'n'"):
+        state.binomial(p=0.5)
+
+
+UFUNC_METHODS: dict[str, Callable[[Any], Any]] = {
+    "add.reduce": lambda xp: xp.add.reduce(put(xp, A)),
+    "multiply.reduce axis keepdims": lambda xp: xp.multiply.reduce(put(xp, A), 1, keepdims=True),
+    "maximum.reduce all": lambda xp: xp.maximum.reduce(put(xp, A), axis=None),
+    "add.accumulate": lambda xp: xp.add.accumulate(put(xp, A), axis=1),
+    "subtract.outer": lambda xp: xp.subtract.outer(put(xp, V[:3]), put(xp, A[:2])),
+    "greater big int": lambda xp: xp.greater(put(xp, INTS), 2**70),
+    "less big negative int": lambda xp: put(xp, INTS) < -(2**80),
+    "equal big int float": lambda xp: put(xp, V) == 2**65,
+}
+
+
+@pytest.mark.parametrize("case", list(UFUNC_METHODS))
+def test_ufunc_methods_and_comparisons_match_numpy(shim: None, case: str) -> None:
+    agree(host(UFUNC_METHODS[case](cp)), UFUNC_METHODS[case](np))
+
+
+def test_ufunc_at_applies_repeated_indices_each_time(shim: None) -> None:
+    expected = np.zeros(5)
+    np.add.at(expected, [0, 1, 1, 4], 2.0)
+    got = cp.zeros(5)
+    cp.add.at(got, cp.asarray(np.array([0, 1, 1, 4])), 2.0)
+    agree(got.get(), expected)
+    cp.negative.at(got, cp.asarray(np.array([1])))
+    expected[1] *= -1
+    agree(got.get(), expected)
+    cp.add.at(got, cp.asarray(np.array([7])), 1.0)  # out of bounds: refused, nothing written
+    with pytest.raises(IndexError, match="out of bounds"):
+        got.get()
+
+
+class _Exposing:
+    """Not a shim array, but exposing one's memory as CUDA programs pass memory around."""
+
+    def __init__(self, array: cp.ndarray) -> None:
+        self.__cuda_array_interface__ = array.__cuda_array_interface__
+        self._keep = array
+
+
+def test_arrays_exposing_the_cuda_array_interface_are_taken(shim: None) -> None:
+    source = cp.asarray(A)
+    view = cp.asarray(_Exposing(source))
+    assert view.data.ptr == source.data.ptr and view.dtype == source.dtype
+    agree(view.get(), A)
+    agree(cp.array(_Exposing(source[:, ::2])).get(), A[:, ::2])
+    agree(cp.asnumpy(_Exposing(source.T)), A.T)
+
+
+def test_orders_byte_order_and_casting_warnings_follow_numpy(shim: None) -> None:
+    a = cp.asarray(A, order=None)
+    assert cp.array(A, order="f").flags.f_contiguous
+    assert a.astype(np.float32, order="c").flags.c_contiguous
+    assert cp.empty((2, 3), order="F").flags.f_contiguous
+    swapped = cp.asarray(np.arange(4, dtype=">i4"))
+    assert swapped.dtype == np.dtype("<i4") and swapped.get().tolist() == [0, 1, 2, 3]
+    with pytest.warns(np.exceptions.ComplexWarning):
+        cp.asarray(V + 1j).astype(np.float64)
+    with pytest.raises(ValueError, match="avoid creating a copy"):
+        a.T.reshape(-1, copy=False)
+    assert a.reshape(30, copy=True).data.ptr != a.data.ptr
+
+
+def test_runtime_versions_streams_and_allocators(shim: None) -> None:
+    assert cp.cuda.runtime.driverGetVersion() >= cp.cuda.runtime.runtimeGetVersion() >= 12000
+    handle = cp.cuda.runtime.streamCreate()
+    external = cp.cuda.Stream.from_external(handle)
+    with external:
+        x = cp.arange(4) * 2
+    external.synchronize()
+    assert x.get().tolist() == [0, 2, 4, 6]
+    assert cp.cuda.Stream.ptds is cp.cuda.Stream.ptds
+    with cp.cuda.Stream.ptds:
+        assert (cp.ones(3) + 1).get().tolist() == [2, 2, 2]
+    pool = cp.cuda.MemoryPool()
+    with cp.cuda.using_allocator(pool.malloc):
+        y = cp.zeros(1000)
+    assert pool.used_bytes() >= 8000
+    del y

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -101,6 +102,7 @@ class ndarray:
         strides: Sequence[int] | None = None,
         order: str = "C",
     ) -> None:
+        order = normalize_order(order)
         if order not in ("C", "F"):
             raise ValueError(f"order must be 'C' or 'F', not {order!r}")
         self._shape = shape_tuple(shape)
@@ -216,16 +218,21 @@ class ndarray:
         """The array whose memory this view shares (None for an array that owns its memory)."""
         return self._base
 
-    def reshape(self, *shape: Any, order: str = "C") -> ndarray:
+    def reshape(self, *shape: Any, order: str = "C", copy: bool | None = None) -> ndarray:
         dims: Any = (
             shape[0] if len(shape) == 1 and not isinstance(shape[0], int | np.integer) else shape
         )
         layout_order = _resolve_order(self, order)
         # NumPy checks the new shape (and resolves -1) on a zero-stride array of ours
         target = np.reshape(np.broadcast_to(False, self._shape), dims, order=layout_order).shape
+        if copy:
+            source = self.astype(self._dtype, order=layout_order)
+            return source._view(np.reshape(layout(source), target, order=layout_order))
         try:
             return self._view(np.reshape(layout(self), target, order=layout_order, copy=False))
         except ValueError:  # no view has that shape: copy, as NumPy does
+            if copy is False:
+                raise ValueError("Unable to avoid creating a copy while reshaping.") from None
             contiguous = self.astype(self._dtype, order=layout_order)
             return contiguous._view(np.reshape(layout(contiguous), target, order=layout_order))
 
@@ -286,6 +293,12 @@ class ndarray:
         copy: bool = True,
     ) -> ndarray:
         dtype = np.dtype(dtype)
+        if self._dtype.kind == "c" and dtype.kind != "c":
+            warnings.warn(
+                "Casting complex values to real discards the imaginary part",
+                np.exceptions.ComplexWarning,
+                stacklevel=2,
+            )
         if casting is not None and not np.can_cast(self._dtype, dtype, casting):
             raise TypeError(
                 f"Cannot cast array data from {self._dtype!r} to {dtype!r} according to the"
@@ -601,14 +614,25 @@ def _bind_operators() -> None:
 _bind_operators()
 
 
+def normalize_order(order: str | None) -> str:
+    """An order argument as NumPy reads it: None is 'K', lowercase letters are accepted."""
+    if order is None:
+        return "K"
+    if not isinstance(order, str):
+        raise TypeError(f"order must be a string, not {type(order).__name__}")
+    return order.upper()
+
+
 def _has_order(array: ndarray, order: str) -> bool:
     """True when ``array`` is laid out as ``order`` asks ('A' and 'K' take any layout)."""
+    order = normalize_order(order)
     flags = layout(array).flags
     return {"C": flags.c_contiguous, "F": flags.f_contiguous}.get(order, True)
 
 
 def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
     """'C' or 'F' for an order argument ('A' and 'K' follow the array's own layout)."""
+    order = normalize_order(order)
     if order in ("A", "K"):
         flags = layout(array).flags
         return "F" if flags.f_contiguous and not flags.c_contiguous else "C"

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gpupool.cupy import _remote
+from gpupool.cupy import _ufunc_methods as _methods
 from gpupool.cupy._infer import broadcast_shape, common_device, meta, meta_key, output_arrays
 from gpupool.cupy._ndarray import ndarray
 from gpupool.cupy._support import unsupported
@@ -99,9 +100,32 @@ class ufunc:
             raise TypeError("cannot specify 'out' as both a positional and keyword argument")
         outs = output_arrays(tuple(args[self.nin :]) or out)
         options = {} if dtype is None else {"dtype": np.dtype(dtype)}
-        return elementwise(self.name, self._numpy, args[: self.nin], outs, self.nout, options)
+        inputs = args[: self.nin]
+        if self.name in _COMPARISONS:
+            floats = any(getattr(each, "dtype", np.dtype(int)).kind in "fc" for each in inputs)
+            inputs = tuple(_comparable(each, floats) for each in inputs)
+        return elementwise(self.name, self._numpy, inputs, outs, self.nout, options)
 
-    def __getattr__(self, name: str) -> NoReturn:  # reduce, accumulate, outer, at
+    def reduce(
+        self, array: Any, axis: Any = 0, dtype: Any = None, out: Any = None, keepdims=False
+    ) -> Any:
+        """The ufunc applied cumulatively along ``axis`` down to one value (``add.reduce`` is
+        ``sum``)."""
+        return _methods.reduce(self, array, axis, dtype, out, keepdims)
+
+    def accumulate(self, array: Any, axis: int = 0, dtype: Any = None, out: Any = None) -> Any:
+        """Every intermediate result of ``reduce`` along ``axis``."""
+        return _methods.accumulate(self, array, axis, dtype, out)
+
+    def outer(self, A: Any, B: Any, **kwargs: Any) -> Any:
+        """The ufunc of every pair of elements of ``A`` and ``B``."""
+        return _methods.outer(self, A, B, **kwargs)
+
+    def at(self, a: Any, indices: Any, b: Any = None) -> None:
+        """In place, unbuffered: repeated indices apply once each."""
+        _methods.at(self, a, indices, b)
+
+    def __getattr__(self, name: str) -> NoReturn:  # reduceat and other ufunc attributes
         if name.startswith("__"):
             raise AttributeError(name)
         unsupported(f"cupy.{self.name}.{name}")
@@ -192,6 +216,22 @@ tan = ufunc("tan")
 tanh = ufunc("tanh")
 true_divide = ufunc("true_divide")
 trunc = ufunc("trunc")
+
+_COMPARISONS = frozenset({"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"})
+_WIRE_INTS = (-(2**63), 2**64 - 1)
+
+
+def _comparable(value: Any, floats: bool) -> Any:
+    """A Python int beyond any dtype, as a comparison can still take it (NumPy 2 compares
+    such ints with integer arrays exactly): against floats, the float it is; against
+    integers, the infinity of its sign, which every integer compares with as with the int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not _WIRE_INTS[0] <= value <= _WIRE_INTS[1]:
+            if floats:
+                return float(value)
+            return float("inf") if value > 0 else float("-inf")
+    return value
+
 
 # CuPy's (and NumPy's) other names for the same functions
 abs = absolute
