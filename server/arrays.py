@@ -476,13 +476,14 @@ class ArrayFunctions:
         table: dict[str, Function] = {}
         for name, function in _provided(xp, UFUNCS):
             table[name] = _ufunc(function)
-            if function.nin == 2 and function.nout == 1:
+            ufunc: Any = function  # NumPy's and CuPy's ufuncs: nin, nout and their methods
+            if ufunc.nin == 2 and ufunc.nout == 1:
                 for method in ("reduce", "accumulate", "outer"):
-                    bound = getattr(function, method, None)  # a constant name: the ufunc's own
+                    bound = getattr(ufunc, method, None)  # a constant name: the ufunc's own
                     if bound is not None:
                         table[f"{name}.{method}"] = self._returning(bound, method)
-            if function.nout == 1 and getattr(function, "at", None) is not None:
-                table[f"{name}.at"] = _ufunc_at(function)
+            if ufunc.nout == 1 and getattr(ufunc, "at", None) is not None:
+                table[f"{name}.at"] = _ufunc_at(ufunc)
         for name, function in _provided(xp, RETURNING):
             table[name] = self._returning(function, name)
         for name, function in _provided(xp.linalg, LINALG):

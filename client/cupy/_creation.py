@@ -145,7 +145,7 @@ def array(
     obj: Any,
     dtype: Any = None,
     copy: bool = True,
-    order: str = "K",
+    order: str | None = "K",
     subok: bool = False,
     ndmin: int = 0,
 ) -> ndarray:

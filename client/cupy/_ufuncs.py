@@ -107,7 +107,12 @@ class ufunc:
         return elementwise(self.name, self._numpy, inputs, outs, self.nout, options)
 
     def reduce(
-        self, array: Any, axis: Any = 0, dtype: Any = None, out: Any = None, keepdims=False
+        self,
+        array: Any,
+        axis: Any = 0,
+        dtype: Any = None,
+        out: Any = None,
+        keepdims: bool = False,
     ) -> Any:
         """The ufunc applied cumulatively along ``axis`` down to one value (``add.reduce`` is
         ``sum``)."""
