@@ -247,6 +247,7 @@ RANDOM = (
     "gamma",
     "geometric",
     "gumbel",
+    "integers",
     "laplace",
     "logistic",
     "lognormal",
@@ -256,6 +257,7 @@ RANDOM = (
     "poisson",
     "power",
     "randint",
+    "random",
     "random_sample",
     "rayleigh",
     "standard_cauchy",
@@ -380,6 +382,7 @@ class ArrayFunctions:
         self._xp = backend.array_module()
         self._max_view_bytes = backend.properties().total_memory
         self._random_states: dict[int, Any] = {}
+        self._generators: set[int] = set()  # ids of the states that are Generators
         self._table = self._make_table(self._xp)
 
     def run(self, call: pb.ArrayOp, stream: object) -> None:
@@ -460,7 +463,7 @@ class ArrayFunctions:
         return self._operand(keyword.value)
 
     def _random_state(self, call: pb.ArrayOp) -> Any:
-        if call.function in ("random.seed", "random.release"):
+        if call.function in ("random.seed", "random.generator", "random.release"):
             return call.generator
         try:
             return self._random_states[call.generator]
@@ -497,7 +500,8 @@ class ArrayFunctions:
         table["einsum"] = self._einsum
         for name in RANDOM:
             table[f"random.{name}"] = self._sampling(name)
-        table["random.seed"] = self._seed
+        table["random.seed"] = self._seeding(generator=False)
+        table["random.generator"] = self._seeding(generator=True)
         table["random.release"] = self._release
         table["getitem"] = self._getitem
         table["setitem"] = _setitem
@@ -572,11 +576,16 @@ class ArrayFunctions:
         def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
             state, *params = args
             (out,) = outs
-            if method == "randint":
+            sample = getattr(state, method, None)  # a constant name: RandomState's or Generator's
+            if sample is None:
+                raise TypeError(f"{type(state).__name__} has no {method}")
+            if method in _INTEGER_SAMPLES or (
+                method in _FLOAT_SAMPLES and id(state) in self._generators
+            ):
                 kwargs = {**kwargs, "dtype": out.dtype}
             if method == "choice" and not kwargs.get("replace", True):
                 self._check_population(params[0] if params else None)
-            self._store(outs, getattr(state, method)(*params, size=out.shape, **kwargs))
+            self._store(outs, sample(*params, size=out.shape, **kwargs))
 
         return run
 
@@ -589,15 +598,30 @@ class ArrayFunctions:
                 f" {self._max_view_bytes} bytes"
             )
 
-    def _seed(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
-        handle, seed = args
-        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
-            raise ValueError(f"seed must be an integer in [0, 2**64) or None, not {seed!r}")
-        self._random_states[handle] = self._backend.random_state(seed)
+    def _seeding(self, generator: bool) -> Function:
+        """Makes a RandomState (``random.seed``) or a Generator (``random.generator``) under
+        the client's handle, which ``run`` passes as the first argument."""
+
+        def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            handle, seed = args
+            if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
+                raise ValueError(f"seed must be an integer in [0, 2**64) or None, not {seed!r}")
+            self._forget(handle)
+            if generator:
+                state = self._backend.random_generator(seed)
+                self._generators.add(id(state))
+            else:
+                state = self._backend.random_state(seed)
+            self._random_states[handle] = state
+
+        return run
+
+    def _forget(self, handle: int) -> None:
+        self._generators.discard(id(self._random_states.pop(handle, None)))
 
     def _release(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         (handle,) = args
-        self._random_states.pop(handle, None)
+        self._forget(handle)
 
     def _getitem(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         array, key = args
@@ -619,6 +643,10 @@ class ArrayFunctions:
 
 
 _SLICE = ("start", "stop", "step")
+# Samplers that take the output's dtype: always, and only a Generator's (NumPy's RandomState
+# makes float64 and the output casts).
+_INTEGER_SAMPLES = ("randint", "integers")
+_FLOAT_SAMPLES = ("random", "standard_normal")
 
 
 def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, Callable[..., Any]]]:

@@ -413,3 +413,23 @@ def test_runtime_versions_streams_and_allocators(shim: None) -> None:
         y = cp.zeros(1000)
     assert pool.used_bytes() >= 8000
     del y
+
+
+def test_generators_from_default_rng(shim: None) -> None:
+    rng = cp.random.default_rng(42)
+    assert cp.random.default_rng(rng) is rng
+    floats = rng.random(20000, dtype=np.float32)
+    assert floats.dtype == np.float32 and 0 <= float(floats.min()) and float(floats.max()) < 1
+    ints = rng.integers(3, 7, size=5000, endpoint=True)
+    assert ints.dtype == np.int64 and set(cp.asnumpy(ints).tolist()) == {3, 4, 5, 6, 7}
+    assert abs(float(rng.standard_normal(20000).std()) - 1) < 0.05
+    assert abs(float(rng.exponential(2.0, size=20000).mean()) - 2) < 0.1
+    again = cp.random.default_rng(42).random(5, dtype=np.float32)
+    assert cp.asnumpy(again).tolist() == cp.asnumpy(floats[:5]).tolist()  # seeded: reproducible
+    from gpupool.cupy import _remote
+
+    state = cp.random.RandomState(1)
+    out = cp.zeros(3, np.int64)
+    _remote.enqueue("random.integers", out.device_id, (0, 5), None, (out,), state._handle)
+    with pytest.raises(TypeError, match="RandomState has no integers"):
+        out.get()

@@ -97,7 +97,7 @@ def _distribution(method: str) -> Any:
     names, integer = _DISTRIBUTIONS[method]
 
     def sample(
-        self: RandomState, *args: Any, size: Any = None, dtype: Any = None, **kw: Any
+        self: _Sampler, *args: Any, size: Any = None, dtype: Any = None, **kw: Any
     ) -> ndarray:
         if len(args) > len(names) + 1:
             raise TypeError(f"{method}() takes at most {len(names) + 1} positional arguments")
@@ -125,20 +125,25 @@ def _distribution(method: str) -> Any:
     return sample
 
 
-class RandomState:
-    """A generator on the current device; ``seed`` as in CuPy (None: from the OS)."""
+def _seed_value(seed: Any) -> int | None:
+    return None if seed is None else int(np.asarray(seed).astype(np.uint64))  # CuPy's conversion
 
-    def __init__(self, seed: Any = None, method: Any = None) -> None:
+
+class _Sampler:
+    """A generator that lives in the session of the device current when it was made: its
+    samples are queued operations (no round trip)."""
+
+    _kind = "random.seed"  # the daemon's operation that makes (or re-seeds) the generator
+
+    def __init__(self, seed: Any = None) -> None:
         self._device = runtime.getDevice()
         self._handle = new_handle()
-        self.seed(seed)
+        self._make(seed)
         session = context.current().session(self._device)
         weakref.finalize(self, _release, session, self._handle).atexit = False
 
-    def seed(self, seed: Any = None) -> None:
-        if seed is not None:
-            seed = int(np.asarray(seed).astype(np.uint64))  # CuPy's conversion
-        _remote.enqueue("random.seed", self._device, (seed,), generator=self._handle)
+    def _make(self, seed: Any) -> None:
+        _remote.enqueue(self._kind, self._device, (_seed_value(seed),), generator=self._handle)
 
     def _sample(
         self, method: str, size: Any, dtype: Any, params: tuple[Any, ...] = (), **kwargs: Any
@@ -149,6 +154,16 @@ class RandomState:
             f"random.{method}", self._device, params, kwargs, (out,), generator=self._handle
         )
         return out
+
+
+class RandomState(_Sampler):
+    """A generator on the current device; ``seed`` as in CuPy (None: from the OS)."""
+
+    def __init__(self, seed: Any = None, method: Any = None) -> None:
+        super().__init__(seed)
+
+    def seed(self, seed: Any = None) -> None:
+        self._make(seed)
 
     def random_sample(self, size: Any = None, dtype: Any = float) -> ndarray:
         return self._sample("random_sample", size, _float_dtype(dtype))
@@ -216,8 +231,61 @@ class RandomState:
         return self._sample("choice", size, dtype, (a,), replace=replace, p=p)
 
 
+class Generator(_Sampler):
+    """``cupy.random.Generator`` (from ``default_rng``): NumPy's PCG64 on the emulator, CuPy's
+    XORWOW on a GPU, so streams differ between backends as CuPy's differ from NumPy's. The
+    distributions are RandomState's (a GPU daemon's CuPy refuses those its Generator lacks)."""
+
+    _kind = "random.generator"
+
+    def random(self, size: Any = None, dtype: Any = float, out: Any = None) -> ndarray:
+        if out is not None:
+            from gpupool.cupy._support import unsupported
+
+            unsupported("cupy.random.Generator.random with out=")
+        return self._sample("random", size, _float_dtype(dtype))
+
+    def standard_normal(self, size: Any = None, dtype: Any = float, out: Any = None) -> ndarray:
+        if out is not None:
+            from gpupool.cupy._support import unsupported
+
+            unsupported("cupy.random.Generator.standard_normal with out=")
+        return self._sample("standard_normal", size, _float_dtype(dtype))
+
+    def integers(
+        self,
+        low: int,
+        high: int | None = None,
+        size: Any = None,
+        dtype: Any = np.int64,
+        endpoint: bool = False,
+    ) -> ndarray:
+        """Integers in ``[low, high)`` (``[low, high]`` with ``endpoint``; ``[0, low)`` without
+        ``high``)."""
+        if high is None:
+            low, high = 0, low
+        low, high = operator.index(low), operator.index(high)
+        if low > high - (0 if endpoint else 1):
+            raise ValueError("low >= high" if not endpoint else "low > high")
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu":
+            raise TypeError(f"Unsupported dtype {dtype} for integers")
+        return self._sample("integers", size, dtype, (low, high), endpoint=endpoint)
+
+
+def default_rng(seed: Any = None) -> Generator:
+    """A new ``Generator`` on the current device (``seed`` an int, or None for the OS's)."""
+    if isinstance(seed, Generator):
+        return seed
+    return Generator(seed)
+
+
 for _method in _DISTRIBUTIONS:
     setattr(RandomState, _method, _distribution(_method))
+    setattr(Generator, _method, _distribution(_method))
+setattr(Generator, "normal", RandomState.normal)  # noqa: B010
+setattr(Generator, "uniform", RandomState.uniform)  # noqa: B010
+setattr(Generator, "choice", RandomState.choice)  # noqa: B010
 
 
 def _module_function(method: str) -> Any:

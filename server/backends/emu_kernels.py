@@ -10,11 +10,13 @@ and sizes.
 
 Python looks at the source only textually, and at the preprocessor's output for it, so that
 macros, user headers and ``#if`` are seen as the compiler sees them: to find kernel names, to
-refuse CUDA constructs the emulator cannot run (warp-level operations, inline PTX, textures...)
-and to decide how the kernels run. A module that mentions ``__syncthreads`` anywhere runs every
-kernel's blocks with each CUDA thread a fiber (a stack of its own) on one host thread:
-``__syncthreads()`` switches to the next fiber, and once every fiber still in the kernel has
-reached the barrier (those that returned count as arrived) they all go on. Any other module runs
+refuse CUDA constructs the emulator cannot run (maskless warp operations, inline PTX,
+textures...) and to decide how the kernels run. A module that mentions ``__syncthreads`` or a
+warp-level operation anywhere runs every kernel's blocks with each CUDA thread a fiber (a stack
+of its own) on one host thread, run by a scheduler there: at ``__syncthreads()`` a fiber waits
+until every fiber still in the kernel has reached the barrier (those that returned count as
+arrived); at a shuffle, vote, match, warp reduction or ``__syncwarp`` until the lanes of its
+warp that the masks name have (see gpupool_emu.h's FiberTeam). Any other module runs
 a block's threads as a plain loop, faster still. Either way a host thread runs whole
 blocks, and as many host threads as pay off share the blocks of a launch (a module without
 barriers but with ``__shared__`` memory keeps to one). ``__shared__`` variables are static
@@ -27,7 +29,7 @@ process); ``GPUPOOL_EMU_STACK_KIB`` in the environment of the process that launc
 size, read at each launch.
 
 Known limitations: the threads of a block do not run in lockstep, so warp-synchronous code that
-relies on it without ``__syncwarp`` (the volatile shared-memory tail of old reductions) gives
+relies on it without a warp operation (the volatile shared-memory tail of old reductions) gives
 wrong results here; and a thread runs until its next barrier or its return, so one that spins
 waiting for another thread of its block (not at a barrier) never ends. Neither is detected.
 
