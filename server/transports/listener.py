@@ -21,14 +21,13 @@ from gpupool.addresses import join_host_port
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.executor import error_message
-from gpupool.server.service import DaemonService
+from gpupool.server import service as front
+from gpupool.server.service import DaemonService, refuse
 from gpupool.transport.frames import MESSAGE, FrameSocket
 from gpupool.transport.payload import MAX_STRIPES
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0  # a connection that has not said what it is by then is dropped
 # An opening frame (open with its grant, or attach) is small: a stranger's claimed length must
 # not make the front set aside up to MAX_MESSAGE bytes for each connection it holds.
 HELLO_MAX = 64 << 10
@@ -102,7 +101,8 @@ class FrameListener:
     def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
         frames = FrameSocket(sock)
         try:
-            kind, first, payload = frames.receive(HELLO_MAX, time.monotonic() + HELLO_TIMEOUT_S)
+            deadline = time.monotonic() + front.OPENING_DEADLINE_S  # read now: tests set it
+            kind, first, payload = frames.receive(HELLO_MAX, deadline)
             sock.settimeout(None)
         except (ConnectionLost, OSError):
             frames.close()
@@ -116,9 +116,7 @@ class FrameListener:
             self._service.attach_stripe(frames, request.attach)
         elif kind == MESSAGE and request.open.stripes > MAX_STRIPES:
             problem = f"{request.open.stripes} stripes asked for; a session may use {MAX_STRIPES}"
-            refusal = CUDARuntimeError("cudaErrorInvalidValue", problem)
-            frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
-            frames.close()
+            refuse(frames, CUDARuntimeError("cudaErrorInvalidValue", problem))
         elif kind == MESSAGE and not payload:
             self._service.serve_connection(frames, first, shared_memory)
         else:
