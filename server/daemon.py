@@ -90,6 +90,11 @@ class Daemon:
         self._stopped = False
 
     @property
+    def pools(self) -> list[WorkerPool]:
+        """The worker pool of each device."""
+        return list(self._pools)
+
+    @property
     def address(self) -> str:
         """``host:port`` for clients (``GPUPOOL_DAEMONS``)."""
         return join_host_port(self.host, self.port)

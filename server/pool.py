@@ -211,6 +211,11 @@ class WorkerPool:
                 self._busy.discard(worker)
                 self._reap(worker)
 
+    def busy_pids(self) -> list[int]:
+        """The process ids of the workers serving sessions now."""
+        with self._lock:
+            return [worker.pid for worker in self._busy]
+
     def close(self) -> None:
         """End every worker of this device."""
         with self._lock:
