@@ -88,9 +88,10 @@ class QuotaLedger(SharedTable):
         with self.locked() as cells:
             cells[2 * slot], cells[2 * slot + 1] = group, 0
 
-    def group_used(self, group: int) -> int:
+    def held(self) -> int:
+        """Bytes held by every worker of the device, whatever their allocation."""
         with self.locked() as cells:
-            return _held_by(cells, group, None)
+            return sum(cells[1::2])
 
     def account(self, slot: int) -> QuotaAccount:
         return QuotaAccount(self, slot)
@@ -123,12 +124,12 @@ class QuotaAccount:
             cells[2 * self._slot + 1] = held
 
 
-def _held_by(cells: memoryview, group: int, besides: int | None) -> int:
+def _held_by(cells: memoryview, group: int, besides: int) -> int:
     """Bytes held by the slots of ``group`` other than ``besides`` (none for group 0)."""
     if group == 0:
         return 0
     return sum(
         cells[index + 1]
         for index in range(0, len(cells), 2)
-        if cells[index] == group and index != (-2 if besides is None else 2 * besides)
+        if cells[index] == group and index != 2 * besides
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import resource
 import signal
 import socket
@@ -20,8 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -42,7 +39,8 @@ from gpupool.server.lifecycle import Limits
 from gpupool.server.pool import Worker
 from gpupool.server.worker import EXIT_ORPHANED, WorkerSpec
 from gpupool.transport.frames import MESSAGE, FrameSocket
-from tests.conftest import GPUPOOL, run_client
+from tests.conftest import run_client
+from tests.daemons import DaemonProcess, call, gone_within, open_raw_tcp, tcp_address
 
 MiB = 1 << 20
 SECRET = b"a cluster secret for the front tests"
@@ -203,12 +201,12 @@ class IdleStreams:
         yield from ()
 
     def ended(self) -> int:
-        return sum(1 for call in self.calls if call.done())
+        return sum(1 for stream in self.calls if stream.done())
 
     def close(self) -> None:
         self._stop.set()
-        for call in self.calls:
-            call.cancel()
+        for stream in self.calls:
+            stream.cancel()
         for channel in self.channels:
             channel.close()
 
@@ -269,7 +267,7 @@ def test_a_thousand_idle_connections_leave_sessions_opening(bare: Daemon) -> Non
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if min(soft, hard) < 2500:
         pytest.skip(f"the descriptor limit ({soft}/{hard}) is too low to hold 1,000 connections")
-    address = _tcp_address(bare)
+    address = tcp_address(bare)
     stranger = [socket.create_connection(address) for _ in range(1000)]
     try:
         time.sleep(0.5)
@@ -294,88 +292,6 @@ def _dtoh(ptr: int, size: int) -> pb.Request:
     return pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=ptr, size=size))
 
 
-def _tcp_address(daemon_or_endpoints: Daemon | list[str]) -> tuple[str, int]:
-    endpoints = getattr(daemon_or_endpoints, "endpoints", daemon_or_endpoints)
-    url = urlsplit(next(url for url in endpoints if url.startswith("tcp://")))
-    assert url.hostname is not None and url.port is not None
-    return url.hostname, url.port
-
-
-# Daemons as processes: killed, stopped, starved of descriptors.
-
-
-class DaemonProcess:
-    """``gpupool daemon`` in a process of its own (its own process group)."""
-
-    def __init__(self, *options: str, nofile: int | None = None, env: dict | None = None):
-        def limit() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        argv = [*GPUPOOL, "daemon", "--listen", "127.0.0.1:0", "--backend", "emu"]
-        self.process = subprocess.Popen(
-            [*argv, "--emu-devices", "1", "--emu-memory", "256MiB", *options],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=limit,
-            env={**os.environ, **(env or {})},
-        )
-        assert self.process.stdout is not None
-        first = self.process.stdout.readline()
-        match = re.search(r"on (\S+) \(", first)
-        assert match, first + self.process.stderr.read() if self.process.stderr else first
-        self.address = match.group(1)
-        self.endpoints = self.process.stdout.readline().split()[1:]
-
-    def workers(self) -> list[int]:
-        """Pids of the daemon's worker processes."""
-        children = []
-        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                children += [int(pid) for pid in (task / "children").read_text().split()]
-        return children
-
-    def stop(self, timeout: float = 30) -> str:
-        """SIGTERM; its log (stderr) once it has exited."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=timeout)
-        return err
-
-
-def alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
-    except OSError:
-        return False
-    return status != "Z"
-
-
-def gone_within(pids: list[int], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while any(alive(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _raw_tcp_session(endpoints: list[str]) -> FrameSocket:
-    frames = FrameSocket(socket.create_connection(_tcp_address(endpoints)))
-    frames.send(MESSAGE, pb.Request(wait=True, open=pb.OpenSession()).SerializeToString())
-    _kind, message, _ = frames.receive()
-    assert pb.Reply.FromString(message).HasField("opened")
-    return frames
-
-
-def _call(frames: FrameSocket, request: pb.Request) -> pb.Reply:
-    request.wait = True
-    frames.send(MESSAGE, request.SerializeToString())
-    _kind, message, _ = frames.receive()
-    return pb.Reply.FromString(message)
-
-
 # 6. The listener outlives a burst that runs it out of descriptors.
 
 
@@ -387,7 +303,7 @@ def test_the_frame_listener_keeps_accepting_after_running_out_of_descriptors(
     daemon = DaemonProcess(nofile=160)
     burst: list[socket.socket] = []
     try:
-        address = _tcp_address(daemon.endpoints)
+        address = tcp_address(daemon.endpoints)
         for _ in range(300):
             sock = socket.socket()
             sock.setblocking(False)
@@ -563,9 +479,9 @@ def test_gpupool_daemon_stops_with_a_kernel_that_ignores_everything() -> None:
 def test_workers_die_with_their_front() -> None:
     """Killing the daemon orphaned tcp/shm workers that went on serving their sessions."""
     daemon = DaemonProcess()
-    frames = _raw_tcp_session(daemon.endpoints)
+    frames = open_raw_tcp(daemon.endpoints)
     try:
-        assert _call(frames, pb.Request(malloc=pb.Malloc(size=MiB))).ptr
+        assert call(frames, pb.Request(malloc=pb.Malloc(size=MiB))).ptr
         workers = daemon.workers()
         assert workers
         daemon.process.kill()
@@ -616,7 +532,7 @@ def test_a_call_no_session_serves_is_refused_by_name(caplog: pytest.LogCaptureFi
 def test_refusals_to_strangers_who_left_print_no_traceback() -> None:
     daemon = DaemonProcess()
     try:
-        address = _tcp_address(daemon.endpoints)
+        address = tcp_address(daemon.endpoints)
         for opening in (
             pb.Request(open=pb.OpenSession(stripes=1000)),  # refused by the listener
             pb.Request(open=pb.OpenSession(device=7)),  # refused by the front
@@ -627,8 +543,8 @@ def test_refusals_to_strangers_who_left_print_no_traceback() -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
                 FrameSocket(sock).send(MESSAGE, opening.SerializeToString())
                 sock.close()  # reset: the refusal finds nobody
-        frames = _raw_tcp_session(daemon.endpoints)
-        assert _call(frames, pb.Request(malloc=pb.Malloc(size=MiB))).ptr
+        frames = open_raw_tcp(daemon.endpoints)
+        assert call(frames, pb.Request(malloc=pb.Malloc(size=MiB))).ptr
         frames.close()
     finally:
         log = daemon.stop()
