@@ -17,7 +17,6 @@ enforcement while a restarted daemon hands its memory out again).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -25,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpupool.errors import CompileError, CUDARuntimeError, GpupoolError
@@ -95,47 +94,45 @@ def die_with(front_pid: int) -> bool:
 class Watchdog:
     """Ends this worker when the call it runs passes its limit, after telling the session.
 
-    ``tell`` sends the session its error (from the watchdog's thread); the worker's loop
-    holds :meth:`timing` over a call's execution only, never while it sends a reply, so the
-    two never write to the connection at once.
+    ``tell`` sends the session its error (from the watchdog's thread). The worker's loop arms
+    the watchdog over a call's execution only (:meth:`arm`, :meth:`disarm`), never while it
+    sends a reply, and the watchdog tells only while that call is still the one armed, under
+    the lock that :meth:`disarm` takes: the two never write to the connection at once.
+    Arming costs an attribute's assignment (a call is microseconds); the thread looks a few
+    times a limit.
     """
 
     def __init__(self, limits: Limits, tell: Callable[[GpupoolError], None], exit_code: int):
         self._limits = limits
         self._tell = tell
         self._exit_code = exit_code
-        self._changed = threading.Condition()
-        self._deadline: float | None = None
-        self._compiling = False
+        self._lock = threading.Lock()
+        self._timed: tuple[float, bool] | None = None  # (deadline, compiling) of the call
+        self._tick = min(1.0, min(limits.kernel_s, limits.compile_s) / 20)
         threading.Thread(target=self._run, name="watchdog", daemon=True).start()
 
-    @contextlib.contextmanager
-    def timing(self, compiling: bool) -> Iterator[None]:
-        """Time what runs inside against the compile limit or the kernel limit."""
+    def arm(self, compiling: bool) -> None:
+        """Time what runs from now against the compile limit or the kernel limit."""
         limit = self._limits.compile_s if compiling else self._limits.kernel_s
-        with self._changed:
-            self._deadline, self._compiling = time.monotonic() + limit, compiling
-            self._changed.notify()
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._deadline = None
+        self._timed = (time.monotonic() + limit, compiling)
+
+    def disarm(self) -> None:
+        """The call has returned (waits while the watchdog is telling the session)."""
+        with self._lock:
+            self._timed = None
 
     def _run(self) -> None:
-        with self._changed:
-            while True:
-                if self._deadline is None:
-                    self._changed.wait()
-                    continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._changed.wait(left)
-                    continue
-                self._expire(self._compiling)
+        while True:
+            time.sleep(self._tick)
+            timed = self._timed
+            if timed is None or time.monotonic() < timed[0]:
+                continue
+            with self._lock:
+                if self._timed is timed:  # still that call: the loop is stuck in it
+                    self._expire(timed[1])
 
     def _expire(self, compiling: bool) -> None:
-        """Called holding the condition: the worker's loop is stuck in the call."""
+        """Tell the session, then end the process (called holding the lock)."""
         if compiling:
             limit = self._limits.compile_s
             error: GpupoolError = CompileError(

@@ -113,8 +113,11 @@ def _timed(
 ) -> Iterator[pb.Reply | DeviceData]:
     """``replies``, with the work of producing each (not the sending) under the watchdog."""
     while True:
-        with watchdog.timing(compiling):
+        watchdog.arm(compiling)
+        try:
             reply = next(replies, None)
+        finally:
+            watchdog.disarm()
         if reply is None:
             return
         yield reply

@@ -163,6 +163,29 @@ def test_four_sessions_of_one_grant_share_its_quota(pooled: Daemon, transport: s
         malloc(other, 200 * MiB)
 
 
+@pytest.mark.gpu
+def test_a_grants_quota_holds_across_its_sessions_on_a_gpu() -> None:
+    """The CuPy backend counts each session's context and allocations in the same ledger."""
+    membership = PoolMembership("127.0.0.1:9", NODE, SECRET)
+    try:
+        daemon = start_daemon(backend="cupy", membership=membership)
+    except RuntimeError as exc:
+        pytest.skip(f"no GPU here: {exc}")
+    share = 8 << 30
+    try:
+        with contextlib.ExitStack() as stack:
+            token = grant(share, allocation="gpu-four")
+            sessions = [stack.enter_context(session(daemon, "tcp", token)) for _ in range(4)]
+            got = 0
+            for opened in sessions:
+                with contextlib.suppress(CUDARuntimeError):
+                    malloc(opened, 3 << 30)
+                    got += 3 << 30
+            assert 0 < got <= share - 4 * (256 * MiB)  # four contexts are in the share too
+    finally:
+        daemon.stop()
+
+
 def test_an_ended_sessions_share_of_the_quota_comes_back(pooled: Daemon) -> None:
     token = grant(64 * MiB, allocation="comes-back")
     with session(pooled, "tcp", token) as first:
