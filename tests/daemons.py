@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,21 +27,26 @@ def tcp_address(daemon_or_endpoints: Daemon | list[str]) -> tuple[str, int]:
     return url.hostname, url.port
 
 
+_LIMITED = (
+    "import os, resource, sys; limit = int(sys.argv[1]);"
+    " resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit));"
+    " os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
 class DaemonProcess:
     """``gpupool daemon`` in a process of its own (its own process group)."""
 
     def __init__(self, *options: str, nofile: int | None = None, env: dict | None = None):
-        def limit() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
         argv = [*GPUPOOL, "daemon", "--listen", "127.0.0.1:0", "--backend", "emu"]
-        self.process = subprocess.Popen(
-            [*argv, "--emu-devices", "1", "--emu-memory", "256MiB", *options],
+        argv += ["--emu-devices", "1", "--emu-memory", "256MiB", *options]
+        if nofile is not None:  # a descriptor limit of its own, set before it execs itself
+            argv = [sys.executable, "-c", _LIMITED, str(nofile), *argv]
+        self.process = subprocess.Popen(  # no preexec_fn: this process runs gRPC threads
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=limit,
             env={**os.environ, **(env or {})},
         )
         assert self.process.stdout is not None
