@@ -1,10 +1,11 @@
 """What each worker of a device has done, counted in shared memory the front process reads.
 
 Copies, launches and array operations run in the session's worker, a process of its own, yet
-``/metrics`` is served by the front. So each device has one block of 64-bit cells in a file
-every worker maps (as the emulator's memory ledger is shared), a row per worker slot: the
-worker adds to its own row on the hot path (one store into a mapped page, no message, no
-lock: a row has one writer), and the front sums the rows when it is scraped. When a worker
+``/metrics`` is served by the front. So each device has one table of 64-bit cells in a file
+every worker maps (a :class:`~gpupool.server.ledger.SharedTable`, as the memory ledgers
+are), a row per worker slot: the worker adds to its own row on the hot path (one store into
+a mapped page, no message, no lock: a row has one writer), and the front sums the rows when
+it is scraped. When a worker
 has ended, the front folds its row into the totals of its session's transport and clears it
 before the slot is used again, so the totals only ever grow, however a worker ends (a killed
 worker has nothing to report at exit: its row is already there).
@@ -15,15 +16,13 @@ operations behind its worker, never a count that goes back.
 
 from __future__ import annotations
 
-import mmap
-import os
-import tempfile
 import threading
 import time
 from enum import IntEnum
-from typing import BinaryIO
 
 import numpy as np
+
+from gpupool.server.ledger import SharedTable
 
 TRANSPORTS = ("grpc", "ucx", "tcp", "shm")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce")
@@ -49,26 +48,35 @@ CELLS = Cell.TRANSPORT + 1
 DIRECTIONS = {"htod": Cell.HTOD_BYTES, "dtoh": Cell.DTOH_BYTES, "dtod": Cell.DTOD_BYTES}
 
 
+class CounterTable(SharedTable):
+    """The rows of one device's workers."""
+
+    COLUMNS = CELLS
+
+
 class SlotCounters:
     """A worker's row, as the worker adds to it."""
 
-    def __init__(self, cells: memoryview, keep: object = None) -> None:
+    def __init__(self, cells: memoryview, table: CounterTable | None = None) -> None:
         self._cells = cells
-        self._keep = keep  # what maps the row, alive as long as the row
+        self._table = table  # what maps the row, alive as long as the row
 
     @classmethod
     def attach(cls, inherited_fd: int, slot: int) -> SlotCounters:
-        """The row of ``slot`` in the block whose descriptor this worker inherited."""
-        with open(f"/proc/self/fd/{inherited_fd}", "r+b") as file:
-            block = mmap.mmap(file.fileno(), 0)
-        os.close(inherited_fd)
-        cells = memoryview(block).cast("q")[slot * CELLS : (slot + 1) * CELLS]
-        return cls(cells, block)
+        """The row of ``slot`` in the table whose descriptor this worker inherited."""
+        table = CounterTable.attach(inherited_fd)
+        return cls(table.unlocked()[slot * CELLS : (slot + 1) * CELLS], table)
 
     @classmethod
     def detached(cls) -> SlotCounters:
         """A row of its own, read by nobody (an executor outside a daemon's worker)."""
         return cls(memoryview(bytearray(CELLS * 8)).cast("q"))
+
+    def close(self) -> None:
+        """Unmap the row (a worker need not: its end does)."""
+        self._cells.release()
+        if self._table is not None:
+            self._table.close()
 
     def copied(self, cell: Cell, size: int) -> None:
         self._cells[cell] += size
@@ -101,18 +109,15 @@ class DeviceCounters:
     """The front's side of one device's block: rows assigned, retired and summed."""
 
     def __init__(self, slots: int) -> None:
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self._file: BinaryIO = tempfile.TemporaryFile(prefix="gpupool-counters-", dir=folder)
-        self._file.truncate(slots * CELLS * 8)
-        self._map = mmap.mmap(self._file.fileno(), 0)
-        self._rows = np.frombuffer(self._map, dtype=np.int64).reshape(slots, CELLS)
+        self._table = CounterTable.create(slots)
+        self._rows = np.frombuffer(self._table.unlocked(), dtype=np.int64).reshape(slots, CELLS)
         self._retired = np.zeros((len(TRANSPORTS), CELLS), dtype=np.int64)
         self._lock = threading.Lock()
         self.starts = 0  # workers started
         self.crashes = 0  # workers that ended neither cleanly nor killed by the front
 
     def fileno(self) -> int:
-        return self._file.fileno()
+        return self._table.fileno()
 
     def assign(self, slot: int, transport: str) -> None:
         """The worker in ``slot`` serves a session over ``transport``: its counts count."""
@@ -142,9 +147,8 @@ class DeviceCounters:
         return int(sum(row[Cell.BUSY_NS] for row in self.totals().values()))
 
     def close(self) -> None:
-        del self._rows
-        self._map.close()
-        self._file.close()
+        del self._rows  # the table's cells can be released only once no view holds them
+        self._table.close()
 
 
 class BusyShare:

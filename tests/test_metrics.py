@@ -376,5 +376,7 @@ def test_a_workers_row_counts_into_its_transports_totals_and_stays_after_it_ends
         rows[0].launched()
         totals = block.totals()
         assert totals["tcp"][Cell.LAUNCHES] == 1 and totals["grpc"][Cell.LAUNCHES] == 1
+        for row in rows:
+            row.close()
     finally:
         block.close()
