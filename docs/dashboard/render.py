@@ -220,9 +220,13 @@ def record(seconds: float = 50.0) -> list[tuple[float, Scrape]]:
     from gpupool.server.daemon import PoolMembership, start_daemon
 
     secret = b"dashboard-render-secret-0123456789"
-    folder = tempfile.mkdtemp(prefix="gpupool-dashboard-")
+    folder = tempfile.TemporaryDirectory(prefix="gpupool-dashboard-")
     scheduler = start_scheduler(
-        "127.0.0.1:0", f"{folder}/pool.db", secret, heartbeat_s=0.5, metrics_listen="127.0.0.1:0"
+        "127.0.0.1:0",
+        f"{folder.name}/pool.db",
+        secret,
+        heartbeat_s=0.5,
+        metrics_listen="127.0.0.1:0",
     )
     daemon = start_daemon(
         backend="emu",
@@ -263,6 +267,7 @@ def record(seconds: float = 50.0) -> list[tuple[float, Scrape]]:
                 process.wait()
         daemon.stop()
         scheduler.stop()
+        folder.cleanup()
     return history
 
 
