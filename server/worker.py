@@ -60,9 +60,9 @@ class WorkerSpec:
     quota_fd: int  # the device's quota ledger (a QuotaLedger), inherited
     log_level: str
     front_pid: int  # the front process that started this worker
-    counters_fd: int  # the device's counter block (server/counters.py), inherited
     pooled: bool = False  # the daemon is in a pool: every session has a quota
     limits: Limits = field(default_factory=lambda: Limits())
+    counters_fd: int | None = None  # the device's counter table (counters.py), inherited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -89,7 +89,11 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     if channel is None:
         return 0
     account = QuotaLedger.attach(spec.quota_fd).account(spec.slot)
-    counters = SlotCounters.attach(spec.counters_fd, spec.slot)
+    counters = (
+        SlotCounters.attach(spec.counters_fd, spec.slot)
+        if spec.counters_fd is not None
+        else SlotCounters.detached()  # a worker started by hand: nobody reads its counts
+    )
     executor = SessionExecutor(
         backend, translate, channel.host_memory, account, spec.pooled, counters
     )
