@@ -26,7 +26,6 @@ from gpupool.server.ledger import SharedTable
 
 TRANSPORTS = ("grpc", "ucx", "tcp", "shm")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce")
-PEER_DIRECTIONS = ("sent", "received")
 
 
 class Cell(IntEnum):
@@ -46,6 +45,7 @@ class Cell(IntEnum):
 
 CELLS = Cell.TRANSPORT + 1
 DIRECTIONS = {"htod": Cell.HTOD_BYTES, "dtoh": Cell.DTOH_BYTES, "dtod": Cell.DTOD_BYTES}
+PEERS = {"sent": Cell.PEER_SENT_BYTES, "received": Cell.PEER_RECEIVED_BYTES}
 
 
 class CounterTable(SharedTable):
@@ -93,9 +93,9 @@ class SlotCounters:
     def peer_copied(self, direction: str, size: int) -> None:
         """A device-to-device copy between this device and one of another daemon:
         ``direction`` is ``sent`` (this device was the source) or ``received``."""
-        if direction not in PEER_DIRECTIONS:
+        cell = PEERS.get(direction)
+        if cell is None:
             raise ValueError(f"a peer copy is sent or received, not {direction!r}")
-        cell = Cell.PEER_SENT_BYTES if direction == "sent" else Cell.PEER_RECEIVED_BYTES
         self._cells[cell] += size
 
     def collective(self, op: str, size: int) -> None:
@@ -144,11 +144,16 @@ class DeviceCounters:
 
     def busy_ns(self) -> int:
         """Time all the device's workers, live and ended, spent serving messages."""
-        return int(sum(row[Cell.BUSY_NS] for row in self.totals().values()))
+        return summed(self.totals(), Cell.BUSY_NS)
 
     def close(self) -> None:
         del self._rows  # the table's cells can be released only once no view holds them
         self._table.close()
+
+
+def summed(totals: dict[str, np.ndarray], cell: int) -> int:
+    """One cell of :meth:`DeviceCounters.totals`, over every transport."""
+    return int(sum(row[cell] for row in totals.values()))
 
 
 class BusyShare:

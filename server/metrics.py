@@ -18,7 +18,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gpupool.server.backends.base import DeviceInfo
-from gpupool.server.counters import COLLECTIVES, DIRECTIONS, TRANSPORTS, BusyShare, Cell
+from gpupool.server.counters import (
+    COLLECTIVES,
+    DIRECTIONS,
+    PEERS,
+    TRANSPORTS,
+    BusyShare,
+    Cell,
+    summed,
+)
 from gpupool.server.nvml import Nvml
 from gpupool.server.pool import WorkerPool
 
@@ -142,7 +150,6 @@ class _Devices(Collector):
         for device, pool in zip(self._devices, self._pools, strict=True):
             label = str(pool.device)
             totals = pool.counters.totals()
-            busy_ns = int(sum(row[Cell.BUSY_NS] for row in totals.values()))
             memory_used, ratio = self._figures(device, pool)
             info.add_metric([label, device.name, device.uuid], 1)
             total.add_metric([label], device.total_memory)
@@ -153,17 +160,13 @@ class _Devices(Collector):
                     copies.add_metric([label, direction, transport], int(row[cell]))
                 launches.add_metric([label, transport], int(row[Cell.LAUNCHES]))
                 array_ops.add_metric([label, transport], int(row[Cell.ARRAY_OPS]))
-            busy.add_metric([label], busy_ns / 1e9)
+            busy.add_metric([label], summed(totals, Cell.BUSY_NS) / 1e9)
             starts.add_metric([label], pool.counters.starts)
             crashes.add_metric([label], pool.counters.crashes)
-            for direction, cell in (
-                ("sent", Cell.PEER_SENT_BYTES),
-                ("received", Cell.PEER_RECEIVED_BYTES),
-            ):
-                peer.add_metric([label, direction], int(sum(r[cell] for r in totals.values())))
+            for direction, cell in PEERS.items():
+                peer.add_metric([label, direction], summed(totals, cell))
             for index, op in enumerate(COLLECTIVES):
-                column = Cell.COLLECTIVE_BYTES + index
-                collective.add_metric([label, op], int(sum(r[column] for r in totals.values())))
+                collective.add_metric([label, op], summed(totals, Cell.COLLECTIVE_BYTES + index))
         yield from (info, total, used, utilisation, copies, launches, array_ops, busy)
         yield from (starts, crashes, peer, collective)
 
