@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
@@ -19,6 +18,7 @@ from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import DaemonService
 from gpupool.server.transports.listener import FrameListener
+from gpupool.tls import TLSFiles
 
 try:
     from gpupool.server.transports.ucx_listener import UcxListener
@@ -26,21 +26,6 @@ except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:
     UcxListener = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for a daemon's TLS: its certificate and key, and, to require client
-    certificates, the CA that signs them."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        pair = (self.key.read_bytes(), self.cert.read_bytes())
-        ca = self.client_ca.read_bytes() if self.client_ca else None
-        return grpc.ssl_server_credentials([pair], ca, require_client_auth=ca is not None)
 
 
 class Daemon:
@@ -167,10 +152,12 @@ def start_daemon(
             config.kind,
             devices,
             membership.oversubscription,
-            membership.secret,
             reserved=warm * config.idle_worker_memory,
         )
-        registration = Registration(membership.scheduler, node, devices, pools, admission)
+        registration = Registration(
+            membership.scheduler, node, devices, pools, admission, membership.secret
+        )
+        admission.check_with(registration.allocation_live)
         registration.start()
     elif not hosts.loopback:
         log.warning(

@@ -86,12 +86,26 @@ def test_requests_that_can_never_fit_fail_at_once_with_the_reason() -> None:
 @pytest.mark.parametrize(
     ("asked", "problem"),
     [
-        ({"count": 0}, "at least one GPU"),
-        ({"fraction": 1.5}, "a fraction is in (0, 1], not 1.5"),
-        ({"fraction": 0.0}, "a fraction is in (0, 1], not 0"),
+        ({"count": 0}, "count: a request asks for 1 to 1024 GPUs, not 0"),
+        ({"count": 1 << 31}, "count: a request asks for 1 to 1024 GPUs"),
+        ({"fraction": 1.5}, "fraction: a share of a GPU in [0.01, 1], not 1.5"),
+        ({"fraction": 0.0}, "fraction: a share of a GPU in [0.01, 1], not 0.0"),
+        # Critical 1: a share that rounds to nothing was a grant of quota 0
+        ({"fraction": 1e-10}, "fraction: a share of a GPU in [0.01, 1], not 1e-10"),
+        ({"fraction": float("nan")}, "fraction: a share of a GPU in [0.01, 1], not nan"),
+        ({"fraction": None, "memory": 1}, "memory: a memory share from 1MiB"),
+        ({"fraction": None, "memory": 1 << 62}, "memory: a memory share from 1MiB to 1024TiB"),
         ({"fraction": None}, "either a fraction or a memory size"),
-        ({"policy": "random"}, "unknown policy 'random'"),
-        ({"ttl": 0}, "positive time-to-live"),
+        ({"policy": "random"}, "policy: unknown policy 'random'"),
+        ({"ttl": 0}, "ttl_s: a number of seconds in [1, 604800], not 0"),
+        ({"ttl": float("nan")}, "ttl_s: a number of seconds in [1, 604800], not nan"),
+        ({"ttl": float("inf")}, "ttl_s: a number of seconds in [1, 604800], not inf"),
+        ({"ttl": 1e308}, "ttl_s: a number of seconds in [1, 604800], not 1e+308"),
+        ({"wait": float("inf")}, "wait_s: a number of seconds in [0, 600], not inf"),
+        ({"wait": float("nan")}, "wait_s: a number of seconds in [0, 600], not nan"),
+        ({"wait": -1.0}, "wait_s: a number of seconds in [0, 600], not -1.0"),
+        ({"owner": "x" * (10 << 20)}, "owner: at most 256 characters, not 10485760"),
+        ({"owner": "me\nforged log line"}, "owner: printable characters only"),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_problem(
@@ -201,7 +215,8 @@ def test_leases_expire_unless_renewed() -> None:
     assert renewed[-1] == sm.Reply(7, machine.allocations[allocation.id])
     assert machine.allocations[allocation.id].expires_at == 18.0
     assert machine.handle(sm.Tick(17.9)) == []
-    assert sm.DeleteAllocation(allocation.id, "expired") in machine.handle(sm.Tick(18.0))
+    expired = sm.DeleteAllocation(allocation.id, "expired", "", gpu_seconds=18.0, nodes=("a",))
+    assert expired in machine.handle(sm.Tick(18.0))  # a whole GPU held 18 s
     gone = refused(machine.handle(sm.Renew(8, allocation.id, 19.0)))
     assert gone.code == "NOT_FOUND" and "released or its lease expired" in gone.reason
     assert refused(machine.handle(sm.Release(9, allocation.id, 19.0))).code == "NOT_FOUND"

@@ -49,7 +49,8 @@ def add(commands: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from gpupool.grants import load_secret
-    from gpupool.server.daemon import PoolMembership, TLSFiles
+    from gpupool.server.daemon import PoolMembership
+    from gpupool.tls import TLSFiles
 
     if (args.tls_cert is None) != (args.tls_key is None):
         print("gpupool daemon: --tls-cert and --tls-key go together", file=sys.stderr)

@@ -9,7 +9,8 @@ from gpupool import logs
 from gpupool.units import parse_size
 
 if TYPE_CHECKING:
-    from gpupool.server.daemon import Daemon, PoolMembership, TLSFiles
+    from gpupool.server.daemon import Daemon, PoolMembership
+    from gpupool.tls import TLSFiles
 
 
 def size(text: str) -> int:
