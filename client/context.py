@@ -29,6 +29,8 @@ from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.tls import TLS
 
 ENV_DAEMONS = "GPUPOOL_DAEMONS"
+
+
 class DaemonLinks:
     """One daemon: its gRPC channel, what it said of itself, and the transport its sessions
     use."""

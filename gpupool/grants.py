@@ -125,7 +125,10 @@ class ProofGuard:
         if not hmac.compare_digest(
             mac, _mac(_proven(call, node, stamp, nonce, body), self._secret)
         ):
-            return "the proof does not match this scheduler's cluster secret"
+            return (
+                "the proof does not match the message and this scheduler's cluster secret"
+                " (another secret, or a message altered on the way)"
+            )
         if not abs(now - when) <= self._window:  # NaN too
             return (
                 f"the proof was made {now - when:.0f} s from the scheduler's time (more than"

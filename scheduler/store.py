@@ -142,10 +142,9 @@ class Store:
         if len(token) > MAX_TOKEN or not token.startswith(TOKEN_PREFIX):
             return None
         token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
-        row = self._db.execute(
-            "select team, user, hash from tokens where id = ? and revoked_at is null",
-            (token_id,),
-        ).fetchone()
+        row = self._one(
+            "select team, user, hash from tokens where id = ? and revoked_at is null", token_id
+        )
         if row is None or not hmac.compare_digest(row[2], _hash(secret)):
             return None
         return Identity(token_id, row[0], row[1])
@@ -162,7 +161,7 @@ class Store:
 
     def quota(self, team: str) -> TeamQuota | None:
         """``team``'s quota; None where it has none (or has no row)."""
-        row = self._db.execute("select quota from teams where name = ?", (team,)).fetchone()
+        row = self._one("select quota from teams where name = ?", team)
         return _quota(row[0]) if row else None
 
     def teams(self) -> dict[str, tuple[TeamQuota | None, float]]:
@@ -172,6 +171,13 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def _one(self, query: str, key: str) -> tuple[Any, ...] | None:
+        """The first row of ``query`` for ``key``. All rows are read: a cursor left open
+        would hold its read transaction, and the scheduler would go on seeing the file as
+        it was then (a revoked token still live)."""
+        rows = self._db.execute(query, (key,)).fetchall()
+        return rows[0] if rows else None
 
     def _transaction(self) -> sqlite3.Connection:
         self._db.execute("begin immediate")

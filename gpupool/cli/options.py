@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpupool import logs
@@ -116,6 +118,44 @@ def seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     return value
+
+
+def add_tls_options(parser: argparse.ArgumentParser, peers: str, title: str = "TLS") -> None:
+    """``--tls-cert``/``--tls-key`` (serve gRPC over TLS) and ``--tls-client-ca`` (mTLS)."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate")
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help=f"require {peers} to show certificates of this CA",
+    )
+
+
+def tls_files(args: argparse.Namespace, command: str) -> TLSFiles | int | None:
+    """The TLS options' files (None: no TLS), or the exit status of options that do not go
+    together (said on stderr)."""
+    from gpupool.tls import TLSFiles
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print(f"gpupool {command}: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not args.tls_cert:
+        print(f"gpupool {command}: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    return TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """The scheduler's state file: the scheduler's, and the admin commands' (tokens, teams)."""
+    parser.add_argument(
+        "--db",
+        default="gpupool-scheduler.db",
+        metavar="PATH",
+        help="the scheduler's SQLite file of its state, made if missing"
+        " (default gpupool-scheduler.db)",
+    )
 
 
 def add_scheduler_option(parser: argparse._ActionsContainer) -> None:
