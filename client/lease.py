@@ -37,6 +37,7 @@ ENV_ALLOCATION = "GPUPOOL_ALLOCATION"
 ENV_SCHEDULER = "GPUPOOL_SCHEDULER"
 ENV_TOKEN = "GPUPOOL_TOKEN"
 CALL_TIMEOUT_S = 10.0
+MAX_WAIT_S = 3600.0  # past the scheduler's bound on waits (scheduler/limits.py)
 T = TypeVar("T")
 
 
@@ -76,7 +77,10 @@ class SchedulerClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def allocate(self, request: spb.AllocationRequest) -> spb.Allocation:
-        timeout = CALL_TIMEOUT_S + request.wait_s
+        # the scheduler refuses a wait past its bound (or NaN) at once; the deadline must
+        # still be a number gRPC takes, so that the refusal is what the caller hears
+        wait = request.wait_s if 0 <= request.wait_s <= MAX_WAIT_S else 0.0
+        timeout = CALL_TIMEOUT_S + wait
         return self._call(
             lambda: self._stub.Allocate(request, timeout=timeout, metadata=self._metadata)
         )

@@ -18,12 +18,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from gpupool import grants
 from gpupool.addresses import ListenHosts, join_host_port
@@ -40,6 +41,7 @@ from gpupool.tls import TLSFiles
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
+QUIET_S = 60.0
 HINT = ": give the daemon the scheduler's cluster secret (GPUPOOL_CLUSTER_SECRET or --secret-file)"
 NEEDS_TOKEN = (
     "this scheduler requires an API token: set GPUPOOL_TOKEN (an admin makes one with"
@@ -83,6 +85,7 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         self._asks = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[object]] = {}
         self._watchers: dict[str, set[asyncio.Event]] = {}  # held heartbeats, by node
+        self._quiet_until = 0.0  # refused registrations are logged once a minute at most
 
     # the calls
 
@@ -248,8 +251,12 @@ class SchedulerService(spb_grpc.SchedulerServicer):
             return
         if "cluster secret" in problem:
             problem += HINT
-        if log_refusal:
-            log.warning("registration refused", extra=fields(node=node[:64], reason=problem))
+        if log_refusal and now >= self._quiet_until:  # a stranger cannot flood the log
+            self._quiet_until = now + QUIET_S
+            log.warning(
+                "registration refused (the next such refusals go unlogged for a minute)",
+                extra=fields(node=node[:64], reason=problem),
+            )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Identity | None:
@@ -401,6 +408,48 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         )
 
 
+def handler(service: SchedulerService) -> grpc.GenericRpcHandler:
+    """The service's calls, each parsing its own request, in place of the generated
+    ``add_SchedulerServicer_to_server``: bytes that are no message get INVALID_ARGUMENT
+    naming the message, where gRPC's own parsing answers INTERNAL and logs a traceback that
+    a stranger could fill the log with."""
+    calls: dict[str, tuple[Callable[[Any, Any], Awaitable[Message]], type[Message]]] = {
+        "Register": (service.Register, spb.NodeRegistration),
+        "Heartbeat": (service.Heartbeat, spb.NodeHeartbeat),
+        "Allocate": (service.Allocate, spb.AllocationRequest),
+        "Renew": (service.Renew, spb.LeaseRef),
+        "Release": (service.Release, spb.LeaseRef),
+        "Pool": (service.Pool, spb.PoolRequest),
+        "CheckAllocation": (service.CheckAllocation, spb.AllocationCheck),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _parsing(call, kind), response_serializer=_serialize
+        )
+        for name, (call, kind) in calls.items()
+    }
+    return grpc.method_handlers_generic_handler("gpupool.v1.Scheduler", handlers)
+
+
+def _parsing(
+    call: Callable[[Any, Any], Awaitable[Message]], kind: type[Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
+    async def parse_then_call(data: bytes, context: grpc.aio.ServicerContext) -> Message:
+        try:
+            request = kind.FromString(data)
+        except DecodeError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not a {kind.DESCRIPTOR.name} message"
+            )
+        return await call(request, context)
+
+    return parse_then_call
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
 def public_id(allocation_id: str) -> str:
     """What listings show of an allocation id: enough to tell allocations apart, not the
     whole id, which is the capability to renew (and so get grants) and to release."""
@@ -528,7 +577,7 @@ async def _serve(settings: _Settings, started: Future[Scheduler]) -> None:
         require_tokens=settings.require_tokens,
     )
     server = grpc.aio.server(options=OPTIONS)
-    spb_grpc.add_SchedulerServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((handler(service),))
     try:
         if settings.tls is None:
             port = server.add_insecure_port(listen)

@@ -32,7 +32,9 @@ from gpupool.scheduler.service import Scheduler, start_scheduler
 from gpupool.server.admission import Admission
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
 from gpupool.server.registration import Registration, node_registration
+from gpupool.tls import TLSFiles
 from tests.test_pool import eventually, gpupool_cli
+from tests.test_transports import _self_signed
 
 SECRET = b"security-test-secret-0123456789"
 GiB = 1 << 30
@@ -251,3 +253,71 @@ def test_a_captured_heartbeat_or_registration_replayed_is_refused(
         channel.close()
         registration.stop()
         scheduler.stop()
+
+
+def test_the_scheduler_serves_tls_and_requires_client_certificates_with_a_client_ca(
+    tmp_path: Path, env: pytest.MonkeyPatch
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    files = TLSFiles(cert, key, client_ca=cert)  # the one certificate signs both ends
+    db = str(tmp_path / "scheduler.db")
+    with start_scheduler("127.0.0.1:0", db, SECRET, heartbeat_s=0.3, tls=files) as scheduler:
+        refusals = {}
+        for what, variables in {
+            "plain text": {},
+            "TLS without a client certificate": {"GPUPOOL_TLS_CA": str(cert)},
+        }.items():
+            for name, value in variables.items():
+                env.setenv(name, value)
+            with pytest.raises(AllocationError, match="does not answer") as refused:
+                SchedulerClient(scheduler.address).pool()
+            refusals[what] = refused.value.code
+        env.setenv("GPUPOOL_TLS_CERT", str(cert))
+        env.setenv("GPUPOOL_TLS_KEY", str(key))
+        daemon = join(scheduler)  # the daemon registers over TLS, with its certificate
+        try:
+            with allocate(scheduler.address, 1, fraction=0.5, ttl=30) as lease:
+                assert lease.placements[0].node == "n"
+        finally:
+            daemon.stop()
+    print(f"refused: {refusals}; with the CA and a certificate: registered and allocated")
+    bad = gpupool_cli("scheduler", "--tls-cert", str(cert), "--db", db)
+    assert bad.returncode == 2 and "--tls-cert and --tls-key go together" in bad.stderr
+
+
+def test_what_a_client_sends_is_bounded_and_a_huge_owner_harms_nobody(
+    tmp_path: Path, env: pytest.MonkeyPatch
+) -> None:
+    """Issue 11, items 1 and 8, over the wire: each gets INVALID_ARGUMENT naming its field,
+    a 10 MB owner is refused before it is parsed, and the pool goes on for everyone."""
+    db = str(tmp_path / "scheduler.db")
+    with start_scheduler("127.0.0.1:0", db, SECRET, heartbeat_s=0.3) as scheduler:
+        daemon = join(scheduler)
+        client = SchedulerClient(scheduler.address)
+        try:
+            cases = {
+                "fraction": spb.AllocationRequest(count=1, fraction=1e-10, ttl_s=30),
+                "ttl_s": spb.AllocationRequest(count=1, fraction=0.5, ttl_s=float("nan")),
+                "wait_s": spb.AllocationRequest(count=1, fraction=0.5, ttl_s=30, wait_s=1e308),
+                "count": spb.AllocationRequest(count=1 << 31, fraction=0.5, ttl_s=30),
+                "owner": spb.AllocationRequest(count=1, fraction=0.5, ttl_s=30, owner="x" * 300),
+            }
+            for field, request in cases.items():
+                with pytest.raises(AllocationError) as refused:
+                    client.allocate(request)
+                assert refused.value.code == "INVALID_ARGUMENT", field
+                assert refused.value.reason.startswith(f"{field}: "), refused.value.reason
+            with pytest.raises(AllocationError, match="id: an allocation id"):
+                client.renew("x" * 100)
+            huge = spb.AllocationRequest(count=1, fraction=0.5, ttl_s=30, owner="x" * (10 << 20))
+            with pytest.raises(AllocationError) as too_big:
+                client.allocate(huge)
+            assert too_big.value.code == "RESOURCE_EXHAUSTED"  # gRPC's own message limit
+            assert "larger than max" in too_big.value.reason
+            state = client.pool()  # everyone's listing still works
+            assert len(state.gpus) == 1 and not state.allocations
+            with allocate(scheduler.address, 1, fraction=0.5, ttl=30) as lease:
+                assert lease.placements[0].memory == GiB // 2
+        finally:
+            client.close()
+            daemon.stop()
