@@ -145,9 +145,8 @@ class ProofGuard:
 
 def prove(call: str, message: Message, node: str, secret: bytes, now: float) -> None:
     """Set ``message.proof`` to a fresh proof of ``message`` (a node's ``call``)."""
-    message.proof = node_proof(
-        call, node, message_body(message), secret, now, secrets.token_hex(16)
-    )  # type: ignore[attr-defined]
+    proof = node_proof(call, node, message_body(message), secret, now, secrets.token_hex(16))
+    message.proof = proof  # type: ignore[attr-defined]
 
 
 def message_body(message: Message) -> bytes:
