@@ -594,6 +594,7 @@ def test_run_without_a_scheduler_allocates_from_an_embedded_pool(tmp_path: Path)
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent(PROG))
     env = {k: v for k, v in os.environ.items() if k not in ("GPUPOOL_SCHEDULER", grants.ENV_SECRET)}
+    env["GPUPOOL_TOKEN"] = "gpt_0123_of-another-pool"  # its own open pool does not use it
     result = subprocess.run(
         [
             *GPUPOOL,
