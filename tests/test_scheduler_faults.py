@@ -35,9 +35,9 @@ GPUS = 4
 class SchedulerProcess:
     """``gpupool scheduler`` on loopback, as an operator runs it."""
 
-    def __init__(self, db: Path, port: int = 0) -> None:
+    def __init__(self, db: Path, port: int = 0, *options: str) -> None:
         self.process = subprocess.Popen(
-            [*GPUPOOL, "scheduler", "--listen", f"127.0.0.1:{port}", "--db", str(db)],
+            [*GPUPOOL, "scheduler", "--listen", f"127.0.0.1:{port}", "--db", str(db), *options],
             env={**os.environ, grants.ENV_SECRET: SECRET},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -46,6 +46,7 @@ class SchedulerProcess:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # "gpupool scheduler on 127.0.0.1:PORT (...)"
         assert line.startswith("gpupool scheduler on"), line + self.process.stderr.read()
+        self.said = line
         self.address = line.split()[3]
         self.port = int(self.address.rpartition(":")[2])
 

@@ -34,6 +34,7 @@ from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
 from gpupool.server.registration import Registration, node_registration
 from gpupool.tls import TLSFiles
 from tests.test_pool import eventually, gpupool_cli
+from tests.test_scheduler_faults import SchedulerProcess
 from tests.test_transports import _self_signed
 
 SECRET = b"security-test-secret-0123456789"
@@ -145,6 +146,18 @@ def test_team_quotas_are_enforced_and_usage_shows_in_list_and_smi(
         del os.environ["GPUPOOL_TOKEN"]
     without = gpupool_cli("list", "--scheduler", scheduler.address)
     assert without.returncode == 1 and "requires an API token" in without.stderr
+
+
+def test_the_scheduler_command_requires_tokens_when_told(
+    tmp_path: Path, env: pytest.MonkeyPatch
+) -> None:
+    scheduler = SchedulerProcess(tmp_path / "scheduler.db", 0, "--require-tokens")
+    try:
+        assert "API tokens required" in scheduler.said
+        with pytest.raises(AllocationError, match="requires an API token"):
+            SchedulerClient(scheduler.address).pool()
+    finally:
+        scheduler.stop()
 
 
 def test_an_open_scheduler_serves_callers_without_a_token_but_not_with_a_bad_one(

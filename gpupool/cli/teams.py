@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpupool.cli.options import add_db_option, size
+from gpupool.cli.tokens import open_store
 from gpupool.scheduler import limits
 from gpupool.units import format_size
 
@@ -45,12 +46,13 @@ def add(commands: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from gpupool.scheduler.state import TeamQuota
-    from gpupool.scheduler.store import Store
 
     if args.action == "quota" and (problem := limits.text("team", args.team)):
         print(f"gpupool team: {problem}", file=sys.stderr)
         return 2
-    store = Store(args.db)
+    store = open_store(args.db, NAME)
+    if store is None:
+        return 1
     try:
         if args.action == "quota":
             store.set_quota(args.team, TeamQuota(args.gpus, args.memory, args.allocations))

@@ -8,15 +8,19 @@ it is made; the file keeps only its hash.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from gpupool.cli.options import add_db_option
 from gpupool.scheduler import limits
+
+if TYPE_CHECKING:
+    from gpupool.scheduler.store import Store
 
 NAME = "token"
 
@@ -40,16 +44,27 @@ def add(commands: Any) -> None:
     add_db_option(revoke)
 
 
-def main(args: argparse.Namespace) -> int:
+def open_store(db: str, command: str) -> Store | None:
+    """The state file's store; None (said on stderr) where it cannot be opened."""
     from gpupool.scheduler.store import Store
 
+    try:
+        return Store(db)
+    except sqlite3.Error as exc:
+        print(f"gpupool {command}: cannot open the state database {db}: {exc}", file=sys.stderr)
+        return None
+
+
+def main(args: argparse.Namespace) -> int:
     if args.action == "create":
         for field in ("team", "user"):
             problem = limits.text(field, getattr(args, field))
             if problem or not getattr(args, field):
                 print(f"gpupool token: {problem or f'{field}: give one'}", file=sys.stderr)
                 return 2
-    store = Store(args.db)
+    store = open_store(args.db, NAME)
+    if store is None:
+        return 1
     try:
         if args.action == "create":
             token_id, token = store.create_token(args.team, args.user, time.time())
