@@ -112,7 +112,8 @@ class ProofGuard:
     def __init__(self, secret: bytes, window: float = PROOF_WINDOW_S) -> None:
         self._secret = secret
         self._window = window
-        self._seen: dict[tuple[str, str], float] = {}  # (node, nonce) -> the proof's time
+        # (node, nonce) -> when it was accepted, in that order
+        self._seen: dict[tuple[str, str], float] = {}
 
     def check(self, call: str, node: str, body: bytes, proof: str, now: float) -> str | None:
         """Why ``proof`` does not prove ``body`` (a ``call`` of ``node``) now, or None."""
@@ -134,12 +135,14 @@ class ProofGuard:
                 f"the proof was made {now - when:.0f} s from the scheduler's time (more than"
                 f" {self._window:g} s: a replay, or clocks apart; run NTP)"
             )
-        for key, seen in list(self._seen.items()):
-            if now - seen > self._window:
-                del self._seen[key]
+        while self._seen:  # oldest first: forget those that are past replaying anyway
+            key, accepted = next(iter(self._seen.items()))
+            if now - accepted <= 2 * self._window:  # its time is at least accepted - window
+                break
+            del self._seen[key]
         if (node, nonce) in self._seen:
             return "the proof was used before (a replayed message)"
-        self._seen[node, nonce] = when
+        self._seen[node, nonce] = now
         return None
 
 

@@ -71,7 +71,7 @@ class Registration:
         self.interval = 1.0
         self.registered = threading.Event()
         self.refused = ""  # why the scheduler last refused to register this node
-        self.reachable = False  # did the last heartbeat get an answer?
+        self.reachable = False  # did the last registration or heartbeat get an answer?
 
     def start(self) -> None:
         self._thread.start()
@@ -112,6 +112,7 @@ class Registration:
                     accepted = self._stub.Register(registration, timeout=CALL_TIMEOUT_S)
                     self.interval = accepted.heartbeat_s or self.interval
                     known = True
+                    self.reachable = True  # it answers: sessions opening may ask it
                     self.registered.set()
                     log.info("registered with the scheduler", extra=fields(node=self._node.name))
                 asked_at = self._clock()
@@ -123,7 +124,7 @@ class Registration:
                     continue
                 self._admission.sync(reply.live_allocations, asked_at)
                 if not self.reachable:
-                    log.info("scheduler reachable", extra=fields(node=self._node.name))
+                    log.info("scheduler reachable again", extra=fields(node=self._node.name))
                 self.reachable = True
                 ended = live is not None and not set(live) <= set(reply.live_allocations)
                 live = list(reply.live_allocations)
