@@ -217,6 +217,36 @@ def test_a_release_takes_effect_on_the_daemon_at_once(
         scheduler.stop()
 
 
+def test_while_the_scheduler_is_away_a_genuine_grant_alone_opens_a_session(
+    tmp_path: Path, env: pytest.MonkeyPatch
+) -> None:
+    """The documented fallback: no answer, no refusal, and no wait at each opening."""
+    db = str(tmp_path / "scheduler.db")
+    scheduler = start_scheduler("127.0.0.1:0", db, SECRET, node_timeout=20, heartbeat_s=0.5)
+    daemon = join(scheduler)
+    try:
+        lease = allocate(scheduler.address, 1, fraction=0.5, ttl=60)
+        lease.close()  # stop renewing: the scheduler goes away
+        placement = lease.placements[0]
+        scheduler.stop()
+        assert daemon.registration is not None
+        eventually(lambda: not daemon.registration.reachable, within=10)  # type: ignore[union-attr]
+        channel, links = opener(placement.address)
+        started = time.monotonic()
+        session = Session(links.open("grpc", 10), placement.index, token=placement.grant)
+        opened_in = time.monotonic() - started
+        assert session.properties.total_memory == GiB // 2
+        session.close()
+        channel.close()
+        asked = time.monotonic()
+        assert daemon.registration.allocation_live(lease.id) is None  # it cannot say...
+        assert time.monotonic() - asked < 0.5  # ...and does not wait the check's 2 s to say so
+        print(f"scheduler away: a genuine grant opened a session in {opened_in:.2f} s")
+    finally:
+        daemon.stop()
+        scheduler.stop()
+
+
 def recorder(send: Any, into: list[Any]) -> Any:
     def recording(message: Any, *args: Any, **kwargs: Any) -> Any:
         into.append(message)
