@@ -558,12 +558,14 @@ async def _serve(settings: _Settings, started: Future[Scheduler]) -> None:
     listen, db = settings.listen, settings.db
     try:
         store = Store(db)
-        stored = store.load()
+        nodes, allocations, unreadable = store.load()
     except sqlite3.Error as exc:  # no such folder, not a database, no permission
         started.set_exception(OSError(f"cannot open the state database {db}: {exc}"))
         return
     machine = sm.SchedulerState(settings.node_timeout)
-    for kind, key, reason in machine.restore(*stored, now=time.time()):
+    for row in unreadable:
+        log.warning("stored row unreadable, left out", extra=fields(key=row[:80]))
+    for kind, key, reason in machine.restore(nodes, allocations, now=time.time()):
         log.warning(f"stored {kind} left out", extra=fields(key=key[:64], reason=reason))
         if kind == "node":
             store.delete_node(key)

@@ -71,18 +71,14 @@ class Store:
         self._db.execute("pragma busy_timeout=5000")  # the admin commands write beside it
         self._db.executescript(SCHEMA)
 
-    def load(self) -> tuple[list[Node], list[Allocation]]:
-        """Every stored node and allocation; a row that cannot be read at all (not JSON,
-        fields missing) is left out, as the state machine leaves out rows that fail its
-        checks (``SchedulerState.restore``)."""
-        nodes = [_read(_node, doc) for (doc,) in self._db.execute("select doc from nodes")]
-        allocations = [
-            _read(_allocation, doc) for (doc,) in self._db.execute("select doc from allocations")
-        ]
-        return (
-            [each for each in nodes if each is not None],
-            [each for each in allocations if each is not None],
-        )
+    def load(self) -> tuple[list[Node], list[Allocation], list[str]]:
+        """Every stored node and allocation, and the keys of rows that cannot be read at
+        all (not JSON, fields missing), which are left out, as the state machine leaves out
+        rows that fail its checks (``SchedulerState.restore``)."""
+        unreadable: list[str] = []
+        nodes = self._read("nodes", "name", _node, unreadable)
+        allocations = self._read("allocations", "id", _allocation, unreadable)
+        return nodes, allocations, unreadable
 
     def save_node(self, node: Node) -> None:
         doc = asdict(node)
@@ -172,6 +168,15 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def _read(self, table: str, key: str, make: Any, unreadable: list[str]) -> list[Any]:
+        read = []
+        for name, doc in self._db.execute(f"select {key}, doc from {table}").fetchall():
+            try:
+                read.append(make(json.loads(doc)))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                unreadable.append(f"{table} {name}")
+        return read
+
     def _one(self, query: str, key: str) -> tuple[Any, ...] | None:
         """The first row of ``query`` for ``key``. All rows are read: a cursor left open
         would hold its read transaction, and the scheduler would go on seeing the file as
@@ -194,13 +199,6 @@ def _hash(secret: str) -> str:
 def _quota(doc: str) -> TeamQuota | None:
     fields = json.loads(doc)
     return TeamQuota(**fields) if fields else None
-
-
-def _read(make: Any, doc: str) -> Any:
-    try:
-        return make(json.loads(doc))
-    except (ValueError, TypeError, KeyError):
-        return None
 
 
 def _node(doc: dict[str, Any]) -> Node:

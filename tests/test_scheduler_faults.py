@@ -183,6 +183,7 @@ def test_rows_a_live_request_could_not_have_made_are_left_out_at_restart(tmp_pat
         logged = restarted.stop()
     for key in bad:
         assert f'"key": "{key}"' in logged, logged
+    assert '"key": "allocations garbage"' in logged  # unreadable: said, and left out
     with sqlite3.connect(db) as rows:
         left = {key for (key,) in rows.execute("select id from allocations")}
     assert left == {kept.id, "garbage"}  # left out rows are deleted; unreadable ones ignored
