@@ -407,8 +407,13 @@ class SchedulerState:
         waiting = _Waiting(
             event.ask, request, event.allocation_id, event.now + request.wait, event.quota
         )
-        if self._queue:  # first come, first served: nobody overtakes a waiting request
-            if request.wait > 0:
+        if self._queue:
+            # first come, first served: nobody overtakes a waiting request, except onto GPUs
+            # that none of the waiting requests could ever use (that delays none of them)
+            beside = self._place(request, beside=self._queue)
+            if not isinstance(beside, str):
+                yield from self._grant(waiting, beside, event.now)
+            elif request.wait > 0:
                 yield from self._enqueue(waiting)
             else:
                 first = min(w.deadline for w in self._queue) - event.now
@@ -591,16 +596,21 @@ class SchedulerState:
             detail += f" (the largest GPU has {format_size(largest)})"
         return f"can never fit: {request.describe()} asked, and {where} {detail}"
 
-    def _place(self, request: Request) -> list[Slice] | str:
-        """The GPUs for ``request`` now, by its policy, or why it does not fit now."""
+    def _place(self, request: Request, beside: Iterable[_Waiting] = ()) -> list[Slice] | str:
+        """The GPUs for ``request`` now, by its policy, or why it does not fit now; with
+        ``beside``, only GPUs that none of those waiting requests could ever take a share of
+        (a request placed there delays none of them)."""
         candidates: list[_Candidate] = []
         down = [node.name for node in self.nodes.values() if not node.up]
+        waiting = [w.request for w in beside]
         up_gpus = 0
         for node in self.nodes.values():
             if not node.up:
                 continue
             for gpu in node.gpus:
                 up_gpus += 1
+                if any(self._share(node, gpu, other) is not None for other in waiting):
+                    continue
                 share = self._share(node, gpu, request)
                 free = node.capacity - self.used_units(node.name, gpu.index)
                 if share is not None and share[0] <= free:

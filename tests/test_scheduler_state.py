@@ -402,3 +402,16 @@ def test_node_proofs_are_good_once_for_their_call_and_message_and_not_when_stale
     for garbage in ("", "x", "nan:n:AAAA", "1:2:3:4"):
         assert guard.check("heartbeat", "a", message, garbage, 100.0) is not None
     assert guard.check("heartbeat", "a", message, fresh, 101.0) is None  # unused until now
+
+
+def test_a_later_request_goes_ahead_only_onto_gpus_no_waiting_request_could_use() -> None:
+    big = sm.Node("big", "big:1", (sm.Gpu(0, "b", "H100", 80 * GiB),))
+    small = sm.Node("small", "small:1", (sm.Gpu(0, "s", "T4", 16 * GiB),))
+    machine = pool(big, small)
+    granted(allocate(machine, fraction=None, memory=60 * GiB))  # the big GPU is mostly taken
+    assert allocate(machine, fraction=None, memory=40 * GiB, wait=600.0) == []  # waits: big only
+    beside = granted(allocate(machine, fraction=None, memory=4 * GiB))  # the small GPU: no delay
+    assert places(beside) == [("small", 0)]
+    behind = refused(allocate(machine, fraction=None, memory=10 * GiB, count=2))
+    assert "1 earlier request(s) wait" in behind.reason  # it would need the big GPU too
+    assert machine.waiting == 1
