@@ -32,7 +32,10 @@ def add_allocation_options(
     )
     share = parser.add_mutually_exclusive_group()
     share.add_argument(
-        "--fraction", type=fraction, metavar="F", help="share of each GPU, 0 < F <= 1 (default 1)"
+        "--fraction",
+        type=fraction,
+        metavar="F",
+        help="share of each GPU, 0.01 <= F <= 1 (default 1)",
     )
     share.add_argument("--memory", type=size, metavar="SIZE", help="memory of each GPU, e.g. 4GiB")
     parser.add_argument(

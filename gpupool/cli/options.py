@@ -88,13 +88,17 @@ def start_daemon(
 
 
 def fraction(text: str) -> float:
-    """A share of a GPU: 0 < f <= 1."""
+    """A share of a GPU, as the scheduler takes one: from 1% to all of it."""
+    from gpupool.scheduler.limits import MIN_FRACTION
+
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction of a GPU is in (0, 1], not {text!r}")
+    if not MIN_FRACTION <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"a fraction of a GPU is in [{MIN_FRACTION:g}, 1], not {text!r}"
+        )
     return value
 
 
