@@ -78,8 +78,8 @@ class Registration:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._channel.close()  # ends a heartbeat the scheduler holds, at once
         self._thread.join()
-        self._channel.close()
 
     def allocation_live(self, allocation: str) -> bool | None:
         """Whether the scheduler still holds ``allocation`` on this node; None when it cannot
@@ -131,6 +131,8 @@ class Registration:
                 if ended:
                     continue  # answered early, as an allocation ended: listen again at once
             except grpc.RpcError as exc:
+                if self._stopping.is_set():
+                    return  # the channel closed under the call: stopping, nothing to say
                 if exc.code() in REFUSALS:  # it answers, and says no: say why, try again later
                     if self.refused != exc.details():
                         log.error(

@@ -212,6 +212,10 @@ def test_a_release_takes_effect_on_the_daemon_at_once(
         )
         assert ended_after < 4  # not the next heartbeat, 5 s away
         channel.close()
+        assert daemon.registration is not None
+        stopping = time.monotonic()
+        daemon.registration.stop()  # a heartbeat is held: stopping does not wait for it
+        assert time.monotonic() - stopping < 1
     finally:
         daemon.stop()
         scheduler.stop()
