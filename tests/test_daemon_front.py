@@ -39,7 +39,7 @@ from gpupool.server.lifecycle import Limits
 from gpupool.server.pool import Worker
 from gpupool.server.worker import EXIT_ORPHANED, WorkerSpec
 from gpupool.transport.frames import MESSAGE, FrameSocket
-from tests.conftest import run_client
+from tests.conftest import GPUPOOL, run_client
 from tests.daemons import DaemonProcess, call, gone_within, open_raw_tcp, tcp_address
 
 MiB = 1 << 20
@@ -574,3 +574,19 @@ def test_refusals_to_strangers_who_left_print_no_traceback() -> None:
     finally:
         log = daemon.stop()
     assert "Traceback" not in log and "BrokenPipe" not in log, log[-3000:]
+
+
+def test_limits_come_from_options_then_the_environment_and_must_be_finite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GPUPOOL_KERNEL_TIME_LIMIT", "30")
+    limits = Limits.from_env(compile_s=9.0)
+    assert (limits.kernel_s, limits.compile_s, limits.stop_grace_s) == (30.0, 9.0, 5.0)
+    for bad in ("abc", "inf", "nan", "-1", "0"):
+        monkeypatch.setenv("GPUPOOL_KERNEL_TIME_LIMIT", bad)
+        with pytest.raises(ValueError, match="seconds"):
+            Limits.from_env()
+    result = subprocess.run(
+        [*GPUPOOL, "daemon", "--kernel-time-limit", "inf"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "not a positive number of seconds" in result.stderr
