@@ -227,6 +227,9 @@ class EmuBackend(Backend):
     def on_stream(self, stream: object) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # work runs synchronously, in order
 
+    def random_generator(self, seed: int | None) -> np.random.Generator:
+        return np.random.default_rng(seed)
+
     def random_state(self, seed: int | None) -> np.random.RandomState:
         # MT19937 seeds through a SeedSequence: any non-negative integer, as CuPy takes
         return np.random.RandomState(np.random.MT19937(seed))
