@@ -50,24 +50,25 @@ def directly(function: Callable[[], object]) -> object:
     return function()
 
 
-def no_teams(allocation: sm.Allocation) -> str | None:
-    return None
+def team_of_token(allocation: sm.Allocation) -> str | None:
+    """The team whose API token asked for ``allocation``; None for a caller without one."""
+    return allocation.team or None
 
 
 class SchedulerMetrics:
     """The metrics of one scheduler, in :attr:`registry`.
 
-    ``team_of`` names the team an allocation counts against: where teams exist, the
-    ``gpupool_scheduler_team_*`` families show each team's usage, summed from the live
-    allocations at every scrape. ``run`` runs the scrape's reading of the machine where the
-    machine lives (:func:`on_loop`).
+    ``team_of`` names the team an allocation counts against (by default the team of the
+    API token that asked for it): the ``gpupool_scheduler_team_*`` families show each team's
+    usage, summed from the live allocations at every scrape. ``run`` runs the scrape's
+    reading of the machine where the machine lives (:func:`on_loop`).
     """
 
     def __init__(
         self,
         machine: sm.SchedulerState,
         registry: CollectorRegistry | None = None,
-        team_of: TeamOf = no_teams,
+        team_of: TeamOf = team_of_token,
         run: Runner[object] = directly,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()

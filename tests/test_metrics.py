@@ -259,21 +259,21 @@ def _pool_workload(scheduler: str, url: str, daemon_url: str) -> None:
 
 
 def test_scheduler_queue_expiry_and_team_usage_from_events() -> None:
-    """The counts ``SchedulerMetrics.observe`` takes from the machine's answers, and the team
-    hook (teams named here after the owner's user)."""
+    """The counts ``SchedulerMetrics.observe`` takes from the machine's answers, and each
+    team's usage."""
     from gpupool.scheduler import state as sm
     from gpupool.scheduler.metrics import SchedulerMetrics
 
     machine = sm.SchedulerState(node_timeout=60.0)
-    metrics = SchedulerMetrics(machine, team_of=lambda a: a.owner.split("@")[0] or None)
+    metrics = SchedulerMetrics(machine)  # teams: those of the callers' API tokens
 
     def apply(event: sm.Event) -> None:
         metrics.observe(event, machine.handle(event))
 
     sample = metrics.registry.get_sample_value
     apply(sm.Register(sm.Node("a", "a:1", (sm.Gpu(0, "u", "emu", 1 << 30),)), 0.0))
-    apply(sm.Allocate(1, sm.Request(1, fraction=1.0, ttl=10.0, owner="vision@host"), "1st", 0.0))
-    waiting = sm.Request(1, fraction=0.5, ttl=10.0, wait=60.0, owner="speech@host")
+    apply(sm.Allocate(1, sm.Request(1, fraction=1.0, ttl=10.0, team="vision"), "1st", 0.0))
+    waiting = sm.Request(1, fraction=0.5, ttl=10.0, wait=60.0, team="speech")
     apply(sm.Allocate(2, waiting, "2nd", 0.0))
     assert sample("gpupool_scheduler_queue_length") == 1
     assert sample("gpupool_scheduler_queued_requests_total") == 1

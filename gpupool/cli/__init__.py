@@ -19,12 +19,26 @@ from gpupool.cli import (
     run,
     scheduler,
     smi,
+    teams,
+    tokens,
     webhook,
 )
 
 COMMANDS = {
     module.NAME: module
-    for module in (daemon, run, scheduler, pool_list, smi, request, release, bench, webhook)
+    for module in (
+        daemon,
+        run,
+        scheduler,
+        pool_list,
+        smi,
+        request,
+        release,
+        tokens,
+        teams,
+        bench,
+        webhook,
+    )
 }
 
 
