@@ -214,7 +214,7 @@ def _pool_workload(scheduler: str, url: str, daemon_url: str) -> None:
     assert value(pool, "gpupool_scheduler_gpus", state="up") == 2
     assert value(pool, "gpupool_scheduler_capacity_gpus", state="free") == 2
     assert value(pool, "gpupool_scheduler_memory_bytes", state="total") == 2 << 30
-    lease = allocate(scheduler, 1, memory=256 << 20, ttl=0.6)
+    lease = allocate(scheduler, 1, memory=256 << 20, ttl=1.5)
     try:
         with pytest.raises(gpupool.AllocationError):
             allocate(scheduler, 3, fraction=1.0)  # can never fit

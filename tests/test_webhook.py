@@ -202,7 +202,7 @@ TWO = {"name": "sidecar", "image": "busybox", "command": ["sleep", "inf"]}
         (
             {"gpupool.io/gpus": "1", "gpupool.io/fraction": "1.5"},
             {},
-            "annotation gpupool.io/fraction: a fraction of a GPU is in (0, 1], not '1.5'",
+            "annotation gpupool.io/fraction: a fraction of a GPU is in [0.01, 1], not '1.5'",
         ),
         (
             {"gpupool.io/gpus": "1", "gpupool.io/fraction": "0.5", "gpupool.io/memory": "1GiB"},
