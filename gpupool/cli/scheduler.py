@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Any
 
-from gpupool.cli.options import add_log_level, seconds
+from gpupool.cli.options import add_log_level, listen_address, seconds
 from gpupool.errors import GpupoolError
 from gpupool.grants import load_secret
 
@@ -23,7 +23,11 @@ def add(commands: Any) -> None:
         " ($GPUPOOL_CLUSTER_SECRET or --secret-file).",
     )
     parser.add_argument(
-        "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
+        "--listen",
+        type=listen_address,
+        default="127.0.0.1:7000",
+        metavar="HOST:PORT",
+        help="(default 127.0.0.1:7000; port 0 picks a free one)",
     )
     parser.add_argument(
         "--db",
