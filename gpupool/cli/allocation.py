@@ -21,8 +21,8 @@ from gpupool.cli.options import (
     size,
 )
 from gpupool.client.lease import ENV_SCHEDULER, Lease, allocate, scheduler_address
+from gpupool.elastic.embedded import EmbeddedPool, PoolSettings
 from gpupool.errors import AllocationError
-from gpupool.scheduler.embedded import EmbeddedPool, PoolSettings
 
 
 def add_allocation_options(

@@ -1,5 +1,9 @@
 """Elastic GPUs in a live process: attach devices, use them, detach them, attach others.
 
+Above the client and the scheduler, beside the CLI: it assembles the client's attachments
+with the embedded pool (``embedded``), as ``gpupool run -n`` does; ``magics`` gives notebooks
+``%gpupool``.
+
 A notebook or a long-lived program starts on CPUs and attaches GPUs as it needs them:
 :func:`attach` asks the pool scheduler for a lease (or takes plain daemons) and appends the
 devices to the process's ordinals; :func:`detach` ends their sessions and gives the lease back.
@@ -27,8 +31,8 @@ from collections.abc import Iterable
 from gpupool.client import context
 from gpupool.client.context import ENV_DAEMONS, AttachedDevice, Attachment, Context
 from gpupool.client.lease import ENV_ALLOCATION, ENV_SCHEDULER, allocate
+from gpupool.elastic.embedded import EmbeddedPool, PoolSettings
 from gpupool.errors import AllocationError, GpupoolError
-from gpupool.scheduler.embedded import EmbeddedPool, PoolSettings
 from gpupool.units import parse_size
 
 DEFAULT_TTL_S = 60.0

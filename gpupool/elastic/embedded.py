@@ -2,7 +2,7 @@
 
 What ``gpupool run -n`` allocates from when no scheduler is named, and what ``gpupool.attach``
 uses in a process that names none: the same pool a cluster has (leases, grants, quotas, MPS
-for fractions), only small. The one place a scheduler starts a daemon beside it.
+for fractions), only small. At the CLI's layer: it starts a scheduler and a daemon.
 """
 
 from __future__ import annotations
