@@ -17,7 +17,13 @@ NAME = "daemon"
 
 
 def add(commands: Any) -> None:
-    parser = commands.add_parser(NAME, help="serve this host's GPUs (or emulated ones)")
+    parser = commands.add_parser(
+        NAME,
+        help="serve this host's GPUs (or emulated ones)",
+        description="Serve this host's GPUs (CuPy) or emulated devices to gpupool clients over"
+        " gRPC, tcp:// and shm:// (and ucx:// where installed), one worker process a session;"
+        " with --scheduler, as a node of that pool, opening sessions only with its grants.",
+    )
     parser.add_argument(
         "--listen",
         type=listen_address,
