@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from gpupool.client.lease import ENV_ALLOCATION, Lease, Placement, attach
+from gpupool.client.liveness import Watchdog, timeout_from_env
 from gpupool.client.session import Session
 from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
@@ -196,6 +197,7 @@ class Context:
         tls: TLS | None = None,
         lease: Lease | None = None,
         owns_lease: bool = False,
+        liveness_timeout: float | None = None,
     ) -> None:
         self.devices: list[Device | None] = []  # None: detached
         self.daemons: dict[str, DaemonLinks] = {}
@@ -206,6 +208,8 @@ class Context:
         self._sessions: dict[int, Session] = {}
         self._lock = threading.RLock()
         self._local = threading.local()
+        timeout = timeout_from_env() if liveness_timeout is None else liveness_timeout
+        self._watchdog = Watchdog(timeout, self._watched)
         try:
             if lease is not None:
                 self.attach_lease(lease, lease.close if owns_lease else None)
@@ -285,8 +289,10 @@ class Context:
                 link = self.daemons[device.address].open(self._transport, self._timeout)
                 placement = device.placement
                 token = placement.grant if placement is not None else ""
-                session = Session(link, device.index, token=token)
+                label = f"daemon {device.address}, device {ordinal}"
+                session = Session(link, device.index, token=token, label=label)
                 self._sessions[ordinal] = session
+                self._watchdog.start()
             return session
 
     def attach_daemons(self, addresses: Sequence[str]) -> Attachment:
@@ -340,6 +346,7 @@ class Context:
 
     def close(self) -> None:
         """End every session (their memory is freed) and close the channels."""
+        self._watchdog.stop()
         self.detach()
         with self._lock:
             unused, self.daemons = list(self.daemons.values()), {}
@@ -378,6 +385,17 @@ class Context:
         for ordinal in wanted:
             self.device(ordinal)  # cudaErrorInvalidDevice for one not attached
         return [a for a in self.attachments if wanted & set(a)]
+
+    def _watched(self) -> dict[str, tuple[grpc.Channel, list[Session]]]:
+        """Each daemon with open sessions: its channel and those sessions (for keepalives)."""
+        found: dict[str, tuple[grpc.Channel, list[Session]]] = {}
+        with self._lock:
+            for ordinal, session in self._sessions.items():
+                device = self.devices[ordinal]
+                links = self.daemons.get(device.address) if device is not None else None
+                if links is not None:
+                    found.setdefault(links.address, (links.channel, []))[1].append(session)
+        return found
 
     def _first_attached(self) -> int:
         return next(iter(self.attached_ordinals()), 0)

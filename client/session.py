@@ -88,8 +88,11 @@ class Session:
     it is raised once the exchange is complete, so the stream is never left mid-message.
     """
 
-    def __init__(self, link: Link, device: int, token: str = "") -> None:
+    def __init__(self, link: Link, device: int, token: str = "", label: str = "") -> None:
+        """``label`` names the session's daemon and device in its errors."""
         self._link = link
+        self.session_id = ""
+        self.label = label or f"device {device}"
         self._queued: list[bytes] = []  # batch entries, serialized as they were queued
         self._queued_bytes = 0
         self._lock = threading.RLock()
@@ -216,8 +219,15 @@ class Session:
     def _abandon(self, why: str) -> None:
         """Give the session up: its stream may be mid-message, so nothing more is sent."""
         if self._broken is None:
-            self._broken = ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")
+            self._broken = ConnectionLost(f"{self.label}: {why}")
             self._link.close(0)
+
+    def fail(self, error: ConnectionLost) -> None:
+        """End the session from any thread (its daemon or worker stopped answering): a call
+        blocked on it, and every later one, raises ``error``."""
+        if self._broken is None and self._sticky is None:
+            self._broken = error
+            self._link.abort()
 
     def _host_ref(self, view: memoryview) -> pb.HostRef | None:
         """The link's reference to host memory its worker can reach (shared pinned memory)."""
@@ -290,4 +300,4 @@ class Session:
             return self._sticky
         if self._broken is not None:
             return self._broken
-        return ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")
+        return ConnectionLost(f"{self.label} (session {self.session_id or '?'}): {why}")
