@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gpupool.client import connect, disconnect, stats
     from gpupool.client.module import Function, Module
     from gpupool.elastic import attach, detach, devices, install_cupy, local_pool
+    from gpupool.elastic.magics import load_ipython_extension
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ _LAZY = {
     "devices": "gpupool.elastic",
     "install_cupy": "gpupool.elastic",
     "local_pool": "gpupool.elastic",
+    "load_ipython_extension": "gpupool.elastic.magics",  # %load_ext gpupool
     "Function": "gpupool.client.module",
     "Module": "gpupool.client.module",
 }
@@ -71,6 +73,7 @@ __all__ = [
     "devices",
     "disconnect",
     "install_cupy",
+    "load_ipython_extension",
     "local_pool",
     "stats",
 ]

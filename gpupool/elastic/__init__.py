@@ -179,6 +179,15 @@ def describe(rows: list[AttachedDevice]) -> list[str]:
     return lines
 
 
+def pool_address() -> str | None:
+    """The scheduler ``attach`` uses by default: ``GPUPOOL_SCHEDULER``'s, else the embedded
+    pool's once it runs (None before)."""
+    named = os.environ.get(ENV_SCHEDULER)
+    if named:
+        return named
+    return _pool.address if _pool is not None else None
+
+
 def _context() -> Context:
     """The process's context; a new one (with what the environment names) if it has none."""
     found = context.active()
