@@ -206,6 +206,8 @@ class Context:
         self._timeout = connect_timeout
         self._tls = tls or TLS.from_env()
         self._sessions: dict[int, Session] = {}
+        self._watch_lock = threading.Lock()  # not _lock: a session opens while holding that
+        self._live: dict[int, Session] = {}  # sessions open or opening, for the watchdog
         self._lock = threading.RLock()
         self._local = threading.local()
         timeout = timeout_from_env() if liveness_timeout is None else liveness_timeout
@@ -290,9 +292,13 @@ class Context:
                 placement = device.placement
                 token = placement.grant if placement is not None else ""
                 label = f"daemon {device.address}, device {ordinal}"
-                session = Session(link, device.index, token=token, label=label)
-                self._sessions[ordinal] = session
                 self._watchdog.start()
+                try:
+                    session = Session(link, device.index, token, label, self._watching(ordinal))
+                except BaseException:
+                    self._unwatch([ordinal])
+                    raise
+                self._sessions[ordinal] = session
             return session
 
     def attach_daemons(self, addresses: Sequence[str]) -> Attachment:
@@ -331,6 +337,7 @@ class Context:
                 chosen = self._attachments_of(what)
             ordinals = [ordinal for attachment in chosen for ordinal in attachment]
             sessions = [self._sessions.pop(o) for o in ordinals if o in self._sessions]
+            self._unwatch(ordinals)
             for ordinal in ordinals:
                 self.devices[ordinal] = None
             self.attachments = [a for a in self.attachments if all(a is not c for c in chosen)]
@@ -386,15 +393,28 @@ class Context:
             self.device(ordinal)  # cudaErrorInvalidDevice for one not attached
         return [a for a in self.attachments if wanted & set(a)]
 
+    def _watching(self, ordinal: int) -> Callable[[Session], None]:
+        def watch(session: Session) -> None:
+            with self._watch_lock:
+                self._live[ordinal] = session
+
+        return watch
+
+    def _unwatch(self, ordinals: Iterable[int]) -> None:
+        with self._watch_lock:
+            for ordinal in ordinals:
+                self._live.pop(ordinal, None)
+
     def _watched(self) -> dict[str, tuple[grpc.Channel, list[Session]]]:
         """Each daemon with open sessions: its channel and those sessions (for keepalives)."""
         found: dict[str, tuple[grpc.Channel, list[Session]]] = {}
-        with self._lock:
-            for ordinal, session in self._sessions.items():
-                device = self.devices[ordinal]
-                links = self.daemons.get(device.address) if device is not None else None
-                if links is not None:
-                    found.setdefault(links.address, (links.channel, []))[1].append(session)
+        with self._watch_lock:
+            live = list(self._live.items())
+        for ordinal, session in live:
+            device = self.devices[ordinal]
+            links = self.daemons.get(device.address) if device is not None else None
+            if links is not None:
+                found.setdefault(links.address, (links.channel, []))[1].append(session)
         return found
 
     def _first_attached(self) -> int:

@@ -20,12 +20,18 @@ the next call puts this one back in front of it.
 
 from __future__ import annotations
 
+import _signal
 import signal
 import threading
+from threading import get_ident
 from types import FrameType
 from typing import Any
 
-_main = threading.main_thread()
+# signal.getsignal wraps its answer in an enum (about 7 us); the C function it calls does
+# not (0.1 us), and this runs at every call that talks to a daemon.
+_getsignal = _signal.getsignal
+_SIGINT = int(signal.SIGINT)
+_MAIN = threading.main_thread().ident
 _depth = 0  # calls the main thread is inside (they nest: a read makes a call)
 _pending = 0  # SIGINTs noted during the current outermost call
 _previous: Any = signal.default_int_handler  # the handler this one stands in front of
@@ -57,7 +63,7 @@ def _forward(signum: int, frame: FrameType | None) -> None:
 def _install() -> None:
     global _previous
     try:
-        current = signal.getsignal(signal.SIGINT)
+        current = _getsignal(_SIGINT)
         if current is not _handler:
             signal.signal(signal.SIGINT, _handler)
             _previous = current
@@ -74,7 +80,7 @@ class _Held:
 
     def __enter__(self) -> None:
         global _depth, _pending
-        if threading.current_thread() is not _main:
+        if get_ident() != _MAIN:
             return
         if _depth == 0:
             _install()
@@ -83,7 +89,7 @@ class _Held:
 
     def __exit__(self, *exc_info: object) -> None:
         global _depth, _pending
-        if threading.current_thread() is not _main:
+        if get_ident() != _MAIN:
             return
         _depth -= 1
         if _depth == 0 and _pending:

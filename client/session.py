@@ -88,8 +88,17 @@ class Session:
     it is raised once the exchange is complete, so the stream is never left mid-message.
     """
 
-    def __init__(self, link: Link, device: int, token: str = "", label: str = "") -> None:
-        """``label`` names the session's daemon and device in its errors."""
+    def __init__(
+        self,
+        link: Link,
+        device: int,
+        token: str = "",
+        label: str = "",
+        watch: Callable[[Session], None] | None = None,
+    ) -> None:
+        """``label`` names the session's daemon and device in its errors; ``watch`` is
+        given the session before it opens, so that a daemon that stops answering during the
+        opening fails it too (``gpupool.client.liveness``)."""
         self._link = link
         self.session_id = ""
         self.label = label or f"device {device}"
@@ -98,6 +107,8 @@ class Session:
         self._lock = threading.RLock()
         self._sticky: CUDARuntimeError | None = None
         self._broken: ConnectionLost | None = None  # abandoned: no further call is sent
+        if watch is not None:
+            watch(self)
         try:
             reply = self.call(pb.Request(open=pb.OpenSession(device=device, token=token)))
         except GpupoolError:

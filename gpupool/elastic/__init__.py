@@ -104,9 +104,10 @@ def attach(
         raise
 
 
-def detach(what: Attachment | int | Iterable[int] | None = None) -> list[int]:
-    """Detach ``what`` (an attachment, an ordinal or ordinals: each with the rest of its
-    attachment, since a lease is given back whole; everything by default), ending those
+def detach(ordinals_or_attachment: Attachment | int | Iterable[int] | None = None) -> list[int]:
+    """Detach ``ordinals_or_attachment`` (an attachment, an ordinal or ordinals: each with
+    the rest of its attachment, since a lease is given back whole; everything by default),
+    ending those
     sessions at once and releasing their leases. Returns the ordinals detached.
 
     Their arrays are gone with their sessions; a call on a detached ordinal raises
@@ -116,6 +117,7 @@ def detach(what: Attachment | int | Iterable[int] | None = None) -> list[int]:
         found = context.active()
         if found is None:
             return []
+        what = ordinals_or_attachment
         chosen = [what] if isinstance(what, int) else what
         detached = found.detach(chosen)
         if not found.attachments:
