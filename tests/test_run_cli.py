@@ -61,7 +61,7 @@ def test_unreachable_daemons_are_reported_before_the_command_starts(tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["run", "-n", "1", "--ttl", "0", "--", "true"], "a time-to-live is more than 0 seconds"),
+        (["run", "-n", "1", "--ttl", "0", "--", "true"], "not a positive number of seconds: '0'"),
         (
             ["daemon", "--listen", "127.0.0.1:99999"],
             "a port from 0 to 65535, not '127.0.0.1:99999'",
