@@ -19,8 +19,8 @@ from gpupool.client import interrupts
 from gpupool.errors import ConnectionLost
 from gpupool.server.daemon import Daemon
 
-BIG = 64 << 20  # float32s: a 256 MiB copy
-MEDIUM = 8 << 20  # 32 MiB: long enough to be interrupted in
+BIG = 64 << 20  # int32s: a 256 MiB copy
+MEDIUM = 2 << 20  # 8 MiB: long enough to be interrupted in
 
 
 def interrupt_during_a_call(times: int = 1, after: float = 0.05) -> threading.Thread:
@@ -42,7 +42,7 @@ def interrupt_during_a_call(times: int = 1, after: float = 0.05) -> threading.Th
 
 @pytest.fixture
 def big(connected: Daemon) -> Iterator[cp.ndarray]:
-    x = cp.arange(BIG, dtype=cp.float32)
+    x = cp.arange(BIG, dtype=cp.int32)
     yield x
 
 

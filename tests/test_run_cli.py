@@ -26,56 +26,73 @@ def gpupool(*args: str, timeout: float = 60, **kwargs: object) -> subprocess.Com
     )
 
 
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
+def one_line(stderr: str) -> str:
     """The one line a refusal says (argparse's usage lines aside), with no traceback."""
-    lines = [line for line in result.stderr.splitlines() if not line.startswith("usage:")]
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len([line for line in lines if not line.startswith(" ")]) == 1, result.stderr
+    lines = [line for line in stderr.splitlines() if not line.startswith("usage:")]
+    assert "Traceback" not in stderr, stderr
+    assert len([line for line in lines if not line.startswith(" ")]) == 1, stderr
     return lines[-1]
 
 
-def test_the_exit_status_and_a_missing_command(daemon: Daemon) -> None:
-    done = gpupool("run", "--daemons", daemon.address, "--", sys.executable, "-c", "exit(7)")
-    assert done.returncode == 7, done.stderr
-    missing = gpupool("run", "--daemons", daemon.address, "--", "nosuchcmd-h6", "x")
-    assert missing.returncode == 127
-    assert one_line(missing) == "gpupool run: nosuchcmd-h6: command not found"
-    killed = gpupool(
-        "run", "--daemons", daemon.address, "--", sys.executable, "-c",
-        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
-    )  # fmt: skip
-    assert killed.returncode == 128 + signal.SIGKILL
+def said(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``gpupool ARGS`` run in this process (as the command's entry point runs it): its exit
+    status and the one line it wrote on stderr."""
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse's refusals
+        code = int(exc.code or 0)
+    return code, one_line(capsys.readouterr().err)
 
 
-def test_unreachable_daemons_are_reported_before_the_command_starts(tmp_path: Path) -> None:
+def test_the_exit_status_and_a_missing_command(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = ["run", "--daemons", daemon.address, "--"]
+    assert cli.main([*run, sys.executable, "-c", "exit(7)"]) == 7
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    assert cli.main([*run, sys.executable, "-c", killed]) == 128 + signal.SIGKILL
+    capsys.readouterr()
+    code, line = said([*run, "nosuchcmd-h6", "x"], capsys)
+    assert (code, line) == (127, "gpupool run: nosuchcmd-h6: command not found")
+
+
+def test_unreachable_daemons_are_reported_before_the_command_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     marker = tmp_path / "ran"
-    result = gpupool(
-        "run", "--daemons", "127.0.0.1:1", "--", sys.executable, "-c",
-        f"open({str(marker)!r}, 'w')",
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert one_line(result) == "gpupool run: cannot reach daemon 127.0.0.1:1: connection refused"
+    code, line = said(
+        [
+            "run",
+            "--daemons",
+            "127.0.0.1:1",
+            "--",
+            sys.executable,
+            "-c",
+            f"open({str(marker)!r}, 'w')",
+        ],
+        capsys,
+    )
+    assert (code, line) == (1, "gpupool run: cannot reach daemon 127.0.0.1:1: connection refused")
     assert not marker.exists()
 
 
 @pytest.mark.parametrize(
-    ("args", "said"),
+    ("args", "told"),
     [
         (["run", "-n", "1", "--ttl", "0", "--", "true"], "not a positive number of seconds: '0'"),
-        (
-            ["daemon", "--listen", "127.0.0.1:99999"],
-            "a port from 0 to 65535, not '127.0.0.1:99999'",
-        ),
+        (["daemon", "--listen", "127.0.0.1:99999"], "from 0 to 65535, not '127.0.0.1:99999'"),
         (["daemon", "--listen", "nonsense"], "a port from 0 to 65535, not 'nonsense'"),
         (["scheduler", "--listen", "host :7000"], "HOST:PORT to listen on, not 'host :7000'"),
         (["run", "--daemons", "a:1,b", "--", "true"], "not 'b'"),
         (["list", "--scheduler", "sched"], "not 'sched'"),
     ],
 )
-def test_numbers_and_addresses_are_checked_by_argparse(args: list[str], said: str) -> None:
-    result = gpupool(*args)
-    assert result.returncode == 2
-    assert said in one_line(result)
+def test_numbers_and_addresses_are_checked_by_argparse(
+    args: list[str], told: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, line = said(args, capsys)
+    assert code == 2
+    assert told in line
 
 
 def test_every_subcommand_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,7 +166,7 @@ def test_the_embedded_pool_says_how_to_make_it_larger() -> None:
         "run", "-n", "3", "--backend", "emu", "--emu-devices", "1", "--", "true", env=env
     )
     assert result.returncode == 1
-    line = one_line(result)
+    line = one_line(result.stderr)
     assert "can never fit" in line
     assert "the embedded pool is this host with 1 emulated GPUs of 8GiB" in line
     assert "--emu-devices N and --emu-memory SIZE make it larger" in line
