@@ -210,6 +210,7 @@ class Context:
         self._live: dict[int, Session] = {}  # sessions open or opening, for the watchdog
         self._lock = threading.RLock()
         self._local = threading.local()
+        self._default_device = 0  # a thread's current device until it sets one: the first
         timeout = timeout_from_env() if liveness_timeout is None else liveness_timeout
         self._watchdog = Watchdog(timeout, self._watched)
         try:
@@ -223,7 +224,8 @@ class Context:
 
     @property
     def current_device(self) -> int:
-        return getattr(self._local, "device", self._first_attached())
+        device: int = getattr(self._local, "device", self._default_device)
+        return device
 
     @current_device.setter
     def current_device(self, ordinal: int) -> None:
@@ -340,6 +342,7 @@ class Context:
             self._unwatch(ordinals)
             for ordinal in ordinals:
                 self.devices[ordinal] = None
+            self._default_device = self._first_attached()
             self.attachments = [a for a in self.attachments if all(a is not c for c in chosen)]
             still_used = {d.address for d in self.devices if d is not None}
             unused = [self.daemons.pop(a) for a in list(self.daemons) if a not in still_used]
@@ -383,6 +386,7 @@ class Context:
     ) -> Attachment:
         start = len(self.devices)
         self.devices += added
+        self._default_device = self._first_attached()
         attachment = Attachment(self, range(start, start + len(added)), lease, on_detach)
         self.attachments.append(attachment)
         return attachment

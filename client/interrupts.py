@@ -87,14 +87,15 @@ class _Held:
             _pending = 0
         _depth += 1
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
         global _depth, _pending
         if get_ident() != _MAIN:
             return
         _depth -= 1
         if _depth == 0 and _pending:
             _pending = 0
-            _forward(signal.SIGINT, None)
+            if kind is None or not issubclass(kind, KeyboardInterrupt):  # not raised already
+                _forward(signal.SIGINT, None)
 
 
 held = _Held()

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -15,25 +16,25 @@ import pytest
 import gpupool
 import gpupool.cupy as cp
 from gpupool import runtime as rt
-from gpupool.client import interrupts
+from gpupool.client import context, interrupts
 from gpupool.errors import ConnectionLost
+from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon
 
 BIG = 64 << 20  # int32s: a 256 MiB copy
 MEDIUM = 2 << 20  # 8 MiB: long enough to be interrupted in
 
 
-def interrupt_during_a_call(times: int = 1, after: float = 0.05) -> threading.Thread:
-    """SIGINT to this process once the main thread is inside a call (``times`` of them, a
-    little apart), from a timer thread as a terminal or Jupyter sends it."""
+def interrupt_during_a_call(after: float = 0.05) -> threading.Thread:
+    """SIGINT to this process ``after`` seconds into the main thread's next call, from a
+    timer thread, as a terminal or Jupyter sends it."""
 
     def fire() -> None:
         deadline = time.monotonic() + 30
         while not interrupts.in_call() and time.monotonic() < deadline:
             time.sleep(0.001)
-        for _ in range(times):
-            time.sleep(after)
-            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(after)
+        os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=fire, daemon=True)
     thread.start()
@@ -57,37 +58,57 @@ def test_an_interrupted_large_get_completes_then_raises(big: cp.ndarray) -> None
     assert float((big * 2)[:1000].sum()) == 999000.0
 
 
-def test_interrupted_upload_sync_and_compile_leave_the_session_whole(connected: Daemon) -> None:
-    big = cp.zeros(MEDIUM, dtype=cp.float32)
+@contextmanager
+def interrupted_while_waiting(times: int = 1) -> Iterator[None]:
+    """SIGINT (``times`` of them) sent to this process as the next call starts waiting for
+    its reply: the signal lands inside that call, whatever its length."""
+    session = context.current().session()
+    link = session._link
+    receive = link.receive
+    sent = []
+
+    def signalling() -> pb.Reply:
+        if not sent:
+            sent.append(True)
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)  # each is delivered before the next
+        return receive()
+
+    link.receive = signalling  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del link.receive
+    assert sent, "no call waited"
+
+
+def test_copy_sync_malloc_and_compile_interrupted_leave_the_session_whole(
+    connected: Daemon,
+) -> None:
+    x = cp.zeros(MEDIUM, dtype=cp.float32)
     data = np.full(MEDIUM, 3, np.float32)
-    timer = interrupt_during_a_call(after=0.0)
-    with pytest.raises(KeyboardInterrupt):
-        big.set(data)  # host to device
-    timer.join()
-    assert float(big[-1]) == 3.0  # it completed
-    source = f'extern "C" __global__ void k{os.getpid()}_{id(big)}(float* x) {{ x[0] = 7; }}'
-    timer = interrupt_during_a_call(after=0.2)  # the compile takes the host compiler's time
-    with pytest.raises(KeyboardInterrupt):
-        kernel = cp.RawKernel(source, f"k{os.getpid()}_{id(big)}")
-        kernel((1,), (1,), (big,))
+    with pytest.raises(KeyboardInterrupt), interrupted_while_waiting():
+        rt.memcpy(x.data.ptr, data.ctypes.data, data.nbytes, rt.memcpyHostToDevice)
+    assert float(x[-1]) == 3.0  # the copy completed
+    with pytest.raises(KeyboardInterrupt), interrupted_while_waiting():
         rt.deviceSynchronize()
-    timer.join()
-    kernel = cp.RawKernel(source, f"k{os.getpid()}_{id(big)}")  # compiled before: cached
-    kernel((1,), (1,), (big,))
-    assert float(big[0]) == 7.0 and float(big[1]) == 3.0
+    with pytest.raises(KeyboardInterrupt), interrupted_while_waiting():
+        rt.malloc(1 << 20)  # allocated, its pointer lost with the call: freed at the session's end
+    name = f"k{os.getpid()}_{id(x)}"
+    source = f'extern "C" __global__ void {name}(float* x) {{ x[0] = 7; }}'
+    with pytest.raises(KeyboardInterrupt), interrupted_while_waiting():
+        cp.RawKernel(source, name)((1,), (1,), (x,))  # compiled on first use
+    cp.RawKernel(source, name)((1,), (1,), (x,))  # compiled before: the daemon's cache
+    assert float(x[0]) == 7.0 and float(x[1]) == 3.0
 
 
 def test_a_second_interrupt_abandons_only_that_session(connected: Daemon) -> None:
     x = cp.arange(MEDIUM, dtype=cp.float32)
-    timer = interrupt_during_a_call(times=2, after=0.02)
-    with pytest.raises(KeyboardInterrupt):
-        while True:  # until the two land in one call
-            x.get()
-    timer.join()
-    try:
+    with pytest.raises(interrupts.Abandoned), interrupted_while_waiting(times=2):
         x.get()
-    except ConnectionLost as exc:  # both landed in one call: that session was given up
-        assert "interrupted twice" in str(exc)
-        gpupool.disconnect()
-        gpupool.connect(connected.address)
-    assert float(cp.ones(4).sum()) == 4.0  # a new session works either way
+    with pytest.raises(ConnectionLost, match="interrupted twice"):
+        x.get()  # that session was given up
+    gpupool.disconnect()
+    gpupool.connect(connected.address)
+    assert float(cp.ones(4).sum()) == 4.0  # a new one works
