@@ -20,16 +20,17 @@ the next call puts this one back in front of it.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # CPython's own: signal.py wraps it
 import signal
 import threading
+from collections.abc import Callable
 from threading import get_ident
 from types import FrameType
 from typing import Any
 
 # signal.getsignal wraps its answer in an enum (about 7 us); the C function it calls does
 # not (0.1 us), and this runs at every call that talks to a daemon.
-_getsignal = _signal.getsignal
+_getsignal: Callable[[int], Any] = _signal.getsignal
 _SIGINT = int(signal.SIGINT)
 _MAIN = threading.main_thread().ident
 _depth = 0  # calls the main thread is inside (they nest: a read makes a call)
