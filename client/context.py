@@ -16,7 +16,6 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
@@ -27,37 +26,14 @@ from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.tls import TLS
+from gpupool.tls import channel as tls_channel
 from gpupool.transport.failures import translate
 from gpupool.transport.links import OPENERS, Endpoint, Link, candidates
 
 ENV_DAEMONS = "GPUPOOL_DAEMONS"
-ENV_TLS = ("GPUPOOL_TLS_CA", "GPUPOOL_TLS_CERT", "GPUPOOL_TLS_KEY")
 DETACH_TIMEOUT_S = 1.0  # for a detached session's queued calls, before its connection drops
 PROBE_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class TLS:
-    """PEM files for ``grpc://`` with TLS: the CA that signed the daemons' certificates, and
-    this client's own certificate and key where the daemons require one."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-
-    @classmethod
-    def from_env(cls) -> TLS | None:
-        ca, cert, key = (os.environ.get(name) for name in ENV_TLS)
-        if not ca:
-            return None
-        return cls(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            self.ca.read_bytes(),
-            self.key.read_bytes() if self.key else None,
-            self.cert.read_bytes() if self.cert else None,
-        )
 
 
 class DaemonLinks:
@@ -443,13 +419,7 @@ def probe(addresses: Sequence[str], timeout: float = PROBE_TIMEOUT_S) -> None:
     """Ask each daemon at ``addresses`` what it has, at once, without waiting for one that
     refuses connections: ConnectError (or ConnectionTimeout) naming the first that does not
     answer. ``gpupool run`` calls this before starting its command."""
-    channels = {address: grpc.insecure_channel(address, GRPC_OPTIONS) for address in addresses}
-    tls = TLS.from_env()
-    if tls is not None:
-        channels = {
-            address: grpc.secure_channel(address, tls.credentials(), GRPC_OPTIONS)
-            for address in addresses
-        }
+    channels = {address: tls_channel(address, GRPC_OPTIONS) for address in addresses}
     try:
         for address, channel in channels.items():
             _get_info(channel, address, timeout, wait_for_ready=False)

@@ -20,7 +20,7 @@ from gpupool.cli.options import (
     seconds,
     size,
 )
-from gpupool.client.lease import ENV_SCHEDULER, Lease, allocate, scheduler_address
+from gpupool.client.lease import ENV_SCHEDULER, ENV_TOKEN, Lease, allocate, scheduler_address
 from gpupool.elastic.embedded import EmbeddedPool, PoolSettings
 from gpupool.errors import AllocationError
 
@@ -38,7 +38,10 @@ def add_allocation_options(
     )
     share = parser.add_mutually_exclusive_group()
     share.add_argument(
-        "--fraction", type=fraction, metavar="F", help="share of each GPU, 0 < F <= 1 (default 1)"
+        "--fraction",
+        type=fraction,
+        metavar="F",
+        help="share of each GPU, 0.01 <= F <= 1 (default 1)",
     )
     share.add_argument("--memory", type=size, metavar="SIZE", help="memory of each GPU, e.g. 4GiB")
     parser.add_argument(
@@ -116,9 +119,12 @@ def _release(lease: Lease) -> None:
 
 @contextlib.contextmanager
 def local_pool(args: argparse.Namespace) -> Iterator[EmbeddedPool]:
-    """The embedded pool (``gpupool.scheduler.embedded``) for as long as the block runs: what
+    """The embedded pool (``gpupool.elastic.embedded``) for as long as the block runs: what
     ``gpupool run -n`` allocates from when no scheduler is named (the daemon options say
     what its daemon serves)."""
+    # an open pool of its own: a token for some other pool would be unknown to it, and
+    # refused, here and in the command's processes (which inherit this environment)
+    os.environ.pop(ENV_TOKEN, None)
     settings = PoolSettings(args.backend, args.emu_devices, args.emu_memory, args.warm)
     pool = EmbeddedPool(settings, "--emu-devices N and --emu-memory SIZE make it larger")
     try:

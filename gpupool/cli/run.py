@@ -30,7 +30,7 @@ from gpupool.cli.allocation import (
 from gpupool.cli.options import add_daemon_options, addresses, start_daemon
 from gpupool.client import import_hook
 from gpupool.client.context import ENV_DAEMONS, probe
-from gpupool.client.lease import ENV_ALLOCATION
+from gpupool.client.lease import ENV_ALLOCATION, ENV_TOKEN
 from gpupool.errors import AllocationError, GpupoolError
 
 NAME = "run"
@@ -97,6 +97,7 @@ def _allocated(args: argparse.Namespace, command: list[str], env: dict[str, str]
         if not scheduler_named(args):
             pool = stack.enter_context(local_pool(args))
             args.scheduler = pool.address
+            env.pop(ENV_TOKEN, None)  # the embedded pool is open (see local_pool)
         try:
             lease = stack.enter_context(held(args))
         except AllocationError as exc:
