@@ -53,9 +53,11 @@ def add(commands: Any) -> None:
 
     parser = commands.add_parser(
         NAME,
-        help="measure remote against native copies, round trips and launches",
+        help="measure remote against native copies, round trips, launches and small operations",
         description="Measure, in one run and alternating, native copies (CuPy on a local GPU,"
-        " else NumPy) and remote ones over each transport, plus the raw link. Without"
+        " else NumPy) and remote ones over each transport, plus the raw link; `ops`: loops of"
+        " small array operations natively and through the CuPy shim, with the client's and"
+        " the daemon's CPU time and the round trips per operation. Without"
         " --daemons an embedded local daemon serves (as `gpupool run` does).",
     )
     parser.add_argument("what", choices=[*KINDS, "all"], help="what to measure")
@@ -86,9 +88,10 @@ def add(commands: Any) -> None:
 
 
 @contextmanager
-def daemon_process(args: argparse.Namespace) -> Iterator[str]:
+def daemon_process(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     """A local daemon in a process of its own, as a real one runs: its front would otherwise
-    share this process (and its GIL) with the client being measured. Yields its address."""
+    share this process (and its GIL) with the client being measured. Yields its address and
+    its process id (its CPU time, its workers' included, is read for small operations)."""
     command = [
         *(sys.executable, "-m", "gpupool.cli", "daemon", "--listen", "127.0.0.1:0"),
         *("--backend", args.backend, "--emu-devices", str(args.emu_devices)),
@@ -102,7 +105,7 @@ def daemon_process(args: argparse.Namespace) -> Iterator[str]:
         found = re.search(r" on (\S+) \(", banner)
         if found is None:
             raise SystemExit(f"gpupool bench: the local daemon did not start ({banner!r})")
-        yield found.group(1)
+        yield found.group(1), process.pid
     finally:
         process.terminate()
         try:
@@ -125,10 +128,11 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console()
     with ExitStack() as stack:
+        daemon_pid = None
         if args.daemons:
             address = args.daemons.split(",")[0]
         else:
-            address = stack.enter_context(daemon_process(args))
+            address, daemon_pid = stack.enter_context(daemon_process(args))
         try:
             probe = Context([address])
         except GpupoolError as exc:
@@ -161,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
                 plan,
                 lambda total: progress.update(task, total=total),
                 lambda what: progress.update(task, advance=1, description=what),
+                daemon_pid,
             )
     report.print_tables(records, console)
     meta = {
