@@ -7,6 +7,10 @@ before the backend makes a view of them, and only numeric dtypes are accepted, s
 reach memory the session does not own. The same table runs on NumPy (the emulator) and on
 CuPy (a GPU): the backend says which module provides the functions.
 
+A program passes the same arrays to operation after operation, so a view, once checked, is
+kept by its descriptor's bytes (:class:`CheckedViews`) until the allocation it lies in is
+freed: a repeated operand costs a dictionary lookup, not its checks and a new view.
+
 Errors an array function raises for its arguments (a bad index, a singular matrix) go back as
 their Python type (``ArrayFunctionError``), reported at the client's next synchronizing call
 like any asynchronous error.
@@ -165,6 +169,7 @@ KEYWORDS = frozenset(
 TEXT_KEYWORDS = frozenset({"ord"})  # norm's 'fro' and 'nuc'
 NUMERIC_KINDS = "biufc"
 MAX_DIMS = 64  # NumPy's limit
+MAX_VIEWS = 4096  # checked views kept; the oldest goes first past this
 
 
 def array_extent(
@@ -187,6 +192,39 @@ def checked_dtype(text: str) -> np.dtype:
     return dtype
 
 
+class CheckedViews:
+    """Views that passed every check, by their descriptor's bytes, each with the base of the
+    allocation it lies in: freeing that allocation drops them (the view would reach memory
+    the session no longer owns, or another allocation at the same address)."""
+
+    def __init__(self, limit: int = MAX_VIEWS) -> None:
+        self._limit = limit
+        self._views: dict[bytes, tuple[int, Any]] = {}
+        self._by_base: dict[int, set[bytes]] = {}
+
+    def get(self, key: bytes) -> Any:
+        found = self._views.get(key)
+        return None if found is None else found[1]
+
+    def keep(self, key: bytes, base: int, view: Any) -> None:
+        if len(self._views) >= self._limit:
+            oldest = next(iter(self._views))
+            self._forget(oldest, self._views.pop(oldest)[0])
+        self._views[key] = (base, view)
+        self._by_base.setdefault(base, set()).add(key)
+
+    def drop(self, base: int) -> None:
+        """Forget the views into the allocation at ``base``."""
+        for key in self._by_base.pop(base, ()):
+            del self._views[key]
+
+    def _forget(self, key: bytes, base: int) -> None:
+        keys = self._by_base[base]
+        keys.discard(key)
+        if not keys:
+            del self._by_base[base]
+
+
 class ArrayFunctions:
     """The array functions of one session: its backend's module, random states, and checks."""
 
@@ -197,6 +235,11 @@ class ArrayFunctions:
         self._max_view_bytes = backend.properties().total_memory
         self._random_states: dict[int, Any] = {}
         self._table = self._make_table(self._xp)
+        self._views = CheckedViews()
+
+    def freed(self, base: int) -> None:
+        """The allocation at ``base`` was freed: no kept view may reach it any more."""
+        self._views.drop(base)
 
     def run(self, call: pb.ArrayOp, stream: object) -> None:
         function = self._table.get(call.function)
@@ -208,7 +251,11 @@ class ArrayFunctions:
             with self._backend.on_stream(stream):
                 outs = [self._array(desc, "output") for desc in call.out]
                 args = [self._operand(operand) for operand in call.args]
-                kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
+                kwargs = (
+                    {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
+                    if call.kwargs
+                    else {}
+                )
                 if call.function.startswith("random."):
                     args.insert(0, self._random_state(call))
                 function(args, kwargs, outs)
@@ -222,6 +269,10 @@ class ArrayFunctions:
     # operands
 
     def _array(self, desc: pb.ArrayDesc, what: str) -> Any:
+        key = desc.SerializeToString()
+        view = self._views.get(key)
+        if view is not None:
+            return view
         dtype = checked_dtype(desc.dtype)
         shape, strides = tuple(desc.shape), tuple(desc.strides)
         if len(shape) != len(strides) or len(shape) > MAX_DIMS:
@@ -237,31 +288,20 @@ class ArrayFunctions:
         if desc.ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"{what} array at 0x{desc.ptr:x} is not aligned for {dtype}")
         low, high = array_extent(desc.ptr, shape, strides, dtype.itemsize)
-        self._allocations.check(low, high - low, f"array {what}")
-        return self._backend.view(low, high - low, desc.ptr - low, shape, strides, dtype)
+        base = self._allocations.check(low, high - low, f"array {what}")
+        view = self._backend.view(low, high - low, desc.ptr - low, shape, strides, dtype)
+        self._views.keep(key, base, view)
+        return view
 
     def _operand(self, operand: pb.Operand) -> Any:
         kind = operand.WhichOneof("value")
-        if kind == "array":
-            return self._array(operand.array, "operand")
-        if kind == "scalar":
-            return from_scalar(operand.scalar)
-        if kind in ("integer", "unsigned", "real", "boolean"):
-            return getattr(operand, kind)  # kind is one of the four names above
-        if kind == "complex":
-            return complex(operand.complex.real, operand.complex.imag)
-        if kind == "sequence":
-            return tuple(self._operand(item) for item in operand.sequence.items)
-        if kind == "slice":
-            bounds = operand.slice
-            return slice(*(getattr(bounds, f) if bounds.HasField(f) else None for f in _SLICE))
-        if kind == "none":
-            return None
-        if kind == "ellipsis":
-            return Ellipsis
-        if kind == "dtype":
-            return checked_dtype(operand.dtype)
-        raise TypeError(f"operand of kind {kind} is not accepted here")
+        decode = _OPERANDS.get(kind or "")
+        if decode is None:
+            raise TypeError(f"operand of kind {kind} is not accepted here")
+        return decode(self, operand)
+
+    def _sequence(self, operand: pb.Operand) -> tuple[Any, ...]:
+        return tuple(self._operand(item) for item in operand.sequence.items)
 
     def _keyword(self, keyword: pb.Keyword) -> Any:
         if keyword.name not in KEYWORDS:
@@ -373,6 +413,24 @@ class ArrayFunctions:
 
 
 _SLICE = ("start", "stop", "step")
+
+# An operand's kind -> its value (a string is taken only as a keyword's, see _keyword).
+_OPERANDS: dict[str, Callable[[ArrayFunctions, pb.Operand], Any]] = {
+    "array": lambda self, operand: self._array(operand.array, "operand"),
+    "real": lambda self, operand: operand.real,
+    "integer": lambda self, operand: operand.integer,
+    "unsigned": lambda self, operand: operand.unsigned,
+    "boolean": lambda self, operand: operand.boolean,
+    "scalar": lambda self, operand: from_scalar(operand.scalar),
+    "complex": lambda self, operand: complex(operand.complex.real, operand.complex.imag),
+    "sequence": ArrayFunctions._sequence,
+    "slice": lambda self, operand: slice(
+        *(getattr(operand.slice, f) if operand.slice.HasField(f) else None for f in _SLICE)
+    ),
+    "none": lambda self, operand: None,
+    "ellipsis": lambda self, operand: Ellipsis,
+    "dtype": lambda self, operand: checked_dtype(operand.dtype),
+}
 
 
 def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, Callable[..., Any]]]:

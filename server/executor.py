@@ -323,13 +323,19 @@ class SessionExecutor:
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", "only the last call of a batch may wait, and the batch not"
             )
-        launch = self._launches.launch
+        launch, array_op = self._launches.launch, self._do_array_op
         for each, call in zip(inner, calls, strict=True):
             if call == "launch" and not each.wait and self._copy is None:
-                # the call a batch holds thousands of: straight to the prepared launch,
-                # without the generators and lookups of the path every other call takes
+                # the calls a batch holds thousands of: straight to the prepared launch or
+                # the array function, without the generators and lookups of the path every
+                # other call takes
                 try:
                     self._guarded(functools.partial(launch, each.launch))
+                except Exception as exc:
+                    yield from self._failed(False, self._as_error(exc, call))
+            elif call == "array_op" and not each.wait and self._copy is None:
+                try:
+                    self._guarded(functools.partial(array_op, each.array_op))
                 except Exception as exc:
                     yield from self._failed(False, self._as_error(exc, call))
             else:
@@ -501,6 +507,7 @@ class SessionExecutor:
         if call.ptr == 0:
             return
         self._quota.release(self._allocations.remove(call.ptr))
+        self._arrays.freed(call.ptr)
         self.backend.free(call.ptr)
         self._cap_backend_memory()
 

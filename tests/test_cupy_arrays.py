@@ -734,8 +734,10 @@ def _submit(op: pb.ArrayOp) -> None:
 
 
 def test_a_descriptor_outside_the_sessions_memory_is_refused(connected: Daemon) -> None:
-    a = cp.arange(4, dtype=np.float64)
-    outside = pb.ArrayDesc(ptr=a.data.ptr + 4096, shape=[4], strides=[8], dtype="<f8")
+    # an allocation of its own (the pool's blocks lie inside arenas the session owns whole)
+    a = cp.ndarray(4, np.float64, memptr=cp.cuda.MemoryPointer(cp.cuda.memory.Memory(32), 0))
+    a[...] = cp.arange(4, dtype=np.float64)
+    outside = pb.ArrayDesc(ptr=4096, shape=[4], strides=[8], dtype="<f8")
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=outside)], out=[outside]))
     with pytest.raises(CUDARuntimeError, match="not inside an allocation") as caught:
         rt.deviceSynchronize()

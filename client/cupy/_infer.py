@@ -36,6 +36,8 @@ def meta(value: Any) -> Any:
 def meta_key(value: Any) -> Any:
     """What an operand's stand-in depends on: its dtype, or its Python type; for a Python int
     also its sign and size, since whether it fits a dtype (else OverflowError) depends on them."""
+    if type(value) is ndarray:
+        return value._dtype
     if isinstance(value, ndarray | np.generic):
         return value.dtype
     if isinstance(value, int) and not isinstance(value, bool):

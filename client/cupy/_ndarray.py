@@ -72,6 +72,9 @@ def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tu
     return tuple(strides) if order == "C" else tuple(strides[::-1])
 
 
+_STRIDES: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}  # C strides by shape, itemsize
+
+
 @dataclass(frozen=True)
 class Flags:
     """The memory layout flags CuPy's ``ndarray.flags`` has."""
@@ -113,6 +116,24 @@ class ndarray:
         self._owner = memptr is None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
+    @classmethod
+    def _result(cls, shape: tuple[int, ...], dtype: np.dtype) -> ndarray:
+        """A new C-contiguous array on the current device, from a shape and a dtype already
+        checked (an operation's result: made for every operation, so without the checks of
+        the constructor)."""
+        array = cls.__new__(cls)
+        array._shape, array._dtype = shape, dtype
+        strides = _STRIDES.get((shape, dtype.itemsize))
+        if strides is None:
+            strides = _contiguous_strides(shape, dtype.itemsize, "C")
+            if len(_STRIDES) >= 4096:
+                _STRIDES.clear()
+            _STRIDES[shape, dtype.itemsize] = strides
+        array._strides = strides
+        array._owner = True
+        array.data = memory.alloc(math.prod(shape) * dtype.itemsize)
+        return array
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self._shape
@@ -125,7 +146,7 @@ class ndarray:
         except ValueError as exc:
             raise AttributeError(f"incompatible shape: {exc}") from None
         self._shape, self._strides = view.shape, view.strides
-        self.__dict__.pop("_descriptor", None)  # the wire form has the old shape
+        self.__dict__.pop("_wire", None)  # the wire form has the old shape
 
     dtype = property(lambda self: self._dtype)
     strides = property(lambda self: self._strides)
@@ -596,6 +617,7 @@ def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
 
 # A kernel argument of every launch: its pointer, without a __cuda_array_interface__ each time.
 register_device_array(ndarray, lambda array: array.data.ptr)
+_remote.register_array(ndarray)  # an operand of every array operation: its kept wire fields
 
 # These build on ndarray; imported last so that either side may be imported first.
 from gpupool.cupy import _indexing, _products, _reductions, _sorting, _ufuncs  # noqa: E402

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 
@@ -49,7 +48,7 @@ def _in_place(xp: ModuleType) -> Loop:
 
     def run(count: int) -> None:
         for _ in range(count):
-            a += b
+            xp.add(a, b, out=a)  # a += b
 
     return run
 
@@ -84,10 +83,10 @@ def _mlp_step(xp: ModuleType) -> Loop:
             g = err * (2.0 / batch)  # 7
             gw2 = a.T @ g  # 8
             ga = g @ w2.T  # 9
-            ga *= z > 0  # 10, 11
+            xp.multiply(ga, z > 0, out=ga)  # 10, 11
             gw1 = x.T @ ga  # 12
-            w2 -= gw2 * 0.01  # 13, 14
-            w1 -= gw1 * 0.01  # 15, 16
+            xp.subtract(w2, gw2 * 0.01, out=w2)  # 13, 14
+            xp.subtract(w1, gw1 * 0.01, out=w1)  # 15, 16
         del losses[:-1]  # one loss kept a step, as a program logs them; not a growing list
 
     return run

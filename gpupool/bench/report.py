@@ -76,8 +76,16 @@ def print_ops_table(records: Sequence[Record], console: Console) -> None:
     if not rows:
         return
     table = Table(title="Small array operations, per operation (median)")
-    for header in ("loop", "target", "time", "client CPU", "daemon CPU", "round trips",
-                   "mallocs", "remote/native"):
+    for header in (
+        "loop",
+        "target",
+        "time",
+        "client CPU",
+        "daemon CPU",
+        "round trips",
+        "mallocs",
+        "remote/native",
+    ):
         table.add_column(header, justify="left" if header in ("loop", "target") else "right")
     previous = None
     for record in rows:

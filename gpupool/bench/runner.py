@@ -57,7 +57,9 @@ class Plan:
         bandwidth = sum(reps(size) for size in self.sizes) if "bandwidth" in self.kinds else 0
         latency = len(targets) if "latency" in self.kinds else 0
         launch = len(device) if "launch" in self.kinds else 0
-        small = (1 + len(self.transports)) * len(ops.LOOPS) * ops.TURNS if "ops" in self.kinds else 0
+        small = (
+            (1 + len(self.transports)) * len(ops.LOOPS) * ops.TURNS if "ops" in self.kinds else 0
+        )
         return bandwidth * len(targets) + latency + launch + small
 
 
