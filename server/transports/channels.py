@@ -98,7 +98,7 @@ class FrameChannel:
             register(self.ring.view)
         else:
             stripes = max(1, decode(handover.first).open.stripes)
-            self._stripes = Stripes(sock, stripes, staging)
+            self._stripes = Stripes(self.frames, stripes, staging)
             threading.Thread(
                 target=self._take_stripes, args=(handoffs,), name="stripes", daemon=True
             ).start()

@@ -100,7 +100,7 @@ class FrameListener:
             ).start()
 
     def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
-        frames = FrameSocket(sock)
+        frames = FrameSocket(sock, read_ahead=False)  # the rest is the worker's to read
         try:
             kind, first, payload = frames.receive(HELLO_MAX, time.monotonic() + HELLO_TIMEOUT_S)
             sock.settimeout(None)

@@ -120,7 +120,7 @@ class TcpLink(FrameLink):
         super().__init__(sock)
         self._address = address
         self.stripes = stripes
-        self._payload = Stripes(sock, stripes)
+        self._payload = Stripes(self.frames, stripes)
 
     def opened(self, opened: pb.SessionOpened) -> None:
         assert isinstance(self._payload, Stripes)
