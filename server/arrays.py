@@ -8,8 +8,9 @@ reach memory the session does not own. The same table runs on NumPy (the emulato
 CuPy (a GPU): the backend says which module provides the functions.
 
 A program passes the same arrays to operation after operation, so a view, once checked, is
-kept by its descriptor's bytes (:class:`CheckedViews`) until the allocation it lies in is
-freed: a repeated operand costs a dictionary lookup, not its checks and a new view.
+kept by its descriptor's bytes, and an operation's decoded operands by the operation's bytes
+(:class:`ByAllocation`), until an allocation they reach is freed: a repeated operation costs
+a dictionary lookup, not its checks and new views. Only what passed every check is kept.
 
 Errors an array function raises for its arguments (a bad index, a singular matrix) go back as
 their Python type (``ArrayFunctionError``), reported at the client's next synchronizing call
@@ -192,37 +193,43 @@ def checked_dtype(text: str) -> np.dtype:
     return dtype
 
 
-class CheckedViews:
-    """Views that passed every check, by their descriptor's bytes, each with the base of the
-    allocation it lies in: freeing that allocation drops them (the view would reach memory
-    the session no longer owns, or another allocation at the same address)."""
+class ByAllocation:
+    """Things made from checked descriptors (views, decoded operations), by the bytes they were
+    made from, each with the bases of the allocations its views lie in: freeing one of those
+    drops them (a view would reach memory the session no longer owns, or another allocation
+    at the same address). At most ``limit`` entries; the oldest goes first past it."""
 
     def __init__(self, limit: int = MAX_VIEWS) -> None:
         self._limit = limit
-        self._views: dict[bytes, tuple[int, Any]] = {}
+        self._entries: dict[bytes, tuple[tuple[int, ...], Any]] = {}
         self._by_base: dict[int, set[bytes]] = {}
 
-    def get(self, key: bytes) -> Any:
-        found = self._views.get(key)
-        return None if found is None else found[1]
+    def get(self, key: bytes) -> tuple[tuple[int, ...], Any] | None:
+        """(bases, thing) kept under ``key``."""
+        return self._entries.get(key)
 
-    def keep(self, key: bytes, base: int, view: Any) -> None:
-        if len(self._views) >= self._limit:
-            oldest = next(iter(self._views))
-            self._forget(oldest, self._views.pop(oldest)[0])
-        self._views[key] = (base, view)
-        self._by_base.setdefault(base, set()).add(key)
+    def keep(self, key: bytes, bases: tuple[int, ...], thing: Any) -> None:
+        if len(self._entries) >= self._limit:
+            oldest = next(iter(self._entries))
+            self._forget(oldest, self._entries.pop(oldest)[0])
+        self._entries[key] = (bases, thing)
+        for base in bases:
+            self._by_base.setdefault(base, set()).add(key)
 
     def drop(self, base: int) -> None:
-        """Forget the views into the allocation at ``base``."""
+        """Forget everything that reaches the allocation at ``base``."""
         for key in self._by_base.pop(base, ()):
-            del self._views[key]
+            found = self._entries.pop(key, None)
+            if found is not None:
+                self._forget(key, found[0])
 
-    def _forget(self, key: bytes, base: int) -> None:
-        keys = self._by_base[base]
-        keys.discard(key)
-        if not keys:
-            del self._by_base[base]
+    def _forget(self, key: bytes, bases: tuple[int, ...]) -> None:
+        for base in bases:
+            keys = self._by_base.get(base)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_base[base]
 
 
 class ArrayFunctions:
@@ -235,11 +242,14 @@ class ArrayFunctions:
         self._max_view_bytes = backend.properties().total_memory
         self._random_states: dict[int, Any] = {}
         self._table = self._make_table(self._xp)
-        self._views = CheckedViews()
+        self._views = ByAllocation()
+        self._prepared = ByAllocation()  # decoded operations: (function, args, kwargs, outs)
+        self._bases: list[int] = []  # of the views the operation being decoded takes
 
     def freed(self, base: int) -> None:
         """The allocation at ``base`` was freed: no kept view may reach it any more."""
         self._views.drop(base)
+        self._prepared.drop(base)
 
     def run(self, call: pb.ArrayOp, stream: object) -> None:
         function = self._table.get(call.function)
@@ -249,15 +259,11 @@ class ArrayFunctions:
             )
         try:
             with self._backend.on_stream(stream):
-                outs = [self._array(desc, "output") for desc in call.out]
-                args = [self._operand(operand) for operand in call.args]
-                kwargs = (
-                    {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
-                    if call.kwargs
-                    else {}
-                )
-                if call.function.startswith("random."):
+                if call.function.startswith("random."):  # a state to look up, never kept
+                    args, kwargs, outs = self._decode(call)
                     args.insert(0, self._random_state(call))
+                else:
+                    args, kwargs, outs = self._prepare(call)
                 function(args, kwargs, outs)
         except MemoryError as exc:  # the function's temporaries: CUDA's out of memory
             raise CUDARuntimeError(
@@ -268,11 +274,31 @@ class ArrayFunctions:
 
     # operands
 
+    def _prepare(self, call: pb.ArrayOp) -> tuple[list[Any], dict[str, Any], list[Any]]:
+        """The operation's operands, decoded and checked once for the same bytes: a program
+        repeats its operations on the same arrays (a function never changes the lists)."""
+        key = call.SerializeToString()
+        found = self._prepared.get(key)
+        if found is not None:
+            decoded: tuple[list[Any], dict[str, Any], list[Any]] = found[1]
+            return decoded
+        self._bases = []
+        decoded = self._decode(call)
+        self._prepared.keep(key, tuple(set(self._bases)), decoded)
+        return decoded
+
+    def _decode(self, call: pb.ArrayOp) -> tuple[list[Any], dict[str, Any], list[Any]]:
+        outs = [self._array(desc, "output") for desc in call.out]
+        args = [self._operand(operand) for operand in call.args]
+        kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
+        return args, kwargs, outs
+
     def _array(self, desc: pb.ArrayDesc, what: str) -> Any:
         key = desc.SerializeToString()
-        view = self._views.get(key)
-        if view is not None:
-            return view
+        found = self._views.get(key)
+        if found is not None:
+            self._bases += found[0]
+            return found[1]
         dtype = checked_dtype(desc.dtype)
         shape, strides = tuple(desc.shape), tuple(desc.strides)
         if len(shape) != len(strides) or len(shape) > MAX_DIMS:
@@ -290,7 +316,8 @@ class ArrayFunctions:
         low, high = array_extent(desc.ptr, shape, strides, dtype.itemsize)
         base = self._allocations.check(low, high - low, f"array {what}")
         view = self._backend.view(low, high - low, desc.ptr - low, shape, strides, dtype)
-        self._views.keep(key, base, view)
+        self._views.keep(key, (base,), view)
+        self._bases.append(base)
         return view
 
     def _operand(self, operand: pb.Operand) -> Any:
