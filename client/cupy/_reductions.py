@@ -12,6 +12,11 @@ import numpy as np
 
 from gpupool.cupy._infer import check_arrays, compute, infer, reduced_shape, stand_in
 from gpupool.cupy._ndarray import ndarray
+from gpupool.cupy._remote import exact_key
+
+# (function, dtype, which dimensions are empty, keepdims, options) -> the result's dtype: what
+# the stand-in depends on, so NumPy is asked once (its errors are not kept: asked again)
+_DTYPES: dict[Any, np.dtype] = {}
 
 
 def _array(a: Any, name: str) -> ndarray:
@@ -25,8 +30,15 @@ def _reduce(
     a = _array(a, name)
     given = {"axis": axis, "dtype": None if dtype is None else np.dtype(dtype), **extra}
     options = {key: value for key, value in given.items() if value is not None}
-    numpy_function = getattr(np, name)  # name is one of this module's constant names
-    result_dtype = infer(numpy_function, stand_in(a), keepdims=keepdims, **options)
+    key = exact_key((name, a.dtype, tuple(1 if n else 0 for n in a.shape), keepdims, options))
+    result_dtype = _DTYPES.get(key) if key is not None else None
+    if result_dtype is None:
+        numpy_function = getattr(np, name)  # name is one of this module's constant names
+        result_dtype = infer(numpy_function, stand_in(a), keepdims=keepdims, **options)
+        if key is not None:
+            if len(_DTYPES) >= 4096:
+                _DTYPES.clear()
+            _DTYPES[key] = result_dtype
     shape = reduced_shape(a.shape, axis, keepdims)
     return compute(name, (a,), shape, result_dtype, {**options, "keepdims": keepdims}, out)
 

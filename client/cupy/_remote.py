@@ -35,6 +35,24 @@ if TYPE_CHECKING:
 _INT64 = (-(2**63), 2**63 - 1)
 
 
+_EXACT = (bool, int, float, str, type(None))
+
+
+def exact_key(value: Any) -> Any:
+    """``value`` as a dictionary key that tells types apart (``1``, ``1.0`` and ``True`` are
+    equal keys, but not equal arguments); None for what it cannot take (lists, arrays)."""
+    kind = type(value)
+    if kind in _EXACT or isinstance(value, np.dtype):  # each dtype has a class of its own
+        return kind, value
+    if kind is tuple:
+        items = tuple(exact_key(item) for item in value)
+        return None if None in items else (tuple, items)
+    if kind is dict:
+        pairs = exact_key(tuple(value.items()))
+        return None if pairs is None else (dict, pairs)
+    return None
+
+
 def current_stream(device: int | None = None) -> int:
     """The handle of ``device``'s current stream (the current device's by default; 0, the null
     stream, where no stream was made current)."""
@@ -205,6 +223,23 @@ def _argument(value: Any) -> bytes:
 
 
 _FUNCTIONS: dict[str, bytes] = {}  # function name -> its field, made once a name
+_KEYWORDS: dict[Any, bytes] = {}  # keywords (told apart by type) -> their fields
+
+
+def _keywords(kwargs: Mapping[str, Any]) -> bytes:
+    """The ``kwargs`` fields, kept for keywords of exact types (``axis=1, keepdims=True``)."""
+    key = exact_key(dict(kwargs))
+    encoded = None if key is None else _KEYWORDS.get(key)
+    if encoded is None:
+        encoded = b"".join(
+            batch.field(_KWARGS, pb.Keyword(name=k, value=operand(v)).SerializeToString())
+            for k, v in kwargs.items()
+        )
+        if key is not None:
+            if len(_KEYWORDS) >= 4096:
+                _KEYWORDS.clear()
+            _KEYWORDS[key] = encoded
+    return encoded
 
 
 def entry(
@@ -222,10 +257,7 @@ def entry(
         head = _FUNCTIONS[function] = batch.field(_FUNCTION, function.encode())
     parts = [head, *map(_argument, args)]
     if kwargs:
-        parts += [
-            batch.field(_KWARGS, pb.Keyword(name=k, value=operand(v)).SerializeToString())
-            for k, v in kwargs.items()
-        ]
+        parts.append(_keywords(kwargs))
     parts += [wire(array)[1] for array in out]
     if stream:
         parts.append(batch.tag(_STREAM, batch.VARINT) + batch.varint(stream))
