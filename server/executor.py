@@ -18,7 +18,6 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
@@ -172,12 +171,23 @@ class _DeviceSource:
         self._executor._guarded(lambda: backend.read_into(ptr, target, self._stream))
 
 
-@dataclass(frozen=True)
 class DeviceData:
-    """The data of a device-to-host reply, read from the device as the transport sends it."""
+    """The data of a device-to-host reply, read from the device as the transport sends it.
+    (A plain class: one is made for every synchronizing copy, a dataclass costs more.)"""
 
-    size: int
-    source: Source
+    __slots__ = ("size", "source")
+
+    def __init__(self, size: int, source: Source) -> None:
+        self.size = size
+        self.source = source
+
+    def small_reply(self) -> pb.Reply:
+        """The whole data in one reply (it is at most a chunk)."""
+        view = self.source.direct(0, self.size)
+        if view is None:
+            view = memoryview(bytearray(self.size))
+            self.source.copy_into(0, view)
+        return pb.Reply(data=bytes(view))
 
 
 def as_replies(item: pb.Reply | DeviceData) -> Iterator[pb.Reply]:

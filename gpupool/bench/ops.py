@@ -24,11 +24,12 @@ import numpy as np
 from gpupool.bench.record import Record
 
 N = 256  # elements of the arrays in the loops: small, so each operation costs little
-OPS = 2000  # operations a loop makes in one turn
+OPS = 5000  # operations a loop makes in one turn
 TURNS = 3
 LOOPS = ("elementwise", "in-place", "reduce", "mlp-step")
 MLP = (64, 16, 32, 4)  # batch, inputs, hidden, classes
 MLP_OPS = 16  # array operations in one training step (see _mlp_step)
+SETTLE_S, SETTLE_TRIES = 0.2, 25  # how long the daemon's processes get to become idle
 
 Loop = Callable[[int], None]  # runs N operations, without waiting for them
 
@@ -169,6 +170,21 @@ class OpsTarget:
             for loop in self._loops.values():  # warm: pools, encodings, the worker's caches
                 loop(2 * MLP_OPS)
             self._synchronize()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Wait (a few seconds at most) until the daemon's processes are idle: a session takes
+        a warm worker, and the daemon starts another in its place, whose start-up is no part
+        of an operation's cost."""
+        if self._daemon_pid is None:
+            return
+        before = self._worker_cpu()
+        for _ in range(SETTLE_TRIES):
+            time.sleep(SETTLE_S)
+            now = self._worker_cpu()
+            if now == before:
+                return
+            before = now
 
     def turn(self, loop: str, count: int) -> Sample:
         """``count`` operations of ``loop``, then a wait for them all."""

@@ -126,9 +126,10 @@ class FrameChannel:
         self._payload().receive(size, sink)
 
     def send(self, item: pb.Reply | DeviceData) -> None:
-        if isinstance(item, DeviceData) and item.size <= INLINE_LIMIT:
-            item = next(as_replies(item))  # one reply: INLINE_LIMIT is within a chunk
         if isinstance(item, DeviceData):
+            if item.size <= INLINE_LIMIT:  # one reply: INLINE_LIMIT is within a chunk
+                self.frames.send(MESSAGE, item.small_reply().SerializeToString())
+                return
             self.frames.send(MESSAGE, b"", item.size)
             self._payload().send(item.size, item.source)
             return
