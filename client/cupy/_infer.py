@@ -104,7 +104,7 @@ def result_array(
     outs = output_arrays(out)
     if not outs:
         with _remote.on_device(device):
-            return ndarray(shape, dtype)
+            return ndarray._result(tuple(shape), np.dtype(dtype))
     (result,) = outs
     if result.shape != shape:
         raise ValueError(f"output array has shape {result.shape}, {name} gives {shape}")

@@ -48,9 +48,15 @@ def layout(array: ndarray) -> np.ndarray:
     """A NumPy array with ``array``'s shape, dtype and strides whose data must never be read.
 
     NumPy's views of it (basic indexing, reshape without copy, transpose) are exactly the
-    views CuPy makes; :meth:`ndarray._view` turns one back into a remote array.
+    views CuPy makes; :meth:`ndarray._view` turns one back into a remote array. Made once an
+    array (``shape``'s setter drops it).
     """
-    return np.asarray(_Layout(array.shape, array.dtype, array.strides))
+    made: np.ndarray | None = array.__dict__.get("_layout")
+    if made is None:
+        made = array.__dict__["_layout"] = np.asarray(
+            _Layout(array.shape, array.dtype, array.strides)
+        )
+    return made
 
 
 def shape_tuple(shape: Any) -> tuple[int, ...]:
@@ -146,7 +152,8 @@ class ndarray:
         except ValueError as exc:
             raise AttributeError(f"incompatible shape: {exc}") from None
         self._shape, self._strides = view.shape, view.strides
-        self.__dict__.pop("_wire", None)  # the wire form has the old shape
+        self.__dict__.pop("_wire", None)  # the wire form and the layout have the old shape
+        self.__dict__.pop("_layout", None)
 
     dtype = property(lambda self: self._dtype)
     strides = property(lambda self: self._strides)
@@ -227,7 +234,11 @@ class ndarray:
     def _view(self, view: np.ndarray) -> ndarray:
         """The remote array a view of :func:`layout` (of this array) stands for."""
         offset = view.__array_interface__["data"][0] - _FAKE_ADDRESS
-        return ndarray(view.shape, view.dtype, self.data + offset, view.strides)
+        array = ndarray.__new__(ndarray)  # NumPy made the shape and strides: no checks
+        array._shape, array._dtype, array._strides = view.shape, view.dtype, view.strides
+        array._owner = False
+        array.data = self.data + offset
+        return array
 
     def reshape(self, *shape: Any, order: str = "C") -> ndarray:
         dims: Any = (
