@@ -44,13 +44,26 @@ def exact_key(value: Any) -> Any:
     kind = type(value)
     if kind in _EXACT or isinstance(value, np.dtype):  # each dtype has a class of its own
         return kind, value
-    if kind is tuple:
-        items = tuple(exact_key(item) for item in value)
-        return None if None in items else (tuple, items)
-    if kind is dict:
-        pairs = exact_key(tuple(value.items()))
-        return None if pairs is None else (dict, pairs)
+    if kind is tuple or kind is dict:
+        parts = []
+        for item in value.items() if kind is dict else value:
+            part = exact_key(item)
+            if part is None:
+                return None
+            parts.append(part)
+        return kind, tuple(parts)
     return None
+
+
+def flat_key(options: Mapping[str, Any]) -> Any:
+    """:func:`exact_key` of keyword options, cheaper where every value is a plain scalar."""
+    key = []
+    for name, value in options.items():
+        kind = type(value)
+        if kind not in _EXACT and not isinstance(value, np.dtype):
+            return exact_key(dict(options))
+        key.append((name, kind, value))
+    return tuple(key)
 
 
 def current_stream(device: int | None = None) -> int:
@@ -228,7 +241,7 @@ _KEYWORDS: dict[Any, bytes] = {}  # keywords (told apart by type) -> their field
 
 def _keywords(kwargs: Mapping[str, Any]) -> bytes:
     """The ``kwargs`` fields, kept for keywords of exact types (``axis=1, keepdims=True``)."""
-    key = exact_key(dict(kwargs))
+    key = flat_key(kwargs)
     encoded = None if key is None else _KEYWORDS.get(key)
     if encoded is None:
         encoded = b"".join(
