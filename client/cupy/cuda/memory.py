@@ -17,6 +17,7 @@ arena, once none of its blocks is lent or cached.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 from collections.abc import Callable
@@ -52,6 +53,20 @@ class Memory:
         self.ptr: int = runtime.malloc(size) if size else 0
         if self.ptr:
             release_at_collection(self, self.device_id, runtime.free, self.ptr)
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
+class UnownedMemory:
+    """Device memory another object owns (one exposing ``__cuda_array_interface__``): used,
+    never freed here; ``owner`` is kept alive as long as the pointer is."""
+
+    def __init__(self, ptr: int, size: int, owner: Any, device_id: int = -1) -> None:
+        self.device_id: int = runtime.getDevice() if device_id < 0 else device_id
+        self.size: int = size
+        self.ptr: int = ptr
+        self._owner = owner
 
     def __int__(self) -> int:
         return self.ptr
@@ -126,7 +141,7 @@ class MemoryPointer:
 
     __slots__ = ("device_id", "mem", "ptr")
 
-    def __init__(self, mem: Memory | PooledMemory | Arena, offset: int) -> None:
+    def __init__(self, mem: Memory | PooledMemory | Arena | UnownedMemory, offset: int) -> None:
         self.mem = mem
         self.ptr: int = mem.ptr + offset
         self.device_id: int = mem.device_id
@@ -384,6 +399,11 @@ def set_allocator(allocator: Allocator | None = None) -> None:
 
 def get_allocator() -> Allocator:
     return _choice.get()
+
+
+def using_allocator(allocator: Allocator | None = None) -> contextlib.AbstractContextManager[None]:
+    """Allocate with ``allocator`` inside a ``with`` block (None: no pool), as CuPy's."""
+    return _choice.using(allocator)
 
 
 def alloc(size: int) -> MemoryPointer:
