@@ -470,12 +470,13 @@ class ArrayFunctions:
         if found is not None:
             decoded: tuple[list[Any], dict[str, Any], list[Any]] = found[1]
             return decoded
-        self._bases = []
         decoded = self._decode(call)
         self._prepared.keep(key, tuple(set(self._bases)), decoded)
         return decoded
 
     def _decode(self, call: pb.ArrayOp) -> tuple[list[Any], dict[str, Any], list[Any]]:
+        """The operands, checked; ``_bases`` the allocations their views lie in."""
+        self._bases = []
         outs = [self._array(desc, "output") for desc in call.out]
         args = [self._operand(operand) for operand in call.args]
         kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}

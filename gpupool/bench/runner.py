@@ -50,6 +50,7 @@ class Plan:
     sizes: Sequence[int]
     transports: Sequence[str]
     stripes: int
+    ops: int = ops.OPS  # small operations a loop makes in one turn
 
     def steps(self, targets: Sequence[Target]) -> int:
         """Measurements the plan makes with ``targets`` (for the progress bar)."""
@@ -123,7 +124,7 @@ def run(
     copies = [kind for kind in plan.kinds if kind != "ops"]
     if not copies:
         start(plan.steps([]))
-        return _with_ratios(ops.run(address, list(plan.transports), daemon_pid, advance))
+        return _with_ratios(ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops))
     with targets(address, plan) as chosen:
         start(plan.steps(chosen))
         if "bandwidth" in plan.kinds:
@@ -134,7 +135,7 @@ def run(
         if "launch" in plan.kinds:
             records += _launches(chosen, advance)
     if "ops" in plan.kinds:
-        records += ops.run(address, list(plan.transports), daemon_pid, advance)
+        records += ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops)
     return _with_ratios(records)
 
 

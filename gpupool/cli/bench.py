@@ -35,6 +35,15 @@ def stripes(text: str) -> int:
     return int(text)
 
 
+def count(text: str) -> int:
+    """A number of operations: a positive integer, at least a training step's."""
+    from gpupool.bench.ops import MLP_OPS
+
+    if not text.isdigit() or int(text) < MLP_OPS:
+        raise argparse.ArgumentTypeError(f"a number of operations, {MLP_OPS} or more: {text!r}")
+    return int(text)
+
+
 def picture(text: str) -> Path:
     """A file matplotlib can draw into, known before the run rather than after it."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -49,6 +58,7 @@ def picture(text: str) -> Path:
 
 
 def add(commands: Any) -> None:
+    from gpupool.bench.ops import OPS
     from gpupool.bench.runner import KINDS
 
     parser = commands.add_parser(
@@ -81,6 +91,13 @@ def add(commands: Any) -> None:
         default=DEFAULT_STRIPES,
         metavar="N",
         help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
+    )
+    parser.add_argument(
+        "--ops",
+        type=count,
+        default=OPS,
+        metavar="N",
+        help=f"small operations a loop makes in one turn (`ops`; default {OPS})",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
     parser.add_argument("--plot", type=picture, metavar="FILE.png", help="draw bandwidth curves")
@@ -154,6 +171,7 @@ def main(args: argparse.Namespace) -> int:
             sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
             transports=wanted,
             stripes=args.stripes,
+            ops=args.ops,
         )
         os.environ[ENV_STRIPES] = str(args.stripes)
         with Progress(
