@@ -37,7 +37,7 @@ def elementwise(
         if len(outs) != nout:
             raise ValueError(f"{name} has {nout} output(s), {len(outs)} given")
         for out in outs:
-            if np.broadcast_shapes(shape, out.shape) != out.shape:
+            if out.shape != shape and np.broadcast_shapes(shape, out.shape) != out.shape:
                 raise ValueError(
                     f"non-broadcastable output operand with shape {out.shape} doesn't match"
                     f" the broadcast shape {shape}"
