@@ -12,7 +12,9 @@ the same socket is taken from that buffer first: a payload on the session's own 
 whose descriptor the read-ahead keeps (``recvmsg`` with room for descriptors: the kernel
 ends a read at a byte that carries any, so each arrives with its own byte, the read's last).
 A socket handed to another process after its first frame (the daemon's front) is read
-without read-ahead, so that nothing meant for the next reader stays behind.
+without read-ahead, so that nothing meant for the next reader stays behind. A reader that
+expects no more descriptors sets ``descriptors`` off: a plain ``recv`` costs less (and the
+kernel closes any descriptor that still comes).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class FrameSocket:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
-        self._unix = sock.family == socket.AF_UNIX
+        # reads ask for descriptors (a Unix socket's, until its owner expects no more)
+        self.descriptors = sock.family == socket.AF_UNIX
         self._buffer = bytearray(READ_AHEAD if read_ahead else HEADER.size)
         self._view = memoryview(self._buffer)
         self._read_ahead = read_ahead
@@ -177,7 +180,7 @@ class FrameSocket:
             if left <= 0:
                 raise TimeoutError("the peer was too slow")
             self.sock.settimeout(left)
-        if self._unix:
+        if self.descriptors:
             got, ancillary, _flags, _address = self.sock.recvmsg_into([view], _FD_SPACE)
             fds = _descriptors(ancillary)
             if fds:  # they ride on the read's last byte

@@ -224,6 +224,7 @@ class ShmLink(FrameLink):
         reply = pb.Reply.FromString(message)
         if fds:
             self._payload = Ring.attach(self.frames, fds[0])
+        self.frames.descriptors = False  # the worker sends none after the ring
         return reply
 
 
