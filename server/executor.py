@@ -347,19 +347,18 @@ class SessionExecutor:
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", "only the last call of a batch may wait, and the batch not"
             )
+        # The calls a batch holds thousands of: straight to the prepared launch or the array
+        # function, without the generators and lookups of the path every other call takes.
         launch, array_op = self._launches.launch, self._do_array_op
+        fast: dict[str, Callable[[pb.Request], None]] = {
+            "launch": lambda each: launch(each.launch),
+            "array_op": lambda each: array_op(each.array_op),
+        }
         for each, call in zip(inner, calls, strict=True):
-            if call == "launch" and not each.wait and self._copy is None:
-                # the calls a batch holds thousands of: straight to the prepared launch or
-                # the array function, without the generators and lookups of the path every
-                # other call takes
+            run = fast.get(call or "") if not each.wait and self._copy is None else None
+            if run is not None:
                 try:
-                    self._guarded(functools.partial(launch, each.launch))
-                except Exception as exc:
-                    yield from self._failed(False, self._as_error(exc, call))
-            elif call == "array_op" and not each.wait and self._copy is None:
-                try:
-                    self._guarded(functools.partial(array_op, each.array_op))
+                    self._guarded(functools.partial(run, each))
                 except Exception as exc:
                     yield from self._failed(False, self._as_error(exc, call))
             else:
