@@ -18,7 +18,7 @@ from gpupool.proto import gpupool_pb2 as pb
 
 VARINT = 0  # protobuf's wire types: integers and bools,
 FIXED64 = 1  # doubles,
-_LENGTH_DELIMITED = 2  # bytes, strings and embedded messages
+LENGTH_DELIMITED = 2  # bytes, strings and embedded messages
 _REQUESTS = pb.Batch.DESCRIPTOR.fields_by_name["requests"].number
 _BATCH = pb.Request.DESCRIPTOR.fields_by_name["batch"].number
 _LAUNCH = pb.Request.DESCRIPTOR.fields_by_name["launch"].number
@@ -50,7 +50,7 @@ def tag(number: int, wire_type: int) -> bytes:
 
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (bytes, a string or a serialized message)."""
-    return varint(number << 3 | _LENGTH_DELIMITED) + varint(len(payload)) + payload
+    return varint(number << 3 | LENGTH_DELIMITED) + varint(len(payload)) + payload
 
 
 def entry(request: bytes) -> bytes:

@@ -236,6 +236,11 @@ def _argument(value: Any) -> bytes:
 
 
 _FUNCTIONS: dict[str, bytes] = {}  # function name -> its field, made once a name
+_STREAM_TAG = batch.tag(_STREAM, batch.VARINT)
+_ARRAY_OP_TAG = batch.tag(_ARRAY_OP, batch.LENGTH_DELIMITED)
+_ENTRY_TAG = batch.tag(
+    pb.Batch.DESCRIPTOR.fields_by_name["requests"].number, batch.LENGTH_DELIMITED
+)
 _KEYWORDS: dict[Any, bytes] = {}  # keywords (told apart by type) -> their fields
 
 
@@ -273,10 +278,12 @@ def entry(
         parts.append(_keywords(kwargs))
     parts += [wire(array)[1] for array in out]
     if stream:
-        parts.append(batch.tag(_STREAM, batch.VARINT) + batch.varint(stream))
+        parts.append(_STREAM_TAG + batch.varint(stream))
     if generator:
         parts.append(batch.tag(_GENERATOR, batch.VARINT) + batch.varint(generator))
-    return batch.entry(batch.field(_ARRAY_OP, b"".join(parts)))
+    body = b"".join(parts)
+    request = _ARRAY_OP_TAG + batch.varint(len(body)) + body  # batch.field, inline
+    return _ENTRY_TAG + batch.varint(len(request)) + request  # batch.entry, inline
 
 
 def enqueue(
