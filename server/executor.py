@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
 from gpupool.logs import fields
@@ -32,6 +32,9 @@ from gpupool.server.backends.base import Backend
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.launches import PreparedLaunches
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
+
+if TYPE_CHECKING:
+    from gpupool.server.torch_ops import TorchOps
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +217,7 @@ class SessionExecutor:
         self._allocations = AllocationTable()
         self._quota = MemoryQuota()
         self._arrays = ArrayFunctions(backend, self._allocations)
+        self._torch: TorchOps | None = None  # made (and torch imported) by the first torch op
         self._streams = _Streams("stream")
         self._events = _Handles("event")
         self._modules = _Handles("module")
@@ -584,3 +588,10 @@ class SessionExecutor:
 
     def _do_array_op(self, call: pb.ArrayOp) -> None:
         self._arrays.run(call, self._streams.get(call.stream))
+
+    def _do_torch_op(self, call: pb.TorchOp) -> None:
+        if self._torch is None:
+            from gpupool.server.torch_ops import TorchOps  # torch is loaded only for torch
+
+            self._torch = TorchOps(self.backend, self._allocations)
+        self._torch.run(call, self._streams.get(call.stream))
