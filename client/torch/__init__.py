@@ -12,6 +12,8 @@ use these devices (``gpupool run --torch``). docs/torch.md says what differs fro
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.serialization
 from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
@@ -151,7 +153,10 @@ def _register() -> None:
     )
     library = torch.library.Library("_", "IMPL")
     library.fallback(_dispatch.fallback, "PrivateUse1")
-    _LIBRARIES.append(library)
+    factories = torch.library.Library("aten", "IMPL")
+    for op in _dispatch.factories():
+        factories.impl(op, functools.partial(_dispatch.fallback, op), "PrivateUse1")
+    _LIBRARIES.extend((library, factories))
     torch.serialization.add_safe_globals([_tensor.rebuild])
 
 

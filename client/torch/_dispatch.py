@@ -281,6 +281,12 @@ def _plan(
         if ret.alias_info is not None:
             position = _aliased_argument(schema, ret.alias_info)
             if ret.alias_info.is_write:
+                argument = _argument(args, kwargs, position)
+                if isinstance(argument, torch.Tensor) and argument.shape != result.shape:
+                    raise NotImplementedError(
+                        f"gpupool.torch: {func} would resize its {argument.shape} output to"
+                        f" {result.shape}; give an output of the result's size"
+                    )
                 parts.append(_argument_getter(position))
             else:
                 parts.append(_view_builder(position, result))
@@ -379,7 +385,7 @@ def _queue_seed(state: DeviceState) -> None:
 def to_host(tensor: RemoteTensor) -> torch.Tensor:
     """A host copy of a device tensor (waits for the queued work and the data)."""
     if not tensor.is_contiguous():
-        tensor = dispatch(aten.clone.default, (tensor,), {})
+        tensor = dispatch(aten.clone.default, (tensor,), {"memory_format": torch.contiguous_format})
     host = torch.empty(tensor.shape, dtype=tensor.dtype)
     nbytes = host.numel() * host.element_size()
     if nbytes:
@@ -518,6 +524,27 @@ _SPECIAL: dict[Any, Callable[[Any, Sequence[Any], dict[str, Any]], Any]] = {
     aten.squeeze_.dim: _unsupported,
     aten.unsqueeze_.default: _unsupported,
 }
+
+
+_FACTORIES = ("arange", "full", "zeros", "ones", "eye", "linspace", "scalar_tensor", "rand",
+              "randn", "randint", "randperm")
+
+
+def factories() -> list[Any]:
+    """The factory overloads given their own PrivateUse1 kernel (:func:`fallback`): their
+    composite kernels would make an empty tensor and resize it, which a pool tensor cannot
+    do, where these make the result at its size in one operation."""
+    found = []
+    for name in _FACTORIES:
+        packet = getattr(aten, name)  # a name of the list above
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            arguments = op._schema.arguments
+            if "out" in overload or any(arg.type.kind() != "IntType" and "Tensor" in str(
+                arg.type) for arg in arguments):
+                continue
+            found.append(op)
+    return found
 
 
 def fallback(op: Any, *args: Any, **kwargs: Any) -> Any:
