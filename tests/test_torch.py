@@ -7,11 +7,13 @@ run, and results are compared within float tolerance.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ import gpupool.torch as gt
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon, start_daemon
+from gpupool.torch.cuda import cuda_as_pool
 from tests.conftest import EXAMPLES, GPUPOOL
 
 DEV = torch.device("gpupool", 0)
@@ -244,22 +247,47 @@ def test_hostile_operations_are_refused_with_typed_errors(pool: Daemon) -> None:
     assert (a + 1).sum().item() == 8  # the session goes on
 
 
-def _losses(command: list[str]) -> list[float]:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [float(line.split()[-1]) for line in done.stdout.splitlines() if "loss" in line]
+def _losses(output: str) -> list[float]:
+    return [float(line.split()[-1]) for line in output.splitlines() if "loss" in line]
 
 
-@pytest.mark.parametrize("example", ["mlp.py", "cnn.py", "transformer.py"])
-def test_examples_run_unchanged_through_gpupool_run_torch(pool: Daemon, example: str) -> None:
-    script = str(EXAMPLES / "torch" / example)
-    on_cpu = _losses([sys.executable, script, "--steps", "3", "--cpu"])
-    through_pool = _losses(
-        [*GPUPOOL, "run", "--torch", "--daemons", pool.address, "--", sys.executable, script,
-         "--steps", "3"]
-    )
-    assert len(on_cpu) == 3
+def _run_example(example: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[float]:
+    """An example's losses, run in this process (its main() with ``argv``)."""
+    path = EXAMPLES / "torch" / example
+    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", [str(path), *argv]):
+        module.main()
+    return _losses(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("example", ["cnn.py", "transformer.py"])
+def test_examples_match_the_cpu_with_cuda_read_as_gpupool(
+    pool: Daemon, example: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    on_cpu = _run_example(example, ["--steps", "2", "--cpu"], capsys)
+    with cuda_as_pool():
+        assert torch.cuda.is_available()
+        through_pool = _run_example(example, ["--steps", "2"], capsys)
+    assert not torch.cuda.is_available()  # the CPU build's own, back
+    assert len(on_cpu) == 2
     assert through_pool == pytest.approx(on_cpu, rel=1e-4, abs=1e-5)
+
+
+def test_an_example_runs_unchanged_through_gpupool_run_torch(
+    pool: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    on_cpu = _run_example("mlp.py", ["--steps", "3", "--cpu"], capsys)
+    done = subprocess.run(
+        [*GPUPOOL, "run", "--torch", "--daemons", pool.address, "--", sys.executable,
+         str(EXAMPLES / "torch" / "mlp.py"), "--steps", "3"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _losses(done.stdout) == pytest.approx(on_cpu, rel=1e-4, abs=1e-5)
 
 
 CUDA_PROGRAM = """

@@ -113,17 +113,9 @@ def _index(device: int | str | torch.device) -> int:
     return _device.DEVICES.current if index is None else index
 
 
-def _pool(device: int | str | torch.device | None) -> _memory.MemoryPool:
+def _pool(device: int | str | torch.device | None) -> _memory.SingleDeviceMemoryPool:
     index = _device.DEVICES.current if device is None else _index(device)
-    _device.DEVICES.state(index)  # the ordinal exists
-    context = _device.DEVICES.context()
-    previous = context.current_device
-    context.current_device = index
-    try:
-        pool = _memory.get_default_memory_pool()
-        return pool._pool()  # type: ignore[return-value]
-    finally:
-        context.current_device = previous
+    return _device.DEVICES.state(index).pool
 
 
 class _Hooks(torch._C._acc.PrivateUse1Hooks):  # type: ignore[misc]

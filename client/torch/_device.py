@@ -13,27 +13,29 @@ operation, so seeding opens no session and costs no round trip.
 from __future__ import annotations
 
 import threading
-from typing import Any
-
 import torch
 
 from gpupool.client import context
-from gpupool.client.session import Session
 from gpupool.cupy.cuda import memory
 from gpupool.errors import GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 
 
 class DeviceState:
-    """One ordinal's session, and the seed generation it has been given."""
+    """One ordinal's session, its memory pool, and the seed generation it has been given."""
 
-    __slots__ = ("index", "seeded", "session", "torch_device")
+    __slots__ = ("index", "pool", "seeded", "session")
 
-    def __init__(self, index: int, session: Session) -> None:
+    def __init__(self, index: int, current: context.Context) -> None:
         self.index = index
-        self.session = session
+        self.session = current.session(index)
         self.seeded = 0  # the seed generation queued on this device
-        self.torch_device = torch.device("gpupool", index)
+        previous = current.current_device
+        current.current_device = index
+        try:  # the pool CuPy's arrays on this device use
+            self.pool = memory.get_default_memory_pool()._pool()
+        finally:
+            current.current_device = previous
 
 
 class Devices:
@@ -45,7 +47,6 @@ class Devices:
         self._lock = threading.Lock()
         self.seed_generation = 0
         self.seed = 0
-        self.seed_entry: Any = None  # the queued seed operation, set by the dispatcher
         self._local = threading.local()
 
     def context(self) -> context.Context:
@@ -61,7 +62,7 @@ class Devices:
             index = self.current
         state = self._states.get(index)
         if state is None:
-            state = self._states[index] = DeviceState(index, current.session(index))
+            state = self._states[index] = DeviceState(index, current)
         return state
 
     @property
@@ -91,18 +92,19 @@ class Devices:
 DEVICES = Devices()
 
 
-def allocate(index: int, nbytes: int) -> memory.MemoryPointer:
-    """``nbytes`` of device memory on ordinal ``index`` (from the pool)."""
+def allocate(state: DeviceState, nbytes: int) -> memory.MemoryPointer:
+    """``nbytes`` of device memory on the device (from its pool, which allocates on the
+    current device when it has no free block)."""
     current = context.current()
     previous = current.current_device
     try:
-        if previous != index:
-            current.current_device = index
-        return memory.alloc(nbytes)
+        if previous != state.index:
+            current.current_device = state.index
+        return state.pool.malloc(nbytes)
     except memory.OutOfMemoryError as exc:
-        raise torch.OutOfMemoryError(f"gpupool:{index}: {exc}") from exc
+        raise torch.OutOfMemoryError(f"gpupool:{state.index}: {exc}") from exc
     finally:
-        if previous != index:
+        if previous != state.index:
             current.current_device = previous
 
 

@@ -196,9 +196,9 @@ class _Output:
         self.dtype = meta.dtype
         self.nbytes = _extent(self.shape, self.strides) * meta.dtype.itemsize
 
-    def make(self, index: int) -> RemoteTensor:
+    def make(self, state: DeviceState) -> RemoteTensor:
         return RemoteTensor(
-            allocate(index, self.nbytes), index, self.shape, self.strides, 0, self.dtype
+            allocate(state, self.nbytes), state.index, self.shape, self.strides, 0, self.dtype
         )
 
 
@@ -222,10 +222,9 @@ class Plan:
         self.build = build
 
     def run(self, args: Sequence[Any], kwargs: dict[str, Any], tensors: list[RemoteTensor]) -> Any:
-        index = self.index
-        outs = [output.make(index) for output in self.outputs]
+        state = DEVICES.state(self.index)
+        outs = [output.make(state) for output in self.outputs]
         if self.head is not None:
-            state = DEVICES.state(index)
             if state.seeded != DEVICES.seed_generation:
                 _queue_seed(state)
             pointers = [tensor._ptr for tensor in tensors]
@@ -398,7 +397,7 @@ def from_host(host: torch.Tensor, index: int) -> RemoteTensor:
     """A device copy of a host tensor (queued; its bytes are taken now)."""
     host = host.contiguous()
     output = _Output(host)
-    tensor = output.make(index)
+    tensor = output.make(DEVICES.state(index))
     _write(tensor, host)
     return tensor
 

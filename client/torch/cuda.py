@@ -103,15 +103,28 @@ _REPLACED = {
     "_lazy_init": lambda: None,
 }
 
-_MODE: list[CudaAsPool] = []
+_INSTALLED: list[contextlib.AbstractContextManager[None]] = []
+
+
+@contextlib.contextmanager
+def cuda_as_pool() -> Iterator[None]:
+    """Read ``cuda`` as ``gpupool`` in this thread for a while (torch.cuda's functions for
+    the whole process)."""
+    saved = {name: getattr(torch.cuda, name) for name in _REPLACED}
+    for name, function in _REPLACED.items():
+        setattr(torch.cuda, name, function)
+    try:
+        with CudaAsPool():
+            yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.cuda, name, function)
 
 
 def install() -> None:
-    """Read ``cuda`` as ``gpupool`` in this process from now on (once)."""
-    if _MODE:
-        return
-    for name, function in _REPLACED.items():
-        setattr(torch.cuda, name, function)
-    mode = CudaAsPool()
-    mode.__enter__()
-    _MODE.append(mode)
+    """Read ``cuda`` as ``gpupool`` in this process from now on (once): ``gpupool run
+    --torch`` calls this as the program imports torch."""
+    if not _INSTALLED:
+        mapping = cuda_as_pool()
+        mapping.__enter__()
+        _INSTALLED.append(mapping)
