@@ -89,6 +89,12 @@ FOREACH = [f"_foreach_{name}{suffix}" for name in _FOREACH_NAMES for suffix in (
 GPUPOOL = frozenset({"manual_seed"})
 
 ATEN: frozenset[str] = frozenset(
-    ELEMENTWISE + ACTIVATIONS + REDUCTIONS + LINEAR_ALGEBRA + NETWORKS + SHAPES + FACTORIES
+    ELEMENTWISE
+    + ACTIVATIONS
+    + REDUCTIONS
+    + LINEAR_ALGEBRA
+    + NETWORKS
+    + SHAPES
+    + FACTORIES
     + FOREACH
 )

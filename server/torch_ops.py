@@ -83,7 +83,9 @@ class _Slot:
         if 0 in self.shape:
             self.extent = 0
         else:
-            self.extent = (sum((n - 1) * s for n, s in zip(self.shape, self.strides)) + 1) * itemsize
+            self.extent = (
+                sum((n - 1) * s for n, s in zip(self.shape, self.strides, strict=True)) + 1
+            ) * itemsize
 
     def meta(self) -> torch.Tensor:
         return torch.empty_strided(self.shape, self.strides, dtype=self.dtype, device="meta")
@@ -306,7 +308,9 @@ class TorchOps:
         byte_strides = tuple(s * itemsize for s in slot.strides)
         array = self._backend.view(ptr, slot.extent, 0, slot.shape, byte_strides, slot.numpy_dtype)
         # NumPy's array shares the emulator's memory; CuPy's, through __cuda_array_interface__
-        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.as_tensor(array)
+        tensor = (
+            torch.from_numpy(array) if isinstance(array, np.ndarray) else torch.as_tensor(array)
+        )
         return tensor.view(slot.dtype) if tensor.dtype != slot.dtype else tensor
 
     @contextlib.contextmanager

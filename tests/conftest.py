@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import gpupool
-from gpupool.client.transports import ENV_TRANSPORT, OPENERS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.executor import SessionExecutor, as_replies
+from gpupool.transport.links import ENV_TRANSPORT, OPENERS
 
 EMU_MEMORY = 2 << 30
 
@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
 GPUPOOL = [sys.executable, "-m", "gpupool.cli"]  # the `gpupool` command, as a user runs it
 
 

@@ -70,7 +70,10 @@ def test_operations_match_the_cpu(pool: Daemon) -> None:
     inplace = da.clone()
     inplace.mul_(3).add_(db.sum())
     close(inplace, a * 3 + b.sum())
-    close(torch.zeros(3, 2, device=DEV) + torch.arange(2, device=DEV), torch.zeros(3, 2) + torch.arange(2))
+    close(
+        torch.zeros(3, 2, device=DEV) + torch.arange(2, device=DEV),
+        torch.zeros(3, 2) + torch.arange(2),
+    )
     assert (da > 0).sum().item() == int((a > 0).sum())
 
 
@@ -237,11 +240,19 @@ def test_hostile_operations_are_refused_with_typed_errors(pool: Daemon) -> None:
     with pytest.raises(CUDARuntimeError, match="cudaErrorInvalidValue"):  # past its end
         call(_raw_op("neg.default", [big], [big]), [ptr, ptr])
     with pytest.raises(ValueError, match="not the"):  # an output smaller than the result
-        call(_raw_op("neg.default", [spec], [pb.TorchTensor(shape=[1], strides=[1],
-                                                            dtype="float32")]), [ptr, ptr])
+        call(
+            _raw_op(
+                "neg.default", [spec], [pb.TorchTensor(shape=[1], strides=[1], dtype="float32")]
+            ),
+            [ptr, ptr],
+        )
     with pytest.raises(TypeError, match="dtype"):
-        call(_raw_op("neg.default", [pb.TorchTensor(shape=[4], strides=[1], dtype="object")],
-                     [spec]), [ptr, ptr])
+        call(
+            _raw_op(
+                "neg.default", [pb.TorchTensor(shape=[4], strides=[1], dtype="object")], [spec]
+            ),
+            [ptr, ptr],
+        )
     with pytest.raises(CUDARuntimeError, match="cudaErrorInvalidValue"):  # too few addresses
         call(_raw_op("neg.default", [spec], [spec]), [ptr])
     assert (a + 1).sum().item() == 8  # the session goes on
@@ -282,9 +293,21 @@ def test_an_example_runs_unchanged_through_gpupool_run_torch(
 ) -> None:
     on_cpu = _run_example("mlp.py", ["--steps", "3", "--cpu"], capsys)
     done = subprocess.run(
-        [*GPUPOOL, "run", "--torch", "--daemons", pool.address, "--", sys.executable,
-         str(EXAMPLES / "torch" / "mlp.py"), "--steps", "3"],
-        capture_output=True, text=True, timeout=240,
+        [
+            *GPUPOOL,
+            "run",
+            "--torch",
+            "--daemons",
+            pool.address,
+            "--",
+            sys.executable,
+            str(EXAMPLES / "torch" / "mlp.py"),
+            "--steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert _losses(done.stdout) == pytest.approx(on_cpu, rel=1e-4, abs=1e-5)
@@ -308,9 +331,20 @@ print(torch.allclose(w.grad.cpu(), x.cpu().sum(0)), torch.equal(y.cpu(), x.cpu()
 
 def test_a_cuda_program_runs_on_the_pool(pool: Daemon) -> None:
     done = subprocess.run(
-        [*GPUPOOL, "run", "--torch", "--daemons", pool.address, "--", sys.executable, "-c",
-         CUDA_PROGRAM],
-        capture_output=True, text=True, timeout=120,
+        [
+            *GPUPOOL,
+            "run",
+            "--torch",
+            "--daemons",
+            pool.address,
+            "--",
+            sys.executable,
+            "-c",
+            CUDA_PROGRAM,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == "gpupool:0 gpupool:0 gpupool:1 gpupool:0 1 True True".split()

@@ -13,6 +13,7 @@ operation, so seeding opens no session and costs no round trip.
 from __future__ import annotations
 
 import threading
+
 import torch
 
 from gpupool.client import context

@@ -42,8 +42,9 @@ aten = torch.ops.aten
 MAX_PLANS = 8192
 HOST_OPS: Counter[str] = Counter()  # operators that ran on the host, by name
 
-_ATOMS = frozenset({int, float, bool, str, complex, type(None), torch.dtype, torch.memory_format,
-                    torch.layout})
+_ATOMS = frozenset(
+    {int, float, bool, str, complex, type(None), torch.dtype, torch.memory_format, torch.layout}
+)
 _MEMORY_FORMATS = {
     torch.contiguous_format: "contiguous_format",
     torch.preserve_format: "preserve_format",
@@ -525,8 +526,19 @@ _SPECIAL: dict[Any, Callable[[Any, Sequence[Any], dict[str, Any]], Any]] = {
 }
 
 
-_FACTORIES = ("arange", "full", "zeros", "ones", "eye", "linspace", "scalar_tensor", "rand",
-              "randn", "randint", "randperm")
+_FACTORIES = (
+    "arange",
+    "full",
+    "zeros",
+    "ones",
+    "eye",
+    "linspace",
+    "scalar_tensor",
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+)
 
 
 def factories() -> list[Any]:
@@ -539,8 +551,9 @@ def factories() -> list[Any]:
         for overload in packet.overloads():
             op = getattr(packet, overload)
             arguments = op._schema.arguments
-            if "out" in overload or any(arg.type.kind() != "IntType" and "Tensor" in str(
-                arg.type) for arg in arguments):
+            if "out" in overload or any(
+                arg.type.kind() != "IntType" and "Tensor" in str(arg.type) for arg in arguments
+            ):
                 continue
             found.append(op)
     return found

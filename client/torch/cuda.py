@@ -46,9 +46,7 @@ def as_pool(device: Any) -> Any:
 class CudaAsPool(TorchFunctionMode):
     """Rewrites the devices torch functions are given: ``cuda`` becomes ``gpupool``."""
 
-    def __torch_function__(
-        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-    ) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if "device" in kwargs:
             kwargs["device"] = as_pool(kwargs["device"])

@@ -21,8 +21,9 @@ def main() -> None:
     torch.manual_seed(0)
     inputs = torch.randn(256, 32)
     targets = (inputs[:, :8].sum(dim=1, keepdim=True) > 0).float()
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU(),
-                          nn.Linear(64, 1)).to(device)
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1)
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     loss_fn = nn.BCEWithLogitsLoss()
     x, y = inputs.to(device), targets.to(device)

@@ -52,7 +52,11 @@ def _loops(a: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], None]]:
         for _ in range(OPS // 2):
             a.t().mul(2.0)
 
-    return {"a + b (new output)": add, "a.add_(b) (in place)": inplace, "a.t().mul(2)": view_then_op}
+    return {
+        "a + b (new output)": add,
+        "a.add_(b) (in place)": inplace,
+        "a.t().mul(2)": view_then_op,
+    }
 
 
 def _step_round_trips(read_loss: bool) -> int:
