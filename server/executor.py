@@ -617,6 +617,7 @@ class SessionExecutor:
             self._torch = TorchOps(self.backend, self._allocations)
         self._torch.run(call, self._streams.get(call.stream))
 
+
 # The calls an open session serves, by the name of the Request field that carries each; any
 # other field of the oneof (``attach``, which only opens a stripe connection) is refused.
 _CALLS: dict[str, Callable[[SessionExecutor, Any], pb.Reply | None]] = {

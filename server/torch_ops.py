@@ -198,7 +198,7 @@ def _cpu_scalar(message: pb.TorchCpuScalar) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
-def fresh_results(op: torch._ops.OpOverload, results: Any) -> list[torch.Tensor]:
+def fresh_results(op: Any, results: Any) -> list[torch.Tensor]:
     """The tensors among ``op``'s results that are new (not one of its arguments, which its
     schema marks as aliased), flattened in order (a ``Tensor[]`` result counts each)."""
     returns = op._schema.returns

@@ -118,7 +118,7 @@ def _pool(device: int | str | torch.device | None) -> _memory.SingleDeviceMemory
     return _device.DEVICES.state(index).pool
 
 
-class _Hooks(torch._C._acc.PrivateUse1Hooks):  # type: ignore[misc]
+class _Hooks(torch._C._acc.PrivateUse1Hooks):
     def is_available(self) -> bool:
         return True
 
@@ -129,8 +129,8 @@ class _Hooks(torch._C._acc.PrivateUse1Hooks):  # type: ignore[misc]
         return True
 
 
-class _Guard(torch._C._acc.DeviceGuard):  # type: ignore[misc]
-    def type_(self) -> torch._C._autograd.DeviceType:
+class _Guard(torch._C._acc.DeviceGuard):
+    def type_(self) -> torch._C._autograd.DeviceType:  # type: ignore[override]
         return torch._C._autograd.DeviceType.PrivateUse1
 
 

@@ -48,15 +48,17 @@ class RemoteTensor(torch.Tensor):
         tensor._key = (dtype, shape, strides, offset, index)
         return tensor
 
-    __torch_function__ = torch._C._disabled_torch_function_impl
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
 
     @classmethod
-    def __torch_dispatch__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+    def __torch_dispatch__(  # type: ignore[override]
+        cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
         from gpupool.torch._dispatch import dispatch
 
         return dispatch(func, args, kwargs or {})
 
-    def __repr__(self, *, tensor_contents: Any = None) -> str:
+    def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
         text = repr(self.detach().cpu())
         suffix = f", device='{self.device}'"
         if self.requires_grad:
@@ -80,7 +82,7 @@ class RemoteTensor(torch.Tensor):
         copied = self.detach().clone()
         copied.requires_grad_(self.requires_grad)
         memo[id(self)] = copied
-        return copied
+        return copied  # type: ignore[return-value]
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         """Pickled (``torch.save``) as its host copy and its ordinal; loaded back onto that
