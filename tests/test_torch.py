@@ -39,7 +39,7 @@ def pool(daemon: Daemon) -> Iterator[Daemon]:
 
 def close(device_result: torch.Tensor, expected: torch.Tensor) -> None:
     assert device_result.device.type == "gpupool"
-    torch.testing.assert_close(device_result.cpu(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(device_result.cpu(), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_training_matches_the_cpu(pool: Daemon, make: object) -> None:
             optimizer.step()
             run.append(loss.item())
         losses.append(run)
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
     for cpu_param, pool_param in zip(cpu_model.parameters(), pool_model.parameters(), strict=True):
         close(pool_param.detach(), cpu_param.detach())
 
@@ -167,7 +167,8 @@ def test_manual_seed_seeds_the_daemons_generator(pool: Daemon) -> None:
     dropped = nn.functional.dropout(torch.ones(100, device=DEV), 0.5)
     torch.manual_seed(7)
     on_cpu = torch.randn(5)
-    close(on_pool, on_cpu) if pool.backend == "emu" else None
+    if pool.backend == "emu":  # PyTorch's CPU generator in the session's worker
+        close(on_pool, on_cpu)
     kept = (dropped.cpu() != 0).float().mean().item()
     assert 0.2 < kept < 0.8
     torch.manual_seed(7)
@@ -329,22 +330,48 @@ print(torch.allclose(w.grad.cpu(), x.cpu().sum(0)), torch.equal(y.cpu(), x.cpu()
 """
 
 
-def test_a_cuda_program_runs_on_the_pool(pool: Daemon) -> None:
+def test_a_cuda_program_runs_on_the_pool(pool: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CUDA calls of a program, read as gpupool (in this process: the start-up hook that
+    installs the same mapping is checked by the example run through ``gpupool run``)."""
+    capsys.readouterr()
+    try:
+        with cuda_as_pool():
+            exec(CUDA_PROGRAM, {})
+    finally:
+        gt.set_device(0)
+    printed = capsys.readouterr().out.split()
+    assert printed == "gpupool:0 gpupool:0 gpupool:1 gpupool:0 1 True True".split()
+
+
+WORKER_IMPORTS_TORCH_LATE = """
+import sys
+from gpupool.proto import batch, gpupool_pb2 as pb
+from gpupool.server.backends.emu import EmuBackend, MemoryLedger
+from gpupool.server.executor import SessionExecutor
+
+executor = SessionExecutor(EmuBackend(0, MemoryLedger.create(1 << 24, 2), 0), lambda e: e)
+def call(**fields):
+    return list(executor.handle(pb.Request(wait=True, **fields)))
+ptr = call(malloc=pb.Malloc(size=64))[0].ptr
+call(memset=pb.Memset(ptr=ptr, value=0, size=64))
+print("torch" in sys.modules)
+spec = pb.TorchTensor(shape=[4], strides=[1], dtype="float32")
+config = pb.TorchOpConfig(op="add.Scalar", args=[pb.TorchValue(tensor=spec),
+                          pb.TorchValue(integer=3)], out=[spec])
+pointers = (ptr).to_bytes(8, "little") + (ptr + 16).to_bytes(8, "little")
+replies = call(torch_op=pb.TorchOp(config=config.SerializeToString(), pointers=pointers))
+print(replies[0].HasField("error"), "torch" in sys.modules)
+data = call(memcpy_dtoh=pb.MemcpyDtoH(src=ptr + 16, size=16))[0]
+print(list(memoryview(data.source.direct(0, 16)).cast("f")))
+"""
+
+
+def test_a_worker_imports_torch_only_when_a_torch_op_arrives() -> None:
     done = subprocess.run(
-        [
-            *GPUPOOL,
-            "run",
-            "--torch",
-            "--daemons",
-            pool.address,
-            "--",
-            sys.executable,
-            "-c",
-            CUDA_PROGRAM,
-        ],
+        [sys.executable, "-c", WORKER_IMPORTS_TORCH_LATE],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == "gpupool:0 gpupool:0 gpupool:1 gpupool:0 1 True True".split()
+    assert done.stdout.split("\n")[:3] == ["False", "False True", "[3.0, 3.0, 3.0, 3.0]"]
