@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 from torch.utils import _pytree
 
 from gpupool.errors import ArrayFunctionError, CUDARuntimeError
@@ -94,8 +95,7 @@ class _Slot:
 class _Prepared:
     """One configuration: its operator, its decoded arguments with tensor slots, its outputs."""
 
-    def __init__(self, ops: TorchOps, config: bytes) -> None:
-        message = pb.TorchOpConfig.FromString(config)
+    def __init__(self, ops: TorchOps, message: pb.TorchOpConfig) -> None:
         self.op = ops.operator(message.op)
         self.slots: list[_Slot] = []
         self.args = [self._value(ops, value) for value in message.args]
@@ -289,9 +289,15 @@ class TorchOps:
             self._prepared.move_to_end(config)
             return prepared
         try:
+            message = pb.TorchOpConfig.FromString(config)
+        except DecodeError as exc:
+            raise CUDARuntimeError(
+                "cudaErrorInvalidValue", f"a torch operation's configuration: {exc}"
+            ) from exc
+        try:
             with torch.no_grad():
-                prepared = _Prepared(self, config)
-        except (ValueError, TypeError, IndexError) as exc:
+                prepared = _Prepared(self, message)
+        except (ValueError, TypeError, IndexError, OverflowError) as exc:
             raise ArrayFunctionError.of(exc) from exc
         if len(self._prepared) >= MAX_PREPARED:
             self._prepared.popitem(last=False)

@@ -242,6 +242,11 @@ def dispatch(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     special = _SPECIAL.get(func)
     if special is not None:
         return special(func, args, kwargs)
+    return _planned(func, args, kwargs)
+
+
+def _planned(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """The operation by its signature's plan (made now if new)."""
     tensors: list[RemoteTensor] = []
     key = _key(func, args, kwargs, tensors)
     try:
@@ -299,6 +304,8 @@ def _plan(
             first = len(outputs)
             outputs += [_Output(item) for item in result]
             parts.append(_new_list_getter(first, len(result)))
+        elif result is None:  # an output not asked for (convolution_backward's mask)
+            parts.append(_none)
         else:
             return None  # a number, or something else PyTorch wants now
     sends = func not in _ALLOCATING and (outputs or writes)
@@ -346,6 +353,10 @@ def _argument(args: Sequence[Any], kwargs: dict[str, Any], position: tuple[int, 
 
 def _argument_getter(position: tuple[int, str]) -> Build:
     return lambda args, kwargs, outs: _argument(args, kwargs, position)
+
+
+def _none(args: Sequence[Any], kwargs: dict[str, Any], outs: list[RemoteTensor]) -> None:
+    return None
 
 
 def _new_getter(index: int) -> Build:
@@ -415,7 +426,7 @@ def _copy_(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     dst, src = args[0], args[1]
     dst_remote, src_remote = isinstance(dst, RemoteTensor), isinstance(src, RemoteTensor)
     if dst_remote and src_remote and dst._index == src._index:
-        return _queued(func, args, kwargs)
+        return _planned(func, args, kwargs)
     if src_remote:
         src = to_host(src)
     if not dst_remote:
@@ -425,7 +436,7 @@ def _copy_(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     if dst.is_contiguous():
         _write(dst, staged)
     else:
-        _queued(func, (dst, from_host(staged, dst._index)), {})
+        _planned(func, (dst, from_host(staged, dst._index)), {})
     return dst
 
 
@@ -436,7 +447,7 @@ def _to_copy(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         device.type == "gpupool" and (device.index is None or device.index == source._index)
     ):
         rest = {k: v for k, v in kwargs.items() if k != "device"}
-        return _queued(func, args, rest)
+        return _planned(func, args, rest)
     host = to_host(source)
     rest = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory")}
     host = func(host, **rest) if rest else host
@@ -449,18 +460,6 @@ def _to_copy(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
 
 def _local_scalar_dense(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     return to_host(args[0]).item()
-
-
-def _queued(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """The ordinary path for an operator the special ones hand back."""
-    tensors: list[RemoteTensor] = []
-    key = _key(func, args, kwargs, tensors)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _PLANS[key] = _plan(func, args, kwargs, tensors)
-    if plan is None:
-        return on_host(func, args, kwargs)
-    return plan.run(args, kwargs, tensors)
 
 
 def on_host(func: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
@@ -550,12 +549,9 @@ def factories() -> list[Any]:
         packet = getattr(aten, name)  # a name of the list above
         for overload in packet.overloads():
             op = getattr(packet, overload)
-            arguments = op._schema.arguments
-            if "out" in overload or any(
-                arg.type.kind() != "IntType" and "Tensor" in str(arg.type) for arg in arguments
-            ):
-                continue
-            found.append(op)
+            takes_tensors = any("Tensor" in str(arg.type) for arg in op._schema.arguments)
+            if "out" not in overload and not takes_tensors:
+                found.append(op)
     return found
 
 
