@@ -31,7 +31,8 @@ ACTIVATIONS = """
     relu relu_ threshold threshold_backward gelu gelu_backward silu silu_ silu_backward
     hardtanh hardtanh_ hardtanh_backward leaky_relu leaky_relu_ leaky_relu_backward elu elu_
     elu_backward softplus softplus_backward mish mish_backward hardsigmoid hardsigmoid_backward
-    hardswish hardswish_backward sigmoid_backward tanh_backward _softmax _safe_softmax _softmax_backward_data
+    hardswish hardswish_backward sigmoid_backward tanh_backward _softmax _safe_softmax
+    _softmax_backward_data
     _log_softmax _log_softmax_backward_data glu glu_backward prelu _prelu_kernel
     _prelu_kernel_backward
 """.split()

@@ -23,7 +23,7 @@ import gpupool
 import gpupool.torch as gt
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.daemon import Daemon, start_daemon
+from gpupool.server.daemon import Daemon
 from gpupool.torch.cuda import cuda_as_pool
 from tests.conftest import EXAMPLES, GPUPOOL
 
@@ -202,17 +202,43 @@ def test_synchronize_and_memory_statistics(pool: Daemon) -> None:
     close(torch.full((2,), 3.0, device="gpupool:1"), torch.full((2,), 3.0))
 
 
-def test_quota_gives_torch_out_of_memory_and_the_session_goes_on() -> None:
-    daemon = start_daemon(backend="emu", emu_devices=1, emu_memory=64 << 20)
-    try:
-        gpupool.connect(daemon.address)
-        small = torch.ones(16, device=DEV)
-        with pytest.raises(torch.OutOfMemoryError, match="gpupool:0"):
-            torch.empty(100 << 20, dtype=torch.uint8, device=DEV)
-        assert (small * 2).sum().item() == 32
-    finally:
-        gpupool.disconnect()
-        daemon.stop()
+QUOTA_PROGRAM = """
+import torch
+free, total = torch.cuda.mem_get_info()
+small = torch.ones(16, device="cuda")
+try:
+    torch.empty(total + (1 << 20), dtype=torch.uint8, device="cuda")
+except torch.OutOfMemoryError as exc:
+    print("refused", exc)
+print(total, (small * 2).sum().item())
+"""
+
+
+def test_a_tenants_quota_gives_torch_out_of_memory_and_the_session_goes_on() -> None:
+    done = subprocess.run(
+        [
+            *GPUPOOL,
+            "run",
+            "-n",
+            "1",
+            "--memory",
+            "96MiB",
+            "--torch",
+            "--",
+            sys.executable,
+            "-c",
+            QUOTA_PROGRAM,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused, figures = done.stdout.splitlines()
+    assert refused.startswith("refused gpupool:0: Out of memory allocating")
+    total, doubled = figures.split()
+    assert 0 < int(total) <= 96 << 20 and float(doubled) == 32.0
+    assert "Traceback" not in done.stderr
 
 
 def _raw_op(op: str, tensors: list[pb.TorchTensor], out: list[pb.TorchTensor]) -> bytes:

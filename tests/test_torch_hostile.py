@@ -148,7 +148,8 @@ def test_hostile_torch_ops_get_typed_errors(
 
 
 @pytest.mark.slow
-@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.timeout(1800)
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_hostile_torch_ops_get_typed_errors_full(
     session: tuple[SessionExecutor, int], data: st.DataObject

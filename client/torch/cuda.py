@@ -101,16 +101,22 @@ _REPLACED = {
     "_lazy_init": lambda: None,
 }
 
-_INSTALLED: list[contextlib.AbstractContextManager[None]] = []
+_INSTALLED: list[CudaAsPool] = []
+
+
+def _replace_functions() -> dict[str, Any]:
+    """Put torch.gpupool's functions in torch.cuda; the ones they replace."""
+    saved = {name: getattr(torch.cuda, name) for name in _REPLACED}
+    for name, function in _REPLACED.items():
+        setattr(torch.cuda, name, function)
+    return saved
 
 
 @contextlib.contextmanager
 def cuda_as_pool() -> Iterator[None]:
     """Read ``cuda`` as ``gpupool`` in this thread for a while (torch.cuda's functions for
     the whole process)."""
-    saved = {name: getattr(torch.cuda, name) for name in _REPLACED}
-    for name, function in _REPLACED.items():
-        setattr(torch.cuda, name, function)
+    saved = _replace_functions()
     try:
         with CudaAsPool():
             yield
@@ -123,6 +129,7 @@ def install() -> None:
     """Read ``cuda`` as ``gpupool`` in this process from now on (once): ``gpupool run
     --torch`` calls this as the program imports torch."""
     if not _INSTALLED:
-        mapping = cuda_as_pool()
-        mapping.__enter__()
-        _INSTALLED.append(mapping)
+        _replace_functions()
+        mode = CudaAsPool()
+        mode.__enter__()
+        _INSTALLED.append(mode)
