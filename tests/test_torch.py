@@ -369,6 +369,47 @@ def test_a_cuda_program_runs_on_the_pool(pool: Daemon, capsys: pytest.CaptureFix
     assert printed == "gpupool:0 gpupool:0 gpupool:1 gpupool:0 1 True True".split()
 
 
+IDIOMS = """
+import numpy as np
+import torch
+import torch.nn.functional as F
+torch.backends.cudnn.benchmark = True
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+a = torch.tensor([1.0, 2.0, 3.0], device="cuda")
+b = torch.from_numpy(np.arange(3, dtype=np.float32)).cuda()
+print((a + b).tolist(), torch.zeros_like(a).device, a.new_zeros(2).device)
+c = b.to(dev, torch.float64)
+print(c.dtype, c.device)
+m = torch.nn.Linear(3, 4).cuda()
+logits = m(torch.randn(5, 3, device=dev))
+y = torch.tensor([0, 1, 2, 3, 0]).to(dev)
+print(0 <= (logits.argmax(dim=1) == y).float().mean().item() <= 1, F.one_hot(y, 4).sum().item())
+with torch.no_grad():
+    print(tuple(m(a.unsqueeze(0)).shape))
+print(a[torch.tensor([2, 0], device=dev)].tolist(), a[1:].sum().item(), float(a.max()), int(y[1]))
+scaler = torch.amp.GradScaler("cuda", enabled=False)
+scaler.scale(logits.sum()).backward()
+scaler.step(torch.optim.SGD(m.parameters(), 0.1))
+print(format(a.sum(), ".1f"), a)
+"""
+
+
+def test_common_cuda_idioms_run_on_the_pool(
+    pool: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    with cuda_as_pool():
+        exec(IDIOMS, {})
+    assert capsys.readouterr().out.splitlines() == [
+        "[1.0, 3.0, 5.0] gpupool:0 gpupool:0",
+        "torch.float64 gpupool:0",
+        "True 5",
+        "(1, 4)",
+        "[3.0, 1.0] 5.0 3.0 1",
+        "6.0 tensor([1., 2., 3.], device='gpupool:0')",
+    ]
+
+
 WORKER_IMPORTS_TORCH_LATE = """
 import sys
 from gpupool.proto import batch, gpupool_pb2 as pb

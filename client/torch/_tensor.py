@@ -65,6 +65,11 @@ class RemoteTensor(torch.Tensor):
             suffix += ", requires_grad=True"
         return text[:-1] + suffix + ")" if text.endswith(")") else text
 
+    def __format__(self, spec: str) -> str:
+        if self.dim() == 0:  # as PyTorch formats a plain 0-dim tensor: its value
+            return self.item().__format__(spec)
+        return repr(self) if not spec else object.__format__(self, spec)
+
     def tolist(self) -> Any:
         return self.detach().cpu().tolist()
 

@@ -29,6 +29,11 @@ import gpupool.torch as pool
 
 _TO = torch.Tensor.to
 _CUDA = torch.Tensor.cuda
+_FROM_DATA = (torch.tensor, torch.as_tensor, torch.asarray)
+
+
+def _on_pool(device: Any) -> bool:
+    return isinstance(device, torch.device) and device.type == "gpupool"
 
 
 def as_pool(device: Any) -> Any:
@@ -50,6 +55,11 @@ class CudaAsPool(TorchFunctionMode):
         kwargs = kwargs or {}
         if "device" in kwargs:
             kwargs["device"] = as_pool(kwargs["device"])
+            if func in _FROM_DATA and _on_pool(kwargs["device"]):
+                # made on the host, then copied: PyTorch builds these with its Python
+                # dispatch key excluded, where a Python device's tensor cannot be filled
+                device = kwargs.pop("device")
+                return func(*args, **kwargs).to(device)
         if func is _TO:
             args = tuple(as_pool(arg) for arg in args)
         elif func is _CUDA:
