@@ -63,7 +63,8 @@ _ALLOCATING = frozenset(
 
 
 class DeviceMismatch(RuntimeError):
-    pass
+    """Tensors of one operation on different devices: PyTorch's own error (a RuntimeError),
+    raised before anything is queued."""
 
 
 def _signature(value: Any, tensors: list[RemoteTensor]) -> Any:

@@ -78,6 +78,24 @@ def _step_round_trips(read_loss: bool) -> int:
     return max(counts[1:])  # the first step makes the plans and fills the memory pool
 
 
+def _step_seconds(device: str) -> float:
+    """Wall seconds a step of the bench's MLP takes, loss read each step (median of 10)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 1)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 32).to(device), torch.randn(64, 1).to(device)
+    samples = []
+    for _ in range(12):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples[2:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--daemons", help="HOST:PORT of daemons (default: an embedded emulator)")
@@ -107,6 +125,11 @@ def main() -> None:
         gt.synchronize()
         print(f"round trips per MLP step, loss read: {_step_round_trips(True)}")
         print(f"round trips per MLP step, loss not read: {_step_round_trips(False)}")
+        cpu_step, pool_step = _step_seconds("cpu"), _step_seconds("gpupool")
+        print(
+            f"MLP step, loss read: CPU {cpu_step * 1e3:.2f} ms, gpupool {pool_step * 1e3:.2f} ms"
+            f" ({pool_step / cpu_step:.1f}x)"
+        )
     finally:
         gpupool.disconnect()
         if daemon is not None:
