@@ -289,13 +289,26 @@ def _losses(output: str) -> list[float]:
     return [float(line.split()[-1]) for line in output.splitlines() if "loss" in line]
 
 
-def _run_example(example: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[float]:
-    """An example's losses, run in this process (its main() with ``argv``)."""
+def _run_example(
+    example: str,
+    argv: list[str],
+    capsys: pytest.CaptureFixture[str],
+    trips: list[int] | None = None,
+) -> list[float]:
+    """An example's losses, run in this process (its main() with ``argv``); ``trips`` gets
+    the count of round trips made so far at each line it prints."""
     path = EXAMPLES / "torch" / example
     spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if trips is not None:
+
+        def counted(*args: object, **kwargs: object) -> None:
+            trips.append(gpupool.stats().round_trips)
+            print(*args, **kwargs)
+
+        module.print = counted
     capsys.readouterr()
     with mock.patch.object(sys, "argv", [str(path), *argv]):
         module.main()
@@ -306,13 +319,17 @@ def _run_example(example: str, argv: list[str], capsys: pytest.CaptureFixture[st
 def test_examples_match_the_cpu_with_cuda_read_as_gpupool(
     pool: Daemon, example: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    on_cpu = _run_example(example, ["--steps", "2", "--cpu"], capsys)
+    on_cpu = _run_example(example, ["--steps", "3", "--cpu"], capsys)
+    trips: list[int] = []
     with cuda_as_pool():
         assert torch.cuda.is_available()
-        through_pool = _run_example(example, ["--steps", "2"], capsys)
+        through_pool = _run_example(example, ["--steps", "3"], capsys, trips)
     assert not torch.cuda.is_available()  # the CPU build's own, back
-    assert len(on_cpu) == 2
+    assert len(on_cpu) == 3
     assert through_pool == pytest.approx(on_cpu, rel=1e-4, abs=1e-5)
+    # once the first steps have made their plans and filled the memory pool, a step whose
+    # loss is read makes one round trip (reading it)
+    assert trips[-1] - trips[-2] == 1
 
 
 def test_an_example_runs_unchanged_through_gpupool_run_torch(
