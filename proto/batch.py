@@ -24,6 +24,9 @@ _BATCH = pb.Request.DESCRIPTOR.fields_by_name["batch"].number
 _LAUNCH = pb.Request.DESCRIPTOR.fields_by_name["launch"].number
 _CONFIG = pb.Launch.DESCRIPTOR.fields_by_name["config"].number
 _ARG_DATA = pb.Launch.DESCRIPTOR.fields_by_name["arg_data"].number
+_TORCH_OP = pb.Request.DESCRIPTOR.fields_by_name["torch_op"].number
+_TORCH_CONFIG = pb.TorchOp.DESCRIPTOR.fields_by_name["config"].number
+_TORCH_POINTERS = pb.TorchOp.DESCRIPTOR.fields_by_name["pointers"].number
 
 
 def _encode_varint(value: int) -> bytes:
@@ -68,4 +71,13 @@ def launch_entry_head(config: bytes, size: int) -> bytes:
     those bytes: the entry of each such launch is this head followed by its arguments."""
     launch = field(_CONFIG, config) + field(_ARG_DATA, bytes(size))
     whole = entry(field(_LAUNCH, launch))
+    return whole[: len(whole) - size]
+
+
+def torch_op_entry_head(config: bytes, size: int) -> bytes:
+    """The batch entry of an ATen operation of ``config`` whose tensor addresses take ``size``
+    bytes, without those bytes (``TorchOp``): the entry of each such operation is this head
+    followed by its addresses."""
+    op = _field(_TORCH_CONFIG, config) + _field(_TORCH_POINTERS, bytes(size))
+    whole = entry(_field(_TORCH_OP, op))
     return whole[: len(whole) - size]

@@ -18,7 +18,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpupool import grants
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
@@ -33,6 +33,9 @@ from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.launches import PreparedLaunches
 from gpupool.server.ledger import QuotaAccount
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
+
+if TYPE_CHECKING:
+    from gpupool.server.torch_ops import TorchOps
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +236,7 @@ class SessionExecutor:
         self._allocations = AllocationTable()
         self._quota = MemoryQuota()
         self._arrays = ArrayFunctions(backend, self._allocations)
+        self._torch: TorchOps | None = None  # made (and torch imported) by the first torch op
         self._streams = _Streams("stream")
         self._events = _Handles("event")
         self._modules = _Handles("module")
@@ -622,6 +626,13 @@ class SessionExecutor:
     def _do_array_op(self, call: pb.ArrayOp) -> None:
         self._arrays.run(call, self._streams.get(call.stream))
 
+    def _do_torch_op(self, call: pb.TorchOp) -> None:
+        if self._torch is None:
+            from gpupool.server.torch_ops import TorchOps  # torch is loaded only for torch
+
+            self._torch = TorchOps(self.backend, self._allocations)
+        self._torch.run(call, self._streams.get(call.stream))
+
 
 # The calls an open session serves, by the name of the Request field that carries each; any
 # other field of the oneof (``attach``, which only opens a stripe connection) is refused.
@@ -648,4 +659,5 @@ _CALLS: dict[str, Callable[[SessionExecutor, Any], pb.Reply | None]] = {
     "event_elapsed_time": SessionExecutor._do_event_elapsed_time,
     "device_synchronize": SessionExecutor._do_device_synchronize,
     "array_op": SessionExecutor._do_array_op,
+    "torch_op": SessionExecutor._do_torch_op,
 }
