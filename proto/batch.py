@@ -66,18 +66,22 @@ def batch(entries: Iterable[bytes]) -> bytes:
     return field(_BATCH, b"".join(entries))
 
 
+def _entry_head(outer: int, head: int, config: bytes, tail: int, size: int) -> bytes:
+    """The batch entry of a request whose field ``outer`` is a message of ``config`` (field
+    ``head``) and ``size`` bytes (field ``tail``, last), without those bytes."""
+    message = field(head, config) + field(tail, bytes(size))
+    whole = entry(field(outer, message))
+    return whole[: len(whole) - size]
+
+
 def launch_entry_head(config: bytes, size: int) -> bytes:
     """The batch entry of a launch of ``config`` with ``size`` bytes of arguments, without
     those bytes: the entry of each such launch is this head followed by its arguments."""
-    launch = field(_CONFIG, config) + field(_ARG_DATA, bytes(size))
-    whole = entry(field(_LAUNCH, launch))
-    return whole[: len(whole) - size]
+    return _entry_head(_LAUNCH, _CONFIG, config, _ARG_DATA, size)
 
 
 def torch_op_entry_head(config: bytes, size: int) -> bytes:
     """The batch entry of an ATen operation of ``config`` whose tensor addresses take ``size``
     bytes, without those bytes (``TorchOp``): the entry of each such operation is this head
     followed by its addresses."""
-    op = _field(_TORCH_CONFIG, config) + _field(_TORCH_POINTERS, bytes(size))
-    whole = entry(_field(_TORCH_OP, op))
-    return whole[: len(whole) - size]
+    return _entry_head(_TORCH_OP, _TORCH_CONFIG, config, _TORCH_POINTERS, size)
