@@ -43,6 +43,7 @@ class Stats:
     calls: int = 0  # runtime calls made (each launch, copy, malloc, ...)
     messages: int = 0  # messages sent on session streams
     round_trips: int = 0  # calls that waited for a reply
+    mallocs: int = 0  # allocations that reached the daemon (the pools carve most from arenas)
 
 
 STATS = Stats()

@@ -36,6 +36,7 @@ from gpupool.errors import AllocationError, GpupoolError
 NAME = "run"
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 NOT_FOUND, NOT_EXECUTABLE = 127, 126  # as shells say
+ENV_TORCH = "GPUPOOL_TORCH"  # "cuda": the bootstrap reads torch's cuda as gpupool
 
 
 def add(commands: Any) -> None:
@@ -53,6 +54,12 @@ def add(commands: Any) -> None:
     parser.add_argument(
         "--daemons", type=addresses, metavar="HOST:PORT[,...]", help="daemons to use, in order"
     )
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="run a PyTorch program written for CUDA on the pool's devices: 'cuda' is read as"
+        " 'gpupool' (docs/torch.md)",
+    )
     add_daemon_options(parser, log_level="warning")  # the command's output is what matters
     add_allocation_options(parser.add_argument_group("GPUs from the pool"), 60.0, None)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
@@ -64,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
         print("gpupool run: no command given (gpupool run -- python prog.py)", file=sys.stderr)
         return 2
     env = dict(os.environ)
+    if args.torch:
+        env[ENV_TORCH] = "cuda"
     if wants_allocation(args) and args.daemons:
         print(
             "gpupool run: --daemons names the daemons to use, -n/--fraction/--memory/--scheduler"

@@ -129,7 +129,7 @@ class TcpLink(FrameLink):
         super().__init__(sock)
         self._address = address
         self.stripes = stripes
-        self._payload = Stripes(sock, stripes)
+        self._payload = Stripes(self.frames, stripes)
 
     def opened(self, opened: pb.SessionOpened) -> None:
         assert isinstance(self._payload, Stripes)
@@ -233,6 +233,7 @@ class ShmLink(FrameLink):
         reply = pb.Reply.FromString(message)
         if fds:
             self._payload = Ring.attach(self.frames, fds[0])
+        self.frames.descriptors = False  # the worker sends none after the ring
         return reply
 
 
