@@ -12,6 +12,7 @@ from gpupool.cli.options import (
     add_log_level,
     add_metrics_option,
     add_tls_options,
+    listen_address,
     seconds,
     tls_files,
 )
@@ -30,7 +31,11 @@ def add(commands: Any) -> None:
         " ($GPUPOOL_CLUSTER_SECRET or --secret-file).",
     )
     parser.add_argument(
-        "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
+        "--listen",
+        type=listen_address,
+        default="127.0.0.1:7000",
+        metavar="HOST:PORT",
+        help="(default 127.0.0.1:7000; port 0 picks a free one)",
     )
     add_db_option(parser)
     parser.add_argument("--secret-file", metavar="FILE", help="the cluster secret")
