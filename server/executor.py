@@ -649,6 +649,7 @@ class SessionExecutor:
 
             self._torch = TorchOps(self.backend, self._allocations)
         self._torch.run(call, self._streams.get(call.stream))
+        self._counts.array_op()  # a tensor operation is an array operation on the device
 
 
 # The calls an open session serves, by the name of the Request field that carries each; any
