@@ -22,6 +22,7 @@ from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.confinement import worker_environment
 from gpupool.server.transports.channels import send_handover
 from gpupool.server.worker import WorkerSpec
 
@@ -223,7 +224,7 @@ class WorkerPool:
                 # reach workers; the front ends them, and they end when it goes away.
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **env} if env else None,
+                env=worker_environment(env),  # an allow-list: no secret reaches a tenant
             )
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, our_handoffs, slot)

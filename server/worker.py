@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from gpupool import logs
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server import confinement
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
 from gpupool.server.executor import SessionExecutor, error_message
@@ -70,6 +71,8 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
         if channel is not None and channel.next() is not None:
             channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
+    if spec.backend.compile_service:  # an emulator worker of a daemon that confines them
+        confinement.confine()
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0

@@ -120,8 +120,11 @@ def local_pool(args: argparse.Namespace) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="gpupool-pool-") as folder:
         scheduler = start_scheduler("127.0.0.1:0", os.path.join(folder, "pool.db"), secret)
         try:
-            daemon = start_daemon(
-                args, "127.0.0.1:0", PoolMembership(scheduler.address, "local", secret)
+            daemon = start_daemon(  # the user's own pool: unconfined where it must be
+                args,
+                "127.0.0.1:0",
+                PoolMembership(scheduler.address, "local", secret),
+                trusted_emulator=True,
             )
             try:
                 if daemon.registration is None or not daemon.registration.registered.wait(30):

@@ -39,6 +39,12 @@ def add(commands: Any) -> None:
         metavar="F",
         help="fractions on one GPU may sum to F (default 1: none)",
     )
+    pool.add_argument(
+        "--trusted-emulator",
+        action="store_true",
+        help="serve a pool with an emulator whose kernels cannot be confined (not root): for"
+        " a development pool of trusted users only (also $GPUPOOL_TRUSTED_EMULATOR=1)",
+    )
     tls = parser.add_argument_group("TLS (gRPC only: tcp:// is then not offered)")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the daemon's certificate")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
@@ -63,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         if args.scheduler:
             secret = load_secret(args.secret_file)
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
-        daemon = start_daemon(args, args.listen, pool, tls)
+        daemon = start_daemon(args, args.listen, pool, tls, args.trusted_emulator)
     except (GpupoolError, OSError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1

@@ -35,6 +35,9 @@ class BackendConfig:
     kind: str  # "cupy" or "emu", never "auto" once resolved
     emu_devices: int = 2
     emu_memory: int = 8 << 30
+    # Emulator workers confine themselves (server/confinement.py) and compile through the
+    # daemon's compile service at this Unix socket; "" when they are not confined.
+    compile_service: str = ""
 
     @property
     def idle_worker_memory(self) -> int:
@@ -74,10 +77,12 @@ def open_backend(
 
         return cupy_backend.CupyBackend(device), cupy_backend.translate
     from gpupool.server.backends.emu import EmuBackend, MemoryLedger
+    from gpupool.server.backends.emu_compile_service import CompileClient
 
     assert ledger_fd is not None
     ledger = MemoryLedger.attach(ledger_fd, config.emu_memory)
-    return EmuBackend(device, ledger, slot), _no_translation
+    compile = CompileClient(config.compile_service) if config.compile_service else None
+    return EmuBackend(device, ledger, slot, compile), _no_translation
 
 
 def _no_translation(exc: Exception) -> Exception:

@@ -48,7 +48,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,7 +338,7 @@ def _compiler_flags(options: Sequence[str]) -> list[str]:
 
 def _cache_dir() -> Path:
     root = os.environ.get("GPUPOOL_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "gpupool"
+    base = Path(root).absolute() if root else Path.home() / ".cache" / "gpupool"
     directory = base / "emu-kernels"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
@@ -400,8 +400,10 @@ def _publish(
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".")
     os.close(descriptor)
     try:
-        result = _run_compiler([*command, "-o", temporary], source, target.parent)
+        with tempfile.TemporaryDirectory(prefix="gpupool-cxx-") as empty:  # nothing to include
+            result = _run_compiler([*command, "-o", temporary], source, Path(empty))
         if result.returncode == 0:
+            os.chmod(temporary, 0o644)  # confined workers read the compile service's cache
             os.replace(temporary, target)
         return result
     finally:
@@ -446,13 +448,64 @@ def _preprocess(compiler: list[str], source: str, flags: Sequence[str]) -> str:
         "c++",
         "-",
     ]
-    result = _run_compiler(command, scanned, _cache_dir())
+    with tempfile.TemporaryDirectory(prefix="gpupool-cpp-") as empty:
+        result = _run_compiler(command, scanned, Path(empty))
+    # Before any of the compiler's output goes back: its messages quote the files it read.
+    given = [Path(os.path.realpath(flag[2:])) for flag in flags if flag.startswith("-I")]
+    check_included(result.stdout, [*_include_roots(tuple(compiler)), *given])
     if result.returncode != 0:
         raise CompileError(
             f"{Path(compiler[0]).name} could not preprocess the CUDA C module for the CPU emulator",
             log=result.stderr,
         )
     return result.stdout
+
+
+# The line marker of a file the preprocessor enters: `# 1 "name" 1` (flag 1), maybe with 3/4.
+_ENTERED = re.compile(r'^# \d+ "((?:\\.|[^"\\])*)" 1(?: \d)*$', re.MULTILINE)
+
+
+def check_included(preprocessed: str, roots: Sequence[Path]) -> None:
+    """Refuse a module that made the preprocessor read a file outside ``roots``.
+
+    The preprocessor names every file it enters in a line marker, however the directive was
+    spelled (``%:include``, ``#/**/include``, a backslash-newline inside it, ``#import``, a
+    macro, ``#include_next``), so this sees what a textual filter of the source cannot. A name
+    is resolved (``..`` and symbolic links) before it is compared.
+    """
+    for match in _ENTERED.finditer(preprocessed):
+        name = re.sub(r"\\(.)", r"\1", match.group(1))
+        if name.startswith("<") and name.endswith(">"):  # <built-in>, <command-line>
+            continue
+        real = Path(os.path.realpath(name))
+        if not any(real.is_relative_to(root) for root in roots):
+            raise CompileError(
+                f"#include of {name!r} refused: only the compiler's own and the emulator's"
+                " headers can be included; put your header's text in the source"
+            )
+
+
+@functools.lru_cache(maxsize=8)
+def _include_roots(compiler: tuple[str, ...]) -> tuple[Path, ...]:
+    """The folders whose headers a module may include: the emulator's and the compiler's own
+    system folders (as ``-v`` lists them), resolved."""
+    result = subprocess.run(
+        [*compiler, "-x", "c++", "-E", "-v", "-"],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    lines = result.stderr.splitlines()
+    try:
+        start = lines.index("#include <...> search starts here:") + 1
+        end = lines.index("End of search list.", start)
+    except ValueError:
+        start = end = 0
+    system = [line.strip() for line in lines[start:end]]
+    folders = [STUB_INCLUDE, HEADER.parent, *(Path(folder) for folder in system)]
+    return tuple(Path(os.path.realpath(folder)) for folder in folders)
 
 
 def _build(
@@ -501,6 +554,27 @@ def _build(
     return target
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled module in the cache, and the names of its kernels in launcher order."""
+
+    path: Path
+    names: tuple[str, ...]
+
+
+Compile = Callable[[str, Sequence[str]], Compiled]
+
+
+def compile_module(source: str, options: Sequence[str] = ()) -> Compiled:
+    """Compiles CUDA C ``source`` into the cache (or finds it there)."""
+    flags = _compiler_flags(options)
+    compiler = _compiler()
+    preprocessed = _preprocess(compiler, source, flags)
+    translation = _translate(source, preprocessed)
+    path = _build(compiler, translation, flags, preprocessed)
+    return Compiled(path, tuple(translation.names))
+
+
 _private_copies = itertools.count()
 
 
@@ -512,9 +586,8 @@ def _load_private_copy(path: Path) -> ctypes.CDLL:
     as it is loaded (the mapping outlives the name), so none is left behind even by a crash; the
     counter in its name keeps the loader from matching the name of an earlier, deleted copy.
     """
-    descriptor, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f"{path.stem}.{next(_private_copies)}.", suffix=".so"
-    )
+    prefix = f"{path.stem}.{next(_private_copies)}."
+    descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".so")  # ours, not the cache's
     os.close(descriptor)
     try:
         shutil.copyfile(path, name)
@@ -645,18 +718,17 @@ class EmuModule:
         self.kernel_names: tuple[str, ...] = tuple(kernel_names)
 
     @classmethod
-    def from_source(cls, source: str, options: Sequence[str] = ()) -> EmuModule:
-        """Compiles CUDA C ``source`` (or takes it from the cache) with NVRTC-style options.
+    def from_source(
+        cls, source: str, options: Sequence[str] = (), compile: Compile | None = None
+    ) -> EmuModule:
+        """Compiles CUDA C ``source`` (or takes it from the cache) with NVRTC-style options,
+        here or with ``compile`` (a confined worker's compile service), and loads it.
 
         Raises CompileError with g++'s output as ``log`` when it does not compile, and without
         a log for constructs the emulator cannot run.
         """
-        flags = _compiler_flags(options)
-        compiler = _compiler()
-        preprocessed = _preprocess(compiler, source, flags)
-        translation = _translate(source, preprocessed)
-        path = _build(compiler, translation, flags, preprocessed)
-        return cls(_load_private_copy(path), translation.names)
+        compiled = (compile or compile_module)(source, options)
+        return cls(_load_private_copy(compiled.path), compiled.names)
 
     def get_function(self, name: str) -> EmuFunction:
         try:
