@@ -29,6 +29,7 @@ from gpupool.server import seccomp
 ENV_UID_BASE = "GPUPOOL_WORKER_UID_BASE"
 DEFAULT_UID_BASE = 0x70000000
 ENV_TRUSTED = "GPUPOOL_TRUSTED_EMULATOR"
+ENV_CONFINE = "GPUPOOL_EMU_CONFINE"  # 0: do not confine (as if it were impossible)
 
 # Variables a worker keeps from the daemon's environment: paths to its interpreter and
 # libraries, locale and time zone, thread counts, the CUDA/CuPy set-up, and the gpupool
@@ -78,6 +79,8 @@ def is_worker_uid(uid: int) -> bool:
 
 def unavailable() -> str | None:
     """Why emulator workers cannot be confined here; None when they can."""
+    if os.environ.get(ENV_CONFINE, "1") == "0":
+        return f"{ENV_CONFINE}=0"
     if os.geteuid() != 0:
         return "the daemon does not run as root, so workers cannot take users of their own"
     return seccomp.unsupported()
