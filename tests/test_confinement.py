@@ -124,8 +124,12 @@ def test_each_attack_of_a_kernel_fails_and_the_others_go_on(confined: Daemon) ->
         attack((1,), (1,), (out, np.int64(pid[0]), np.int64(victim_data), cache))
         results = np.zeros(16, np.int64)
         rt.memcpy(results.ctypes.data, out, results.nbytes, rt.memcpyDeviceToHost)
-        print({what: "failed (good)" if not got else "SUCCEEDED" for what, got in
-               zip(ATTACKS, results, strict=False)})
+        print(
+            {
+                what: "failed (good)" if not got else "SUCCEEDED"
+                for what, got in zip(ATTACKS, results, strict=False)
+            }
+        )
         succeeded = [what for what, got in zip(ATTACKS, results, strict=False) if got]
         assert succeeded == []
         assert results[10] == 1  # the filter is not simply refusing everything
