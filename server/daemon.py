@@ -70,7 +70,7 @@ class Daemon:
     ) -> None:
         self.server = server
         self.confined = compile_service is not None  # emulator workers confine themselves
-        self._compile_service = compile_service
+        self.compile_service = compile_service
         self.registration = registration
         self.port = port
         self.host = host
@@ -101,8 +101,8 @@ class Daemon:
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()
-        if self._compile_service is not None:
-            self._compile_service.close()
+        if self.compile_service is not None:
+            self.compile_service.close()
         log.info("daemon stopped", extra=fields(address=self.address))
 
     def __enter__(self) -> Daemon:

@@ -41,6 +41,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
 GPUPOOL = [sys.executable, "-m", "gpupool.cli"]  # the `gpupool` command, as a user runs it
 
 

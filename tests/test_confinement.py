@@ -21,8 +21,9 @@ import pytest
 
 import gpupool
 from gpupool import runtime as rt
+from gpupool.errors import CompileError
 from gpupool.server import confinement
-from gpupool.server.backends.emu_compile_service import shared_cache
+from gpupool.server.backends.emu_compile_service import CompileClient, shared_cache
 from gpupool.server.daemon import Daemon, start_daemon
 
 SECRET = "h2-secret-the-kernel-must-not-see"
@@ -117,7 +118,10 @@ def test_each_attack_of_a_kernel_fails_and_the_others_go_on(confined: Daemon) ->
         out = rt.malloc(16 * 8)
         cache = rt.malloc(512)
         path = np.zeros(512, np.uint8)
-        name = str(shared_cache() / "emu-kernels").encode()
+        planted = shared_cache() / "emu-kernels" / "planted.so"
+        planted.unlink(missing_ok=True)
+        Path("/tmp/gpupool-confinement-pwned").unlink(missing_ok=True)
+        name = str(planted.parent).encode()
         path[: len(name)] = np.frombuffer(name, np.uint8)
         rt.memcpy(cache, path.ctypes.data, 512, rt.memcpyHostToDevice)
         attack = gpupool.Module.from_source(ATTACKER).get_function("attack")
@@ -134,7 +138,7 @@ def test_each_attack_of_a_kernel_fails_and_the_others_go_on(confined: Daemon) ->
         assert succeeded == []
         assert results[10] == 1  # the filter is not simply refusing everything
         assert not Path("/tmp/gpupool-confinement-pwned").exists()
-        assert not (shared_cache() / "emu-kernels" / "planted.so").exists()
+        assert not planted.exists()
 
         # The daemon, the victim's session and its memory are all there.
         rt.setDevice(1)
@@ -264,3 +268,54 @@ def test_the_embedded_pool_needs_no_set_up_when_unconfinable(
     code, out, err = _finish(_gpupool(run, env, 120, nobody), 120)
     assert code == 0, err[-2000:]
     assert out.strip().endswith("45")
+
+
+@needs_confinement
+def test_the_compile_service_checks_what_workers_send_and_who_they_are(confined: Daemon) -> None:
+    """A confined kernel can reach the compile service itself: it gets the same checks."""
+    assert confined.compile_service is not None
+    address = confined.compile_service.address
+    compile = CompileClient(address)
+    with pytest.raises(CompileError, match="refused"):
+        compile('#include "shadow"\n', ["-I/etc"])
+    with pytest.raises(CompileError, match="refused"):
+        compile('%:include "/etc/passwd"\n', [])
+    compiled = compile('extern "C" __global__ void k(int* p) { *p = 1; }\n', [])
+    assert compiled.names == ("k",) and compiled.path.stat().st_mode & 0o777 == 0o644
+    assert compiled.path.stat().st_uid == confinement.compiler_uid()
+
+    # Another user (not a worker) is hung up on without an answer.
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports by its exit status
+        try:
+            os.setresuid(65534, 65534, 65534)
+            CompileClient(address)('extern "C" __global__ void k() {}\n', [])
+            os._exit(1)
+        except CompileError:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+INCLUDE_BYPASSES = (
+    '%:include "/etc/passwd"\n',
+    '#/**/include "/etc/passwd"\n',
+    '#inc\\\nlude "/etc/passwd"\n',
+    '#import "/etc/passwd"\n',
+)
+
+
+def test_include_bypasses_are_refused_on_every_backend(daemon: Daemon) -> None:
+    """The GPU daemon's NVRTC gets the same filter (the emulator checks its preprocessor too)."""
+    gpupool.connect(daemon.address)
+    try:
+        for source in INCLUDE_BYPASSES:
+            with pytest.raises(CompileError, match="refused") as refused:
+                gpupool.Module.from_source(source + 'extern "C" __global__ void k() {}\n')
+            assert "root:" not in refused.value.log
+        with pytest.raises(CompileError, match="refused"):
+            gpupool.Module.from_source('extern "C" __global__ void k() {}\n', ["--time=/tmp/t"])
+    finally:
+        gpupool.disconnect()

@@ -17,6 +17,7 @@ The protocol is one JSON message each way per compile, framed as ``multiprocessi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,13 +30,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from gpupool.errors import CompileError
 from gpupool.server import confinement, seccomp
 from gpupool.server.backends import emu_kernels
+from gpupool.server.includes import check_includes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ ENV_CACHE = "GPUPOOL_EMU_SHARED_CACHE"
 DEFAULT_CACHE = "/var/cache/gpupool"
 START_TIMEOUT_S = 60
 MAX_REQUEST = 64 << 20  # the largest ModuleLoad a session can send is smaller
+MAX_CONNECTIONS = 4096  # a worker holds one; more would be a tenant's kernel hoarding threads
 # A compile waits at most the compiler's time limit and then some for the reply.
 REPLY_TIMEOUT_S = emu_kernels.COMPILE_TIMEOUT_S + 60
 _READY = b"ready\n"
@@ -141,15 +144,16 @@ def _peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, slots: threading.BoundedSemaphore) -> None:
     """Compile for one worker until it hangs up."""
-    with Connection(sock.detach()) as conn:
+    with Connection(sock.detach()) as conn, _released(slots):
         while True:
             try:
                 request = json.loads(conn.recv_bytes(MAX_REQUEST))
                 source, options = request["source"], request["options"]
                 if not isinstance(source, str) or not all(isinstance(o, str) for o in options):
                     raise CompileError("a compile request holds a source and its options")
+                check_includes(source, options)  # a worker may send what no session checked
                 compiled = emu_kernels.compile_module(source, options)
                 reply = {"path": str(compiled.path), "names": list(compiled.names)}
             except (EOFError, OSError):
@@ -178,13 +182,22 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_end_with_the_daemon, daemon=True).start()
     sys.stdout.buffer.write(_READY)
     sys.stdout.flush()
+    slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
     while True:
         sock, _ = listener.accept()
         peer = _peer_uid(sock)
-        if not (confinement.is_worker_uid(peer) or peer in (0, uid)):
+        if not (confinement.is_worker_uid(peer) or peer in (0, uid)) or not slots.acquire(False):
             sock.close()
             continue
-        threading.Thread(target=_serve, args=(sock,), daemon=True).start()
+        threading.Thread(target=_serve, args=(sock, slots), daemon=True).start()
+
+
+@contextlib.contextmanager
+def _released(slots: threading.BoundedSemaphore) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 if __name__ == "__main__":
