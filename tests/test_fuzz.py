@@ -240,7 +240,10 @@ def grpc_session(daemon: Daemon, first: pb.Request, rest: list[pb.Request], tall
     def requests() -> Iterator[bytes]:
         yield first.SerializeToString()
         yield MALLOC.SerializeToString()
-        address = base.get(timeout=SESSION_TIMEOUT_S)
+        try:
+            address = base.get(timeout=SESSION_TIMEOUT_S / 2)
+        except queue.Empty:  # a refused open: the session has ended
+            address = None
         for request in rest:
             tally.counts["messages"] += 1
             yield rebase(request, address or 0).SerializeToString()
@@ -249,10 +252,10 @@ def grpc_session(daemon: Daemon, first: pb.Request, rest: list[pb.Request], tall
         session = channel.stream_stream("/gpupool.v1.Daemon/Session")
         tally.counts["sessions"] += 1
         try:
-            for index, raw in enumerate(session(requests(), timeout=SESSION_TIMEOUT_S)):
+            for raw in session(requests(), timeout=SESSION_TIMEOUT_S):
                 reply = tally.reply(raw)
-                if index == 1:
-                    base.put(reply.ptr or None)
+                if reply.WhichOneof("result") == "ptr" and base.empty():  # the allocation
+                    base.put(reply.ptr)
         except grpc.RpcError as exc:
             tally.counts[f"ended {exc.code().name}"] += 1  # type: ignore[attr-defined]
         finally:
