@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import shutil
 import socket
 import stat
@@ -30,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -48,7 +48,6 @@ MAX_REQUEST = 64 << 20  # the largest ModuleLoad a session can send is smaller
 MAX_CONNECTIONS = 4096  # a worker holds one; more would be a tenant's kernel hoarding threads
 # A compile waits at most the compiler's time limit and then some for the reply.
 REPLY_TIMEOUT_S = emu_kernels.COMPILE_TIMEOUT_S + 60
-_READY = b"ready\n"
 
 
 def shared_cache() -> Path:
@@ -79,18 +78,15 @@ class CompileService:
         os.chmod(self._folder, 0o711)  # workers reach the socket, cannot list or add
         self.address = os.path.join(self._folder, "compile.sock")
         env = {**confinement.worker_environment(), "GPUPOOL_CACHE_DIR": str(shared_cache())}
+        # Not waited for: a daemon starts at once, and a worker's first compile waits until
+        # the socket answers (CompileClient).
         self._process = subprocess.Popen(
             [sys.executable, "-m", __name__, self.address],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
         )
-        assert self._process.stdout is not None
-        ready, _, _ = select.select([self._process.stdout], [], [], START_TIMEOUT_S)
-        if not ready or self._process.stdout.readline() != _READY:
-            self.close()
-            raise RuntimeError("the emulator's compile service did not start")
 
     def close(self) -> None:
         if self._process.poll() is None:
@@ -100,9 +96,8 @@ class CompileService:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        for pipe in (self._process.stdin, self._process.stdout):
-            if pipe is not None:
-                pipe.close()
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
@@ -131,9 +126,21 @@ class CompileClient:
         return emu_kernels.Compiled(Path(reply["path"]), tuple(reply["names"]))
 
     def _connection(self) -> Connection:
-        if self._conn is None:
+        """The connection, made on first use: while the service is starting, its socket is
+        not there yet or refuses; it has START_TIMEOUT_S to answer."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._conn is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(self._address)
+            try:
+                sock.connect(self._address)
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise CompileError(
+                        f"the emulator's compile service did not start in {START_TIMEOUT_S} s"
+                    ) from None
+                time.sleep(0.02)
+                continue
             self._conn = Connection(sock.detach())
         return self._conn
 
@@ -173,15 +180,14 @@ def _end_with_the_daemon() -> None:
 def main(argv: list[str]) -> int:
     (address,) = argv
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    os.chmod(address, 0o666)  # who may talk is checked per connection
+    listener.bind(address + ".new")
+    os.chmod(address + ".new", 0o666)  # who may talk is checked per connection
     listener.listen(64)
+    os.rename(address + ".new", address)  # there once it answers
     uid = confinement.compiler_uid()
     confinement.drop_to(uid)
     seccomp.no_new_privileges()
     threading.Thread(target=_end_with_the_daemon, daemon=True).start()
-    sys.stdout.buffer.write(_READY)
-    sys.stdout.flush()
     slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
     while True:
         sock, _ = listener.accept()
