@@ -8,7 +8,9 @@ then becomes the compiler's own user (``confinement.compiler_uid``, no other gro
 privileges, not dumpable) and compiles for every worker into a cache that this user alone may
 write (mode 0755; workers read it and copy what they load into their own temporary files).
 It answers only peers whose user is a worker's (or root), checked with ``SO_PEERCRED``, and it
-ends when the daemon does (its standard input is a pipe from the daemon).
+ends when the daemon does (its standard input is a pipe from the daemon). The daemon does not
+wait for it to start (that would add a second to every daemon's start): a worker's first
+compile waits until the socket, renamed into place once it listens, answers.
 
 The protocol is one JSON message each way per compile, framed as ``multiprocessing``'s
 ``Connection`` frames: ``{"source", "options"}`` in, ``{"path", "names"}`` or ``{"error",
