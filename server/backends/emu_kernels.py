@@ -32,8 +32,14 @@ wrong results here; and a thread runs until its next barrier or its return, so o
 waiting for another thread of its block (not at a barrier) never ends. Neither is detected.
 
 Compiled modules are cached by content hash and written atomically, because several worker
-processes compile the same kernels at the same time; each module loads a private copy, so that
-its ``__device__`` variables are its own, as in CUDA.
+processes compile the same kernels at the same time; each module loads a private copy (in the
+process's own temporary folder), so that its ``__device__`` variables are its own, as in CUDA.
+A confined worker compiles nothing itself: the daemon's compile service runs
+:func:`compile_module` for it (``emu_compile_service.py``), and it loads the result.
+
+The compiler reads nothing of the daemon's: it runs in an empty folder, and the preprocessor's
+line markers must name only the emulator's and the compiler's own headers
+(:func:`check_included`) before any of its output goes back.
 """
 
 from __future__ import annotations
