@@ -20,6 +20,7 @@ pool (``--trusted-emulator``): see docs/limits.md, "Emulator confinement".
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import resource
 
@@ -98,8 +99,16 @@ def drop_to(uid: int) -> None:
     _set_dumpable(False)
 
 
+# Modules an emulator worker imports only when a session first needs them (NumPy loads these
+# lazily), imported before the worker gives up root: where the interpreter's own files are not
+# readable by every user (a Python under /root), a later import would fail.
+PRELOAD = ("numpy.random", "numpy.linalg", "numpy.fft", "secrets", "gpupool.server.arrays")
+
+
 def confine() -> None:
     """Confine this worker process for the rest of its life (see the module's docstring)."""
+    for name in PRELOAD:
+        importlib.import_module(name)
     drop_to(uid_base() + os.getpid())
     seccomp.install()
 
