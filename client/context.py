@@ -22,11 +22,11 @@ import grpc
 
 from gpupool.client.lease import ENV_ALLOCATION, Lease, Placement, attach
 from gpupool.client.session import Session
-from gpupool.client.transports import OPENERS, Endpoint, Link, candidates
 from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.transport.links import OPENERS, Endpoint, Link, candidates
 
 ENV_DAEMONS = "GPUPOOL_DAEMONS"
 ENV_TLS = ("GPUPOOL_TLS_CA", "GPUPOOL_TLS_CERT", "GPUPOOL_TLS_KEY")

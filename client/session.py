@@ -1,6 +1,6 @@
 """One session: a device of one daemon, reached over one ordered stream of requests.
 
-The stream is a transport's :class:`~gpupool.client.transports.Link` (gRPC, TCP frames,
+The stream is a transport's :class:`~gpupool.transport.links.Link` (gRPC, TCP frames,
 shared memory, UCX): what is queued, batched and waited for is the same on each.
 
 Asynchronous calls (launches, frees, memsets, small async copies) are queued here and travel
@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass
 from typing import NoReturn
 
-from gpupool.client.transports import Link
 from gpupool.errors import (
     ARRAY_ERRORS,
     ArrayFunctionError,
@@ -27,6 +26,7 @@ from gpupool.errors import (
 )
 from gpupool.proto import batch
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.transport.links import Link
 
 CLOSE_TIMEOUT_S = 2.0
 MAX_QUEUED_CALLS = 4096  # flush the queue earlier than the next sync past these

@@ -2,12 +2,17 @@
 
 ``gpupool.connect`` names the daemons (or ``GPUPOOL_DAEMONS`` does); ``gpupool.runtime``
 mirrors ``cupy.cuda.runtime``; ``gpupool.Module`` loads CUDA C, PTX or cubin.
+
+The client's names are loaded on first use (PEP 562): a daemon's worker imports
+``gpupool.server.worker``, which runs this file too, and must not pay for (or depend on) the
+client stack it never uses.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from gpupool.client import connect, disconnect, stats
-from gpupool.client.module import Function, Module
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from gpupool.errors import (
     AllocationError,
     CompileError,
@@ -15,6 +20,34 @@ from gpupool.errors import (
     CUDARuntimeError,
     GpupoolError,
 )
+
+if TYPE_CHECKING:
+    from gpupool.client import connect, disconnect, stats
+    from gpupool.client.module import Function, Module
+
+__version__ = "0.1.0"
+
+# name -> the module that defines it, imported when the name is first asked for
+_LAZY = {
+    "connect": "gpupool.client",
+    "disconnect": "gpupool.client",
+    "stats": "gpupool.client",
+    "Function": "gpupool.client.module",
+    "Module": "gpupool.client.module",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gpupool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AllocationError",

@@ -1,5 +1,5 @@
 """Host memory a client shared with its session's worker (``shm://``): the other end of
-``gpupool.client.host_memory``.
+``gpupool.transport.host_blocks``.
 
 A block arrives once, as a file descriptor; the worker maps it, registers the mapping with the
 driver (``cudaHostRegister`` on a GPU) and from then on copies between the device and the

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import gpupool
-from gpupool.client.transports import ENV_TRANSPORT, OPENERS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.executor import SessionExecutor, as_replies
+from gpupool.transport.links import ENV_TRANSPORT, OPENERS
 
 EMU_MEMORY = 2 << 30
 

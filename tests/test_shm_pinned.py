@@ -21,10 +21,8 @@ import pytest
 
 import gpupool
 from gpupool import runtime as rt
-from gpupool.client import context, host_memory
+from gpupool.client import context
 from gpupool.client.session import Session
-from gpupool.client.transports import Endpoint
-from gpupool.client.transports.frame_links import ShmLink, open_shm
 from gpupool.cupy.cuda.pinned_memory import PinnedMemory, PinnedMemoryPointer
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
@@ -32,8 +30,10 @@ from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.executor import SessionExecutor
 from gpupool.server.host_memory import ENV_LIMIT, SharedHostMemory
-from gpupool.transport import memfd
+from gpupool.transport import host_blocks, memfd
 from gpupool.transport.frames import SHARE
+from gpupool.transport.links import Endpoint
+from gpupool.transport.links.frame_links import ShmLink, open_shm
 from tests.conftest import run_request as run
 
 MiB = 1 << 20
@@ -45,7 +45,7 @@ def pinned(size: int) -> np.ndarray:
 
 
 def block_id(array: np.ndarray) -> int:
-    found = host_memory.find(memoryview(array))
+    found = host_blocks.find(memoryview(array))
     assert found is not None
     return found[0].id
 
@@ -312,12 +312,12 @@ def test_the_worker_registers_what_it_maps_and_nothing_past_its_cap() -> None:
 
 
 def test_the_client_finds_the_block_a_buffer_lies_in() -> None:
-    block = host_memory.HostBlock(4 * MiB)
+    block = host_blocks.HostBlock(4 * MiB)
     whole = np.frombuffer((ctypes.c_char * block.size).from_address(block.address), np.uint8)
-    assert host_memory.find(memoryview(whole)) == (block, 0)
-    assert host_memory.find(memoryview(whole[123:4567])) == (block, 123)
-    assert host_memory.find(memoryview(np.empty(MiB, np.uint8))) is None
-    small = host_memory.HostBlock(host_memory.SHARE_MIN - 1)  # a plain map: never shared
+    assert host_blocks.find(memoryview(whole)) == (block, 0)
+    assert host_blocks.find(memoryview(whole[123:4567])) == (block, 123)
+    assert host_blocks.find(memoryview(np.empty(MiB, np.uint8))) is None
+    small = host_blocks.HostBlock(host_blocks.SHARE_MIN - 1)  # a plain map: never shared
     assert small.fd is None
     told: list[int] = []
 

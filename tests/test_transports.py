@@ -28,12 +28,12 @@ from cryptography.x509.oid import NameOID
 import gpupool
 from gpupool import runtime as rt
 from gpupool.client.context import TLS
-from gpupool.client.transports import OPENERS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
 from gpupool.server.transports import listener
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
+from gpupool.transport.links import OPENERS
 from gpupool.transport.payload import RING_SLOT_SIZE, RING_SLOTS, STRIPE_ALIGN, STRIPE_MIN, split
 from tests.conftest import run_client
 

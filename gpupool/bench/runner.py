@@ -110,7 +110,7 @@ def targets(address: str, plan: Plan) -> Iterator[list[Target]]:
 
 def _single_stream(address: str) -> Target:
     """tcp:// on one connection: the link's session is opened with one stripe."""
-    from gpupool.client.transports.frame_links import ENV_STRIPES
+    from gpupool.transport.links.frame_links import ENV_STRIPES
 
     striped = os.environ.get(ENV_STRIPES)
     os.environ[ENV_STRIPES] = "1"  # read once, as the session opens

@@ -71,7 +71,7 @@ def add(commands: Any) -> None:
         metavar="SIZE[,...]",
         help="copy sizes (default 4KiB..256MiB on an emulator, ..1GiB on a GPU)",
     )
-    from gpupool.client.transports.frame_links import DEFAULT_STRIPES
+    from gpupool.transport.links.frame_links import DEFAULT_STRIPES
 
     parser.add_argument(
         "--stripes",
@@ -120,8 +120,8 @@ def main(args: argparse.Namespace) -> int:
 
     from gpupool.bench import report, runner
     from gpupool.client.context import Context
-    from gpupool.client.transports import OPENERS, candidates
-    from gpupool.client.transports.frame_links import ENV_STRIPES
+    from gpupool.transport.links import OPENERS, candidates
+    from gpupool.transport.links.frame_links import ENV_STRIPES
 
     console = Console()
     with ExitStack() as stack:

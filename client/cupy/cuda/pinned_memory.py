@@ -1,6 +1,6 @@
 """Page-locked host memory as CuPy hands it out: ``alloc_pinned_memory`` and its pool.
 
-A block is a :class:`~gpupool.client.host_memory.HostBlock`: page-aligned shared memory
+A block is a :class:`~gpupool.transport.host_blocks.HostBlock`: page-aligned shared memory
 that an ``shm://`` session hands to its worker, which registers it with the driver and copies
 between it and the device directly (one DMA, as from CuPy's pinned memory); other transports
 move its bytes as they move any host buffer's. A ``PinnedMemoryPointer`` exposes the bytes from
@@ -18,8 +18,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from gpupool.client.host_memory import HostBlock
 from gpupool.cupy.cuda._bins import AllocatorChoice, BlockPool, round_size
+from gpupool.transport.host_blocks import HostBlock
 
 PinnedAllocator = Callable[[int], "PinnedMemoryPointer"]
 

@@ -15,12 +15,12 @@ import socket
 from collections import deque
 from urllib.parse import urlsplit
 
-from gpupool.client import host_memory
-from gpupool.client.transports import Endpoint, Link
 from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
+from gpupool.transport import host_blocks
 from gpupool.transport.frames import DROP, MESSAGE, SHARE, FrameSocket
+from gpupool.transport.links import Endpoint, Link
 from gpupool.transport.payload import (
     MAX_STRIPES,
     BufferSink,
@@ -155,7 +155,7 @@ class ShmLink(FrameLink):
     def host_ref(self, view: memoryview) -> pb.HostRef | None:
         if len(view) <= self.inline_limit:
             return None  # travels inside its message: as fast, and no block to share
-        found = host_memory.find(view)
+        found = host_blocks.find(view)
         if found is None:
             return None
         block, offset = found
@@ -179,7 +179,7 @@ class ShmLink(FrameLink):
         self._drop_freed()
         super().send_copy(header, data)
 
-    def _share(self, block: host_memory.HostBlock) -> bool:
+    def _share(self, block: host_blocks.HostBlock) -> bool:
         """Pass ``block`` to the worker; False if it refused (the copy then uses the ring)."""
         assert block.fd is not None
         message = pb.ShareHost(block=block.id).SerializeToString()

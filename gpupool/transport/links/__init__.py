@@ -91,7 +91,7 @@ def register(scheme: str, opener: Opener) -> None:
 
 
 def candidates(endpoints: Sequence[str], wanted: str | None = None) -> list[str]:
-    """The endpoints this client can try, best first.
+    """The endpoints this process can try, best first.
 
     ``wanted`` (else ``GPUPOOL_TRANSPORT``) names one scheme to use and no other.
     """
@@ -112,13 +112,13 @@ def candidates(endpoints: Sequence[str], wanted: str | None = None) -> list[str]
 
 
 def _register_builtin() -> None:
-    from gpupool.client.transports import frame_links, grpc_link
+    from gpupool.transport.links import frame_links, grpc_link
 
     register("grpc", grpc_link.open_grpc)
     register("tcp", frame_links.open_tcp)
     register("shm", frame_links.open_shm)
     try:
-        from gpupool.client.transports import ucx_link
+        from gpupool.transport.links import ucx_link
     except ImportError:  # the optional extra gpupool[ucx] is not installed
         return
     register("ucx", ucx_link.open_ucx)

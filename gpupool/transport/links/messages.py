@@ -6,9 +6,9 @@ data comes as replies with ``more`` set, written into the target as each arrives
 
 from __future__ import annotations
 
-from gpupool.client.transports import Link
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
+from gpupool.transport.links import Link
 from gpupool.transport.payload import pieces
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 
-from gpupool.client.transports import Endpoint
-from gpupool.client.transports.messages import MessageLink
 from gpupool.errors import ConnectionLost
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.transport.links import Endpoint
+from gpupool.transport.links.messages import MessageLink
 
 _IN_FLIGHT = 8  # messages the stream may hold before a sender waits: bounds client memory
 _END = None

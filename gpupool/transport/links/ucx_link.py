@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpupool.client.transports import Endpoint
-from gpupool.client.transports.messages import MessageLink
 from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.transport.links import Endpoint
+from gpupool.transport.links.messages import MessageLink
 from gpupool.transport.ucx import END, MESSAGE, run, ucxx
 
 
