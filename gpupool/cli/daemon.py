@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -68,6 +69,11 @@ def main(args: argparse.Namespace) -> int:
         pool = None
         if args.scheduler:
             secret = load_secret(args.secret_file)
+            if args.secret_file and os.stat(args.secret_file).st_mode & 0o004:
+                print(  # a confined worker runs as another user, and could read it
+                    f"gpupool daemon: warning: {args.secret_file} is world-readable",
+                    file=sys.stderr,
+                )
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
         daemon = start_daemon(args, args.listen, pool, tls, args.trusted_emulator)
     except (GpupoolError, OSError) as exc:
