@@ -140,10 +140,12 @@ def start_daemon(
     config, devices = resolve(backend, emu_devices, emu_memory)
     compile_service = _confine_emulator(config, membership is not None, trusted_emulator)
     if compile_service is not None:
-        config = dataclasses.replace(config, compile_service=compile_service.address)
+        config = dataclasses.replace(config, confined=True)
     if tls is not None and compile_service is not None:
         tls.warn_if_readable()
-    pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
+    pools = [
+        WorkerPool(config, index, warm, log_level, compile_service) for index in range(len(devices))
+    ]
     admission = Admission(membership.name, membership.secret) if membership else Admission()
     service = DaemonService(config.kind, devices, pools, admission)
     # Each open session holds a thread; sessions are bounded by the pools' worker slots.

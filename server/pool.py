@@ -22,6 +22,7 @@ from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.backends.emu_compile_service import CompileService
 from gpupool.server.confinement import worker_environment
 from gpupool.server.transports.channels import send_handover
 from gpupool.server.worker import WorkerSpec
@@ -117,9 +118,17 @@ class Worker:
 class WorkerPool:
     """The workers of one device."""
 
-    def __init__(self, config: BackendConfig, device: int, warm: int, log_level: str) -> None:
+    def __init__(
+        self,
+        config: BackendConfig,
+        device: int,
+        warm: int,
+        log_level: str,
+        compile_service: CompileService | None = None,  # of confined emulator workers
+    ) -> None:
         self.device = device
         self._config = config
+        self._compile_service = compile_service
         self._warm = warm
         self._log_level = log_level
         self.ledger = (
@@ -194,12 +203,14 @@ class WorkerPool:
                 "cudaErrorDevicesUnavailable", f"device {self.device} has {MAX_WORKERS} sessions"
             )
         slot = self._free_slots.pop()
+        compiles = self._compile_service.connect() if self._compile_service else None
         spec = WorkerSpec(
             self._config,
             self.device,
             slot,
             self.ledger.fileno() if self.ledger else None,
             self._log_level,
+            compiles.fileno() if compiles else None,
         )
         ours, theirs = socket.socketpair()
         # Client connections of tcp:// and shm:// sessions go to the worker on a second pair
@@ -219,6 +230,7 @@ class WorkerPool:
                     theirs.fileno(),
                     their_handoffs.fileno(),
                     *([self.ledger.fileno()] if self.ledger else []),
+                    *([compiles.fileno()] if compiles else []),
                 ],
                 # Its own session: a Ctrl-C or a signal to the daemon's process group does not
                 # reach workers; the front ends them, and they end when it goes away.
@@ -226,6 +238,8 @@ class WorkerPool:
                 stdin=subprocess.DEVNULL,
                 env=worker_environment(env),  # an allow-list: no secret reaches a tenant
             )
+        if compiles is not None:
+            compiles.close()
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, our_handoffs, slot)
 

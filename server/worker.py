@@ -50,6 +50,7 @@ class WorkerSpec:
     slot: int
     ledger_fd: int | None  # the emulator's memory ledger, inherited
     log_level: str
+    compile_fd: int | None = None  # a confined emulator worker's compile service, inherited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -63,7 +64,9 @@ class WorkerSpec:
 def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     """Serve one session, arriving on ``conn`` or ``handoffs``; the process's exit status."""
     try:
-        backend, translate = open_backend(spec.backend, spec.device, spec.ledger_fd, spec.slot)
+        backend, translate = open_backend(
+            spec.backend, spec.device, spec.ledger_fd, spec.slot, spec.compile_fd
+        )
     except Exception as exc:
         log.exception("backend failed to start", extra=logs.fields(device=spec.device))
         channel = _first_contact(conn, handoffs, None)
@@ -71,7 +74,7 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
         if channel is not None and channel.next() is not None:
             channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
-    if spec.backend.compile_service:  # an emulator worker of a daemon that confines them
+    if spec.backend.confined:  # an emulator worker of a daemon that confines them
         confinement.confine()
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
