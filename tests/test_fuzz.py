@@ -105,7 +105,12 @@ _SPECIAL: dict[tuple[str, str], st.SearchStrategy[Any]] = {
     ("ArrayDesc", "shape"): _ints(0, 2**64 - 1) | st.integers(0, 64),
     ("ModuleLoad", "cuda_source"): st.sampled_from(SOURCES) | st.text(max_size=200),
     ("ModuleLoad", "options"): st.sampled_from(OPTIONS) | st.text(max_size=20),
-    ("Launch", "arg_data"): st.binary(max_size=48),
+    # 12 bytes are what k(int*, int) takes: a drawn pointer (a crash of the session's own
+    # worker at worst) and a count.
+    ("Launch", "arg_data"): st.binary(min_size=12, max_size=12) | st.binary(max_size=48),
+    # The loaded kernel k(int*, int) is function 2: launches of it get past the handle checks.
+    ("LaunchConfig", "function"): st.just(2) | _ints(0, 2**64 - 1),
+    ("LaunchConfig", "arg_types"): st.just(bytes([pb.UINT64, pb.INT32])) | st.binary(max_size=8),
     ("Dim3", "x"): st.sampled_from((0, 1, 2, 3, 32, 1024, 65536, 2**31, 2**32 - 1)),
     ("Dim3", "y"): st.sampled_from((0, 1, 2, 65535, 65536, 2**32 - 1)),
     ("Dim3", "z"): st.sampled_from((0, 1, 2, 64, 65536)),
@@ -176,7 +181,7 @@ def _wrap(field: str, inner: st.SearchStrategy[Message]) -> st.SearchStrategy[pb
 LAUNCHES = st.tuples(
     messages(pb.LaunchConfig.DESCRIPTOR).map(lambda c: c.SerializeToString())
     | st.binary(max_size=40),
-    st.binary(max_size=48),
+    _SPECIAL[("Launch", "arg_data")],
     st.booleans(),
 ).map(lambda t: pb.Request(wait=t[2], launch=pb.Launch(config=t[0], arg_data=t[1])))
 # One kernel loaded as module 1, function 2, for the launches to find.
