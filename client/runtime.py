@@ -19,6 +19,7 @@ from gpupool.proto import gpupool_pb2 as pb
 
 __all__ = [
     "deviceSynchronize",
+    "driverGetVersion",
     "eventBlockingSync",
     "eventCreate",
     "eventCreateWithFlags",
@@ -43,6 +44,7 @@ __all__ = [
     "memcpyHostToHost",
     "memset",
     "memsetAsync",
+    "runtimeGetVersion",
     "setDevice",
     "streamCreate",
     "streamCreateWithFlags",
@@ -60,6 +62,7 @@ memcpyDefault = 4
 eventBlockingSync = 1
 eventDisableTiming = 2
 streamNonBlocking = 1
+CUDA_VERSION = 13000  # the CUDA runtime API these calls follow (13.0), as CUDA encodes it
 _MAX_SIZE = 1 << 48  # no device or host buffer is larger; bigger sizes are mistakes
 
 
@@ -90,6 +93,18 @@ def _host(buffer: Any, size: int, writable: bool) -> memoryview:
 
 
 # devices
+
+
+def runtimeGetVersion() -> int:
+    """The CUDA runtime API version these calls follow (``1000 * major + 10 * minor``): the
+    remote devices are reached through this API, not a local CUDA runtime."""
+    return CUDA_VERSION
+
+
+def driverGetVersion() -> int:
+    """The CUDA version the driver must support for these calls: that of the API they follow
+    (the daemons' own drivers are theirs to check)."""
+    return CUDA_VERSION
 
 
 def getDeviceCount() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from gpupool.server.admission import Admission
 from gpupool.server.backends import BackendConfig, resolve
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.backends.emu_compile_service import CompileService
+from gpupool.server.lifecycle import Limits
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
-from gpupool.server.service import DaemonService
+from gpupool.server.service import MAX_OPENING, DaemonService
 from gpupool.server.transports.listener import FrameListener
 
 try:
@@ -30,6 +32,24 @@ except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:
     UcxListener = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
+
+SPARE_THREADS = 16  # gRPC threads that no session and no opening stream can take
+# Descriptors the front may hold: a stranger's idle connections count too, so the soft limit
+# (often 1024) is raised towards the hard one.
+WANTED_DESCRIPTORS = 1 << 16
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft descriptor limit as far as allowed; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, WANTED_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("descriptor limit not raised", extra=fields(reason=str(exc)))
+    return soft
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,11 @@ class Daemon:
         self._stopped = False
 
     @property
+    def pools(self) -> list[WorkerPool]:
+        """The worker pool of each device."""
+        return list(self._pools)
+
+    @property
     def address(self) -> str:
         """``host:port`` for clients (``GPUPOOL_DAEMONS``)."""
         return join_host_port(self.host, self.port)
@@ -122,6 +147,7 @@ def start_daemon(
     tls: TLSFiles | None = None,
     membership: PoolMembership | None = None,
     trusted_emulator: bool = False,
+    limits: Limits | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
@@ -136,20 +162,29 @@ def start_daemon(
     ``server/confinement.py``); where it cannot, a daemon in a pool refuses to start unless
     ``trusted_emulator`` says the pool's tenants are trusted (``gpupool run -n``'s embedded pool
     is the user's own). A bare daemon serves unconfined: its sessions are its user's.
+
+    ``limits`` bound a session's kernels and compiles (default: :meth:`Limits.from_env`).
     """
+    limits = limits or Limits.from_env()
+    raise_descriptor_limit()
     config, devices = resolve(backend, emu_devices, emu_memory)
     compile_service = _confine_emulator(config, membership is not None, trusted_emulator)
     if compile_service is not None:
         config = dataclasses.replace(config, confined=True)
     if tls is not None and compile_service is not None:
         tls.warn_if_readable()
+    pooled = membership is not None
     pools = [
-        WorkerPool(config, index, warm, log_level, compile_service) for index in range(len(devices))
+        WorkerPool(config, index, warm, log_level, limits, pooled, compile_service)
+        for index in range(len(devices))
     ]
     admission = Admission(membership.name, membership.secret) if membership else Admission()
     service = DaemonService(config.kind, devices, pools, admission)
-    # Each open session holds a thread; sessions are bounded by the pools' worker slots.
-    threads = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS * len(pools) + 8)
+    # Each open session holds a thread (bounded by the pools' worker slots), and so does each
+    # stream waiting for its opening (bounded by MAX_OPENING): threads are left for GetInfo.
+    threads = futures.ThreadPoolExecutor(
+        max_workers=MAX_WORKERS * len(pools) + MAX_OPENING + SPARE_THREADS
+    )
     server = grpc.server(threads, options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
     cause: RuntimeError | None = None

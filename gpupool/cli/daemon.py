@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
                 )
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
         daemon = start_daemon(args, args.listen, pool, tls, args.trusted_emulator)
-    except (GpupoolError, OSError) as exc:
+    except (GpupoolError, OSError, ValueError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1
     emulated = f", {args.emu_devices} x {format_size(args.emu_memory)}"
