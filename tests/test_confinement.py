@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from gpupool.errors import CompileError
 from gpupool.server import confinement
 from gpupool.server.backends.emu_compile_service import CompileClient, shared_cache
 from gpupool.server.daemon import Daemon, start_daemon
+from gpupool.server.lifecycle import Limits
 
 SECRET = "h2-secret-the-kernel-must-not-see"
 
@@ -312,3 +315,63 @@ def test_include_bypasses_are_refused_on_every_backend(daemon: Daemon) -> None:
             gpupool.Module.from_source('extern "C" __global__ void k() {}\n', ["--time=/tmp/t"])
     finally:
         gpupool.disconnect()
+
+
+SLOW_COMPILE = r"""
+constexpr long spin() {
+    long s = 0;
+    for (long i = 0; i < 200000; ++i)
+        for (long j = 0; j < 200000; ++j) s += i ^ j;
+    return s;
+}
+constexpr long value = spin();
+extern "C" __global__ void k(long* p) { *p = value; }
+"""
+
+
+def _compilers_of(uid: int) -> list[int]:
+    """The pids of compiler processes running as ``uid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("Name", "").startswith("cc1") and fields["Uid"].split()[0] == str(uid):
+            found.append(int(entry.name))
+    return found
+
+
+@needs_confinement
+def test_a_compile_past_its_limit_stops_in_the_compile_service() -> None:
+    """The worker's watchdog ends the session at the compile limit; the compile service sees
+    the worker hang up and kills the compiler it ran for it."""
+    daemon = start_daemon(
+        backend="emu", emu_devices=1, emu_memory=64 << 20, limits=Limits(compile_s=3.0)
+    )
+    try:
+        gpupool.connect(daemon.address)
+        seen: list[int] = []
+        watching = threading.Event()
+
+        def watch() -> None:  # the compiler did run, as the compiler's user
+            while not watching.wait(0.2):
+                seen.extend(_compilers_of(confinement.compiler_uid()))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with pytest.raises(CompileError, match="did not compile within"):
+                gpupool.Module.from_source(SLOW_COMPILE)
+        finally:
+            watching.set()
+            watcher.join()
+        assert seen
+        deadline = time.monotonic() + 20
+        while _compilers_of(confinement.compiler_uid()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _compilers_of(confinement.compiler_uid()) == []
+    finally:
+        gpupool.disconnect()
+        daemon.stop()

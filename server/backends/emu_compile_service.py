@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ENV_CACHE = "GPUPOOL_EMU_SHARED_CACHE"
 DEFAULT_CACHE = "/var/cache/gpupool"
 MAX_REQUEST = 64 << 20  # the largest ModuleLoad a session can send is smaller
+WATCH_S = 0.2  # how often a compile looks whether its worker is still there
 # A compile waits at most the compiler's time limit, and a start, for the reply.
 REPLY_TIMEOUT_S = emu_kernels.COMPILE_TIMEOUT_S + 60
 
@@ -138,7 +139,9 @@ def _serve(sock: socket.socket) -> None:
                 if not isinstance(source, str) or not all(isinstance(o, str) for o in options):
                     raise CompileError("a compile request holds a source and its options")
                 check_includes(source, options)  # a worker may send what no session checked
-                compiled = emu_kernels.compile_module(source, options)
+                compiled = _compile_while_connected(conn, source, options)
+                if compiled is None:
+                    return  # the worker hung up: its compile was stopped
                 reply = {"path": str(compiled.path), "names": list(compiled.names)}
             except (EOFError, OSError):
                 return
@@ -147,6 +150,35 @@ def _serve(sock: socket.socket) -> None:
             except (ValueError, KeyError, TypeError) as exc:
                 reply = {"error": f"a malformed compile request: {exc}"}
             conn.send_bytes(json.dumps(reply).encode())
+
+
+def _compile_while_connected(
+    conn: Connection, source: str, options: Sequence[str]
+) -> emu_kernels.Compiled | None:
+    """Compile on a thread of its own while watching the worker's connection: a worker sends
+    nothing while it waits, so anything readable (its hang-up, when its session or its
+    compile time limit ended it) stops the compiler. None when stopped."""
+    cancellation = emu_kernels.Cancellation()
+    outcome: list[emu_kernels.Compiled | BaseException] = []
+
+    def compile() -> None:
+        try:
+            outcome.append(emu_kernels.compile_module(source, options, cancellation))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=compile, name="compile", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(WATCH_S)
+        if worker.is_alive() and conn.poll(0):
+            cancellation.cancel()
+            worker.join()
+            return None
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def main(argv: list[str]) -> int:

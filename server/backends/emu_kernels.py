@@ -56,6 +56,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -427,22 +428,52 @@ def _compiler_version(compiler: tuple[str, ...]) -> str:
     return result.stdout + result.stderr
 
 
+class Cancellation:
+    """Stops a compile that runs on another thread (the compile service's, for a worker that
+    has hung up): its compiler is killed, and the compile raises CompileError."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._process is not None:
+                self._process.kill()
+
+    def start(self, command: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+        with self._lock:
+            if self.cancelled:
+                raise CompileError("the compile was cancelled: its session has ended")
+            self._process = _popen(command, cwd)
+            return self._process
+
+
+_compiling = threading.local()  # .cancellation: the Cancellation of this thread's compile
+
+
+def _popen(command: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+    pipe = subprocess.PIPE
+    return subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, text=True, cwd=cwd)
+
+
 def _run_compiler(
     command: Sequence[str], source: str | None, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """Runs the compiler; the one place that does, so tests can count compilations."""
+    cancellation: Cancellation | None = getattr(_compiling, "cancellation", None)
+    process = cancellation.start(command, cwd) if cancellation else _popen(command, cwd)
     try:
-        return subprocess.run(
-            command,
-            input=source,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            check=False,
-            timeout=COMPILE_TIMEOUT_S,
-        )
+        out, err = process.communicate(source, timeout=COMPILE_TIMEOUT_S)
     except subprocess.TimeoutExpired as error:
+        process.kill()
+        process.communicate()
         raise CompileError(f"the C++ compiler ran past {COMPILE_TIMEOUT_S} s") from error
+    if cancellation is not None and cancellation.cancelled:
+        raise CompileError("the compile was cancelled: its session has ended")
+    return subprocess.CompletedProcess(list(command), process.returncode, out, err)
 
 
 def _digest(*parts: str | bytes) -> str:
@@ -630,14 +661,21 @@ class Compiled:
 Compile = Callable[[str, Sequence[str]], Compiled]
 
 
-def compile_module(source: str, options: Sequence[str] = ()) -> Compiled:
-    """Compiles CUDA C ``source`` into the cache (or finds it there)."""
-    flags = _compiler_flags(options)
-    compiler = _compiler()
-    preprocessed = _preprocess(compiler, source, flags)
-    translation = _translate(source, preprocessed)
-    path = _build(compiler, translation, flags, preprocessed)
-    return Compiled(path, tuple(translation.names))
+def compile_module(
+    source: str, options: Sequence[str] = (), cancellation: Cancellation | None = None
+) -> Compiled:
+    """Compiles CUDA C ``source`` into the cache (or finds it there); ``cancellation`` can
+    stop it from another thread."""
+    _compiling.cancellation = cancellation
+    try:
+        flags = _compiler_flags(options)
+        compiler = _compiler()
+        preprocessed = _preprocess(compiler, source, flags)
+        translation = _translate(source, preprocessed)
+        path = _build(compiler, translation, flags, preprocessed)
+        return Compiled(path, tuple(translation.names))
+    finally:
+        _compiling.cancellation = None
 
 
 _private_copies = itertools.count()
