@@ -10,6 +10,9 @@ elsewhere); where it is not possible a pool refuses the emulator unless told it 
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +27,7 @@ import pytest
 import gpupool
 from gpupool import runtime as rt
 from gpupool.errors import CompileError
-from gpupool.server import confinement
+from gpupool.server import confinement, seccomp
 from gpupool.server.backends.emu_compile_service import CompileClient, shared_cache
 from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.lifecycle import Limits
@@ -375,3 +378,47 @@ def test_a_compile_past_its_limit_stops_in_the_compile_service() -> None:
     finally:
         gpupool.disconnect()
         daemon.stop()
+
+
+@pytest.mark.skipif(seccomp.unsupported() is not None, reason=f"{seccomp.unsupported()}")
+def test_the_filter_answers_each_system_call_as_documented() -> None:
+    """The filter alone, in a forked child: what it refuses gets EPERM (clone3 ENOSYS)."""
+    calls = {  # name: (syscall number, arguments, expected errno or 0)
+        "execve": (59, (b"/bin/true", 0, 0), errno.EPERM),
+        "ptrace": (101, (16, os.getppid(), 0, 0), errno.EPERM),
+        "mount": (165, (b"none", b"/mnt", b"tmpfs", 0, 0), errno.EPERM),
+        "bpf": (321, (0, 0, 0), errno.EPERM),
+        "perf_event_open": (298, (0, 0, -1, -1, 0), errno.EPERM),
+        "keyctl": (250, (0, 0), errno.EPERM),
+        "unshare": (272, (0x10000000,), errno.EPERM),
+        "socket(AF_INET)": (41, (2, 1, 0), errno.EPERM),
+        "socket(AF_UNIX)": (41, (1, 1, 0), errno.EPERM),
+        "TIOCSTI": (16, (0, 0x5412, 0), errno.EPERM),
+        "PR_SET_DUMPABLE": (157, (4, 1, 0, 0, 0), errno.EPERM),
+        "tkill": (200, (os.getpid(), 0), errno.EPERM),
+        "fork (clone without CLONE_THREAD)": (56, (17, 0, 0, 0, 0), errno.EPERM),
+        "clone3": (435, (0, 0), errno.ENOSYS),
+        "kill(parent)": (62, (os.getpid(), 0), errno.EPERM),  # the child's parent: this process
+        "getpid": (39, (), 0),
+    }
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - reports through the pipe
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            seccomp.install()
+            answers = {}
+            for name, (number, args, _) in calls.items():
+                ctypes.set_errno(0)
+                result = libc.syscall(number, *args)
+                answers[name] = ctypes.get_errno() if result == -1 else 0
+            answers["kill(self)"] = 0 if libc.syscall(62, os.getpid(), 0) == 0 else -1
+            os.write(write, json.dumps(answers).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        answers = eval(pipe.read())
+    os.waitpid(child, 0)
+    expected = {name: want for name, (_, _, want) in calls.items()} | {"kill(self)": 0}
+    assert answers == expected
