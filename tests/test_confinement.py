@@ -418,7 +418,7 @@ def test_the_filter_answers_each_system_call_as_documented() -> None:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
-        answers = eval(pipe.read())
+        answers = json.loads(pipe.read())
     os.waitpid(child, 0)
     expected = {name: want for name, (_, _, want) in calls.items()} | {"kill(self)": 0}
     assert answers == expected
