@@ -86,6 +86,9 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     account = QuotaLedger.attach(spec.quota_fd).account(spec.slot)  # reopened: still as root
     if spec.backend.confined:  # an emulator worker of a daemon that confines them
         confinement.confine()
+        # Taking another user clears the parent-death signal: ask for it again.
+        if not lifecycle.die_with(spec.front_pid):
+            return EXIT_ORPHANED
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0

@@ -54,6 +54,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -441,22 +442,39 @@ class Cancellation:
         with self._lock:
             self.cancelled = True
             if self._process is not None:
-                self._process.kill()
+                _kill_group(self._process)
 
     def start(self, command: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+        """The compiler, in a process group of its own: killing it kills cc1plus too."""
         with self._lock:
             if self.cancelled:
                 raise CompileError("the compile was cancelled: its session has ended")
-            self._process = _popen(command, cwd)
+            self._process = _popen(command, cwd, own_group=True)
             return self._process
 
 
 _compiling = threading.local()  # .cancellation: the Cancellation of this thread's compile
 
 
-def _popen(command: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+def _popen(command: Sequence[str], cwd: Path, own_group: bool = False) -> subprocess.Popen[str]:
     pipe = subprocess.PIPE
-    return subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, text=True, cwd=cwd)
+    return subprocess.Popen(
+        command,
+        stdin=pipe,
+        stdout=pipe,
+        stderr=pipe,
+        text=True,
+        cwd=cwd,
+        start_new_session=own_group,
+    )
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """Kill a compiler started in a group of its own, with the programs it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # it has ended
 
 
 def _run_compiler(
@@ -468,7 +486,10 @@ def _run_compiler(
     try:
         out, err = process.communicate(source, timeout=COMPILE_TIMEOUT_S)
     except subprocess.TimeoutExpired as error:
-        process.kill()
+        if cancellation is not None:
+            _kill_group(process)
+        else:
+            process.kill()
         process.communicate()
         raise CompileError(f"the C++ compiler ran past {COMPILE_TIMEOUT_S} s") from error
     if cancellation is not None and cancellation.cancelled:
