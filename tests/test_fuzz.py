@@ -371,7 +371,7 @@ ALL = [*SURFACES, "tcp_frames", "shm_frames"]
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("surface", ALL)
 def test_fuzz_bounded(surface: str, target: tuple[Daemon, int, np.ndarray]) -> None:
-    fuzz(surface, target, examples=5, seconds=6)
+    fuzz(surface, target, examples=4, seconds=5)
 
 
 @pytest.mark.slow
