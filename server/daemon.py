@@ -7,7 +7,6 @@ import logging
 import resource
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
@@ -25,6 +24,7 @@ from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import MAX_OPENING, DaemonService
 from gpupool.server.transports.listener import FrameListener
+from gpupool.tls import TLSFiles
 
 try:
     from gpupool.server.transports.ucx_listener import UcxListener
@@ -50,26 +50,6 @@ def raise_descriptor_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("descriptor limit not raised", extra=fields(reason=str(exc)))
     return soft
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for a daemon's TLS: its certificate and key, and, to require client
-    certificates, the CA that signs them."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def warn_if_readable(self) -> None:
-        """Log a key that every user may read: workers run as users of their own."""
-        if self.key.stat().st_mode & 0o004:
-            log.warning("the TLS key file is world-readable", extra=fields(path=str(self.key)))
-
-    def credentials(self) -> grpc.ServerCredentials:
-        pair = (self.key.read_bytes(), self.cert.read_bytes())
-        ca = self.client_ca.read_bytes() if self.client_ca else None
-        return grpc.ssl_server_credentials([pair], ca, require_client_auth=ca is not None)
 
 
 class Daemon:
@@ -171,8 +151,9 @@ def start_daemon(
     compile_service = _confine_emulator(config, membership is not None, trusted_emulator)
     if compile_service is not None:
         config = dataclasses.replace(config, confined=True)
-    if tls is not None and compile_service is not None:
-        tls.warn_if_readable()
+    if tls is not None and compile_service is not None and tls.key.stat().st_mode & 0o004:
+        # confined workers run as users of their own: they could read it
+        log.warning("the TLS key file is world-readable", extra=fields(path=str(tls.key)))
     pooled = membership is not None
     pools = [
         WorkerPool(config, index, warm, log_level, limits, pooled, compile_service)
@@ -231,10 +212,12 @@ def start_daemon(
             config.kind,
             devices,
             membership.oversubscription,
-            membership.secret,
             reserved=warm * config.idle_worker_memory,
         )
-        registration = Registration(membership.scheduler, node, devices, pools, admission)
+        registration = Registration(
+            membership.scheduler, node, devices, pools, admission, membership.secret
+        )
+        admission.check_with(registration.allocation_live)
         registration.start()
     elif not hosts.loopback:
         log.warning(
