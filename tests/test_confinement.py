@@ -31,6 +31,7 @@ from gpupool.server import confinement, seccomp
 from gpupool.server.backends.emu_compile_service import CompileClient, shared_cache
 from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.lifecycle import Limits
+from tests.conftest import compilers_of
 
 SECRET = "h2-secret-the-kernel-must-not-see"
 
@@ -332,20 +333,6 @@ extern "C" __global__ void k(long* p) { *p = value; }
 """
 
 
-def _compilers_of(uid: int) -> list[int]:
-    """The pids of compiler processes running as ``uid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-        if fields.get("Name", "").startswith("cc1") and fields["Uid"].split()[0] == str(uid):
-            found.append(int(entry.name))
-    return found
-
-
 @needs_confinement
 def test_a_compile_past_its_limit_stops_in_the_compile_service() -> None:
     """The worker's watchdog ends the session at the compile limit; the compile service sees
@@ -360,7 +347,7 @@ def test_a_compile_past_its_limit_stops_in_the_compile_service() -> None:
 
         def watch() -> None:  # the compiler did run, as the compiler's user
             while not watching.wait(0.2):
-                seen.extend(_compilers_of(confinement.compiler_uid()))
+                seen.extend(compilers_of(confinement.compiler_uid()))
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -372,9 +359,9 @@ def test_a_compile_past_its_limit_stops_in_the_compile_service() -> None:
             watcher.join()
         assert seen
         deadline = time.monotonic() + 20
-        while _compilers_of(confinement.compiler_uid()) and time.monotonic() < deadline:
+        while compilers_of(confinement.compiler_uid()) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _compilers_of(confinement.compiler_uid()) == []
+        assert compilers_of(confinement.compiler_uid()) == []
     finally:
         gpupool.disconnect()
         daemon.stop()
