@@ -13,7 +13,7 @@ import ctypes
 from typing import Any
 
 from gpupool.client import context
-from gpupool.client.session import Session, new_handle
+from gpupool.client.session import STATS, Session, new_handle
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 
@@ -148,7 +148,9 @@ def memGetInfo() -> tuple[int, int]:
 
 
 def malloc(size: int) -> int:
-    return _session().call(pb.Request(malloc=pb.Malloc(size=_size(size)))).ptr
+    session = _session()
+    STATS.mallocs += 1
+    return session.call(pb.Request(malloc=pb.Malloc(size=_size(size)))).ptr
 
 
 def free(ptr: int) -> None:

@@ -11,11 +11,14 @@ session as it ends a CUDA context: every later call raises the same error.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Concatenate, NoReturn, ParamSpec, TypeVar
 
+from gpupool.client import interrupts
 from gpupool.errors import (
     ARRAY_ERRORS,
     ArrayFunctionError,
@@ -40,9 +43,12 @@ class Stats:
     calls: int = 0  # runtime calls made (each launch, copy, malloc, ...)
     messages: int = 0  # messages sent on session streams
     round_trips: int = 0  # calls that waited for a reply
+    mallocs: int = 0  # allocations that reached the daemon (the pools carve most from arenas)
 
 
 STATS = Stats()
+P = ParamSpec("P")
+R = TypeVar("R")
 _handles = itertools.count(1)  # streams, events, modules and functions: unique per process
 
 
@@ -60,15 +66,50 @@ def raise_for(error: pb.Error) -> None:
     raise CUDARuntimeError(error.name, error.message)
 
 
-class Session:
-    """A session on one device of one daemon."""
+def _exchange(method: Callable[Concatenate[Session, P], R]) -> Callable[Concatenate[Session, P], R]:
+    """A session method that talks to the daemon: Ctrl-C waits until it is done (see
+    ``gpupool.client.interrupts``); a second one abandons the session."""
 
-    def __init__(self, link: Link, device: int, token: str = "") -> None:
+    @functools.wraps(method)
+    def run(self: Session, *args: P.args, **kwargs: P.kwargs) -> R:
+        with interrupts.held:
+            try:
+                return method(self, *args, **kwargs)
+            except interrupts.Abandoned:
+                self._abandon("a call on it was interrupted twice and cut short")
+                raise
+
+    return run
+
+
+class Session:
+    """A session on one device of one daemon.
+
+    Every method that talks to the daemon runs as one exchange (``_exchange``): a Ctrl-C in
+    it is raised once the exchange is complete, so the stream is never left mid-message.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        device: int,
+        token: str = "",
+        label: str = "",
+        watch: Callable[[Session], None] | None = None,
+    ) -> None:
+        """``label`` names the session's daemon and device in its errors; ``watch`` is
+        given the session before it opens, so that a daemon that stops answering during the
+        opening fails it too (``gpupool.client.liveness``)."""
         self._link = link
+        self.session_id = ""
+        self.label = label or f"device {device}"
         self._queued: list[bytes] = []  # batch entries, serialized as they were queued
         self._queued_bytes = 0
         self._lock = threading.RLock()
         self._sticky: CUDARuntimeError | None = None
+        self._broken: ConnectionLost | None = None  # abandoned: no further call is sent
+        if watch is not None:
+            watch(self)
         try:
             reply = self.call(pb.Request(open=pb.OpenSession(device=device, token=token)))
         except GpupoolError:
@@ -96,8 +137,13 @@ class Session:
             self._queued.append(entry)
             self._queued_bytes += len(entry)
             if len(self._queued) >= MAX_QUEUED_CALLS or self._queued_bytes >= MAX_QUEUED_BYTES:
-                self._flush()
+                self._flush_now()
 
+    @_exchange
+    def _flush_now(self) -> None:
+        self._flush()
+
+    @_exchange
     def call(self, request: pb.Request) -> pb.Reply:
         """Send ``request`` with everything queued and return its reply (raising its error)."""
         with self._lock:
@@ -105,6 +151,7 @@ class Session:
             self._send_with_queue(request)
             return self._final_reply()
 
+    @_exchange
     def read(self, request: pb.Request, target: memoryview) -> None:
         """Send a device-to-host copy and write its data into ``target`` as it arrives (or
         have the worker write it there, where it can reach ``target`` itself)."""
@@ -127,6 +174,7 @@ class Session:
                     f"daemon sent {received} bytes for a {len(target)}-byte copy",
                 )
 
+    @_exchange
     def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
         """Send a host-to-device copy: inline when small, by reference when the worker can
         reach the host memory itself (``Link.host_ref``), else its header then its payload."""
@@ -157,6 +205,7 @@ class Session:
             if wait:
                 self._final_reply()
 
+    @_exchange
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Send what is queued and end the session; the daemon frees its memory.
 
@@ -164,7 +213,7 @@ class Session:
         session, then drops the connection (which ends the worker at once).
         """
         with self._lock:
-            if self._sticky is None:
+            if self._sticky is None and self._broken is None:
                 try:
                     self._flush()
                 except GpupoolError:
@@ -176,6 +225,21 @@ class Session:
     def _check_alive(self) -> None:
         if self._sticky is not None:
             raise self._sticky
+        if self._broken is not None:
+            raise self._broken
+
+    def _abandon(self, why: str) -> None:
+        """Give the session up: its stream may be mid-message, so nothing more is sent."""
+        if self._broken is None:
+            self._broken = ConnectionLost(f"{self.label}: {why}")
+            self._link.close(0)
+
+    def fail(self, error: ConnectionLost) -> None:
+        """End the session from any thread (its daemon or worker stopped answering): a call
+        blocked on it, and every later one, raises ``error``."""
+        if self._broken is None and self._sticky is None:
+            self._broken = error
+            self._link.abort()
 
     def _host_ref(self, view: memoryview) -> pb.HostRef | None:
         """The link's reference to host memory its worker can reach (shared pinned memory)."""
@@ -246,4 +310,6 @@ class Session:
     def _lost(self, why: str) -> GpupoolError:
         if self._sticky is not None:
             return self._sticky
-        return ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")
+        if self._broken is not None:
+            return self._broken
+        return ConnectionLost(f"{self.label} (session {self.session_id or '?'}): {why}")

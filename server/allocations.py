@@ -37,8 +37,9 @@ class AllocationTable:
         self._bases.pop(bisect.bisect_left(self._bases, base))
         return self._sizes.pop(base)
 
-    def check(self, ptr: int, size: int, what: str) -> None:
-        """Raise unless ``[ptr, ptr + size)`` lies inside one allocation of this session."""
+    def check(self, ptr: int, size: int, what: str) -> int:
+        """Raise unless ``[ptr, ptr + size)`` lies inside one allocation of this session;
+        the base of that allocation."""
         index = bisect.bisect_right(self._bases, ptr) - 1
         if index < 0:
             raise self._not_owned(ptr, what)
@@ -52,6 +53,7 @@ class AllocationTable:
                 f"{what} of {size} bytes at 0x{ptr:x} runs {ptr + size - end} bytes past the end"
                 f" of its {end - base}-byte allocation at 0x{base:x}",
             )
+        return base
 
     @staticmethod
     def _not_owned(ptr: int, what: str) -> CUDARuntimeError:

@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("gpupool.torch", 3, "torch"),
     ("gpupool.cli", 4, "cli"),
     ("gpupool.bench", 4, "cli"),
+    ("gpupool.elastic", 4, "cli"),  # attach/detach: the client with the embedded pool
 ]
 NAMES = {"core", "transport", "client", "server", "scheduler", "cupy", "torch", "cli"}
 
@@ -116,7 +117,7 @@ def _type_checking_only(node: ast.stmt) -> bool:
 def test_the_root_names_the_client_lazily() -> None:
     import gpupool
 
-    assert {layer_of(module)[1] for module in gpupool._LAZY.values()} == {"client"}
+    assert {layer_of(module)[1] for module in gpupool._LAZY.values()} == {"client", "cli"}
     assert set(gpupool._LAZY) <= set(gpupool.__all__)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpupool.cli.options import add_daemon_options, size
+from gpupool.cli.options import add_daemon_options, console, size
 from gpupool.errors import GpupoolError
+from gpupool.units import format_size
 
 NAME = "bench"
 
@@ -35,6 +36,15 @@ def stripes(text: str) -> int:
     return int(text)
 
 
+def count(text: str) -> int:
+    """A number of operations: a positive integer, at least a training step's."""
+    from gpupool.bench.ops import MLP_OPS
+
+    if not text.isdigit() or int(text) < MLP_OPS:
+        raise argparse.ArgumentTypeError(f"a number of operations, {MLP_OPS} or more: {text!r}")
+    return int(text)
+
+
 def picture(text: str) -> Path:
     """A file matplotlib can draw into, known before the run rather than after it."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -49,13 +59,16 @@ def picture(text: str) -> Path:
 
 
 def add(commands: Any) -> None:
+    from gpupool.bench.ops import OPS
     from gpupool.bench.runner import KINDS
 
     parser = commands.add_parser(
         NAME,
-        help="measure remote against native copies, round trips and launches",
+        help="measure remote against native copies, round trips, launches and small operations",
         description="Measure, in one run and alternating, native copies (CuPy on a local GPU,"
-        " else NumPy) and remote ones over each transport, plus the raw link. Without"
+        " else NumPy) and remote ones over each transport, plus the raw link; `ops`: loops of"
+        " small array operations natively and through the CuPy shim, with the client's and"
+        " the daemon's CPU time and the round trips per operation. Without"
         " --daemons an embedded local daemon serves (as `gpupool run` does).",
     )
     parser.add_argument("what", choices=[*KINDS, "all"], help="what to measure")
@@ -80,15 +93,23 @@ def add(commands: Any) -> None:
         metavar="N",
         help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
     )
+    parser.add_argument(
+        "--ops",
+        type=count,
+        default=OPS,
+        metavar="N",
+        help=f"small operations a loop makes in one turn (`ops`; default {OPS})",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
     parser.add_argument("--plot", type=picture, metavar="FILE.png", help="draw bandwidth curves")
     add_daemon_options(parser, log_level="warning")
 
 
 @contextmanager
-def daemon_process(args: argparse.Namespace) -> Iterator[str]:
+def daemon_process(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     """A local daemon in a process of its own, as a real one runs: its front would otherwise
-    share this process (and its GIL) with the client being measured. Yields its address."""
+    share this process (and its GIL) with the client being measured. Yields its address and
+    its process id (its CPU time, its workers' included, is read for small operations)."""
     command = [
         *(sys.executable, "-m", "gpupool.cli", "daemon", "--listen", "127.0.0.1:0"),
         *("--backend", args.backend, "--emu-devices", str(args.emu_devices)),
@@ -102,7 +123,7 @@ def daemon_process(args: argparse.Namespace) -> Iterator[str]:
         found = re.search(r" on (\S+) \(", banner)
         if found is None:
             raise SystemExit(f"gpupool bench: the local daemon did not start ({banner!r})")
-        yield found.group(1)
+        yield found.group(1), process.pid
     finally:
         process.terminate()
         try:
@@ -115,54 +136,83 @@ def daemon_process(args: argparse.Namespace) -> Iterator[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from gpupool.bench import report, runner
     from gpupool.client.context import Context
+    from gpupool.proto import gpupool_pb2 as pb
     from gpupool.transport.links import OPENERS, candidates
     from gpupool.transport.links.frame_links import ENV_STRIPES
 
-    console = Console()
+    out = console()
     with ExitStack() as stack:
+        daemon_pid = None
         if args.daemons:
             address = args.daemons.split(",")[0]
         else:
-            address = stack.enter_context(daemon_process(args))
+            address, daemon_pid = stack.enter_context(daemon_process(args))
         try:
             probe = Context([address])
         except GpupoolError as exc:
             print(f"gpupool bench: {exc}", file=sys.stderr)
             return 1
         endpoints = probe.daemons[address].endpoints
-        backend_name = probe.devices[0].properties.name if probe.devices else "?"
+        backend_name = probe.device(0).properties.name if probe.devices else "?"
         on_gpu = probe.daemons[address].backend == "cupy"
-        probe.close()
+        try:
+            free = probe.session(0).call(pb.Request(mem_get_info=pb.MemGetInfo())).mem_info.free
+        except GpupoolError as exc:
+            print(f"gpupool bench: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            probe.close()
         offered = [urlsplit(url).scheme for url in candidates(endpoints)]
         wanted = args.transport.split(",") if args.transport else offered
         missing = [name for name in wanted if name not in offered or name not in OPENERS]
         if missing:
-            console.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
+            out.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
             return 2
         kinds = runner.KINDS if args.what == "all" else (args.what,)
-        plan = runner.Plan(
+        plan, skipped = runner.Plan(
             kinds=kinds,
             sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
             transports=wanted,
             stripes=args.stripes,
-        )
+            ops=args.ops,
+        ).fitting(free)
+        if skipped:
+            out.print(
+                f"skipping {', '.join(format_size(s) for s in skipped)}: the device has"
+                f" {format_size(free)} free, and each size needs {plan.device_buffers()}"
+                " buffers on it at once (--sizes chooses others)"
+            )
         os.environ[ENV_STRIPES] = str(args.stripes)
         with Progress(
-            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), console=console
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=out,
         ) as progress:
             task = progress.add_task("starting targets", total=None)
-            records = runner.run(
+            outcome = runner.run(
                 address,
                 plan,
                 lambda total: progress.update(task, total=total),
                 lambda what: progress.update(task, advance=1, description=what),
+                daemon_pid,
             )
-    report.print_tables(records, console)
+    records = outcome.records
+    report.print_tables(records, out)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -171,11 +221,17 @@ def main(args: argparse.Namespace) -> int:
         "daemon": address if args.daemons else "embedded (a local daemon process)",
         "transports": list(wanted),
         "stripes": args.stripes,
+        "skipped_sizes": skipped,
     }
+    if outcome.failure is not None:
+        meta["failure"] = outcome.failure
     if args.json:
         report.write_json(records, args.json, meta)
-        console.print(f"records: {args.json}")
+        out.print(f"records: {args.json}")
     if args.plot:
         report.plot(records, args.plot, f"gpupool bench — {backend_name}, {meta['date']}")
-        console.print(f"plot: {args.plot}")
+        out.print(f"plot: {args.plot}")
+    if outcome.failure is not None:
+        print(f"gpupool bench: stopped early: {outcome.failure}", file=sys.stderr)
+        return 1
     return 0

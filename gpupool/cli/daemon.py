@@ -9,7 +9,15 @@ import socket
 import sys
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, add_tls_options, factor, start_daemon, tls_files
+from gpupool.cli.options import (
+    add_daemon_options,
+    add_tls_options,
+    address,
+    factor,
+    listen_address,
+    start_daemon,
+    tls_files,
+)
 from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
@@ -17,14 +25,24 @@ NAME = "daemon"
 
 
 def add(commands: Any) -> None:
-    parser = commands.add_parser(NAME, help="serve this host's GPUs (or emulated ones)")
+    parser = commands.add_parser(
+        NAME,
+        help="serve this host's GPUs (or emulated ones)",
+        description="Serve this host's GPUs (CuPy) or emulated devices to gpupool clients over"
+        " gRPC, tcp:// and shm:// (and ucx:// where installed), one worker process a session;"
+        " with --scheduler, as a node of that pool, opening sessions only with its grants.",
+    )
     parser.add_argument(
-        "--listen", default="127.0.0.1:7001", metavar="HOST:PORT", help="(default 127.0.0.1:7001)"
+        "--listen",
+        type=listen_address,
+        default="127.0.0.1:7001",
+        metavar="HOST:PORT",
+        help="(default 127.0.0.1:7001; port 0 picks a free one)",
     )
     add_daemon_options(parser, log_level="info")
     pool = parser.add_argument_group("joining a pool (sessions then need the scheduler's grants)")
     pool.add_argument(  # no $GPUPOOL_SCHEDULER default: a daemon joins a pool only when told
-        "--scheduler", metavar="HOST:PORT", help="register with this pool scheduler"
+        "--scheduler", type=address, metavar="HOST:PORT", help="register with this pool scheduler"
     )
     pool.add_argument(
         "--name", default=socket.gethostname(), help="this node's name in the pool (default: host)"
