@@ -91,6 +91,7 @@ def start_daemon(
     listen: str,
     pool: PoolMembership | None = None,
     tls: TLSFiles | None = None,
+    trusted_emulator: bool = False,
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
     from gpupool.server.daemon import start_daemon as start
@@ -106,6 +107,7 @@ def start_daemon(
         log_level=args.log_level,
         membership=pool,
         tls=tls,
+        trusted_emulator=trusted_emulator,
         limits=limits,
     )
 
