@@ -16,8 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpupool import grants
@@ -31,6 +30,7 @@ from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend
 from gpupool.server.counters import Cell, SlotCounters
 from gpupool.server.host_memory import SharedHostMemory
+from gpupool.server.includes import check_includes
 from gpupool.server.launches import PreparedLaunches
 from gpupool.server.ledger import QuotaAccount
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
@@ -42,28 +42,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _NOT_IN_A_BATCH = ("batch", "chunk", "open")
-_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include(?:_next)?\b(.*)$", re.MULTILINE)
-_HEADER_NAME = re.compile(r"\s*[<\"]([^>\"\n]*)[>\"]")
-
-
-def check_includes(source: str, options: Sequence[str]) -> None:
-    """Refuse includes that reach outside the compiler's own headers.
-
-    The compiler runs on the daemon, and its error log goes back to the client: an
-    ``#include "/etc/passwd"`` would print the daemon's files. Only relative header names
-    without ``..`` are allowed, and no include directories.
-    """
-    for option in options:
-        if option.startswith(("-I", "--include-path")):
-            raise CompileError(f"option {option!r} refused: the daemon's folders are not yours")
-    for match in _INCLUDE.finditer(source):
-        literal = _HEADER_NAME.match(match.group(1))
-        path = literal.group(1) if literal else "/"  # a computed include could name anything
-        if path.startswith("/") or ".." in path.split("/"):
-            raise CompileError(
-                f"#include{match.group(1)} refused: only the compiler's own headers can be"
-                " included; put your header's text in the source"
-            )
 
 
 def error_message(exc: GpupoolError) -> pb.Error:

@@ -24,6 +24,8 @@ from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.backends.emu_compile_service import CompileService
+from gpupool.server.confinement import worker_environment
 from gpupool.server.counters import DeviceCounters
 from gpupool.server.ledger import QuotaLedger
 from gpupool.server.lifecycle import Limits
@@ -155,10 +157,12 @@ class WorkerPool:
         log_level: str,
         limits: Limits | None = None,
         pooled: bool = False,
+        compile_service: CompileService | None = None,  # of confined emulator workers
     ) -> None:
         self.device = device
         self.limits = limits or Limits()
         self._config = config
+        self._compile_service = compile_service
         self._warm = warm
         self._log_level = log_level
         self._pooled = pooled
@@ -265,6 +269,7 @@ class WorkerPool:
 
     def _start(self, slot: int, env: dict[str, str] | None) -> Worker:
         """Start the worker of ``slot``, on the spawner thread."""
+        compiles = self._compile_service.connect() if self._compile_service else None
         spec = WorkerSpec(
             self._config,
             self.device,
@@ -276,6 +281,7 @@ class WorkerPool:
             counters_fd=self.counters.fileno(),
             pooled=self._pooled,
             limits=self.limits,
+            compile_fd=compiles.fileno() if compiles else None,
         )
         ours, theirs = socket.socketpair()
         # Client connections of tcp:// and shm:// sessions go to the worker on a second pair
@@ -297,13 +303,16 @@ class WorkerPool:
                     self.quotas.fileno(),
                     self.counters.fileno(),
                     *([self.ledger.fileno()] if self.ledger else []),
+                    *([compiles.fileno()] if compiles else []),
                 ],
                 # Its own session: a Ctrl-C or a signal to the daemon's process group does not
                 # reach workers; the front ends them, and they end when it goes away.
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **env} if env else None,
+                env=worker_environment(env),  # an allow-list: no secret reaches a tenant
             )
+        if compiles is not None:
+            compiles.close()
         self.counters.starts += 1
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, our_handoffs, slot, self.limits.stop_grace_s)

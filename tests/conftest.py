@@ -178,3 +178,18 @@ def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
+
+
+def compilers_of(uid: int) -> list[int]:
+    """The pids of compiler processes (cc1, cc1plus) running as ``uid``: where emulator
+    workers are confined, the daemon's compile service runs them, not the worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("Name", "").startswith("cc1") and fields["Uid"].split()[0] == str(uid):
+            found.append(int(entry.name))
+    return found

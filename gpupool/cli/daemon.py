@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -58,6 +59,12 @@ def add(commands: Any) -> None:
         metavar="F",
         help="fractions on one GPU may sum to F (default 1: none)",
     )
+    pool.add_argument(
+        "--trusted-emulator",
+        action="store_true",
+        help="serve a pool with an emulator whose kernels cannot be confined (not root): for"
+        " a development pool of trusted users only (also $GPUPOOL_TRUSTED_EMULATOR=1)",
+    )
     add_tls_options(parser, "clients", "TLS (gRPC only: tcp:// is then not offered)")
 
 
@@ -72,8 +79,15 @@ def main(args: argparse.Namespace) -> int:
         pool = None
         if args.scheduler:
             secret = load_secret(args.secret_file)
+            if args.secret_file and os.stat(args.secret_file).st_mode & 0o004:
+                print(  # a confined worker runs as another user, and could read it
+                    f"gpupool daemon: warning: {args.secret_file} is world-readable",
+                    file=sys.stderr,
+                )
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
-        daemon = start_daemon(args, args.listen, pool, tls, args.metrics_listen)
+        daemon = start_daemon(
+            args, args.listen, pool, tls, args.trusted_emulator, args.metrics_listen
+        )
     except (GpupoolError, OSError, ValueError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1

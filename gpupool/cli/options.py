@@ -91,6 +91,7 @@ def start_daemon(
     listen: str,
     pool: PoolMembership | None = None,
     tls: TLSFiles | None = None,
+    trusted_emulator: bool = False,
     metrics_listen: str | None = None,
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
@@ -107,6 +108,7 @@ def start_daemon(
         log_level=args.log_level,
         membership=pool,
         tls=tls,
+        trusted_emulator=trusted_emulator,
         limits=limits,
         metrics_listen=metrics_listen,
     )

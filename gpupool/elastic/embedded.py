@@ -54,6 +54,7 @@ class EmbeddedPool:
                 warm=settings.warm,
                 log_level=settings.log_level,
                 membership=PoolMembership(self._scheduler.address, "local", secret),
+                trusted_emulator=True,  # the user's own pool: unconfined where it must be
             )
         except BaseException:
             self._stop_scheduler()
