@@ -30,11 +30,13 @@ from gpupool import grants
 from gpupool.addresses import ListenHosts, join_host_port
 from gpupool.errors import AllocationError
 from gpupool.logs import fields
+from gpupool.metrics_http import MetricsServer, serve_metrics
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import MESSAGE_LIMIT
 from gpupool.scheduler import limits
 from gpupool.scheduler import state as sm
+from gpupool.scheduler.metrics import SchedulerMetrics, on_loop
 from gpupool.scheduler.store import Identity, Store
 from gpupool.tls import TLSFiles
 
@@ -74,8 +76,10 @@ class SchedulerService(spb_grpc.SchedulerServicer):
         heartbeat_s: float,
         clock: Callable[[], float] = time.time,
         require_tokens: bool = False,
+        metrics: SchedulerMetrics | None = None,
     ) -> None:
         self._machine = machine
+        self.metrics = metrics or SchedulerMetrics(machine)
         self._store = store
         self._secret = secret
         self._guard = grants.ProofGuard(secret)
@@ -306,7 +310,9 @@ class SchedulerService(spb_grpc.SchedulerServicer):
 
     def apply(self, event: sm.Event) -> None:
         """Feed ``event`` to the machine and carry out its instructions."""
-        for instruction in self._machine.handle(event):
+        instructions = self._machine.handle(event)
+        self.metrics.observe(event, instructions)
+        for instruction in instructions:
             if isinstance(instruction, sm.StoreNode):
                 self._store.save_node(instruction.node)
             elif isinstance(instruction, sm.StoreAllocation):
@@ -491,6 +497,7 @@ class Scheduler:
         self.loop = loop
         self.stop_requested = asyncio.Event()
         self.thread: threading.Thread | None = None
+        self.metrics: MetricsServer | None = None  # the /metrics port, when asked for
 
     @property
     def address(self) -> str:
@@ -524,15 +531,19 @@ def start_scheduler(
     tick_s: float = TICK_S,
     tls: TLSFiles | None = None,
     require_tokens: bool = False,
+    metrics_listen: str | None = None,
 ) -> Scheduler:
     """Start a scheduler on ``listen`` (port 0 picks one) with its state in ``db``.
 
     State stored there by an earlier run is taken up again: nodes, and every allocation.
     ``tls`` serves gRPC over TLS (with ``client_ca``, only to clients with certificates it
-    signed); ``require_tokens`` refuses client calls without a live API token.
+    signed); ``require_tokens`` refuses client calls without a live API token. With
+    ``metrics_listen`` (``HOST:PORT``), Prometheus metrics and health probes are served there.
     """
     started: Future[Scheduler] = Future()
-    settings = _Settings(listen, db, secret, node_timeout, heartbeat_s, tick_s, tls, require_tokens)
+    settings = _Settings(
+        listen, db, secret, node_timeout, heartbeat_s, tick_s, tls, require_tokens, metrics_listen
+    )
     thread = threading.Thread(
         target=lambda: asyncio.run(_serve(settings, started)), name="scheduler", daemon=True
     )
@@ -552,6 +563,7 @@ class _Settings:
     tick_s: float
     tls: TLSFiles | None
     require_tokens: bool
+    metrics_listen: str | None
 
 
 async def _serve(settings: _Settings, started: Future[Scheduler]) -> None:
@@ -571,12 +583,14 @@ async def _serve(settings: _Settings, started: Future[Scheduler]) -> None:
             store.delete_node(key)
         else:
             store.delete_allocation(key)
+    metrics = SchedulerMetrics(machine, run=on_loop(asyncio.get_running_loop()))
     service = SchedulerService(
         machine,
         store,
         settings.secret,
         settings.heartbeat_s,
         require_tokens=settings.require_tokens,
+        metrics=metrics,
     )
     server = grpc.aio.server(options=OPTIONS)
     server.add_generic_rpc_handlers((handler(service),))
@@ -593,6 +607,15 @@ async def _serve(settings: _Settings, started: Future[Scheduler]) -> None:
         return
     await server.start()
     scheduler = Scheduler(ListenHosts.of(listen).local, port, asyncio.get_running_loop())
+    if settings.metrics_listen is not None:
+        try:
+            scheduler.metrics = serve_metrics(settings.metrics_listen, metrics.registry)
+        except OSError as exc:
+            await server.stop(0)
+            store.close()
+            where = settings.metrics_listen
+            started.set_exception(OSError(f"cannot serve metrics on {where}: {exc}"))
+            return
     log.info(
         "scheduler listening",
         extra=fields(
@@ -607,6 +630,8 @@ async def _serve(settings: _Settings, started: Future[Scheduler]) -> None:
     ticker = asyncio.create_task(service.tick_forever(settings.tick_s))
     await scheduler.stop_requested.wait()
     ticker.cancel()
+    if scheduler.metrics is not None:
+        await asyncio.to_thread(scheduler.metrics.close)  # a scrape may wait for this loop
     await server.stop(0.5)
     store.close()
     log.info("scheduler stopped", extra=fields(address=scheduler.address))

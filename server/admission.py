@@ -41,6 +41,7 @@ class Admitted:
     request: bytes
     allocation: str = ""
     worker_env: dict[str, str] = field(default_factory=dict)  # non-empty: a fresh worker
+    memory: int = 0  # the grant's memory quota, bytes (0: a bare daemon's session)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Admission:
         env = {}
         if grant.fraction < 1 and self._mps_running():
             env = mps.worker_env(grant.fraction)
-        return Admitted(request.SerializeToString(), grant.allocation, env)
+        return Admitted(request.SerializeToString(), grant.allocation, env, grant.memory)
 
     def watch(
         self, admitted: Admitted, device: int, end: Callable[[CUDARuntimeError], None]

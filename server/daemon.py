@@ -13,6 +13,7 @@ import grpc
 from gpupool.addresses import ListenHosts, join_host_port
 from gpupool.errors import GpupoolError
 from gpupool.logs import fields
+from gpupool.metrics_http import MetricsServer, serve_metrics
 from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.server import confinement
 from gpupool.server.admission import Admission
@@ -20,6 +21,7 @@ from gpupool.server.backends import BackendConfig, resolve
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.backends.emu_compile_service import CompileService
 from gpupool.server.lifecycle import Limits
+from gpupool.server.metrics import DaemonMetrics
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import MAX_OPENING, DaemonService
@@ -67,10 +69,12 @@ class Daemon:
         endpoints: list[str],
         registration: Registration | None = None,
         compile_service: CompileService | None = None,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.server = server
         self.confined = compile_service is not None  # emulator workers confine themselves
         self.compile_service = compile_service
+        self.metrics = metrics  # the /metrics port, when asked for
         self.registration = registration
         self.port = port
         self.host = host
@@ -94,6 +98,14 @@ class Daemon:
     def wait(self) -> None:
         self.server.wait_for_termination()
 
+    def not_ready(self) -> str | None:
+        """Why the daemon cannot take sessions yet (its readiness probe), or None."""
+        if self._stopped:
+            return "stopping"
+        if self.registration is not None and not self.registration.registered.is_set():
+            return self.registration.refused or "not yet registered with the scheduler"
+        return None
+
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving and end every worker; stopping again does nothing."""
         if self._stopped:
@@ -101,6 +113,8 @@ class Daemon:
         self._stopped = True
         if self.registration is not None:
             self.registration.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         for listener in self._listeners:
             listener.close()
         self.server.stop(grace).wait()
@@ -128,6 +142,7 @@ def start_daemon(
     membership: PoolMembership | None = None,
     trusted_emulator: bool = False,
     limits: Limits | None = None,
+    metrics_listen: str | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
@@ -144,6 +159,8 @@ def start_daemon(
     is the user's own). A bare daemon serves unconfined: its sessions are its user's.
 
     ``limits`` bound a session's kernels and compiles (default: :meth:`Limits.from_env`).
+    With ``metrics_listen`` (``HOST:PORT``), Prometheus metrics and health probes are served
+    there.
     """
     limits = limits or Limits.from_env()
     raise_descriptor_limit()
@@ -160,7 +177,9 @@ def start_daemon(
         for index in range(len(devices))
     ]
     admission = Admission(membership.name, membership.secret) if membership else Admission()
-    service = DaemonService(config.kind, devices, pools, admission)
+    metrics = DaemonMetrics()
+    metrics.watch(config.kind, devices, pools)
+    service = DaemonService(config.kind, devices, pools, admission, metrics)
     # Each open session holds a thread (bounded by the pools' worker slots), and so does each
     # stream waiting for its opening (bounded by MAX_OPENING): threads are left for GetInfo.
     threads = futures.ThreadPoolExecutor(
@@ -225,7 +244,7 @@ def start_daemon(
             extra=fields(address=listen),
         )
     endpoints = list(service.endpoints)
-    return Daemon(
+    daemon = Daemon(
         server,
         port,
         hosts.local,
@@ -237,6 +256,13 @@ def start_daemon(
         registration,
         compile_service,
     )
+    if metrics_listen is not None:
+        try:
+            daemon.metrics = serve_metrics(metrics_listen, metrics.registry, daemon.not_ready)
+        except OSError as exc:
+            daemon.stop()
+            raise OSError(f"cannot serve metrics on {metrics_listen}: {exc}") from exc
+    return daemon
 
 
 def _confine_emulator(config: BackendConfig, pooled: bool, trusted: bool) -> CompileService | None:

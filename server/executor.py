@@ -28,6 +28,7 @@ from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend
+from gpupool.server.counters import Cell, SlotCounters
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.includes import check_includes
 from gpupool.server.launches import PreparedLaunches
@@ -198,15 +199,18 @@ class SessionExecutor:
         host_memory: SharedHostMemory | None = None,
         account: QuotaAccount | None = None,
         pooled: bool = False,
+        counters: SlotCounters | None = None,
     ) -> None:
         """``translate`` turns a backend library's own exception types into gpupool's;
         ``host_memory`` is what the client shared (shm:// sessions), which copies may name;
         ``account`` is this worker's row of the device's quota ledger, shared with the other
         sessions of its allocation; ``pooled``: the daemon is in a pool, so every session
-        has a quota."""
+        has a quota; ``counters`` is the worker's row of the device's counters
+        (``/metrics``)."""
         self.backend = backend
         self._account = account
         self._pooled = pooled
+        self._counts = counters or SlotCounters.detached()
         self._host_memory = host_memory
         self.poisoned = False
         self._device = backend.properties()
@@ -336,17 +340,22 @@ class SessionExecutor:
             "launch": lambda each: launch(each.launch),
             "array_op": lambda each: array_op(each.array_op),
         }
-        for each, call in zip(inner, calls, strict=True):
-            run = fast.get(call or "") if not each.wait and self._copy is None else None
-            if run is not None:
-                try:
-                    self._guarded(functools.partial(run, each))
-                except Exception as exc:
-                    yield from self._failed(False, self._as_error(exc, call))
-            else:
-                yield from self._handle(each)
-            if self.poisoned:
-                return
+        launched = 0  # counted once a batch: a count per launch costs a few percent of one
+        try:
+            for each, call in zip(inner, calls, strict=True):
+                run = fast.get(call or "") if not each.wait and self._copy is None else None
+                if run is not None:
+                    try:
+                        self._guarded(functools.partial(run, each))
+                        launched += call == "launch"
+                    except Exception as exc:
+                        yield from self._failed(False, self._as_error(exc, call))
+                else:
+                    yield from self._handle(each)
+                if self.poisoned:
+                    return
+        finally:
+            self._counts.launched(launched)
         if request.wait:
             yield self._held_reply() or pb.Reply()
 
@@ -405,6 +414,7 @@ class SessionExecutor:
             self._allocations.check(call.dst, call.size, "host-to-device copy")
             source = self._shared(call.host, call.size)
             self.backend.write(call.dst, source, self._streams.get(call.stream))
+            self._counts.copied(Cell.HTOD_BYTES, call.size)
             return True
         inline = len(call.data) == call.size
         try:
@@ -422,6 +432,7 @@ class SessionExecutor:
             return False
         if inline:
             self.backend.write(call.dst, memoryview(call.data), stream)
+            self._counts.copied(Cell.HTOD_BYTES, call.size)
             return True
         self._copy = _PendingCopy(call.dst, call.size, stream, wait)
         return False
@@ -445,6 +456,7 @@ class SessionExecutor:
         if copy.fatal is not None:
             raise copy.fatal
         if copy.error is None:
+            self._counts.copied(Cell.HTOD_BYTES, copy.size)
             if copy.wait:
                 yield pb.Reply()
         elif copy.wait:
@@ -457,6 +469,7 @@ class SessionExecutor:
         self._allocations.check(call.src, call.size, "device-to-host copy")
         target = self._shared(call.host, call.size)
         self.backend.read_into(call.src, target, self._streams.get(call.stream))
+        self._counts.copied(Cell.DTOH_BYTES, call.size)
 
     def _shared(self, ref: pb.HostRef, size: int) -> memoryview:
         if self._host_memory is None:
@@ -468,6 +481,7 @@ class SessionExecutor:
     def _read(self, call: pb.MemcpyDtoH) -> DeviceData:
         self._allocations.check(call.src, call.size, "device-to-host copy")
         source = _DeviceSource(self, call.src, self._streams.get(call.stream))
+        self._counts.copied(Cell.DTOH_BYTES, call.size)  # read as it is sent
         return DeviceData(call.size, source)
 
     # The other calls: each checks its arguments and returns its reply, if it has a result.
@@ -533,6 +547,7 @@ class SessionExecutor:
         self._allocations.check(call.src, call.size, "device-to-device copy source")
         self._allocations.check(call.dst, call.size, "device-to-device copy destination")
         self.backend.copy(call.dst, call.src, call.size, self._streams.get(call.stream))
+        self._counts.copied(Cell.DTOD_BYTES, call.size)
 
     def _do_memset(self, call: pb.Memset) -> None:
         if call.value > 0xFF:
@@ -563,6 +578,7 @@ class SessionExecutor:
 
     def _do_launch(self, call: pb.Launch) -> None:
         self._launches.launch(call)
+        self._counts.launched()
 
     def _do_stream_create(self, call: pb.StreamCreate) -> None:
         self._streams.add(call.stream, self.backend.create_stream())
@@ -603,6 +619,7 @@ class SessionExecutor:
 
     def _do_array_op(self, call: pb.ArrayOp) -> None:
         self._arrays.run(call, self._streams.get(call.stream))
+        self._counts.array_op()
 
     def _do_torch_op(self, call: pb.TorchOp) -> None:
         if self._torch is None:
@@ -610,6 +627,7 @@ class SessionExecutor:
 
             self._torch = TorchOps(self.backend, self._allocations)
         self._torch.run(call, self._streams.get(call.stream))
+        self._counts.array_op()  # a tensor operation is an array operation on the device
 
 
 # The calls an open session serves, by the name of the Request field that carries each; any

@@ -63,6 +63,11 @@ class SharedTable:
         finally:
             fcntl.flock(self._file, fcntl.LOCK_UN)
 
+    def unlocked(self) -> memoryview:
+        """The cells, row-major, without the lock: for a table whose rows each have one
+        writer, read by whoever takes what is there (the workers' counters for /metrics)."""
+        return self._cells
+
     def clear(self, slot: int) -> None:
         """Forget everything ``slot`` held: its worker has ended."""
         with self.locked() as cells:

@@ -26,10 +26,11 @@ from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
 from gpupool.server.backends.emu_compile_service import CompileService
 from gpupool.server.confinement import worker_environment
+from gpupool.server.counters import DeviceCounters
 from gpupool.server.ledger import QuotaLedger
 from gpupool.server.lifecycle import Limits
 from gpupool.server.transports.channels import send_handover
-from gpupool.server.worker import WorkerSpec
+from gpupool.server.worker import CLEAN_EXITS, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class WorkerPool:
         self._groups: dict[str, int] = {}  # allocation -> its group in the quota ledger
         self._next_group = itertools.count(1)
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix=f"spawn-{device}")
+        self.counters = DeviceCounters(MAX_WORKERS)  # what each worker did, for /metrics
         self._lock = threading.Lock()
         self._free_slots = list(range(MAX_WORKERS - 1, -1, -1))
         self._idle: list[Worker] = []
@@ -241,6 +243,7 @@ class WorkerPool:
         self.quotas.close()
         if self.ledger is not None:
             self.ledger.close()
+        self.counters.close()
 
     def _refill(self) -> None:
         with self._lock:
@@ -275,6 +278,7 @@ class WorkerPool:
             self.quotas.fileno(),
             self._log_level,
             front_pid=os.getpid(),
+            counters_fd=self.counters.fileno(),
             pooled=self._pooled,
             limits=self.limits,
             compile_fd=compiles.fileno() if compiles else None,
@@ -297,6 +301,7 @@ class WorkerPool:
                     theirs.fileno(),
                     their_handoffs.fileno(),
                     self.quotas.fileno(),
+                    self.counters.fileno(),
                     *([self.ledger.fileno()] if self.ledger else []),
                     *([compiles.fileno()] if compiles else []),
                 ],
@@ -308,6 +313,7 @@ class WorkerPool:
             )
         if compiles is not None:
             compiles.close()
+        self.counters.starts += 1
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, our_handoffs, slot, self.limits.stop_grace_s)
 
@@ -319,4 +325,7 @@ class WorkerPool:
         allocation = worker.allocation
         if allocation and not any(each.allocation == allocation for each in self._busy):
             self._groups.pop(allocation, None)  # its last session here has ended
+        if not worker.killed and worker.process.returncode not in CLEAN_EXITS:
+            self.counters.crashes += 1
+        self.counters.retire(worker.slot)
         self._free_slots.append(worker.slot)

@@ -31,6 +31,8 @@ from gpupool.proto import scheduler_pb2_grpc as spb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.counters import BusyShare
+from gpupool.server.nvml import Nvml
 from gpupool.server.pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,8 @@ class Registration:
         self._stub = spb_grpc.SchedulerStub(self._channel)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
-        self._nvml = _Nvml() if node.backend == "cupy" else None
+        self._nvml = Nvml() if node.backend == "cupy" else None
+        self._busy = [BusyShare(pool.counters) for pool in self._pools]  # the emulator's
         self.interval = 1.0
         self.registered = threading.Event()
         self.refused = ""  # why the scheduler last refused to register this node
@@ -154,7 +157,7 @@ class Registration:
         for index, (device, pool) in enumerate(zip(self._devices, self._pools, strict=True)):
             used, utilization = 0, 0
             if pool.ledger is not None:
-                used = pool.ledger.used()
+                used, utilization = pool.ledger.used(), round(100 * self._busy[index]())
             elif self._nvml is not None:
                 used, utilization = self._nvml.figures(device)
             gpus.append(
@@ -168,42 +171,6 @@ class Registration:
         beat = spb.NodeHeartbeat(name=self._node.name, gpus=gpus, wait_s=self.interval)
         grants.prove("heartbeat", beat, self._node.name, self._secret, self._clock())
         return beat
-
-
-class _Nvml:
-    """NVML's figures of a GPU by UUID (``nvidia-ml-py``; none where it is missing).
-
-    NVML needs no CUDA context, so the daemon's front may ask it.
-    """
-
-    def __init__(self) -> None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-        except Exception as exc:  # not installed, no driver: figures stay zero
-            log.info("no NVML figures", extra=fields(reason=repr(exc)))
-            self._nvml = None
-
-    def figures(self, device: DeviceInfo) -> tuple[int, int]:
-        """(memory used in bytes, utilisation in percent) of ``device``.
-
-        Found by UUID, or PCI bus id, not by index: CUDA's and NVML's orders may differ.
-        """
-        if self._nvml is None:
-            return 0, 0
-        try:
-            if device.uuid:
-                handle = self._nvml.nvmlDeviceGetHandleByUUID(device.uuid)
-            else:
-                handle = self._nvml.nvmlDeviceGetHandleByPciBusId(device.pci_bus_id)
-            memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
-            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
-        except Exception as exc:  # a GPU fallen off the bus, say: report zeros, keep beating
-            log.warning("NVML failed", extra=fields(device=device.pci_bus_id, reason=repr(exc)))
-            return 0, 0
-        return int(memory.used), int(rates.gpu)
 
 
 def node_registration(

@@ -29,14 +29,14 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.admission import Admission, Admitted
 from gpupool.server.backends.base import DeviceInfo
 from gpupool.server.executor import error_message
+from gpupool.server.metrics import DaemonMetrics
 from gpupool.server.pool import Worker, WorkerPool
-from gpupool.server.worker import EXIT_NO_BACKEND, EXIT_POISONED
+from gpupool.server.worker import CLEAN_EXITS
 from gpupool.transport.frames import MESSAGE, FrameSocket
 
 log = logging.getLogger(__name__)
 
 SERVICE = "gpupool.v1.Daemon"
-CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND)
 # A session's opening request must arrive this soon after it connects, on every transport: a
 # stranger's idle connections or streams hold nothing for longer.
 OPENING_DEADLINE_S = 10.0
@@ -66,8 +66,10 @@ class DaemonService:
         devices: Sequence[DeviceInfo],
         pools: Sequence[WorkerPool],
         admission: Admission | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self._backend = backend
+        self.metrics = metrics or DaemonMetrics()
         self._devices = list(devices)
         self._pools = list(pools)
         self.admission = admission or Admission()
@@ -109,7 +111,9 @@ class DaemonService:
             unknown_sessions=unknown,
         )
 
-    def session(self, requests: Iterator[bytes], context: SessionCall) -> Iterator[bytes]:
+    def session(
+        self, requests: Iterator[bytes], context: SessionCall, transport: str = "grpc"
+    ) -> Iterator[bytes]:
         """One session: open it on a worker, then relay until either side ends."""
         session_id = uuid.uuid4().hex[:12]
         try:
@@ -118,8 +122,10 @@ class DaemonService:
         except (StopIteration, grpc.RpcError):
             return  # the client left before opening
         except CUDARuntimeError as exc:
+            self.metrics.session_refused(transport, exc.name)
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
+        closed = self.metrics.session_opened(pool, worker.slot, transport, admitted.memory)
         context.add_callback(worker.kill)  # the client went away: end its worker now
         self._open[session_id] = worker
         ended, forget = self._watch(admitted, pool.device, worker)  # or its lease ends
@@ -138,6 +144,7 @@ class DaemonService:
             forget()
             self._open.pop(session_id, None)
             pool.release(worker)
+            closed()
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
 
     def serve_connection(self, frames: FrameSocket, first: bytes, shared_memory: bool) -> None:
@@ -165,9 +172,11 @@ class DaemonService:
         except CUDARuntimeError as exc:
             self._keyed.pop(key, None)
             self._open.pop(session_id, None)
+            self.metrics.session_refused("shm" if shared_memory else "tcp", exc.name)
             refuse(frames, exc)
             return
         transport = "shm" if shared_memory else "tcp"
+        closed = self.metrics.session_opened(pool, worker.slot, transport, admitted.memory)
         log.info(
             "session opened",
             extra=fields(session=session_id, device=pool.device, pid=worker.pid, via=transport),
@@ -186,6 +195,7 @@ class DaemonService:
             del self._keyed[key]
             frames.close()
             pool.release(worker)
+            closed()
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
 
     def attach_stripe(self, frames: FrameSocket, attach: pb.AttachStripe) -> None:

@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
@@ -27,6 +28,7 @@ from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server import confinement, lifecycle
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
+from gpupool.server.counters import SlotCounters
 from gpupool.server.executor import DeviceData, SessionExecutor, error_message
 from gpupool.server.host_memory import SharedHostMemory, share_limit
 from gpupool.server.ledger import QuotaLedger
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 EXIT_POISONED = 3  # the context is unusable; the session has been told why
 EXIT_NO_BACKEND = 4  # the backend did not start; the session has been told why
 EXIT_ORPHANED = 5  # the front that started it is gone: nobody would supervise the session
+# any other status is a crash (an orphan has no front left to count it)
+CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND, EXIT_ORPHANED)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class WorkerSpec:
     pooled: bool = False  # the daemon is in a pool: every session has a quota
     limits: Limits = field(default_factory=lambda: Limits())
     compile_fd: int | None = None  # a confined emulator worker's compile service, inherited
+    counters_fd: int | None = None  # the device's counter table (counters.py), inherited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -84,6 +89,11 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
             channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
     account = QuotaLedger.attach(spec.quota_fd).account(spec.slot)  # reopened: still as root
+    counters = (
+        SlotCounters.attach(spec.counters_fd, spec.slot)  # likewise
+        if spec.counters_fd is not None
+        else SlotCounters.detached()  # a worker started by hand: nobody reads its counts
+    )
     if spec.backend.confined:  # an emulator worker of a daemon that confines them
         confinement.confine()
         # Taking another user clears the parent-death signal: ask for it again.
@@ -92,12 +102,15 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
-    executor = SessionExecutor(backend, translate, channel.host_memory, account, spec.pooled)
+    executor = SessionExecutor(
+        backend, translate, channel.host_memory, account, spec.pooled, counters
+    )
     watchdog = Watchdog(
         spec.limits, lambda error: channel.send(pb.Reply(error=error_message(error))), EXIT_POISONED
     )
     try:
         while (item := channel.next()) is not None:
+            started = time.perf_counter_ns()
             request, payload = item
             if payload:
                 receive = functools.partial(channel.receive_payload, payload)
@@ -106,6 +119,7 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
                 replies = executor.handle(request)
             for reply in _timed(replies, watchdog, request.HasField("module_load")):
                 channel.send(reply)
+            counters.busy(time.perf_counter_ns() - started)
             if executor.poisoned:
                 return EXIT_POISONED
     except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer

@@ -33,9 +33,9 @@ from gpupool.server.admission import Admission
 from gpupool.server.daemon import Daemon, PoolMembership, start_daemon
 from gpupool.server.registration import Registration, node_registration
 from gpupool.tls import TLSFiles
+from tests.conftest import self_signed
 from tests.test_pool import eventually, gpupool_cli
 from tests.test_scheduler_faults import SchedulerProcess
-from tests.test_transports import _self_signed
 
 SECRET = b"security-test-secret-0123456789"
 GiB = 1 << 30
@@ -305,7 +305,7 @@ def test_a_captured_heartbeat_or_registration_replayed_is_refused(
 def test_the_scheduler_serves_tls_and_requires_client_certificates_with_a_client_ca(
     tmp_path: Path, env: pytest.MonkeyPatch
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     files = TLSFiles(cert, key, client_ca=cert)  # the one certificate signs both ends
     db = str(tmp_path / "scheduler.db")
     with start_scheduler("127.0.0.1:0", db, SECRET, heartbeat_s=0.3, tls=files) as scheduler:

@@ -6,9 +6,7 @@ what only some transports have.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
 import socket
 import subprocess
@@ -20,10 +18,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import gpupool
 from gpupool import runtime as rt
@@ -35,7 +29,7 @@ from gpupool.tls import TLS, TLSFiles
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
 from gpupool.transport.links import OPENERS
 from gpupool.transport.payload import RING_SLOT_SIZE, RING_SLOTS, STRIPE_ALIGN, STRIPE_MIN, split
-from tests.conftest import run_client
+from tests.conftest import run_client, self_signed
 
 
 @pytest.fixture(scope="module")
@@ -287,38 +281,8 @@ def test_a_payload_that_cannot_be_sent_ends_the_session_instead_of_hanging(
         gpupool.disconnect()
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost, and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpupool test daemon")])
-    now = datetime.datetime.now(datetime.UTC)
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "daemon.pem", folder / "daemon.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_grpc_with_tls(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     with start_daemon(
         backend="emu", emu_devices=1, emu_memory=1 << 30, tls=TLSFiles(cert, key)
     ) as daemon:
@@ -338,7 +302,7 @@ def test_grpc_with_tls(tmp_path: Path) -> None:
 
 def test_grpc_with_client_certificates(tmp_path: Path) -> None:
     """--tls-client-ca: only clients holding a certificate of that CA are answered."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     files = TLSFiles(cert, key, client_ca=cert)  # the test's one certificate signs both ends
     with start_daemon(backend="emu", emu_devices=1, emu_memory=1 << 30, tls=files) as daemon:
         gpupool.connect(daemon.address, transport="grpc", tls=TLS(ca=cert, cert=cert, key=key))
@@ -355,7 +319,7 @@ def test_grpc_with_client_certificates(tmp_path: Path) -> None:
 
 
 def test_daemon_tls_options_go_together(tmp_path: Path) -> None:
-    cert, _key = _self_signed(tmp_path)
+    cert, _key = self_signed(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "gpupool.cli", "daemon", "--tls-cert", str(cert)],
         capture_output=True,

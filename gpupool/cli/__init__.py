@@ -21,11 +21,24 @@ from gpupool.cli import (
     smi,
     teams,
     tokens,
+    webhook,
 )
 
 COMMANDS = {
     module.NAME: module
-    for module in (daemon, run, scheduler, pool_list, smi, request, release, tokens, teams, bench)
+    for module in (
+        daemon,
+        run,
+        scheduler,
+        pool_list,
+        smi,
+        request,
+        release,
+        tokens,
+        teams,
+        bench,
+        webhook,
+    )
 }
 
 

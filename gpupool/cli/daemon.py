@@ -11,6 +11,7 @@ from typing import Any
 
 from gpupool.cli.options import (
     add_daemon_options,
+    add_metrics_option,
     add_tls_options,
     address,
     factor,
@@ -40,6 +41,7 @@ def add(commands: Any) -> None:
         help="(default 127.0.0.1:7001; port 0 picks a free one)",
     )
     add_daemon_options(parser, log_level="info")
+    add_metrics_option(parser)
     pool = parser.add_argument_group("joining a pool (sessions then need the scheduler's grants)")
     pool.add_argument(  # no $GPUPOOL_SCHEDULER default: a daemon joins a pool only when told
         "--scheduler", type=address, metavar="HOST:PORT", help="register with this pool scheduler"
@@ -83,7 +85,9 @@ def main(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
-        daemon = start_daemon(args, args.listen, pool, tls, args.trusted_emulator)
+        daemon = start_daemon(
+            args, args.listen, pool, tls, args.trusted_emulator, args.metrics_listen
+        )
     except (GpupoolError, OSError, ValueError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1
@@ -97,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     print("endpoints: " + " ".join(daemon.endpoints), flush=True)
+    if daemon.metrics is not None:
+        print(f"metrics: {daemon.metrics.url}/metrics", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: daemon.server.stop(1))
     try:
         daemon.wait()

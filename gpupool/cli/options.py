@@ -92,6 +92,7 @@ def start_daemon(
     pool: PoolMembership | None = None,
     tls: TLSFiles | None = None,
     trusted_emulator: bool = False,
+    metrics_listen: str | None = None,
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
     from gpupool.server.daemon import start_daemon as start
@@ -109,6 +110,7 @@ def start_daemon(
         tls=tls,
         trusted_emulator=trusted_emulator,
         limits=limits,
+        metrics_listen=metrics_listen,
     )
 
 
@@ -242,6 +244,14 @@ def positive_seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
+
+
+def add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz here (default: none)",
+    )
 
 
 def add_scheduler_option(parser: argparse._ActionsContainer) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from gpupool.cli.options import (
     add_db_option,
     add_log_level,
+    add_metrics_option,
     add_tls_options,
     listen_address,
     seconds,
@@ -59,6 +60,7 @@ def add(commands: Any) -> None:
         " it, callers without a token may use the pool (an open pool, for trusted networks)",
     )
     add_tls_options(parser, "clients")
+    add_metrics_option(parser)
     add_log_level(parser, "info")
 
 
@@ -86,6 +88,7 @@ def main(args: argparse.Namespace) -> int:
             args.heartbeat,
             tls=tls,
             require_tokens=args.require_tokens,
+            metrics_listen=args.metrics_listen,
         )
     except (GpupoolError, OSError) as exc:
         print(f"gpupool scheduler: {exc}", file=sys.stderr)
@@ -93,6 +96,8 @@ def main(args: argparse.Namespace) -> int:
     how = ", TLS" if tls else ""
     how += ", API tokens required" if args.require_tokens else ", open to callers without a token"
     print(f"gpupool scheduler on {scheduler.address} (state in {args.db}{how})", flush=True)
+    if scheduler.metrics is not None:
+        print(f"metrics: {scheduler.metrics.url}/metrics", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     try:
         scheduler.wait()

@@ -94,7 +94,7 @@ class UcxListener:
 
     def _replies(self, endpoint: Any, requests: queue.Queue[bytes | None], call: _Call) -> None:
         try:
-            for raw in self._service.session(iter(requests.get, None), call):
+            for raw in self._service.session(iter(requests.get, None), call, "ucx"):
                 run(endpoint.send_obj(MESSAGE + raw))
             run(endpoint.send_obj(END))
         except Exception as exc:
