@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 
 from gpupool.client.lease import ENV_ALLOCATION, Lease, Placement, attach
+from gpupool.client.peers import PeerLinks
 from gpupool.client.session import Session
 from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
@@ -124,6 +125,7 @@ class Context:
         self._channels: list[grpc.Channel] = []
         self._sessions: dict[int, Session] = {}
         self._lock = threading.Lock()
+        self.peers = PeerLinks(self)
         self._local = threading.local()
         tls = tls or TLS.from_env()
         for address in addresses:
@@ -152,7 +154,22 @@ class Context:
     @current_device.setter
     def current_device(self, ordinal: int) -> None:
         self.device(ordinal)  # validates
+        previous = self.current_device
         self._local.device = ordinal
+        leaving = self._sessions.get(previous) if previous != ordinal else None
+        if leaving is not None and leaving.queued:
+            leaving.flush()  # the device works on its queue while the program turns away
+
+    def grant(self, ordinal: int) -> str:
+        """The lease's current grant for ``ordinal`` ("" without a lease)."""
+        return self._lease.placements[ordinal].grant if self._lease else ""
+
+    def _send_others(self, waiting: Session) -> None:
+        """Before a wait on one device, send every other device's queued work, so the
+        devices run at the same time and none waits on a queue the program left behind."""
+        for session in list(self._sessions.values()):
+            if session is not waiting and session.queued:
+                session.flush()
 
     def device(self, ordinal: int) -> Device:
         if not 0 <= ordinal < len(self.devices):
@@ -177,8 +194,7 @@ class Context:
             if session is None:
                 device = self.device(ordinal)
                 link = self.daemons[device.address].open(self._transport, self._timeout)
-                token = self._lease.placements[ordinal].grant if self._lease else ""
-                session = Session(link, device.index, token=token)
+                session = Session(link, device.index, self.grant(ordinal), self._send_others)
                 self._sessions[ordinal] = session
             return session
 

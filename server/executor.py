@@ -29,8 +29,10 @@ from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend
+from gpupool.server.collectives import RingCollective
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.launches import PreparedLaunches
+from gpupool.server.peers import Inbound, Outbound, Peers
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 log = logging.getLogger(__name__)
@@ -156,6 +158,22 @@ class _DeviceSink:
                 copy.fatal = exc
 
 
+class _PeerSink:
+    """Device memory at ``ptr`` as the sink of a peer transfer."""
+
+    def __init__(self, executor: SessionExecutor, ptr: int, stream: object) -> None:
+        self._executor = executor
+        self._ptr = ptr
+        self._stream = stream
+
+    def target(self, offset: int, size: int) -> memoryview | None:
+        return self._executor.backend.host_view(self._ptr + offset, size)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        backend, ptr = self._executor.backend, self._ptr + offset
+        self._executor._guarded(lambda: backend.write(ptr, data, self._stream))
+
+
 class _DeviceSource:
     """A device range as a payload source (the daemon's side of a device-to-host copy)."""
 
@@ -203,11 +221,14 @@ class SessionExecutor:
         backend: Backend,
         translate: Callable[[Exception], Exception],
         host_memory: SharedHostMemory | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """``translate`` turns a backend library's own exception types into gpupool's;
-        ``host_memory`` is what the client shared (shm:// sessions), which copies may name."""
+        ``host_memory`` is what the client shared (shm:// sessions), which copies may name;
+        ``peers`` are the session's links to other workers (none: peer calls are refused)."""
         self.backend = backend
         self._host_memory = host_memory
+        self._peers = peers
         self.poisoned = False
         self._device = backend.properties()
         self._translate = translate
@@ -584,3 +605,75 @@ class SessionExecutor:
 
     def _do_array_op(self, call: pb.ArrayOp) -> None:
         self._arrays.run(call, self._streams.get(call.stream))
+
+    # Peer links: copies and collectives straight between workers (server/peers.py).
+
+    def _peer_links(self) -> Peers:
+        if self._peers is None:
+            raise CUDARuntimeError(
+                "cudaErrorPeerAccessUnsupported", "this session's worker has no peer links"
+            )
+        return self._peers
+
+    def _do_peer_connect(self, call: pb.PeerConnect) -> None:
+        self._peer_links().connect(call)
+
+    def _do_peer_send(self, call: pb.PeerSend) -> None:
+        """Send a device range on a link; a refusal still goes to the receiver (as an error
+        in place of the data), so that it does not wait for bytes that never come."""
+        link = self._peer_links().outbound(call.link)
+        try:
+            self._allocations.check(call.src, call.size, "peer copy source")
+            stream = self._streams.get(call.stream)
+        except CUDARuntimeError as exc:
+            link.send_error(error_message(exc))
+            raise
+        link.send(call.size, _DeviceSource(self, call.src, stream))
+
+    def _do_peer_recv(self, call: pb.PeerRecv) -> None:
+        link = self._peer_links().inbound.get(call.link)
+        refused: CUDARuntimeError | None = None
+        try:
+            self._allocations.check(call.dst, call.size, "peer copy destination")
+            stream = self._streams.get(call.stream)
+        except CUDARuntimeError as exc:
+            refused, stream = exc, None
+        sink: Sink = DiscardSink() if refused else _PeerSink(self, call.dst, stream)
+        error = link.receive(call.size, sink, DiscardSink())
+        if refused is not None:
+            raise refused
+        if error is not None:
+            raise CUDARuntimeError(error.name, f"peer copy: {error.message}")
+
+    def _do_collective(self, call: pb.Collective) -> None:
+        peers = self._peer_links()
+        stream = self._streams.get(call.stream)
+        collective = RingCollective(call, self.backend, stream)
+        send_bytes, recv_bytes = collective.buffer_sizes()
+        self._allocations.check(call.send, send_bytes, "collective send buffer")
+        self._allocations.check(call.recv, recv_bytes, "collective receive buffer")
+        outbound = peers.outbound(call.next) if call.ranks > 1 else None
+        inbound = peers.inbound.get(call.prev) if call.ranks > 1 else None
+        scratch = collective.scratch_bytes()
+        self._quota.reserve(scratch, self.backend.own_memory())
+        ptr = self.backend.malloc(scratch) if scratch else 0
+        try:
+            collective.run(
+                ptr,
+                send=lambda src, size: self._ring_send(outbound, src, size, stream),
+                receive=lambda dst, size: self._ring_receive(inbound, dst, size, stream),
+            )
+        finally:
+            if ptr:
+                self.backend.free(ptr)
+            self._quota.release(scratch)
+
+    def _ring_send(self, link: Outbound | None, src: int, size: int, stream: object) -> None:
+        assert link is not None
+        link.send(size, _DeviceSource(self, src, stream))
+
+    def _ring_receive(self, link: Inbound | None, dst: int, size: int, stream: object) -> None:
+        assert link is not None
+        error = link.receive(size, _PeerSink(self, dst, stream), DiscardSink())
+        if error is not None:
+            raise CUDARuntimeError(error.name, f"collective: {error.message}")

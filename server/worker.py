@@ -27,11 +27,13 @@ from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
 from gpupool.server.executor import SessionExecutor, error_message
 from gpupool.server.host_memory import SharedHostMemory, share_limit
+from gpupool.server.peers import InboundLinks, Peers
 from gpupool.server.transports.channels import (
     Channel,
     FrameChannel,
     RelayChannel,
     receive_handover,
+    take_handovers,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,11 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
-    executor = SessionExecutor(backend, translate, channel.host_memory)
+    inbound = InboundLinks(backend.staging, backend.register_host)
+    peers = Peers(inbound, backend.staging)
+    attach_stripe = channel.attach_stripe if isinstance(channel, FrameChannel) else _refuse
+    take_handovers(handoffs, attach_stripe, inbound.add)
+    executor = SessionExecutor(backend, translate, channel.host_memory, peers)
     try:
         while (item := channel.next()) is not None:
             request, payload = item
@@ -89,9 +95,14 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer
         log.info("session connection lost", extra=logs.fields(reason=str(exc)))
     finally:
+        peers.close()
         if channel.host_memory is not None:
             channel.host_memory.close()
     return 0
+
+
+def _refuse(index: int, sock: socket.socket) -> None:
+    sock.close()  # a relayed session has no stripes
 
 
 def _first_contact(
@@ -107,14 +118,12 @@ def _first_contact(
         except (ConnectionLost, OSError):
             return None
         if opened is None:  # no backend: the channel only carries the refusal
-            return FrameChannel(sock, handover, handoffs, _plain_buffer, lambda view: None)
+            return FrameChannel(sock, handover, _plain_buffer, lambda view: None)
         backend, translate = opened
         shared = None
         if handover.shared_memory:  # the client may share its pinned memory
             shared = SharedHostMemory(backend, translate, share_limit())
-        return FrameChannel(
-            sock, handover, handoffs, backend.staging, backend.register_host, shared
-        )
+        return FrameChannel(sock, handover, backend.staging, backend.register_host, shared)
     try:
         first = conn.recv_bytes()
     except (EOFError, OSError):

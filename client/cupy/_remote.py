@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpupool.client import context, runtime
+from gpupool.client import addressing, context, runtime
 from gpupool.cupy import cuda
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.scalars import to_scalar
@@ -51,7 +51,10 @@ def descriptor(array: ndarray) -> pb.ArrayDesc:
     desc: pb.ArrayDesc | None = array.__dict__.get("_descriptor")
     if desc is None:
         desc = array.__dict__["_descriptor"] = pb.ArrayDesc(
-            ptr=array.data.ptr, shape=array.shape, strides=array.strides, dtype=array.dtype.str
+            ptr=addressing.raw(array.data.ptr),
+            shape=array.shape,
+            strides=array.strides,
+            dtype=array.dtype.str,
         )
     return desc
 

@@ -72,10 +72,11 @@ class Link(ABC):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a daemon can be reached, and the gRPC channel every daemon has."""
+    """Where a daemon can be reached, and the gRPC channel every daemon has (None for a
+    worker's peer link, which uses only the frame transports)."""
 
     url: str
-    channel: grpc.Channel
+    channel: grpc.Channel | None = None
 
     @property
     def scheme(self) -> str:
