@@ -13,10 +13,12 @@ blocked on it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -246,9 +248,42 @@ class SessionExecutor:
         self._held: pb.Error | None = None
         self._copy: _PendingCopy | None = None
         self._opened = False
+        # held by every call; released while a peer transfer waits (server/deferred.py)
+        self._lock = threading.RLock()
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
+        with self._lock:
+            yield from self._quiet(request)
+
+    def batch_calls(self, request: pb.Request) -> list[pb.Request] | None:
+        """A request as the calls it holds, to be handled one by one (itself, if not a
+        batch); None for a batch that is refused whole."""
+        if not request.HasField("batch"):
+            return [request]
+        inner = request.batch.requests
+        calls = [each.WhichOneof("call") for each in inner]
+        waiting = [index for index, each in enumerate(inner) if each.wait]
+        if any(call in _NOT_IN_A_BATCH for call in calls) or (
+            waiting and (request.wait or waiting != [len(inner) - 1])
+        ):
+            return None
+        if request.wait:  # the batch's own reply: its last call's
+            if not inner:
+                return [pb.Request(wait=True, device_synchronize=pb.DeviceSynchronize())]
+            inner[-1].wait = True
+        return list(inner)
+
+    @contextlib.contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Let other calls in while a peer transfer waits for the other worker."""
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
+    def _quiet(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         if request.HasField("array_op") or request.HasField("batch"):
             # Once a message, and only where array functions may run: silencing warnings
             # costs more than a launch or a small copy, and a batch holds thousands.
@@ -628,10 +663,12 @@ class SessionExecutor:
         except CUDARuntimeError as exc:
             link.send_error(error_message(exc))
             raise
-        link.send(call.size, _DeviceSource(self, call.src, stream))
+        with self._unlocked():
+            link.send(call.size, _DeviceSource(self, call.src, stream))
 
     def _do_peer_recv(self, call: pb.PeerRecv) -> None:
-        link = self._peer_links().inbound.get(call.link)
+        with self._unlocked():
+            link = self._peer_links().inbound.get(call.link)
         refused: CUDARuntimeError | None = None
         try:
             self._allocations.check(call.dst, call.size, "peer copy destination")
@@ -639,7 +676,8 @@ class SessionExecutor:
         except CUDARuntimeError as exc:
             refused, stream = exc, None
         sink: Sink = DiscardSink() if refused else _PeerSink(self, call.dst, stream)
-        error = link.receive(call.size, sink, DiscardSink())
+        with self._unlocked():
+            error = link.receive(call.size, sink, DiscardSink())
         if refused is not None:
             raise refused
         if error is not None:
@@ -653,16 +691,18 @@ class SessionExecutor:
         self._allocations.check(call.send, send_bytes, "collective send buffer")
         self._allocations.check(call.recv, recv_bytes, "collective receive buffer")
         outbound = peers.outbound(call.next) if call.ranks > 1 else None
-        inbound = peers.inbound.get(call.prev) if call.ranks > 1 else None
+        with self._unlocked():
+            inbound = peers.inbound.get(call.prev) if call.ranks > 1 else None
         scratch = collective.scratch_bytes()
         self._quota.reserve(scratch, self.backend.own_memory())
         ptr = self.backend.malloc(scratch) if scratch else 0
         try:
-            collective.run(
-                ptr,
-                send=lambda src, size: self._ring_send(outbound, src, size, stream),
-                receive=lambda dst, size: self._ring_receive(inbound, dst, size, stream),
-            )
+            with self._unlocked():
+                collective.run(
+                    ptr,
+                    send=lambda src, size: self._ring_send(outbound, src, size, stream),
+                    receive=lambda dst, size: self._ring_receive(inbound, dst, size, stream),
+                )
         finally:
             if ptr:
                 self.backend.free(ptr)

@@ -17,6 +17,8 @@ import select
 import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 
@@ -25,9 +27,10 @@ from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
-from gpupool.server.executor import SessionExecutor, error_message
+from gpupool.server.deferred import StreamThread
+from gpupool.server.executor import DeviceData, SessionExecutor, error_message
 from gpupool.server.host_memory import SharedHostMemory, share_limit
-from gpupool.server.peers import InboundLinks, Peers
+from gpupool.server.peers import PEER_TIMEOUT_S, InboundLinks, Peers
 from gpupool.server.transports.channels import (
     Channel,
     FrameChannel,
@@ -80,18 +83,29 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     attach_stripe = channel.attach_stripe if isinstance(channel, FrameChannel) else _refuse
     take_handovers(handoffs, attach_stripe, inbound.add)
     executor = SessionExecutor(backend, translate, channel.host_memory, peers)
+    sending = threading.Lock()  # replies come from this loop and from the stream thread
+
+    def send(reply: pb.Reply | DeviceData) -> None:
+        with sending:
+            channel.send(reply)
+
+    stream = StreamThread(executor, send)
     try:
         while (item := channel.next()) is not None:
             request, payload = item
             if payload:
+                stream.drain(PEER_TIMEOUT_S)
                 receive = functools.partial(channel.receive_payload, payload)
-                replies = executor.handle_payload(request, payload, receive)
+                replies: Iterable[pb.Reply | DeviceData] = executor.handle_payload(
+                    request, payload, receive
+                )
             else:
-                replies = executor.handle(request)
+                replies = stream.dispatch(request)
             for reply in replies:
-                channel.send(reply)
+                send(reply)
             if executor.poisoned:
                 return EXIT_POISONED
+        stream.drain(PEER_TIMEOUT_S)  # the client closed: finish what it sent
     except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer
         log.info("session connection lost", extra=logs.fields(reason=str(exc)))
     finally:
