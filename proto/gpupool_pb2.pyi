@@ -411,12 +411,20 @@ class AttachPeer(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., token: _Optional[str] = ..., link: _Optional[int] = ..., stripe: _Optional[int] = ..., stripes: _Optional[int] = ...) -> None: ...
 
 class PeerData(_message.Message):
-    __slots__ = ("size", "error")
+    __slots__ = ("size", "error", "region", "offset", "region_size", "ipc")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IPC_FIELD_NUMBER: _ClassVar[int]
     size: int
     error: Error
-    def __init__(self, size: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    region: int
+    offset: int
+    region_size: int
+    ipc: bytes
+    def __init__(self, size: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., region: _Optional[int] = ..., offset: _Optional[int] = ..., region_size: _Optional[int] = ..., ipc: _Optional[bytes] = ...) -> None: ...
 
 class PeerHandover(_message.Message):
     __slots__ = ("link", "stripe", "stripes")

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _NOT_IN_A_BATCH = ("batch", "chunk", "open")
+MAX_OPEN_REGIONS = 256  # other workers' allocations a session keeps open
 _INCLUDE = re.compile(r"^[ \t]*#[ \t]*include(?:_next)?\b(.*)$", re.MULTILINE)
 _HEADER_NAME = re.compile(r"\s*[<\"]([^>\"\n]*)[>\"]")
 
@@ -250,6 +253,9 @@ class SessionExecutor:
         self._opened = False
         # held by every call; released while a peer transfer waits (server/deferred.py)
         self._lock = threading.RLock()
+        self._exports: dict[int, tuple[int, int, int, bytes, int | None]] = {}  # by base
+        self._regions = itertools.count(1)
+        self._opened_regions: dict[tuple[int, int], int] = {}  # (link, region) -> address
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
@@ -557,6 +563,7 @@ class SessionExecutor:
         if call.ptr == 0:
             return
         self._quota.release(self._allocations.remove(call.ptr))
+        self._exports.pop(call.ptr, None)
         self.backend.free(call.ptr)
         self._cap_backend_memory()
 
@@ -664,7 +671,47 @@ class SessionExecutor:
             link.send_error(error_message(exc))
             raise
         with self._unlocked():
-            link.send(call.size, _DeviceSource(self, call.src, stream))
+            exported = self._exported(call.src) if link.local else None
+        with self._unlocked():
+            if exported is None:
+                link.send(call.size, _DeviceSource(self, call.src, stream))
+            else:
+                region, base, size, handle, fd = exported
+                link.send_region(region, call.src - base, call.size, size, handle, fd)
+
+    def _exported(self, ptr: int) -> tuple[int, int, int, bytes, int | None] | None:
+        """The allocation ``ptr`` is in as a region a worker of this daemon can open: (id,
+        base, size, handle, descriptor); None where the backend cannot share it."""
+        found = self._allocations.find(ptr)
+        if found is None:
+            return None
+        base, size = found
+        known = self._exports.get(base)
+        if known is None:
+            export = self.backend.export_memory(base, size)
+            if export is None:
+                return None
+            known = self._exports[base] = (next(self._regions), base, size, *export)
+        return known
+
+    def _open_region(
+        self, link: int, header: pb.PeerData, fd: int | None, dst: int, stream: object
+    ) -> pb.Error | None:
+        """Copy a transfer from another worker's memory, opened here once per region."""
+        key = (link, header.region)
+        base = self._opened_regions.get(key)
+        if base is None:
+            base = self.backend.open_peer_memory(header.ipc, fd, header.region_size)
+            if len(self._opened_regions) >= MAX_OPEN_REGIONS:
+                oldest = next(iter(self._opened_regions))
+                self.backend.close_peer_memory(self._opened_regions.pop(oldest))
+            self._opened_regions[key] = base
+        elif fd is not None:
+            os.close(fd)
+        if header.offset + header.size > header.region_size:
+            return pb.Error(name="cudaErrorInvalidValue", message="peer copy past its region")
+        self._guarded(lambda: self.backend.copy(dst, base + header.offset, header.size, stream))
+        return None
 
     def _do_peer_recv(self, call: pb.PeerRecv) -> None:
         with self._unlocked():
@@ -676,8 +723,16 @@ class SessionExecutor:
         except CUDARuntimeError as exc:
             refused, stream = exc, None
         sink: Sink = DiscardSink() if refused else _PeerSink(self, call.dst, stream)
+
+        def local(header: pb.PeerData, fd: int | None) -> pb.Error | None:
+            if refused is not None or header.size != call.size:
+                if fd is not None:
+                    os.close(fd)
+                return None if refused else pb.Error(name="cudaErrorInvalidValue")
+            return self._open_region(call.link, header, fd, call.dst, stream)
+
         with self._unlocked():
-            error = link.receive(call.size, sink, DiscardSink())
+            error = link.receive(call.size, sink, DiscardSink(), local)
         if refused is not None:
             raise refused
         if error is not None:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 PEER_TIMEOUT_S = 60.0  # how long a worker waits for the other end of a peer transfer
 CONNECT_TIMEOUT_S = 10.0
 MAX_LINKS = 4096  # inbound links one session keeps
+LocalCopy = Callable[[pb.PeerData, int | None], pb.Error | None]
 
 
 def _timeout(what: str) -> CUDARuntimeError:
@@ -49,18 +50,29 @@ class Inbound:
         self.frames = frames
         self.payload = payload
 
-    def receive(self, size: int, sink: Sink, discard: Sink) -> pb.Error | None:
+    def receive(
+        self, size: int, sink: Sink, discard: Sink, local: LocalCopy | None = None
+    ) -> pb.Error | None:
         """Take one transfer of ``size`` bytes into ``sink``; the sender's error instead, if it
-        sent one. A transfer of another size is drained into ``discard`` and refused."""
+        sent one. A transfer of another size is drained into ``discard`` and refused. One
+        from the sender's own memory (a worker of this daemon) is copied by ``local``."""
         try:
             kind, message, payload = self.frames.receive(deadline=time.monotonic() + PEER_TIMEOUT_S)
+            header = pb.PeerData.FromString(message) if kind == MESSAGE else pb.PeerData()
+            if header.region:
+                fd = self.frames.receive_fd() if payload == 1 else None
+                try:
+                    if local is None:
+                        raise CUDARuntimeError("cudaErrorInvalidValue", "no peer memory here")
+                    return local(header, fd)
+                finally:
+                    self.frames.send(MESSAGE)  # done: the sender's source may change again
         except TimeoutError:
             raise _timeout("peer receive") from None
         except (ConnectionLost, OSError) as exc:
             raise CUDARuntimeError(
                 "cudaErrorPeerAccessUnsupported", f"peer link lost: {exc}"
             ) from exc
-        header = pb.PeerData.FromString(message) if kind == MESSAGE else pb.PeerData()
         if header.HasField("error"):
             return header.error
         if header.size != size or payload != size:
@@ -149,10 +161,16 @@ class InboundLinks:
 
 
 class Outbound:
-    """The sending end of one link: the client's own frame link, opened by a worker."""
+    """The sending end of one link: the client's own frame link, opened by a worker.
 
-    def __init__(self, link: FrameLink) -> None:
+    ``local`` for a link to a worker of the same daemon, which can open this worker's memory
+    itself (``send_region``); ``regions`` are those it has the memory of already.
+    """
+
+    def __init__(self, link: FrameLink, local: bool) -> None:
         self._link = link
+        self.local = local
+        self.regions: set[int] = set()
 
     @classmethod
     def open(cls, connect: pb.PeerConnect, staging: Callable[[int], memoryview]) -> Outbound:
@@ -204,11 +222,34 @@ class Outbound:
             raise CUDARuntimeError(
                 "cudaErrorPeerAccessUnsupported", f"cannot attach peer stripes: {exc}"
             ) from exc
-        return cls(link)
+        return cls(link, scheme == "shm")
 
     def send(self, size: int, source: Source) -> None:
         header = pb.PeerData(size=size).SerializeToString()
         self._send(header, size, source)
+
+    def send_region(
+        self, region: int, offset: int, size: int, region_size: int, handle: bytes, fd: int | None
+    ) -> None:
+        """Have the receiver copy ``size`` bytes at ``offset`` of this worker's allocation
+        ``region`` itself, and wait until it has."""
+        header = pb.PeerData(
+            size=size, region=region, offset=offset, region_size=region_size, ipc=handle
+        ).SerializeToString()
+        frames = self._link.frames
+        try:
+            if region in self.regions or fd is None:
+                frames.send(MESSAGE, header)
+            else:
+                frames.send_with_fd(MESSAGE, header, fd)
+                self.regions.add(region)
+            frames.receive(deadline=time.monotonic() + PEER_TIMEOUT_S)  # the receiver is done
+        except TimeoutError:
+            raise _timeout("peer copy") from None
+        except (ConnectionLost, OSError) as exc:
+            raise CUDARuntimeError(
+                "cudaErrorPeerAccessUnsupported", f"peer link lost: {exc}"
+            ) from exc
 
     def send_error(self, error: pb.Error) -> None:
         self._send(pb.PeerData(error=error).SerializeToString(), 0, None)

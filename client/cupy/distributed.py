@@ -41,7 +41,7 @@ class NCCLBackend:
         self, n_devices: int, rank: int, host: str | None = None, port: int | None = None
     ) -> None:
         host = host or os.environ.get("CUPYX_DISTRIBUTED_HOST", _DEFAULT_HOST)
-        port = int(port or os.environ.get("CUPYX_DISTRIBUTED_PORT", _DEFAULT_PORT))
+        port = port or int(os.environ.get("CUPYX_DISTRIBUTED_PORT", _DEFAULT_PORT))
         nonce = f"cupyx-{host}-{port}"
         if rank == 0:
             uid = rendezvous.unique_id(host, port, nonce)

@@ -19,6 +19,9 @@ from gpupool.cli.options import add_daemon_options, size
 from gpupool.errors import GpupoolError
 
 NAME = "bench"
+VIRTUAL = ("peer", "collective")  # a virtual node's paths (gpupool/bench/virtual.py)
+VIRTUAL_DAEMONS = {"peer": 2, "collective": 2}  # local daemons started when none are named
+VIRTUAL_SIZES = [64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20]
 
 
 def sizes(text: str) -> list[int]:
@@ -58,8 +61,16 @@ def add(commands: Any) -> None:
         " else NumPy) and remote ones over each transport, plus the raw link. Without"
         " --daemons an embedded local daemon serves (as `gpupool run` does).",
     )
-    parser.add_argument("what", choices=[*KINDS, "all"], help="what to measure")
-    parser.add_argument("--daemons", metavar="HOST:PORT", help="the daemon to measure (device 0)")
+    parser.add_argument(
+        "what",
+        choices=[*KINDS, "all", *VIRTUAL],
+        help="what to measure (peer, collective: between the devices of several daemons)",
+    )
+    parser.add_argument(
+        "--daemons",
+        metavar="HOST:PORT[,...]",
+        help="the daemon to measure (device 0); peer/collective use every one given",
+    )
     parser.add_argument(
         "--transport",
         metavar="T[,T...]",
@@ -118,12 +129,14 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from gpupool.bench import report, runner
+    from gpupool.bench import runner
     from gpupool.client.context import Context
     from gpupool.transport.links import OPENERS, candidates
     from gpupool.transport.links.frame_links import ENV_STRIPES
 
     console = Console()
+    if args.what in VIRTUAL:
+        return _virtual(args, console)
     with ExitStack() as stack:
         if args.daemons:
             address = args.daemons.split(",")[0]
@@ -162,14 +175,28 @@ def main(args: argparse.Namespace) -> int:
                 lambda total: progress.update(task, total=total),
                 lambda what: progress.update(task, advance=1, description=what),
             )
+    daemon = address if args.daemons else "embedded (a local daemon process)"
+    return _report(records, args, console, backend_name, daemon, list(wanted))
+
+
+def _report(
+    records: list[Any],
+    args: argparse.Namespace,
+    console: Any,
+    backend_name: str,
+    daemon: str,
+    transports: list[str],
+) -> int:
+    from gpupool.bench import report
+
     report.print_tables(records, console)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "device": backend_name,
-        "daemon": address if args.daemons else "embedded (a local daemon process)",
-        "transports": list(wanted),
+        "daemon": daemon,
+        "transports": transports,
         "stripes": args.stripes,
     }
     if args.json:
@@ -179,3 +206,37 @@ def main(args: argparse.Namespace) -> int:
         report.plot(records, args.plot, f"gpupool bench — {backend_name}, {meta['date']}")
         console.print(f"plot: {args.plot}")
     return 0
+
+
+def _virtual(args: argparse.Namespace, console: Any) -> int:
+    """``peer`` or ``collective``: on the daemons named, else on local daemon processes."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from gpupool.bench import virtual
+    from gpupool.transport.links.frame_links import ENV_STRIPES
+
+    os.environ[ENV_STRIPES] = str(args.stripes)
+    with ExitStack() as stack:
+        if args.daemons:
+            addresses = [part.strip() for part in args.daemons.split(",") if part.strip()]
+        else:
+            addresses = [
+                stack.enter_context(daemon_process(args)) for _ in range(VIRTUAL_DAEMONS[args.what])
+            ]
+        sizes = args.sizes or VIRTUAL_SIZES
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), console=console) as bar:
+            task = bar.add_task("starting", total=None)
+
+            def advance(what: str) -> None:
+                bar.update(task, description=what)
+
+            try:
+                if args.what == "peer":
+                    records = virtual.peer(addresses, sizes, args.stripes, advance)
+                else:
+                    records = virtual.collective(addresses, sizes, advance)
+            except GpupoolError as exc:
+                print(f"gpupool bench: {exc}", file=sys.stderr)
+                return 1
+    where = ", ".join(addresses) if args.daemons else f"{len(addresses)} local daemon processes"
+    return _report(records, args, console, f"{args.what} ({args.backend})", where, ["tcp", "shm"])

@@ -31,7 +31,7 @@ NCCL_FLOAT32 = NCCL_FLOAT = 7
 NCCL_FLOAT64 = NCCL_DOUBLE = 8
 NCCL_BFLOAT16 = 9
 
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     NCCL_INT8: np.dtype(np.int8),
     NCCL_UINT8: np.dtype(np.uint8),
     NCCL_INT32: np.dtype(np.int32),
