@@ -20,7 +20,6 @@ from gpupool.errors import GpupoolError
 
 NAME = "bench"
 VIRTUAL = ("peer", "collective")  # a virtual node's paths (gpupool/bench/virtual.py)
-VIRTUAL_DAEMONS = {"peer": 2, "collective": 2}  # local daemons started when none are named
 VIRTUAL_SIZES = [64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20]
 
 
@@ -90,6 +89,13 @@ def add(commands: Any) -> None:
         default=DEFAULT_STRIPES,
         metavar="N",
         help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="peer/collective without --daemons: local daemon processes to start (default 2)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
     parser.add_argument("--plot", type=picture, metavar="FILE.png", help="draw bandwidth curves")
@@ -220,9 +226,7 @@ def _virtual(args: argparse.Namespace, console: Any) -> int:
         if args.daemons:
             addresses = [part.strip() for part in args.daemons.split(",") if part.strip()]
         else:
-            addresses = [
-                stack.enter_context(daemon_process(args)) for _ in range(VIRTUAL_DAEMONS[args.what])
-            ]
+            addresses = [stack.enter_context(daemon_process(args)) for _ in range(args.nodes)]
         sizes = args.sizes or VIRTUAL_SIZES
         with Progress(TextColumn("{task.description:<28}"), BarColumn(), console=console) as bar:
             task = bar.add_task("starting", total=None)
