@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _NOT_IN_A_BATCH = ("batch", "chunk", "open")
-MAX_OPEN_REGIONS = 256  # other workers' allocations a session keeps open
+MAX_OPEN_REGIONS = 256  # other workers' allocations a session keeps open, and their bytes
+MAX_OPEN_BYTES = 1 << 30
 _INCLUDE = re.compile(r"^[ \t]*#[ \t]*include(?:_next)?\b(.*)$", re.MULTILINE)
 _HEADER_NAME = re.compile(r"\s*[<\"]([^>\"\n]*)[>\"]")
 
@@ -255,7 +256,8 @@ class SessionExecutor:
         self._lock = threading.RLock()
         self._exports: dict[int, tuple[int, int, int, bytes, int | None]] = {}  # by base
         self._regions = itertools.count(1)
-        self._opened_regions: dict[tuple[int, int], int] = {}  # (link, region) -> address
+        # (link, region) -> (address, size), oldest first
+        self._opened_regions: dict[tuple[int, int], tuple[int, int]] = {}
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
@@ -698,20 +700,31 @@ class SessionExecutor:
         self, link: int, header: pb.PeerData, fd: int | None, dst: int, stream: object
     ) -> pb.Error | None:
         """Copy a transfer from another worker's memory, opened here once per region."""
+        if header.offset + header.size > header.region_size:
+            if fd is not None:
+                os.close(fd)
+            return pb.Error(name="cudaErrorInvalidValue", message="peer copy past its region")
         key = (link, header.region)
-        base = self._opened_regions.get(key)
-        if base is None:
-            base = self.backend.open_peer_memory(header.ipc, fd, header.region_size)
-            if len(self._opened_regions) >= MAX_OPEN_REGIONS:
-                oldest = next(iter(self._opened_regions))
-                self.backend.close_peer_memory(self._opened_regions.pop(oldest))
-            self._opened_regions[key] = base
+        opened = self._opened_regions.pop(key, None)  # and back in, as the newest
+        if opened is None:
+            self._close_regions(MAX_OPEN_REGIONS - 1, MAX_OPEN_BYTES - header.region_size)
+            address = self.backend.open_peer_memory(header.ipc, fd, header.region_size)
+            opened = (address, header.region_size)
         elif fd is not None:
             os.close(fd)
-        if header.offset + header.size > header.region_size:
-            return pb.Error(name="cudaErrorInvalidValue", message="peer copy past its region")
+        self._opened_regions[key] = opened
+        base = opened[0]
         self._guarded(lambda: self.backend.copy(dst, base + header.offset, header.size, stream))
         return None
+
+    def _close_regions(self, count: int, size: int) -> None:
+        """Close the oldest opened regions until at most ``count`` of at most ``size`` bytes
+        stay open: a region the sender has freed is kept alive by its mapping here."""
+        held = sum(each for _base, each in self._opened_regions.values())
+        while self._opened_regions and (len(self._opened_regions) > count or held > size):
+            base, each = self._opened_regions.pop(next(iter(self._opened_regions)))
+            self.backend.close_peer_memory(base)
+            held -= each
 
     def _do_peer_recv(self, call: pb.PeerRecv) -> None:
         with self._unlocked():

@@ -46,9 +46,15 @@ def _timeout(what: str) -> CUDARuntimeError:
 class Inbound:
     """The receiving end of one link: frames on its first connection, payload beside them."""
 
-    def __init__(self, frames: FrameSocket, payload: Stripes | Ring) -> None:
+    def __init__(
+        self,
+        frames: FrameSocket,
+        payload: Stripes | Ring,
+        unregister: Callable[[memoryview], None] = lambda view: None,
+    ) -> None:
         self.frames = frames
         self.payload = payload
+        self._unregister = unregister  # a ring the driver knows is let go of before unmapping
 
     def receive(
         self, size: int, sink: Sink, discard: Sink, local: LocalCopy | None = None
@@ -85,6 +91,8 @@ class Inbound:
         return None
 
     def close(self) -> None:
+        if isinstance(self.payload, Ring):
+            self._unregister(self.payload.view)
         self.payload.close()
         self.frames.close()
 
@@ -93,10 +101,14 @@ class InboundLinks:
     """The links other workers opened into this one, by id, as the front hands them over."""
 
     def __init__(
-        self, staging: Callable[[int], memoryview], register: Callable[[memoryview], None]
+        self,
+        staging: Callable[[int], memoryview],
+        register: Callable[[memoryview], None],
+        unregister: Callable[[memoryview], None],
     ) -> None:
         self._staging = staging
         self._register = register
+        self._unregister = unregister
         self._links: dict[int, Inbound] = {}
         self._pending: dict[int, dict[int, socket.socket]] = {}  # stripes ahead of stripe 0
         self._changed = threading.Condition()
@@ -144,7 +156,7 @@ class InboundLinks:
             self._register(ring.view)
             frames.send_with_fds(opened.SerializeToString(), [fd])
             os.close(fd)
-            return Inbound(frames, ring)
+            return Inbound(frames, ring, self._unregister)
         stripes = Stripes(sock, max(1, min(peer.stripes, MAX_STRIPES)), self._staging)
         frames.send(MESSAGE, opened.SerializeToString())
         return Inbound(frames, stripes)

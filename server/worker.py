@@ -78,7 +78,7 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
-    inbound = InboundLinks(backend.staging, backend.register_host)
+    inbound = InboundLinks(backend.staging, backend.register_host, backend.unregister_host)
     peers = Peers(inbound, backend.staging)
     attach_stripe = channel.attach_stripe if isinstance(channel, FrameChannel) else _refuse
     take_handovers(handoffs, attach_stripe, inbound.add)
