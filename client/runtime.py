@@ -24,6 +24,7 @@ __all__ = [
     "deviceDisablePeerAccess",
     "deviceEnablePeerAccess",
     "deviceSynchronize",
+    "driverGetVersion",
     "eventBlockingSync",
     "eventCreate",
     "eventCreateWithFlags",
@@ -50,6 +51,7 @@ __all__ = [
     "memcpyPeerAsync",
     "memset",
     "memsetAsync",
+    "runtimeGetVersion",
     "setDevice",
     "streamCreate",
     "streamCreateWithFlags",
@@ -67,6 +69,7 @@ memcpyDefault = 4
 eventBlockingSync = 1
 eventDisableTiming = 2
 streamNonBlocking = 1
+CUDA_VERSION = 13000  # the CUDA runtime API these calls follow (13.0), as CUDA encodes it
 _MAX_SIZE = 1 << 48  # no device or host buffer is larger; bigger sizes are mistakes
 
 
@@ -97,6 +100,18 @@ def _host(buffer: Any, size: int, writable: bool) -> memoryview:
 
 
 # devices
+
+
+def runtimeGetVersion() -> int:
+    """The CUDA runtime API version these calls follow (``1000 * major + 10 * minor``): the
+    remote devices are reached through this API, not a local CUDA runtime."""
+    return CUDA_VERSION
+
+
+def driverGetVersion() -> int:
+    """The CUDA version the driver must support for these calls: that of the API they follow
+    (the daemons' own drivers are theirs to check)."""
+    return CUDA_VERSION
 
 
 def getDeviceCount() -> int:

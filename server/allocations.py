@@ -8,9 +8,13 @@ backend sees it. Kernels get no such check (a kernel's pointers are data, as on 
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING
 
 from gpupool.errors import CUDARuntimeError
 from gpupool.units import format_size
+
+if TYPE_CHECKING:
+    from gpupool.server.ledger import QuotaAccount
 
 
 class AllocationTable:
@@ -66,21 +70,34 @@ class AllocationTable:
 
 
 class MemoryQuota:
-    """A session's memory quota from its grant (None: the device's memory is the limit).
+    """A session's memory quota: its grant's share of the device, held by all the sessions of
+    that allocation on the device together.
 
-    Counts the session's own allocations plus what the backend holds on its behalf (CuPy's
-    memory pool, for array operations), so the two together never pass the quota. The
-    check is on requested bytes, as a tenant counts them.
+    ``limit`` None is a bare daemon's session with no limit set (the device's memory is the
+    limit); any number, 0 included, is a limit. Counts the session's own allocations, what
+    the backend holds on its behalf (CuPy's memory pool, for array operations) and its CUDA
+    context, in the ``account`` it shares with the allocation's other sessions (a
+    :class:`~gpupool.server.ledger.QuotaAccount`; None: this session alone). The check is on
+    requested bytes, as a tenant counts them.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(
+        self, limit: int | None = None, context: int = 0, account: QuotaAccount | None = None
+    ) -> None:
         self.limit = limit
         self.used = 0
+        self._context = context
+        self._account = account
+        if account is not None:
+            account.hold(context, None, 0)  # the context is there, whatever the quota
 
     def reserve(self, size: int, held_elsewhere: int) -> None:
         """Count ``size`` more bytes; cudaErrorMemoryAllocation when they pass the quota."""
-        if self.limit is not None and self.used + held_elsewhere + size > self.limit:
-            in_use = format_size(self.used + held_elsewhere)
+        held = self._context + self.used + held_elsewhere + size
+        if self._account is not None:
+            self._account.hold(held, self.limit, size)
+        elif self.limit is not None and held > self.limit:
+            in_use = format_size(held - size)
             raise CUDARuntimeError(
                 "cudaErrorMemoryAllocation",
                 f"out of memory allocating {size} bytes: the session's quota is"
@@ -88,15 +105,29 @@ class MemoryQuota:
             )
         self.used += size
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, held_elsewhere: int = 0) -> None:
         self.used -= size
+        if self._account is not None:
+            self._account.hold(self._context + self.used + held_elsewhere, None, 0)
 
     def room(self) -> int | None:
         """What is left of the quota for the backend's own allocations."""
-        return None if self.limit is None else self.limit - self.used
+        if self.limit is None:
+            return None
+        return max(0, self.limit - self._others() - self._context - self.used)
+
+    def total(self, device_total: int) -> int:
+        """The device's memory as the session sees it: its quota less its own context."""
+        if self.limit is None:
+            return device_total
+        return max(0, min(self.limit, device_total) - self._context)
 
     def report(self, free: int, total: int, held_elsewhere: int) -> tuple[int, int]:
         """``memGetInfo`` as the session sees it: the quota is its device's total."""
         if self.limit is None:
             return free, total
-        return min(free, self.limit - self.used - held_elsewhere), self.limit
+        held = self._others() + self._context + self.used + held_elsewhere
+        return max(0, min(free, self.limit - held)), self.total(total)
+
+    def _others(self) -> int:
+        return 0 if self._account is None else self._account.others()

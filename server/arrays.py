@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from gpupool import arrayshapes
+from gpupool.arrayshapes import array_extent
 from gpupool.errors import ArrayFunctionError, CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
@@ -65,18 +67,25 @@ UFUNCS = (
     "exp",
     "exp2",
     "expm1",
+    "fabs",
+    "float_power",
     "floor",
     "floor_divide",
     "fmax",
     "fmin",
     "fmod",
+    "frexp",
+    "gcd",
     "greater",
     "greater_equal",
+    "heaviside",
     "hypot",
     "invert",
     "isfinite",
     "isinf",
     "isnan",
+    "lcm",
+    "ldexp",
     "left_shift",
     "less",
     "less_equal",
@@ -84,12 +93,15 @@ UFUNCS = (
     "log10",
     "log1p",
     "log2",
+    "logaddexp",
+    "logaddexp2",
     "logical_and",
     "logical_not",
     "logical_or",
     "logical_xor",
     "maximum",
     "minimum",
+    "modf",
     "multiply",
     "negative",
     "nextafter",
@@ -122,60 +134,234 @@ RETURNING = (
     "any",
     "argmax",
     "argmin",
+    "argpartition",
     "argsort",
     "around",
+    "bincount",
     "clip",
+    "convolve",
+    "correlate",
     "count_nonzero",
+    "cross",
     "cumprod",
     "cumsum",
+    "cumulative_prod",
+    "cumulative_sum",
+    "diag",
+    "diagflat",
+    "diff",
+    "digitize",
     "dot",
+    "gradient",
+    "histogram",
     "inner",
+    "interp",
+    "intersect1d",
     "isclose",
+    "isin",
+    "kron",
     "matmul",
     "mean",
+    "median",
+    "nan_to_num",
+    "nanargmax",
+    "nanargmin",
+    "nancumprod",
+    "nancumsum",
+    "nanmax",
+    "nanmean",
+    "nanmedian",
+    "nanmin",
+    "nanpercentile",
+    "nanprod",
+    "nanquantile",
+    "nanstd",
+    "nansum",
+    "nanvar",
+    "nonzero",
     "outer",
+    "partition",
+    "percentile",
     "prod",
+    "ptp",
+    "quantile",
+    "roll",
+    "searchsorted",
+    "setdiff1d",
+    "setxor1d",
     "sort",
     "std",
     "sum",
+    "tensordot",
+    "tril",
+    "triu",
+    "union1d",
+    "vander",
     "var",
     "where",
 )
-LINALG = ("det", "inv", "norm", "solve")
+LINALG = (
+    "cholesky",
+    "cond",
+    "det",
+    "eigh",
+    "eigvalsh",
+    "inv",
+    "matrix_power",
+    "matrix_rank",
+    "norm",
+    "pinv",
+    "qr",
+    "slogdet",
+    "solve",
+    "svd",
+)
+FFT = (
+    "fft",
+    "fft2",
+    "fftn",
+    "hfft",
+    "ifft",
+    "ifft2",
+    "ifftn",
+    "ihfft",
+    "irfft",
+    "irfft2",
+    "irfftn",
+    "rfft",
+    "rfft2",
+    "rfftn",
+)
+# Functions whose result's size depends on the data: the client first asks for that size
+# ("size.NAME" writes it into a 0-d output), then allocates the result, as CuPy synchronizes.
+DATA_SIZED = ("intersect1d", "setdiff1d", "setxor1d", "union1d", "unique")
 
 # RandomState methods, called with the output's shape as their size.
-RANDOM = ("choice", "normal", "randint", "random_sample", "standard_normal", "uniform")
+RANDOM = (
+    "beta",
+    "binomial",
+    "chisquare",
+    "choice",
+    "exponential",
+    "f",
+    "gamma",
+    "geometric",
+    "gumbel",
+    "integers",
+    "laplace",
+    "logistic",
+    "lognormal",
+    "negative_binomial",
+    "normal",
+    "pareto",
+    "poisson",
+    "power",
+    "randint",
+    "random",
+    "random_sample",
+    "rayleigh",
+    "standard_cauchy",
+    "standard_exponential",
+    "standard_gamma",
+    "standard_normal",
+    "standard_t",
+    "triangular",
+    "uniform",
+    "vonmises",
+    "wald",
+    "weibull",
+    "zipf",
+)
 
 KEYWORDS = frozenset(
     {
+        "append",
+        "assume_unique",
         "atol",
+        "axes",
         "axis",
+        "bins",
+        "compute_uv",
+        "copy",
         "ddof",
         "decimals",
+        "density",
         "dtype",
+        "edge_order",
         "endpoint",
         "equal_nan",
+        "full_matrices",
+        "hermitian",
+        "include_initial",
+        "increasing",
+        "invert",
+        "k",
         "keepdims",
+        "kind",
+        "kth",
+        "left",
+        "method",
+        "minlength",
+        "mode",
+        "n",
+        "N",
+        "nan",
+        "neginf",
+        "norm",
         "ord",
         "p",
+        "period",
+        "posinf",
+        "prepend",
+        "range",
+        "rcond",
         "replace",
+        "return_counts",
+        "return_index",
+        "return_inverse",
+        "right",
         "rtol",
+        "s",
+        "shift",
+        "side",
+        "subscripts",
+        "sorter",
+        "tol",
+        "UPLO",
+        "weights",
     }
 )
-TEXT_KEYWORDS = frozenset({"ord"})  # norm's 'fro' and 'nuc'
+# The keywords that take a string, and the strings each takes (nothing else reaches a function;
+# einsum's subscripts are parsed by ``arrayshapes.einsum_shape`` before einsum sees them).
+TEXT_KEYWORDS: dict[str, frozenset[str] | None] = {
+    "subscripts": None,
+    "ord": frozenset({"fro", "nuc"}),  # norm's
+    "p": frozenset({"fro", "nuc"}),  # cond's
+    "method": frozenset(
+        {
+            "inverted_cdf",
+            "averaged_inverted_cdf",
+            "closest_observation",
+            "interpolated_inverted_cdf",
+            "hazen",
+            "weibull",
+            "linear",
+            "median_unbiased",
+            "normal_unbiased",
+            "lower",
+            "higher",
+            "midpoint",
+            "nearest",
+        }
+    ),
+    "side": frozenset({"left", "right"}),
+    "mode": frozenset({"full", "same", "valid", "reduced", "complete", "r"}),
+    "UPLO": frozenset({"L", "U"}),
+    "norm": frozenset({"backward", "ortho", "forward"}),
+    "kind": frozenset({"stable", "quicksort", "mergesort", "heapsort", "introselect"}),
+}
 NUMERIC_KINDS = "biufc"
 MAX_DIMS = 64  # NumPy's limit
-
-
-def array_extent(
-    ptr: int, shape: Sequence[int], strides: Sequence[int], itemsize: int
-) -> tuple[int, int]:
-    """The bytes ``[low, high)`` a strided view touches (empty for an empty view)."""
-    if 0 in shape:
-        return ptr, ptr
-    low = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
-    high = ptr + sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
-    return low, high + itemsize
 
 
 @functools.lru_cache(maxsize=256)
@@ -196,6 +382,7 @@ class ArrayFunctions:
         self._xp = backend.array_module()
         self._max_view_bytes = backend.properties().total_memory
         self._random_states: dict[int, Any] = {}
+        self._generators: set[int] = set()  # ids of the states that are Generators
         self._table = self._make_table(self._xp)
 
     def run(self, call: pb.ArrayOp, stream: object) -> None:
@@ -269,11 +456,14 @@ class ArrayFunctions:
         if keyword.value.WhichOneof("value") == "text":
             if keyword.name not in TEXT_KEYWORDS:
                 raise TypeError(f"keyword {keyword.name!r} takes no string")
+            allowed = TEXT_KEYWORDS[keyword.name]
+            if allowed is not None and keyword.value.text not in allowed:
+                raise ValueError(f"{keyword.name}={keyword.value.text[:40]!r} is not accepted")
             return keyword.value.text
         return self._operand(keyword.value)
 
     def _random_state(self, call: pb.ArrayOp) -> Any:
-        if call.function in ("random.seed", "random.release"):
+        if call.function in ("random.seed", "random.generator", "random.release"):
             return call.generator
         try:
             return self._random_states[call.generator]
@@ -289,13 +479,29 @@ class ArrayFunctions:
         table: dict[str, Function] = {}
         for name, function in _provided(xp, UFUNCS):
             table[name] = _ufunc(function)
+            ufunc: Any = function  # NumPy's and CuPy's ufuncs: nin, nout and their methods
+            if ufunc.nin == 2 and ufunc.nout == 1:
+                for method in ("reduce", "accumulate", "outer"):
+                    bound = getattr(ufunc, method, None)  # a constant name: the ufunc's own
+                    if bound is not None:
+                        table[f"{name}.{method}"] = self._returning(bound, method)
+            if ufunc.nout == 1 and getattr(ufunc, "at", None) is not None:
+                table[f"{name}.at"] = _ufunc_at(ufunc)
         for name, function in _provided(xp, RETURNING):
             table[name] = self._returning(function, name)
         for name, function in _provided(xp.linalg, LINALG):
             table[f"linalg.{name}"] = self._returning(function, name)
+        for name, function in _provided(xp.fft, FFT):
+            table[f"fft.{name}"] = self._returning(function, name)
+        for name, function in _provided(xp, DATA_SIZED):
+            table[f"size.{name}"] = self._sizing(function)
+        table["unique"] = self._unique
+        table["linalg.lstsq"] = self._lstsq
+        table["einsum"] = self._einsum
         for name in RANDOM:
             table[f"random.{name}"] = self._sampling(name)
-        table["random.seed"] = self._seed
+        table["random.seed"] = self._seeding(generator=False)
+        table["random.generator"] = self._seeding(generator=True)
         table["random.release"] = self._release
         table["getitem"] = self._getitem
         table["setitem"] = _setitem
@@ -306,7 +512,7 @@ class ArrayFunctions:
 
     def _store(self, outs: list[Any], result: Any) -> None:
         """Write a function's result(s) into the outputs, whose shapes the client inferred."""
-        results = result if isinstance(result, tuple) else (result,)
+        results = tuple(result) if isinstance(result, tuple | list) else (result,)
         if len(results) != len(outs):
             raise ValueError(f"{len(results)} results for {len(outs)} outputs")
         for out, value in zip(outs, results, strict=True):
@@ -318,19 +524,68 @@ class ArrayFunctions:
     def _returning(self, function: Callable[..., Any], name: str) -> Function:
         def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
             _check_fits(result_shape(name, args), outs)
+            _check_size(name, args, kwargs, outs)
             self._store(outs, function(*args, **kwargs))
 
         return run
+
+    def _sizing(self, function: Callable[..., Any]) -> Function:
+        """The size a data-sized function's (first) result has, into a 0-d output."""
+
+        def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            (out,) = outs
+            result = function(*args, **kwargs)
+            first = result[0] if isinstance(result, tuple) else result
+            axis = kwargs.get("axis")
+            out[...] = first.size if axis is None else first.shape[axis]
+
+        return run
+
+    def _unique(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        """``unique`` with its optional results; the inverse takes the shape the client gave
+        it (NumPy and CuPy releases disagree on it; the values are the same)."""
+        results = self._xp.unique(*args, **kwargs)
+        results = results if isinstance(results, tuple) else (results,)
+        if len(results) != len(outs):
+            raise ValueError(f"{len(results)} results for {len(outs)} outputs")
+        if kwargs.get("return_inverse"):
+            at = 1 + bool(kwargs.get("return_index"))
+            inverse = results[at]
+            if inverse.size != outs[at].size:
+                raise ValueError(f"inverse of {inverse.size} for an output of {outs[at].size}")
+            results = (*results[:at], inverse.reshape(outs[at].shape), *results[at + 1 :])
+        self._store(outs, results)
+
+    def _lstsq(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        """``linalg.lstsq`` into (solution, squared residuals of every column, rank, singular
+        values): the residuals NumPy returns only where the rank is full and the system
+        over-determined, which the client learns from the rank (one synchronizing call, as in
+        CuPy)."""
+        a, b = args
+        solution, _, rank, singular = self._xp.linalg.lstsq(a, b, **kwargs)
+        residuals = (self._xp.abs(b - a @ solution) ** 2).sum(axis=0)
+        self._store(outs, (solution, residuals.reshape(outs[1].shape), rank, singular))
+
+    def _einsum(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        subscripts = kwargs.pop("subscripts")
+        shape = arrayshapes.einsum_shape(subscripts, [getattr(arg, "shape", ()) for arg in args])
+        _check_fits(shape, outs)
+        self._store(outs, self._xp.einsum(subscripts, *args, **kwargs))
 
     def _sampling(self, method: str) -> Function:
         def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
             state, *params = args
             (out,) = outs
-            if method == "randint":
+            sample = getattr(state, method, None)  # a constant name: RandomState's or Generator's
+            if sample is None:
+                raise TypeError(f"{type(state).__name__} has no {method}")
+            if method in _INTEGER_SAMPLES or (
+                method in _FLOAT_SAMPLES and id(state) in self._generators
+            ):
                 kwargs = {**kwargs, "dtype": out.dtype}
             if method == "choice" and not kwargs.get("replace", True):
                 self._check_population(params[0] if params else None)
-            self._store(outs, getattr(state, method)(*params, size=out.shape, **kwargs))
+            self._store(outs, sample(*params, size=out.shape, **kwargs))
 
         return run
 
@@ -343,15 +598,30 @@ class ArrayFunctions:
                 f" {self._max_view_bytes} bytes"
             )
 
-    def _seed(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
-        handle, seed = args
-        if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
-            raise ValueError(f"seed must be an integer in [0, 2**64) or None, not {seed!r}")
-        self._random_states[handle] = self._backend.random_state(seed)
+    def _seeding(self, generator: bool) -> Function:
+        """Makes a RandomState (``random.seed``) or a Generator (``random.generator``) under
+        the client's handle, which ``run`` passes as the first argument."""
+
+        def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+            handle, seed = args
+            if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
+                raise ValueError(f"seed must be an integer in [0, 2**64) or None, not {seed!r}")
+            self._forget(handle)
+            if generator:
+                state = self._backend.random_generator(seed)
+                self._generators.add(id(state))
+            else:
+                state = self._backend.random_state(seed)
+            self._random_states[handle] = state
+
+        return run
+
+    def _forget(self, handle: int) -> None:
+        self._generators.discard(id(self._random_states.pop(handle, None)))
 
     def _release(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         (handle,) = args
-        self._random_states.pop(handle, None)
+        self._forget(handle)
 
     def _getitem(self, args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
         array, key = args
@@ -373,6 +643,10 @@ class ArrayFunctions:
 
 
 _SLICE = ("start", "stop", "step")
+# Samplers that take the output's dtype: always, and only a Generator's (NumPy's RandomState
+# makes float64 and the output casts).
+_INTEGER_SAMPLES = ("randint", "integers")
+_FLOAT_SAMPLES = ("random", "standard_normal")
 
 
 def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, Callable[..., Any]]]:
@@ -452,6 +726,119 @@ def _check_fits(shape: tuple[int, ...] | None, outs: Sequence[Any]) -> None:
     if shape is not None and math.prod(shape) > sum(out.size for out in outs):
         shapes = ", ".join(str(out.shape) for out in outs)
         raise ValueError(f"result of shape {shape} does not fit the output(s) {shapes}")
+
+
+def _check_size(
+    name: str, args: Sequence[Any], kwargs: dict[str, Any], outs: Sequence[Any]
+) -> None:
+    """Refuse, before computing it, a result that its arguments (numbers the client chose,
+    such as ``N``, ``bins`` or an FFT's length) would make bigger than its outputs."""
+    rule = _SIZE_RULES.get(name)
+    if rule is None:
+        return
+    try:
+        elements = rule(args, kwargs)
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return  # arguments the function refuses itself, with its own error
+    room = sum(out.size for out in outs)
+    if elements > room:
+        raise ValueError(f"{name}'s result of {elements} elements does not fit its outputs")
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(getattr(value, "shape", ()))
+
+
+def _vander(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    (x,) = args[:1]
+    columns = kwargs.get("N")
+    return math.prod(_shape(x)) * (math.prod(_shape(x)) if columns is None else int(columns))
+
+
+def _diagonal_matrix(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """``diagflat``, and ``diag`` of a vector: a square of the size plus the offset."""
+    k = abs(int(kwargs.get("k", args[1] if len(args) > 1 else 0)))
+    return (math.prod(_shape(args[0])) + k) ** 2
+
+
+def _diag(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    shape = _shape(args[0])
+    return min(shape) if len(shape) == 2 else _diagonal_matrix(args, kwargs)
+
+
+def _fft(name: str) -> Callable[[Sequence[Any], dict[str, Any]], int]:
+    """The transform's result (its input padded to ``n``/``s`` is never bigger than that, but
+    by half for a real forward transform, whose output is half as long)."""
+
+    def rule(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+        n, axis, s, axes = (kwargs.get(key) for key in ("n", "axis", "s", "axes"))
+        return math.prod(arrayshapes.fft_shape(name, _shape(args[0]), n, axis, s, axes))
+
+    return rule
+
+
+def _bincount(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    x = args[0]
+    top = int(x.max()) + 1 if getattr(x, "size", 0) else 0
+    return max(top, int(kwargs.get("minlength", 0) or 0))
+
+
+def _histogram(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    bins = kwargs.get("bins", 10)
+    return int(bins) + 1 if isinstance(bins, int) else 0
+
+
+def _quantile(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    a, q = args[:2]
+    shape = arrayshapes.quantile_shape(
+        _shape(a), _shape(q), kwargs.get("axis"), bool(kwargs.get("keepdims", False))
+    )
+    return math.prod(shape)
+
+
+def _svd(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    shapes = arrayshapes.svd_shapes(_shape(args[0]), kwargs.get("full_matrices", True))
+    return sum(map(math.prod, shapes if kwargs.get("compute_uv", True) else shapes[1:2]))
+
+
+_SIZE_RULES: dict[str, Callable[[Sequence[Any], dict[str, Any]], int]] = {
+    "vander": _vander,
+    "diag": _diag,
+    "diagflat": _diagonal_matrix,
+    "bincount": _bincount,
+    "histogram": _histogram,
+    "kron": lambda args, kwargs: math.prod(
+        arrayshapes.kron_shape(_shape(args[0]), _shape(args[1]))
+    ),
+    "tensordot": lambda args, kwargs: math.prod(
+        arrayshapes.tensordot_shape(_shape(args[0]), _shape(args[1]), kwargs.get("axes", 2))
+    ),
+    "quantile": _quantile,
+    "percentile": _quantile,
+    "nanquantile": _quantile,
+    "nanpercentile": _quantile,
+    "svd": _svd,
+    "qr": lambda args, kwargs: sum(
+        map(math.prod, arrayshapes.qr_shapes(_shape(args[0]), kwargs.get("mode", "reduced")))
+    ),
+    **{name: _fft(name) for name in FFT},
+}
+
+
+def _ufunc_at(function: Any) -> Function:
+    """``ufunc.at(target, indices[, b])`` into the output, unbuffered."""
+
+    def run(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:
+        (target,) = outs
+        key = args[0] if isinstance(args[0], tuple) else (args[0],)
+        for axis, part in enumerate(key[: target.ndim]):
+            if getattr(part, "dtype", None) is not None and part.dtype.kind in "iu" and part.size:
+                size = target.shape[axis]
+                if int(part.min()) < -size or int(part.max()) >= size:  # CuPy would wrap
+                    raise IndexError(f"index out of bounds for axis {axis} with size {size}")
+        function.at(target, *args)
+
+    return run
 
 
 def _setitem(args: list[Any], kwargs: dict[str, Any], outs: list[Any]) -> None:

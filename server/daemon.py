@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from gpupool.proto.limits import SERVER_OPTIONS
 from gpupool.server.admission import Admission
 from gpupool.server.backends import resolve
 from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.lifecycle import Limits
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
-from gpupool.server.service import DaemonService
+from gpupool.server.service import MAX_OPENING, DaemonService
 from gpupool.server.transports.listener import FrameListener
 
 try:
@@ -26,6 +28,24 @@ except ImportError:  # the optional extra gpupool[ucx] is not installed: no ucx:
     UcxListener = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger(__name__)
+
+SPARE_THREADS = 16  # gRPC threads that no session and no opening stream can take
+# Descriptors the front may hold: a stranger's idle connections count too, so the soft limit
+# (often 1024) is raised towards the hard one.
+WANTED_DESCRIPTORS = 1 << 16
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft descriptor limit as far as allowed; the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, WANTED_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("descriptor limit not raised", extra=fields(reason=str(exc)))
+    return soft
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,11 @@ class Daemon:
         self._stopped = False
 
     @property
+    def pools(self) -> list[WorkerPool]:
+        """The worker pool of each device."""
+        return list(self._pools)
+
+    @property
     def address(self) -> str:
         """``host:port`` for clients (``GPUPOOL_DAEMONS``)."""
         return join_host_port(self.host, self.port)
@@ -107,6 +132,7 @@ def start_daemon(
     log_level: str = "info",
     tls: TLSFiles | None = None,
     membership: PoolMembership | None = None,
+    limits: Limits | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
 
@@ -116,13 +142,22 @@ def start_daemon(
     Besides gRPC on ``listen`` it serves ``shm://`` on a Unix socket and, without TLS,
     ``tcp://`` (and ``ucx://`` where ucxx is installed) on other ports of the same host
     (those carry no TLS: a daemon with TLS offers only encrypted gRPC across hosts).
+    ``limits`` bound a session's kernels and compiles (default: :meth:`Limits.from_env`).
     """
+    limits = limits or Limits.from_env()
+    raise_descriptor_limit()
     config, devices = resolve(backend, emu_devices, emu_memory)
-    pools = [WorkerPool(config, index, warm, log_level) for index in range(len(devices))]
+    pooled = membership is not None
+    pools = [
+        WorkerPool(config, index, warm, log_level, limits, pooled) for index in range(len(devices))
+    ]
     admission = Admission(membership.name, membership.secret) if membership else Admission()
     service = DaemonService(config.kind, devices, pools, admission)
-    # Each open session holds a thread; sessions are bounded by the pools' worker slots.
-    threads = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS * len(pools) + 8)
+    # Each open session holds a thread (bounded by the pools' worker slots), and so does each
+    # stream waiting for its opening (bounded by MAX_OPENING): threads are left for GetInfo.
+    threads = futures.ThreadPoolExecutor(
+        max_workers=MAX_WORKERS * len(pools) + MAX_OPENING + SPARE_THREADS
+    )
     server = grpc.server(threads, options=SERVER_OPTIONS)
     server.add_generic_rpc_handlers((service.handler(),))
     cause: RuntimeError | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
@@ -63,22 +63,21 @@ class StreamThread:
     def busy(self) -> bool:
         return self._pending > 0
 
-    def dispatch(self, request: pb.Request) -> Iterable[pb.Reply | DeviceData]:
+    def dispatch(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """Carry ``request`` out, or queue it behind the pending peer work; the replies of
-        what runs now."""
+        what runs now (as they are made: the caller's watchdog times each)."""
         if not self.busy and not has_peer_call(request):
-            return self._executor.handle(request)
+            yield from self._executor.handle(request)
+            return
         calls = self._executor.batch_calls(request)
         if calls is None:  # a malformed batch: refused whole, in order
             self._put(request)
-            return ()
-        replies: list[pb.Reply | DeviceData] = []
+            return
         for call in calls:  # an immediate call needs nothing queued before it
             if call.WhichOneof("call") in IMMEDIATE:
-                replies += self._executor.handle(call)
+                yield from self._executor.handle(call)
             else:
                 self._put(call)
-        return replies
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the thread has caught up; False if it has not within ``timeout``."""

@@ -23,8 +23,9 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from gpupool import grants
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
@@ -36,6 +37,7 @@ from gpupool.server.backends.base import Backend
 from gpupool.server.collectives import RingCollective
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.launches import PreparedLaunches
+from gpupool.server.ledger import QuotaAccount
 from gpupool.server.peers import Inbound, Outbound, Peers
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
@@ -227,12 +229,19 @@ class SessionExecutor:
         backend: Backend,
         translate: Callable[[Exception], Exception],
         host_memory: SharedHostMemory | None = None,
+        account: QuotaAccount | None = None,
+        pooled: bool = False,
         peers: Peers | None = None,
     ) -> None:
         """``translate`` turns a backend library's own exception types into gpupool's;
         ``host_memory`` is what the client shared (shm:// sessions), which copies may name;
-        ``peers`` are the session's links to other workers (none: peer calls are refused)."""
+        ``account`` is this worker's row of the device's quota ledger, shared with the other
+        sessions of its allocation; ``pooled``: the daemon is in a pool, so every session
+        has a quota; ``peers`` are the session's links to other workers (none: peer calls
+        are refused)."""
         self.backend = backend
+        self._account = account
+        self._pooled = pooled
         self._host_memory = host_memory
         self._peers = peers
         self.poisoned = False
@@ -371,8 +380,13 @@ class SessionExecutor:
             if wait:  # nobody reads the data of a copy that does not wait
                 yield data
         else:
-            method = getattr(self, f"_do_{call}")
-            reply = self._guarded(lambda: method(getattr(request, call)))
+            method = _CALLS.get(call)
+            if method is None:  # a call of the protocol that no open session serves
+                raise CUDARuntimeError(
+                    "cudaErrorNotSupported", f"'{call}' is not a call of an open session"
+                )
+            message = getattr(request, call)  # ``call`` is a field of the oneof, not a name
+            reply = self._guarded(lambda: method(self, message))
             if wait:
                 yield reply or pb.Reply()
 
@@ -528,13 +542,19 @@ class SessionExecutor:
     def _do_open(self, call: pb.OpenSession) -> pb.Reply:
         if self._opened:
             raise CUDARuntimeError("cudaErrorInvalidValue", "the session is already open")
+        limited = call.limits.HasField("memory")
+        if self._pooled and not limited:  # the front always sets a pooled session's quota
+            raise CUDARuntimeError(
+                grants.REFUSED, "a pooled daemon opens no session without a quota"
+            )
         self._opened = True
-        if call.limits.memory:  # the front put the grant's quota here; our context is in it
-            share = min(call.limits.memory, self._device.total_memory)
-            quota = max(0, share - self.backend.context_memory())
-            self._quota = MemoryQuota(quota)
-            self._device = dataclasses.replace(self._device, total_memory=quota)
-            self._cap_backend_memory()
+        # The front put the grant's quota here (0 is a quota of nothing, never "no limit");
+        # the session's CUDA context is in it, and so are its allocation's other sessions.
+        limit = min(call.limits.memory, self._device.total_memory) if limited else None
+        self._quota = MemoryQuota(limit, self.backend.context_memory(), self._account)
+        total = self._quota.total(self._device.total_memory)
+        self._device = dataclasses.replace(self._device, total_memory=total)
+        self._cap_backend_memory()
         return pb.Reply(opened=pb.SessionOpened(properties=self._device.to_message()))
 
     def _do_mem_get_info(self, call: pb.MemGetInfo) -> pb.Reply:
@@ -564,9 +584,10 @@ class SessionExecutor:
     def _do_free(self, call: pb.Free) -> None:
         if call.ptr == 0:
             return
-        self._quota.release(self._allocations.remove(call.ptr))
+        size = self._allocations.remove(call.ptr)
         self._exports.pop(call.ptr, None)
         self.backend.free(call.ptr)
+        self._quota.release(size, self.backend.own_memory())
         self._cap_backend_memory()
 
     def _cap_backend_memory(self) -> None:
@@ -672,8 +693,7 @@ class SessionExecutor:
         except CUDARuntimeError as exc:
             link.send_error(error_message(exc))
             raise
-        with self._unlocked():
-            exported = self._exported(call.src) if link.local else None
+        exported = self._exported(call.src) if link.local else None
         with self._unlocked():
             if exported is None:
                 link.send(call.size, _DeviceSource(self, call.src, stream))
@@ -774,7 +794,7 @@ class SessionExecutor:
         finally:
             if ptr:
                 self.backend.free(ptr)
-            self._quota.release(scratch)
+            self._quota.release(scratch, self.backend.own_memory())
 
     def _ring_send(self, link: Outbound | None, src: int, size: int, stream: object) -> None:
         assert link is not None
@@ -785,3 +805,35 @@ class SessionExecutor:
         error = link.receive(size, _PeerSink(self, dst, stream), DiscardSink())
         if error is not None:
             raise CUDARuntimeError(error.name, f"collective: {error.message}")
+
+
+# The calls an open session serves, by the name of the Request field that carries each; any
+# other field of the oneof (``attach``, which only opens a stripe connection) is refused.
+_CALLS: dict[str, Callable[[SessionExecutor, Any], pb.Reply | None]] = {
+    "open": SessionExecutor._do_open,
+    "mem_get_info": SessionExecutor._do_mem_get_info,
+    "malloc": SessionExecutor._do_malloc,
+    "free": SessionExecutor._do_free,
+    "memcpy_dtod": SessionExecutor._do_memcpy_dtod,
+    "memset": SessionExecutor._do_memset,
+    "module_load": SessionExecutor._do_module_load,
+    "module_unload": SessionExecutor._do_module_unload,
+    "get_function": SessionExecutor._do_get_function,
+    "launch": SessionExecutor._do_launch,
+    "stream_create": SessionExecutor._do_stream_create,
+    "stream_destroy": SessionExecutor._do_stream_destroy,
+    "stream_synchronize": SessionExecutor._do_stream_synchronize,
+    "stream_wait_event": SessionExecutor._do_stream_wait_event,
+    "event_create": SessionExecutor._do_event_create,
+    "event_destroy": SessionExecutor._do_event_destroy,
+    "event_record": SessionExecutor._do_event_record,
+    "event_query": SessionExecutor._do_event_query,
+    "event_synchronize": SessionExecutor._do_event_synchronize,
+    "event_elapsed_time": SessionExecutor._do_event_elapsed_time,
+    "device_synchronize": SessionExecutor._do_device_synchronize,
+    "array_op": SessionExecutor._do_array_op,
+    "peer_connect": SessionExecutor._do_peer_connect,
+    "peer_send": SessionExecutor._do_peer_send,
+    "peer_recv": SessionExecutor._do_peer_recv,
+    "collective": SessionExecutor._do_collective,
+}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +38,13 @@ log = logging.getLogger(__name__)
 
 SERVICE = "gpupool.v1.Daemon"
 CLEAN_EXITS = (0, EXIT_POISONED, EXIT_NO_BACKEND)
+# A session's opening request must arrive this soon after it connects, on every transport: a
+# stranger's idle connections or streams hold nothing for longer.
+OPENING_DEADLINE_S = 10.0
+# Streams (gRPC, UCX) waiting for their opening request at once; more are refused at once, so
+# idle streams can never take the threads that GetInfo and open sessions need.
+MAX_OPENING = 512
+HANGUP_POLL_S = 0.5  # how often a frame session's front looks for its client's hang-up
 
 
 class SessionCall(Protocol):
@@ -44,6 +53,9 @@ class SessionCall(Protocol):
     def add_callback(self, callback: Callable[[], None]) -> bool: ...
 
     def peer(self) -> str: ...
+
+    def cancel(self) -> None:
+        """End the call from the daemon's side: its request iterator stops."""
 
 
 class DaemonService:
@@ -62,6 +74,7 @@ class DaemonService:
         self.admission = admission or Admission()
         self.endpoints: list[str] = []
         self._keyed: dict[bytes, _Keyed] = {}  # open sessions, by SessionOpened.key
+        self._opening = threading.BoundedSemaphore(MAX_OPENING)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The gRPC handler; ``Session`` passes raw bytes, so the front never decodes them."""
@@ -89,12 +102,10 @@ class DaemonService:
         """One session: open it on a worker, then relay until either side ends."""
         session_id, key = uuid.uuid4().hex[:12], os.urandom(16)
         try:
-            pool, admitted = self._admit(next(requests))
-            worker = _start_session(
-                pool, lambda worker: worker.send(admitted.request), admitted.worker_env
-            )
-        except StopIteration:
-            return
+            pool, admitted = self._admit(self._opening_request(requests, context))
+            worker = _start_session(pool, lambda worker: worker.send(admitted.request), admitted)
+        except (StopIteration, grpc.RpcError):
+            return  # the client left before opening
         except CUDARuntimeError as exc:
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
@@ -139,11 +150,10 @@ class DaemonService:
 
         try:
             pool, admitted = self._admit(first)
-            worker = _start_session(pool, deliver, admitted.worker_env)
+            worker = _start_session(pool, deliver, admitted)
         except CUDARuntimeError as exc:
             self._keyed.pop(key, None)
-            frames.send(MESSAGE, pb.Reply(error=error_message(exc)).SerializeToString())
-            frames.close()
+            refuse(frames, exc)
             return
         transport = "shm" if shared_memory else "tcp"
         log.info(
@@ -152,7 +162,7 @@ class DaemonService:
         )
         ended, forget = self._watch(admitted, pool.device, worker)  # its lease ends
         try:
-            worker.wait(None)
+            _wait_or_hang_up(worker, frames.sock)
             notice = _last_word(worker, session_id, ended)
             if notice is not None:
                 frames.send(MESSAGE, notice)
@@ -168,12 +178,13 @@ class DaemonService:
     def attach_stripe(self, frames: FrameSocket, attach: pb.AttachStripe) -> None:
         """Give an open session's worker another connection for its payloads."""
         keyed = self._keyed.get(attach.key)
+        if keyed is None:
+            refuse(
+                frames, CUDARuntimeError("cudaErrorInvalidValue", "no open session has that key")
+            )
+            return
         try:
-            if keyed is None:
-                refusal = CUDARuntimeError("cudaErrorInvalidValue", "no open session has that key")
-                frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
-            else:
-                keyed.worker.hand_over(frames.sock, pb.Handover(stripe=attach.stripe))
+            keyed.worker.hand_over(frames.sock, pb.Handover(stripe=attach.stripe))
         except OSError:
             pass  # the session ended meanwhile; closing tells the client
         finally:
@@ -193,14 +204,30 @@ class DaemonService:
             keyed.worker.hand_over(frames.sock, handover)
         except CUDARuntimeError as exc:
             log.info("peer link refused", extra=fields(reason=exc.detail))
-            try:
-                frames.send(MESSAGE, pb.Reply(error=error_message(exc)).SerializeToString())
-            except OSError:
-                pass
+            refuse(frames, exc)
+            return
         except OSError:
             pass  # the session ended meanwhile; closing tells the peer
+        frames.close()
+
+    def _opening_request(self, requests: Iterator[bytes], call: SessionCall) -> bytes:
+        """A relayed session's first request, within the opening deadline; refused at once
+        when too many streams are waiting for theirs.
+
+        StopIteration (or gRPC's RpcError once cancelled) when the client sends none."""
+        if not self._opening.acquire(blocking=False):
+            raise CUDARuntimeError(
+                "cudaErrorDevicesUnavailable",
+                f"{MAX_OPENING} sessions are already opening on this daemon; try again",
+            )
+        late = threading.Timer(OPENING_DEADLINE_S, call.cancel)
+        late.daemon = True
+        late.start()
+        try:
+            return next(requests)
         finally:
-            frames.close()
+            late.cancel()
+            self._opening.release()
 
     def _admit(self, first: bytes) -> tuple[WorkerPool, Admitted]:
         """The device pool of a session's opening request and its admission (the request as
@@ -265,6 +292,17 @@ class _Keyed:
     allocation: str  # "" on a bare daemon
 
 
+def refuse(frames: FrameSocket, why: CUDARuntimeError) -> None:
+    """Send a connection its one error reply and close it; a peer that has already gone is
+    no concern of the daemon's (a stranger's refusal must not print a traceback)."""
+    try:
+        frames.send(MESSAGE, pb.Reply(error=error_message(why)).SerializeToString())
+    except OSError as exc:
+        log.debug("refusal not delivered", extra=fields(reason=repr(exc)))
+    finally:
+        frames.close()
+
+
 def _last_word(worker: Worker, session_id: str, ended: list[CUDARuntimeError]) -> bytes | None:
     """The session's last reply when the daemon ended it (its lease ended) or its worker died
     unannounced (a crash); None when the client left or already has its error."""
@@ -279,15 +317,42 @@ def _last_word(worker: Worker, session_id: str, ended: list[CUDARuntimeError]) -
     return pb.Reply(error=error_message(crash)).SerializeToString()
 
 
-def _start_session(
-    pool: WorkerPool, deliver: Callable[[Worker], None], env: dict[str, str]
-) -> Worker:
-    """A worker of ``pool`` to which ``deliver`` has given the session's opening.
+def _wait_or_hang_up(worker: Worker, client: socket.socket) -> None:
+    """Wait for a frame session's worker to end; if the client hangs up first and the worker
+    does not follow within its grace period (it is deep in a kernel or a compile, and reads
+    nothing), end it."""
+    events = select.poll()
+    events.register(client.fileno(), select.POLLRDHUP)
+    exited: int | None = None
+    try:
+        exited = os.pidfd_open(worker.pid)  # readable once the worker has ended
+        events.register(exited, select.POLLIN)
+    except OSError:  # an old kernel: look again now and then
+        pass
+    try:
+        while worker.wait(0) is None:
+            ready = events.poll(None if exited is not None else HANGUP_POLL_S * 1000)
+            if any(fd == client.fileno() for fd, _ in ready):
+                if worker.wait(worker.kill_grace) is None:
+                    log.info("client gone, worker busy: ending it", extra=fields(pid=worker.pid))
+                    worker.kill()
+                break
+        worker.wait(None)
+    finally:
+        if exited is not None:
+            os.close(exited)
 
-    ``env`` non-empty asks for a fresh worker with it (MPS settings), not a warm one.
+
+def _start_session(
+    pool: WorkerPool, deliver: Callable[[Worker], None], admitted: Admitted
+) -> Worker:
+    """A worker of ``pool`` to which ``deliver`` has given the session's opening, its memory
+    counted with its allocation's.
+
+    A non-empty ``worker_env`` asks for a fresh worker with it (MPS settings), not a warm one.
     """
     for _ in range(3):  # a warm worker may have died while idle: take another
-        worker = pool.acquire(env)
+        worker = pool.acquire(admitted.worker_env, admitted.allocation)
         try:
             deliver(worker)
             return worker

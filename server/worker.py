@@ -18,18 +18,21 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 
 from gpupool import logs
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.server import lifecycle
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
 from gpupool.server.deferred import StreamThread
 from gpupool.server.executor import DeviceData, SessionExecutor, error_message
 from gpupool.server.host_memory import SharedHostMemory, share_limit
+from gpupool.server.ledger import QuotaLedger
+from gpupool.server.lifecycle import Limits, Watchdog
 from gpupool.server.peers import PEER_TIMEOUT_S, InboundLinks, Peers
 from gpupool.server.transports.channels import (
     Channel,
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EXIT_POISONED = 3  # the context is unusable; the session has been told why
 EXIT_NO_BACKEND = 4  # the backend did not start; the session has been told why
+EXIT_ORPHANED = 5  # the front that started it is gone: nobody would supervise the session
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,11 @@ class WorkerSpec:
     device: int
     slot: int
     ledger_fd: int | None  # the emulator's memory ledger, inherited
+    quota_fd: int  # the device's quota ledger (a QuotaLedger), inherited
     log_level: str
+    front_pid: int  # the front process that started this worker
+    pooled: bool = False  # the daemon is in a pool: every session has a quota
+    limits: Limits = field(default_factory=lambda: Limits())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -61,7 +69,8 @@ class WorkerSpec:
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         fields = json.loads(text)
-        return cls(**{**fields, "backend": BackendConfig(**fields["backend"])})
+        backend, limits = BackendConfig(**fields["backend"]), Limits(**fields["limits"])
+        return cls(**{**fields, "backend": backend, "limits": limits})
 
 
 def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
@@ -82,13 +91,17 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     peers = Peers(inbound, backend.staging)
     attach_stripe = channel.attach_stripe if isinstance(channel, FrameChannel) else _refuse
     take_handovers(handoffs, attach_stripe, inbound.add)
-    executor = SessionExecutor(backend, translate, channel.host_memory, peers)
+    account = QuotaLedger.attach(spec.quota_fd).account(spec.slot)
+    executor = SessionExecutor(backend, translate, channel.host_memory, account, spec.pooled, peers)
     sending = threading.Lock()  # replies come from this loop and from the stream thread
 
     def send(reply: pb.Reply | DeviceData) -> None:
         with sending:
             channel.send(reply)
 
+    watchdog = Watchdog(
+        spec.limits, lambda error: send(pb.Reply(error=error_message(error))), EXIT_POISONED
+    )
     stream = StreamThread(executor, send)
     try:
         while (item := channel.next()) is not None:
@@ -96,12 +109,12 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
             if payload:
                 stream.drain(PEER_TIMEOUT_S)
                 receive = functools.partial(channel.receive_payload, payload)
-                replies: Iterable[pb.Reply | DeviceData] = executor.handle_payload(
+                replies: Iterator[pb.Reply | DeviceData] = executor.handle_payload(
                     request, payload, receive
                 )
             else:
                 replies = stream.dispatch(request)
-            for reply in replies:
+            for reply in _timed(replies, watchdog, request.HasField("module_load")):
                 send(reply)
             if executor.poisoned:
                 return EXIT_POISONED
@@ -119,14 +132,33 @@ def _refuse(index: int, sock: socket.socket) -> None:
     sock.close()  # a relayed session has no stripes
 
 
+def _timed(
+    replies: Iterator[pb.Reply | DeviceData], watchdog: Watchdog, compiling: bool
+) -> Iterator[pb.Reply | DeviceData]:
+    """``replies``, with the work of producing each (not the sending) under the watchdog."""
+    while True:
+        watchdog.arm(compiling)
+        try:
+            reply = next(replies, None)
+        finally:
+            watchdog.disarm()
+        if reply is None:
+            return
+        yield reply
+
+
 def _first_contact(
     conn: Connection,
     handoffs: socket.socket,
     opened: tuple[Backend, Translate] | None,
 ) -> Channel | None:
     """The session's channel: relayed messages, or a connection handed over; None if neither."""
-    readable, _, _ = select.select([conn.fileno(), handoffs.fileno()], [], [])
-    if handoffs.fileno() in readable:
+    # poll, not select: the front may hold over 1024 descriptors, and ours keep its numbers
+    waiting = select.poll()
+    for fd in (conn.fileno(), handoffs.fileno()):
+        waiting.register(fd, select.POLLIN)
+    ready = {fd for fd, _events in waiting.poll()}
+    if handoffs.fileno() in ready:
         try:
             handover, sock = receive_handover(handoffs)
         except (ConnectionLost, OSError):
@@ -152,6 +184,8 @@ def _plain_buffer(size: int) -> memoryview:
 def main(argv: list[str]) -> int:
     spec_json, fd, handoff_fd = argv
     spec = WorkerSpec.from_json(spec_json)
+    if not lifecycle.die_with(spec.front_pid):
+        return EXIT_ORPHANED  # the front ended before this worker could tie itself to it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front process decides when workers end
     logs.configure(spec.log_level)
     handoffs = socket.socket(fileno=int(handoff_fd))

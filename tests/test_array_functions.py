@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from gpupool.arrayshapes import array_extent
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.arrays import array_extent, checked_dtype, indexed_shape, result_shape
+from gpupool.server.arrays import checked_dtype, indexed_shape, result_shape
 from gpupool.server.backends.emu import EmuBackend, MemoryLedger
 from gpupool.server.executor import SessionExecutor
 from tests.conftest import run_request as call

@@ -49,7 +49,7 @@ def test_unsupported_ndarray_methods_raise_not_implemented_naming_them(
     connected: Daemon,
 ) -> None:
     array = cp.arange(3)
-    for name in ("repeat", "take", "base", "ptp", "searchsorted"):
+    for name in ("repeat", "take", "put", "compress", "choose"):
         with pytest.raises(NotImplementedError, match=rf"cupy\.ndarray\.{name} .*docs/cupy\.md"):
             getattr(array, name)
     assert not hasattr(array, "tobytes")
@@ -97,10 +97,10 @@ def test_numpy_functions_the_shim_lacks_raise_not_implemented_naming_them(
     connected: Daemon,
 ) -> None:
     array = cp.arange(4.0)
-    with pytest.raises(NotImplementedError, match=r"cupy\.unique "):
-        np.unique(array)
-    with pytest.raises(NotImplementedError, match=r"cupy\.logaddexp "):
-        np.logaddexp(array, 1)
+    with pytest.raises(NotImplementedError, match=r"cupy\.pad "):
+        np.pad(array, 1)
+    with pytest.raises(NotImplementedError, match=r"cupy\.spacing "):
+        np.spacing(array)
     with pytest.raises(NotImplementedError, match=r"cupy\.add\.reduce "):
         np.add.reduce(array)
     assert np.sum(array).item() == 6.0  # what the shim has still dispatches

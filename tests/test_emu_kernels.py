@@ -692,15 +692,19 @@ def test_compile_error_carries_the_log_with_user_line_numbers() -> None:
 @pytest.mark.parametrize(
     "statement, construct, what",
     [
-        ("x[0] = __shfl_down_sync(0xffffffff, x[0], 1);", "__shfl_down_sync", "warp shuffle"),
-        ("WARP_SYNC();", "__syncwarp", "warp synchronisation"),  # seen through a macro
+        (
+            "x[0] = __shfl_down(x[0], 1);",
+            "__shfl_down",
+            "a warp operation without a mask (removed in CUDA 9; use its _sync form)",
+        ),
+        ("NAP();", "__nanosleep", "sleep"),  # seen through a macro
         ("__nv_bfloat16 b; (void)b;", "__nv_bfloat16", "bfloat16"),
     ],
 )
 def test_unsupported_construct_is_named(statement: str, construct: str, what: str) -> None:
     source = (
         "#include <cuda_bf16.h>\n"
-        "#define WARP_SYNC() __syncwarp()\n"
+        "#define NAP() __nanosleep(100)\n"
         'extern "C" __global__ void warp_sum(float* x) {\n'
         f"    {statement}\n"
         "}\n"

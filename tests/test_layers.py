@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, int, str]] = [
     ("gpupool.addresses", 0, "core"),
     ("gpupool.logs", 0, "core"),
     ("gpupool.grants", 0, "core"),
+    ("gpupool.arrayshapes", 0, "core"),
     ("gpupool.proto", 0, "core"),
     ("gpupool.transport", 1, "transport"),
     ("gpupool.runtime", 2, "client"),

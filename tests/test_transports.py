@@ -30,8 +30,8 @@ from gpupool import runtime as rt
 from gpupool.client.context import TLS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
+from gpupool.server import service
 from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
-from gpupool.server.transports import listener
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
 from gpupool.transport.links import OPENERS
 from gpupool.transport.payload import RING_SLOT_SIZE, RING_SLOTS, STRIPE_ALIGN, STRIPE_MIN, split
@@ -208,7 +208,7 @@ def test_a_stranger_cannot_hold_the_front_with_a_huge_or_slow_opening(
 ) -> None:
     """A claimed 64 MiB opening is refused at once (the front used to set 64 MiB aside and wait
     for it), and one sent a byte at a time is dropped at the hello deadline, not never."""
-    monkeypatch.setattr(listener, "HELLO_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(service, "OPENING_DEADLINE_S", 1.0)
     with _connect_to(emu_daemon, scheme) as huge:
         huge.sendall(HEADER.pack(MESSAGE, MAX_MESSAGE, 0))
         assert _closed_within(huge, 0.5) < 0.5

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from gpupool.arrayshapes import array_extent
 from gpupool.client import runtime
 from gpupool.cupy import _remote
 from gpupool.cupy._infer import check_arrays
-from gpupool.cupy._ndarray import Shape, _resolve_order, ndarray
+from gpupool.cupy._ndarray import Shape, _resolve_order, ndarray, normalize_order
 from gpupool.cupy._support import unsupported
+from gpupool.cupy.cuda.memory import MemoryPointer, UnownedMemory
 
 
 def empty(shape: Shape, dtype: Any = float, order: str = "C") -> ndarray:
@@ -143,11 +145,15 @@ def array(
     obj: Any,
     dtype: Any = None,
     copy: bool = True,
-    order: str = "K",
+    order: str | None = "K",
     subok: bool = False,
     ndmin: int = 0,
 ) -> ndarray:
-    """A new device array from a host object (a copy over the wire) or a device array."""
+    """A new device array from a host object (a copy over the wire), a device array, or an
+    object exposing ``__cuda_array_interface__`` (a view of its memory, then copied if asked)."""
+    order = normalize_order(order)
+    if not isinstance(obj, ndarray) and hasattr(obj, "__cuda_array_interface__"):
+        obj = from_cuda_array_interface(obj)
     if isinstance(obj, list | tuple) and builtins.any(isinstance(each, ndarray) for each in obj):
         from gpupool.cupy._manipulation import stack
 
@@ -161,6 +167,8 @@ def array(
         host = np.array(obj, dtype=dtype, order="C")
         if host.dtype.kind not in "biufc":
             raise ValueError(f"Unsupported dtype {host.dtype}")
+        if not host.dtype.isnative:  # devices hold native byte order, as CuPy's arrays
+            host = host.astype(host.dtype.newbyteorder("="))
         result = ndarray(host.shape, host.dtype)
         result.set(host)
         if order == "F":
@@ -170,8 +178,26 @@ def array(
     return result
 
 
-def asarray(a: Any, dtype: Any = None, order: str | None = None) -> ndarray:
-    return array(a, dtype, copy=False, order=order or "K")
+def asarray(
+    a: Any, dtype: Any = None, order: str | None = None, *, blocking: bool = False
+) -> ndarray:
+    return array(a, dtype, copy=False, order=order)
+
+
+def from_cuda_array_interface(obj: Any) -> ndarray:
+    """A view of the device memory ``obj`` describes by ``__cuda_array_interface__`` (the
+    shim's own arrays' and any other object's holding a pointer of this process's devices)."""
+    interface = obj.__cuda_array_interface__
+    if interface.get("mask") is not None:
+        unsupported("cupy.asarray of a masked __cuda_array_interface__")
+    dtype = np.dtype(interface["typestr"])
+    shape = tuple(interface["shape"])
+    ptr = int(interface["data"][0])
+    strides = interface.get("strides")
+    view = np.asarray(_Interface(shape, dtype, strides))  # NumPy's own checks of the layout
+    low, high = array_extent(ptr, shape, view.strides, dtype.itemsize)
+    memory = UnownedMemory(low, high - low, obj)
+    return ndarray(shape, dtype, MemoryPointer(memory, ptr - low), view.strides)
 
 
 def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
@@ -191,6 +217,22 @@ def asnumpy(
     a: Any, stream: Any = None, order: Any = "C", out: Any = None, blocking: bool = True
 ) -> np.ndarray:
     """A host copy of a device array; host objects as NumPy arrays."""
+    if not isinstance(a, ndarray) and hasattr(a, "__cuda_array_interface__"):
+        a = from_cuda_array_interface(a)
     if isinstance(a, ndarray):
         return a.get(stream=stream, order=order, out=out)
     return np.asarray(a, order=order)
+
+
+class _Interface:
+    """An ``__array_interface__`` at address 0 with the device array's layout, so that NumPy
+    checks the shape and strides and works out C strides where none are given."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, strides: Any) -> None:
+        self.__array_interface__ = {
+            "shape": shape,
+            "typestr": dtype.str,
+            "data": (1 << 44, True),
+            "strides": None if strides is None else tuple(strides),
+            "version": 3,
+        }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -101,6 +102,7 @@ class ndarray:
         strides: Sequence[int] | None = None,
         order: str = "C",
     ) -> None:
+        order = normalize_order(order)
         if order not in ("C", "F"):
             raise ValueError(f"order must be 'C' or 'F', not {order!r}")
         self._shape = shape_tuple(shape)
@@ -111,6 +113,7 @@ class ndarray:
             else tuple(int(s) for s in strides)
         )
         self._owner = memptr is None
+        self._base: ndarray | None = None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
     @property
@@ -206,18 +209,30 @@ class ndarray:
     def _view(self, view: np.ndarray) -> ndarray:
         """The remote array a view of :func:`layout` (of this array) stands for."""
         offset = view.__array_interface__["data"][0] - _FAKE_ADDRESS
-        return ndarray(view.shape, view.dtype, self.data + offset, view.strides)
+        result = ndarray(view.shape, view.dtype, self.data + offset, view.strides)
+        result._base = self if self._base is None else self._base  # the owner, as CuPy's
+        return result
 
-    def reshape(self, *shape: Any, order: str = "C") -> ndarray:
+    @property
+    def base(self) -> ndarray | None:
+        """The array whose memory this view shares (None for an array that owns its memory)."""
+        return self._base
+
+    def reshape(self, *shape: Any, order: str = "C", copy: bool | None = None) -> ndarray:
         dims: Any = (
             shape[0] if len(shape) == 1 and not isinstance(shape[0], int | np.integer) else shape
         )
         layout_order = _resolve_order(self, order)
         # NumPy checks the new shape (and resolves -1) on a zero-stride array of ours
         target = np.reshape(np.broadcast_to(False, self._shape), dims, order=layout_order).shape
+        if copy:
+            source = self.astype(self._dtype, order=layout_order)
+            return source._view(np.reshape(layout(source), target, order=layout_order))
         try:
             return self._view(np.reshape(layout(self), target, order=layout_order, copy=False))
         except ValueError:  # no view has that shape: copy, as NumPy does
+            if copy is False:
+                raise ValueError("Unable to avoid creating a copy while reshaping.") from None
             contiguous = self.astype(self._dtype, order=layout_order)
             return contiguous._view(np.reshape(layout(contiguous), target, order=layout_order))
 
@@ -259,9 +274,13 @@ class ndarray:
         return self._view(layout(self).diagonal(offset, axis1, axis2))
 
     def view(self, dtype: Any = None) -> ndarray:
-        if dtype is not None and np.dtype(dtype) != self._dtype:
-            unsupported("ndarray.view with a dtype")
-        return self._view(layout(self))
+        """A view of the same memory, reinterpreted as ``dtype`` (NumPy's rules and errors
+        for the last axis)."""
+        if dtype is None:
+            return self._view(layout(self))
+        if isinstance(dtype, type) and issubclass(dtype, np.ndarray | ndarray):
+            unsupported("ndarray.view with an array type")
+        return self._view(layout(self).view(np.dtype(dtype)))
 
     # copies: queued operations
 
@@ -274,6 +293,12 @@ class ndarray:
         copy: bool = True,
     ) -> ndarray:
         dtype = np.dtype(dtype)
+        if self._dtype.kind == "c" and dtype.kind != "c":
+            warnings.warn(
+                "Casting complex values to real discards the imaginary part",
+                np.exceptions.ComplexWarning,
+                stacklevel=2,
+            )
         if casting is not None and not np.can_cast(self._dtype, dtype, casting):
             raise TypeError(
                 f"Cannot cast array data from {self._dtype!r} to {dtype!r} according to the"
@@ -415,16 +440,29 @@ class ndarray:
 
     def sort(self, axis: int = -1, kind: Any = None) -> None:
         """Sort in place (the sorted copy made on the daemon is written back)."""
-        self[...] = _sorting.sort(self, axis)
+        self[...] = _sorting.sort(self, axis, kind)
 
     def argsort(self, axis: int | None = -1, kind: Any = None) -> Any:
-        return _sorting.argsort(self, axis)
+        return _sorting.argsort(self, axis, kind)
 
     def round(self, decimals: int = 0, out: Any = None) -> Any:
         return _ufuncs.around(self, decimals, out)
 
     def nonzero(self) -> Any:
-        unsupported("ndarray.nonzero (its result's size depends on the data)")
+        return _searching.nonzero(self)
+
+    def searchsorted(self, v: Any, side: str = "left", sorter: Any = None) -> Any:
+        return _searching.searchsorted(self, v, side, sorter)
+
+    def partition(self, kth: Any, axis: int = -1) -> None:
+        """Partition in place (the partitioned copy made on the daemon is written back)."""
+        self[...] = _searching.partition(self, kth, axis)
+
+    def argpartition(self, kth: Any, axis: int = -1) -> Any:
+        return _searching.argpartition(self, kth, axis)
+
+    def ptp(self, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
+        return _statistics.ptp(self, axis, out, keepdims)
 
     def clip(self, min: Any = None, max: Any = None, out: Any = None) -> Any:
         return _ufuncs.clip(self, min, max, out)
@@ -577,14 +615,25 @@ def _bind_operators() -> None:
 _bind_operators()
 
 
+def normalize_order(order: str | None) -> str:
+    """An order argument as NumPy reads it: None is 'K', lowercase letters are accepted."""
+    if order is None:
+        return "K"
+    if not isinstance(order, str):
+        raise TypeError(f"order must be a string, not {type(order).__name__}")
+    return order.upper()
+
+
 def _has_order(array: ndarray, order: str) -> bool:
     """True when ``array`` is laid out as ``order`` asks ('A' and 'K' take any layout)."""
+    order = normalize_order(order)
     flags = layout(array).flags
     return {"C": flags.c_contiguous, "F": flags.f_contiguous}.get(order, True)
 
 
 def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
     """'C' or 'F' for an order argument ('A' and 'K' follow the array's own layout)."""
+    order = normalize_order(order)
     if order in ("A", "K"):
         flags = layout(array).flags
         return "F" if flags.f_contiguous and not flags.c_contiguous else "C"
@@ -599,4 +648,12 @@ def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
 register_device_array(ndarray, lambda array: array.data.ptr)
 
 # These build on ndarray; imported last so that either side may be imported first.
-from gpupool.cupy import _indexing, _products, _reductions, _sorting, _ufuncs  # noqa: E402
+from gpupool.cupy import (  # noqa: E402
+    _indexing,
+    _products,
+    _reductions,
+    _searching,
+    _sorting,
+    _statistics,
+    _ufuncs,
+)

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from gpupool.cupy import _remote
+from gpupool.cupy import _ufunc_methods as _methods
 from gpupool.cupy._infer import broadcast_shape, common_device, meta, meta_key, output_arrays
 from gpupool.cupy._ndarray import ndarray
 from gpupool.cupy._support import unsupported
@@ -99,9 +100,37 @@ class ufunc:
             raise TypeError("cannot specify 'out' as both a positional and keyword argument")
         outs = output_arrays(tuple(args[self.nin :]) or out)
         options = {} if dtype is None else {"dtype": np.dtype(dtype)}
-        return elementwise(self.name, self._numpy, args[: self.nin], outs, self.nout, options)
+        inputs = args[: self.nin]
+        if self.name in _COMPARISONS:
+            floats = any(getattr(each, "dtype", np.dtype(int)).kind in "fc" for each in inputs)
+            inputs = tuple(_comparable(each, floats) for each in inputs)
+        return elementwise(self.name, self._numpy, inputs, outs, self.nout, options)
 
-    def __getattr__(self, name: str) -> NoReturn:  # reduce, accumulate, outer, at
+    def reduce(
+        self,
+        array: Any,
+        axis: Any = 0,
+        dtype: Any = None,
+        out: Any = None,
+        keepdims: bool = False,
+    ) -> Any:
+        """The ufunc applied cumulatively along ``axis`` down to one value (``add.reduce`` is
+        ``sum``)."""
+        return _methods.reduce(self, array, axis, dtype, out, keepdims)
+
+    def accumulate(self, array: Any, axis: int = 0, dtype: Any = None, out: Any = None) -> Any:
+        """Every intermediate result of ``reduce`` along ``axis``."""
+        return _methods.accumulate(self, array, axis, dtype, out)
+
+    def outer(self, A: Any, B: Any, **kwargs: Any) -> Any:
+        """The ufunc of every pair of elements of ``A`` and ``B``."""
+        return _methods.outer(self, A, B, **kwargs)
+
+    def at(self, a: Any, indices: Any, b: Any = None) -> None:
+        """In place, unbuffered: repeated indices apply once each."""
+        _methods.at(self, a, indices, b)
+
+    def __getattr__(self, name: str) -> NoReturn:  # reduceat and other ufunc attributes
         if name.startswith("__"):
             raise AttributeError(name)
         unsupported(f"cupy.{self.name}.{name}")
@@ -135,18 +164,25 @@ equal = ufunc("equal")
 exp = ufunc("exp")
 exp2 = ufunc("exp2")
 expm1 = ufunc("expm1")
+fabs = ufunc("fabs")
+float_power = ufunc("float_power")
 floor = ufunc("floor")
 floor_divide = ufunc("floor_divide")
 fmax = ufunc("fmax")
 fmin = ufunc("fmin")
 fmod = ufunc("fmod")
+frexp = ufunc("frexp")
+gcd = ufunc("gcd")
 greater = ufunc("greater")
 greater_equal = ufunc("greater_equal")
+heaviside = ufunc("heaviside")
 hypot = ufunc("hypot")
 invert = ufunc("invert")
 isfinite = ufunc("isfinite")
 isinf = ufunc("isinf")
 isnan = ufunc("isnan")
+lcm = ufunc("lcm")
+ldexp = ufunc("ldexp")
 left_shift = ufunc("left_shift")
 less = ufunc("less")
 less_equal = ufunc("less_equal")
@@ -154,12 +190,15 @@ log = ufunc("log")
 log10 = ufunc("log10")
 log1p = ufunc("log1p")
 log2 = ufunc("log2")
+logaddexp = ufunc("logaddexp")
+logaddexp2 = ufunc("logaddexp2")
 logical_and = ufunc("logical_and")
 logical_not = ufunc("logical_not")
 logical_or = ufunc("logical_or")
 logical_xor = ufunc("logical_xor")
 maximum = ufunc("maximum")
 minimum = ufunc("minimum")
+modf = ufunc("modf")
 multiply = ufunc("multiply")
 negative = ufunc("negative")
 nextafter = ufunc("nextafter")
@@ -183,6 +222,22 @@ tanh = ufunc("tanh")
 true_divide = ufunc("true_divide")
 trunc = ufunc("trunc")
 
+_COMPARISONS = frozenset({"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"})
+_WIRE_INTS = (-(2**63), 2**64 - 1)
+
+
+def _comparable(value: Any, floats: bool) -> Any:
+    """A Python int beyond any dtype, as a comparison can still take it (NumPy 2 compares
+    such ints with integer arrays exactly): against floats, the float it is; against
+    integers, the infinity of its sign, which every integer compares with as with the int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not _WIRE_INTS[0] <= value <= _WIRE_INTS[1]:
+            if floats:
+                return float(value)
+            return float("inf") if value > 0 else float("-inf")
+    return value
+
+
 # CuPy's (and NumPy's) other names for the same functions
 abs = absolute
 bitwise_not = invert
@@ -197,10 +252,12 @@ BY_NUMPY_NAME = {each._numpy.__name__: each for each in _ALL}  # for ``__array_u
 BY_NUMPY_NAME.update({"degrees": rad2deg, "radians": deg2rad})
 
 
-def where(condition: Any, x: Any = None, y: Any = None) -> ndarray:
+def where(condition: Any, x: Any = None, y: Any = None) -> Any:
     """Elements of ``x`` where ``condition`` holds, else of ``y``."""
-    if x is None and y is None:
-        unsupported("cupy.where with one argument (its result's size depends on the data)")
+    if x is None and y is None:  # the indices where it holds: nonzero's
+        from gpupool.cupy._searching import nonzero
+
+        return nonzero(condition)
     if x is None or y is None:
         raise ValueError("Must provide both 'x' and 'y' or neither.")
     result: ndarray = elementwise("where", np.where, (condition, x, y))

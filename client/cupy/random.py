@@ -44,20 +44,106 @@ def _scalar(name: str, value: Any) -> Any:
     return value
 
 
-class RandomState:
-    """A generator on the current device; ``seed`` as in CuPy (None: from the OS)."""
+# Distributions: (parameters with their defaults, the result's dtype: None for the float dtype
+# asked for, else an integer dtype as CuPy's).
+_DISTRIBUTIONS: dict[str, tuple[tuple[tuple[str, Any], ...], Any]] = {
+    "beta": ((("a", None), ("b", None)), None),
+    "binomial": ((("n", None), ("p", None)), np.int64),
+    "chisquare": ((("df", None),), None),
+    "exponential": ((("scale", 1.0),), None),
+    "f": ((("dfnum", None), ("dfden", None)), None),
+    "gamma": ((("shape", None), ("scale", 1.0)), None),
+    "geometric": ((("p", None),), np.int64),
+    "gumbel": ((("loc", 0.0), ("scale", 1.0)), None),
+    "laplace": ((("loc", 0.0), ("scale", 1.0)), None),
+    "logistic": ((("loc", 0.0), ("scale", 1.0)), None),
+    "lognormal": ((("mean", 0.0), ("sigma", 1.0)), None),
+    "negative_binomial": ((("n", None), ("p", None)), np.int64),
+    "pareto": ((("a", None),), None),
+    "poisson": ((("lam", 1.0),), np.int64),
+    "power": ((("a", None),), None),
+    "rayleigh": ((("scale", 1.0),), None),
+    "standard_cauchy": ((), None),
+    "standard_exponential": ((), None),
+    "standard_gamma": ((("shape", None),), None),
+    "standard_t": ((("df", None),), None),
+    "triangular": ((("left", None), ("mode", None), ("right", None)), None),
+    "vonmises": ((("mu", None), ("kappa", None)), None),
+    "wald": ((("mean", None), ("scale", None)), None),
+    "weibull": ((("a", None),), None),
+    "zipf": ((("a", None),), np.int64),
+}
 
-    def __init__(self, seed: Any = None, method: Any = None) -> None:
+
+def _parameter(device: int, value: Any) -> Any:
+    """A distribution's parameter: a number, or an array on the generator's device (host
+    arrays and lists are copied there, as CuPy takes them)."""
+    if isinstance(value, ndarray) or np.ndim(value) == 0:
+        return value
+    from gpupool.cupy._creation import asarray
+
+    with _remote.on_device(device):
+        return asarray(np.asarray(value, dtype=np.float64))
+
+
+def _shape_of(size: Any, params: tuple[Any, ...]) -> tuple[int, ...]:
+    """``size``, or the parameters' broadcast shape without one (as CuPy and NumPy)."""
+    if size is not None:
+        return _size(size)
+    return tuple(np.broadcast_shapes(*(tuple(getattr(p, "shape", ())) for p in params)))
+
+
+def _distribution(method: str) -> Any:
+    names, integer = _DISTRIBUTIONS[method]
+
+    def sample(
+        self: _Sampler, *args: Any, size: Any = None, dtype: Any = None, **kw: Any
+    ) -> ndarray:
+        if len(args) > len(names) + 1:
+            raise TypeError(f"{method}() takes at most {len(names) + 1} positional arguments")
+        values = dict(zip([name for name, _ in names], args, strict=False))
+        if len(args) == len(names) + 1:
+            size = args[-1]
+        for name, default in names:
+            if name in kw:
+                values[name] = kw.pop(name)
+            elif name not in values:
+                if default is None:
+                    raise TypeError(f"{method}() missing required argument {name!r}")
+                values[name] = default
+        if kw:
+            raise TypeError(f"{method}() got an unexpected keyword argument {next(iter(kw))!r}")
+        params = tuple(_parameter(self._device, values[name]) for name, _ in names)
+        shape = _shape_of(size, params)
+        result_dtype = np.dtype(integer) if integer is not None else _float_dtype(dtype or float)
+        if integer is not None and dtype is not None:
+            result_dtype = np.dtype(dtype)
+        return self._sample(method, shape, result_dtype, params)
+
+    sample.__name__ = method
+    sample.__doc__ = f"Samples of the {method.replace('_', ' ')} distribution, as CuPy's."
+    return sample
+
+
+def _seed_value(seed: Any) -> int | None:
+    return None if seed is None else int(np.asarray(seed).astype(np.uint64))  # CuPy's conversion
+
+
+class _Sampler:
+    """A generator that lives in the session of the device current when it was made: its
+    samples are queued operations (no round trip)."""
+
+    _kind = "random.seed"  # the daemon's operation that makes (or re-seeds) the generator
+
+    def __init__(self, seed: Any = None) -> None:
         self._device = runtime.getDevice()
         self._handle = new_handle()
-        self.seed(seed)
+        self._make(seed)
         session = context.current().session(self._device)
         weakref.finalize(self, _release, session, self._handle).atexit = False
 
-    def seed(self, seed: Any = None) -> None:
-        if seed is not None:
-            seed = int(np.asarray(seed).astype(np.uint64))  # CuPy's conversion
-        _remote.enqueue("random.seed", self._device, (seed,), generator=self._handle)
+    def _make(self, seed: Any) -> None:
+        _remote.enqueue(self._kind, self._device, (_seed_value(seed),), generator=self._handle)
 
     def _sample(
         self, method: str, size: Any, dtype: Any, params: tuple[Any, ...] = (), **kwargs: Any
@@ -68,6 +154,16 @@ class RandomState:
             f"random.{method}", self._device, params, kwargs, (out,), generator=self._handle
         )
         return out
+
+
+class RandomState(_Sampler):
+    """A generator on the current device; ``seed`` as in CuPy (None: from the OS)."""
+
+    def __init__(self, seed: Any = None, method: Any = None) -> None:
+        super().__init__(seed)
+
+    def seed(self, seed: Any = None) -> None:
+        self._make(seed)
 
     def random_sample(self, size: Any = None, dtype: Any = float) -> ndarray:
         return self._sample("random_sample", size, _float_dtype(dtype))
@@ -86,14 +182,14 @@ class RandomState:
     def normal(
         self, loc: float = 0.0, scale: float = 1.0, size: Any = None, dtype: Any = float
     ) -> ndarray:
-        params = (_scalar("normal", loc), _scalar("normal", scale))
-        return self._sample("normal", size, _float_dtype(dtype), params)
+        params = (_parameter(self._device, loc), _parameter(self._device, scale))
+        return self._sample("normal", _shape_of(size, params), _float_dtype(dtype), params)
 
     def uniform(
         self, low: float = 0.0, high: float = 1.0, size: Any = None, dtype: Any = float
     ) -> ndarray:
-        params = (_scalar("uniform", low), _scalar("uniform", high))
-        return self._sample("uniform", size, _float_dtype(dtype), params)
+        params = (_parameter(self._device, low), _parameter(self._device, high))
+        return self._sample("uniform", _shape_of(size, params), _float_dtype(dtype), params)
 
     def randint(
         self, low: int, high: int | None = None, size: Any = None, dtype: Any = int
@@ -133,6 +229,71 @@ class RandomState:
             if p.shape != (population,):
                 raise ValueError("a and p must have same size")
         return self._sample("choice", size, dtype, (a,), replace=replace, p=p)
+
+
+class Generator(_Sampler):
+    """``cupy.random.Generator`` (from ``default_rng``): NumPy's PCG64 on the emulator, CuPy's
+    XORWOW on a GPU, so streams differ between backends as CuPy's differ from NumPy's. The
+    distributions are RandomState's (a GPU daemon's CuPy refuses those its Generator lacks)."""
+
+    _kind = "random.generator"
+
+    def random(self, size: Any = None, dtype: Any = float, out: Any = None) -> ndarray:
+        if out is not None:
+            from gpupool.cupy._support import unsupported
+
+            unsupported("cupy.random.Generator.random with out=")
+        return self._sample("random", size, _float_dtype(dtype))
+
+    def standard_normal(self, size: Any = None, dtype: Any = float, out: Any = None) -> ndarray:
+        if out is not None:
+            from gpupool.cupy._support import unsupported
+
+            unsupported("cupy.random.Generator.standard_normal with out=")
+        return self._sample("standard_normal", size, _float_dtype(dtype))
+
+    def integers(
+        self,
+        low: int,
+        high: int | None = None,
+        size: Any = None,
+        dtype: Any = np.int64,
+        endpoint: bool = False,
+    ) -> ndarray:
+        """Integers in ``[low, high)`` (``[low, high]`` with ``endpoint``; ``[0, low)`` without
+        ``high``)."""
+        if high is None:
+            low, high = 0, low
+        low, high = operator.index(low), operator.index(high)
+        if low > high - (0 if endpoint else 1):
+            raise ValueError("low >= high" if not endpoint else "low > high")
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu":
+            raise TypeError(f"Unsupported dtype {dtype} for integers")
+        return self._sample("integers", size, dtype, (low, high), endpoint=endpoint)
+
+
+def default_rng(seed: Any = None) -> Generator:
+    """A new ``Generator`` on the current device (``seed`` an int, or None for the OS's)."""
+    if isinstance(seed, Generator):
+        return seed
+    return Generator(seed)
+
+
+for _method in _DISTRIBUTIONS:
+    setattr(RandomState, _method, _distribution(_method))
+    setattr(Generator, _method, _distribution(_method))
+setattr(Generator, "normal", RandomState.normal)  # noqa: B010
+setattr(Generator, "uniform", RandomState.uniform)  # noqa: B010
+setattr(Generator, "choice", RandomState.choice)  # noqa: B010
+
+
+def _module_function(method: str) -> Any:
+    def sample(*args: Any, **kwargs: Any) -> ndarray:
+        return getattr(get_random_state(), method)(*args, **kwargs)  # a constant name above
+
+    sample.__name__ = method
+    return sample
 
 
 def _release(session: Session, handle: int) -> None:
@@ -198,3 +359,7 @@ def randint(low: int, high: int | None = None, size: Any = None, dtype: Any = in
 
 def choice(a: Any, size: Any = None, replace: bool = True, p: Any = None) -> ndarray:
     return get_random_state().choice(a, size, replace, p)
+
+
+for _method in _DISTRIBUTIONS:
+    globals()[_method] = _module_function(_method)

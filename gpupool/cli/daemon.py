@@ -64,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
             secret = load_secret(args.secret_file)
             pool = PoolMembership(args.scheduler, args.name, secret, args.oversubscribe)
         daemon = start_daemon(args, args.listen, pool, tls)
-    except (GpupoolError, OSError) as exc:
+    except (GpupoolError, OSError, ValueError) as exc:
         print(f"gpupool daemon: {exc}", file=sys.stderr)
         return 1
     emulated = f", {args.emu_devices} x {format_size(args.emu_memory)}"

@@ -54,6 +54,21 @@ def add_daemon_options(parser: argparse.ArgumentParser, log_level: str) -> None:
         metavar="N",
         help="started workers kept ready per device (default 1)",
     )
+    limits = parser.add_argument_group("limits of a session's work (docs/limits.md)")
+    limits.add_argument(
+        "--kernel-time-limit",
+        type=positive_seconds,
+        metavar="S",
+        help="longest one call may run a kernel, then cudaErrorLaunchTimeout"
+        " (default $GPUPOOL_KERNEL_TIME_LIMIT, else 600)",
+    )
+    limits.add_argument(
+        "--compile-time-limit",
+        type=positive_seconds,
+        metavar="S",
+        help="longest a module may compile, then CompileError"
+        " (default $GPUPOOL_COMPILE_TIME_LIMIT, else 120)",
+    )
     add_log_level(parser, log_level)
 
 
@@ -71,7 +86,9 @@ def start_daemon(
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
     from gpupool.server.daemon import start_daemon as start
+    from gpupool.server.lifecycle import Limits
 
+    limits = Limits.from_env(kernel_s=args.kernel_time_limit, compile_s=args.compile_time_limit)
     return start(
         listen=listen,
         backend=args.backend,
@@ -81,6 +98,7 @@ def start_daemon(
         log_level=args.log_level,
         membership=pool,
         tls=tls,
+        limits=limits,
     )
 
 
@@ -114,6 +132,17 @@ def seconds(text: str) -> float:
         value = -1.0
     if value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A finite duration in seconds, more than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
 
 

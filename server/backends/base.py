@@ -263,5 +263,9 @@ class Backend(ABC):
         """A context in which the array module's work goes to ``stream``."""
 
     @abstractmethod
+    def random_generator(self, seed: int | None) -> Any:
+        """A ``Generator`` of the array module (``default_rng``), seeded likewise."""
+
+    @abstractmethod
     def random_state(self, seed: int | None) -> Any:
         """A ``RandomState`` of the array module, seeded with any integer in [0, 2**64)."""

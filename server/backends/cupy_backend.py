@@ -240,6 +240,9 @@ class CupyBackend(Backend):
     def on_stream(self, stream: object) -> cupy.cuda.Stream:
         return _stream(stream)
 
+    def random_generator(self, seed: int | None) -> cupy.random.Generator:
+        return cupy.random.default_rng(seed)
+
     def random_state(self, seed: int | None) -> cupy.random.RandomState:
         return cupy.random.RandomState(seed)
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import mmap
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import BinaryIO
 
 import numpy as np
 
@@ -29,6 +26,7 @@ from gpupool.errors import CUDARuntimeError
 from gpupool.proto.kernel_args import Signature
 from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
+from gpupool.server.ledger import SharedTable
 from gpupool.transport import memcopy, memfd
 
 ALIGNMENT = 256  # cudaMalloc's alignment
@@ -37,52 +35,32 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class MemoryLedger:
-    """Bytes held by each worker slot of one emulated device, in a file every worker maps.
+    """Bytes held by each worker slot of one emulated device, against its capacity: a
+    :class:`~gpupool.server.ledger.SharedTable` that every worker of the device maps."""
 
-    The file has no name (it is deleted as soon as it is made), so nothing is left behind
-    however the daemon ends; workers inherit its descriptor and reopen it through
-    ``/proc/self/fd``, because ``flock`` excludes only separate opens of a file, and it is
-    ``flock`` that serialises the check-and-reserve of an allocation across processes.
-    """
-
-    def __init__(self, file: BinaryIO, total: int) -> None:
+    def __init__(self, table: SharedTable, total: int) -> None:
         self.total = total
-        self._file = file
-        self._map = mmap.mmap(file.fileno(), 0)
-        self._slots = memoryview(self._map).cast("q")
+        self._table = table
 
     @classmethod
     def create(cls, total: int, slots: int) -> MemoryLedger:
-        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        file = tempfile.TemporaryFile(prefix="gpupool-ledger-", dir=folder)
-        file.truncate(slots * 8)
-        return cls(file, total)
+        return cls(SharedTable.create(slots), total)
 
     @classmethod
     def attach(cls, inherited_fd: int, total: int) -> MemoryLedger:
         """The ledger whose descriptor this worker inherited, opened anew."""
-        file = open(f"/proc/self/fd/{inherited_fd}", "r+b")
-        os.close(inherited_fd)
-        return cls(file, total)
+        return cls(SharedTable.attach(inherited_fd), total)
 
     def fileno(self) -> int:
-        return self._file.fileno()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[memoryview]:
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-        try:
-            yield self._slots
-        finally:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
+        return self._table.fileno()
 
     def used(self) -> int:
-        with self._locked() as slots:
+        with self._table.locked() as slots:
             return sum(slots)
 
     def reserve(self, slot: int, size: int) -> None:
         """Count ``size`` more bytes for ``slot``; cudaErrorMemoryAllocation when they don't fit."""
-        with self._locked() as slots:
+        with self._table.locked() as slots:
             free = self.total - sum(slots)
             if size > free:
                 raise CUDARuntimeError(
@@ -92,18 +70,15 @@ class MemoryLedger:
             slots[slot] += size
 
     def release(self, slot: int, size: int) -> None:
-        with self._locked() as slots:
+        with self._table.locked() as slots:
             slots[slot] -= size
 
     def clear(self, slot: int) -> None:
         """Forget everything ``slot`` held: its worker has ended."""
-        with self._locked() as slots:
-            slots[slot] = 0
+        self._table.clear(slot)
 
     def close(self) -> None:
-        self._slots.release()
-        self._map.close()
-        self._file.close()
+        self._table.close()
 
 
 class _Event:
@@ -296,6 +271,9 @@ class EmuBackend(Backend):
 
     def on_stream(self, stream: object) -> contextlib.nullcontext[None]:
         return contextlib.nullcontext()  # work runs synchronously, in order
+
+    def random_generator(self, seed: int | None) -> np.random.Generator:
+        return np.random.default_rng(seed)
 
     def random_state(self, seed: int | None) -> np.random.RandomState:
         # MT19937 seeds through a SeedSequence: any non-negative integer, as CuPy takes

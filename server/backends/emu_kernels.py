@@ -10,11 +10,13 @@ and sizes.
 
 Python looks at the source only textually, and at the preprocessor's output for it, so that
 macros, user headers and ``#if`` are seen as the compiler sees them: to find kernel names, to
-refuse CUDA constructs the emulator cannot run (warp-level operations, inline PTX, textures...)
-and to decide how the kernels run. A module that mentions ``__syncthreads`` anywhere runs every
-kernel's blocks with each CUDA thread a fiber (a stack of its own) on one host thread:
-``__syncthreads()`` switches to the next fiber, and once every fiber still in the kernel has
-reached the barrier (those that returned count as arrived) they all go on. Any other module runs
+refuse CUDA constructs the emulator cannot run (maskless warp operations, inline PTX,
+textures...) and to decide how the kernels run. A module that mentions ``__syncthreads`` or a
+warp-level operation anywhere runs every kernel's blocks with each CUDA thread a fiber (a stack
+of its own) on one host thread, run by a scheduler there: at ``__syncthreads()`` a fiber waits
+until every fiber still in the kernel has reached the barrier (those that returned count as
+arrived); at a shuffle, vote, match, warp reduction or ``__syncwarp`` until the lanes of its
+warp that the masks name have (see gpupool_emu.h's FiberTeam). Any other module runs
 a block's threads as a plain loop, faster still. Either way a host thread runs whole
 blocks, and as many host threads as pay off share the blocks of a launch (a module without
 barriers but with ``__shared__`` memory keeps to one). ``__shared__`` variables are static
@@ -27,7 +29,7 @@ process); ``GPUPOOL_EMU_STACK_KIB`` in the environment of the process that launc
 size, read at each launch.
 
 Known limitations: the threads of a block do not run in lockstep, so warp-synchronous code that
-relies on it without ``__syncwarp`` (the volatile shared-memory tail of old reductions) gives
+relies on it without a warp operation (the volatile shared-memory tail of old reductions) gives
 wrong results here; and a thread runs until its next barrier or its return, so one that spins
 waiting for another thread of its block (not at a barrier) never ends. Neither is detected.
 
@@ -105,20 +107,24 @@ _EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+([^;{}\[\]]*?)\b(\w+)\s*\[
 _STATIC_SHARED = re.compile(r"\bstatic(?=\s+__shared__\b)")
 _ALIGNMENT = re.compile(r"\b(?:__align__|alignas)\s*\([^()]*\)")
 _SHARED = re.compile(r"\b__shared__\b")
-_SYNC = re.compile(r"\b__syncthreads\w*\b")
+# What makes a module's kernels run as fibers: block barriers, and the warp-level operations
+# and cooperative groups, whose lanes meet the same way (see gpupool_emu.h's FiberTeam).
+_SYNC = re.compile(
+    r"\b(?:__syncthreads\w*|__syncwarp|__shfl_(?:up_|down_|xor_)?sync|__ballot_sync"
+    r"|__any_sync|__all_sync|__uni_sync|__activemask|__match_(?:any|all)_sync"
+    r"|__reduce_\w+_sync|cooperative_groups)\b"
+)
 
 # Constructs with no meaning without real warps or GPU hardware: (pattern, what it is).
 _UNSUPPORTED = (
-    (r"\b__shfl\w*", "warp shuffle"),
-    (r"\b(?:__ballot\w*|__any_sync|__all_sync|__uni_sync|__any|__all)\b", "warp vote"),
-    (r"\b__match_(?:any|all)_sync\b", "warp match"),
-    (r"\b__reduce_\w+_sync\b", "warp reduction"),
-    (r"\b__activemask\b", "warp mask"),
-    (r"\b__syncwarp\b", "warp synchronisation"),
+    (
+        r"\b(?:__shfl|__shfl_up|__shfl_down|__shfl_xor|__ballot|__any|__all)\b",
+        "a warp operation without a mask (removed in CUDA 9; use its _sync form)",
+    ),
+    (r"\b(?:this_grid|grid_group|this_multi_grid|multi_grid_group)\b", "grid-wide groups"),
     (r"\b(?:asm|__asm__|__asm)\b", "inline assembly"),
     (r"\b(?:tex[123]D\w*|texCubemap\w*|cudaTextureObject_t|texture(?=\s*<))", "texture"),
     (r"\b(?:surf[123]D\w*|surfCubemap\w*|cudaSurfaceObject_t|surface(?=\s*<))", "surface"),
-    (r"\bcooperative_groups\b", "cooperative groups"),
     (r"\b__nanosleep\b", "sleep"),
     (r"\b(?:clock64|__globaltimer|clock(?=\s*\())", "GPU clock"),
     (r"\b__nv_bfloat16\w*", "bfloat16"),
@@ -265,6 +271,56 @@ def _rewrite_shared(source: str) -> str:
     return rewritten
 
 
+_INTEGER_WORDS = r"(?:(?:un)?signed|long|short|int|char)"
+_STANDARD_TYPEDEF = re.compile(
+    rf"\btypedef\s+({_INTEGER_WORDS}(?:\s+{_INTEGER_WORDS})*)\s+(\w+)\s*;"
+    rf"|\busing\s+(\w+)\s*=\s*({_INTEGER_WORDS}(?:\s+{_INTEGER_WORDS})*)\s*;"
+)
+# The host's own fixed-width names (x86-64 and aarch64 Linux): (bytes, signed).
+_STANDARD_WIDTHS = {
+    "int8_t": (1, True),
+    "uint8_t": (1, False),
+    "int16_t": (2, True),
+    "uint16_t": (2, False),
+    "int32_t": (4, True),
+    "uint32_t": (4, False),
+    "int64_t": (8, True),
+    "uint64_t": (8, False),
+    "intptr_t": (8, True),
+    "uintptr_t": (8, False),
+    "ptrdiff_t": (8, True),
+    "size_t": (8, False),
+}
+
+
+def _integer_width(words: str) -> tuple[int, bool] | None:
+    """(bytes, signed) of an integer type spelled in words (``unsigned long long int``)."""
+    parts = words.split()
+    signed = "unsigned" not in parts
+    longs = parts.count("long")
+    if "char" in parts:
+        return (1, signed) if longs == 0 and "short" not in parts else None
+    if "short" in parts:
+        return (2, signed) if longs == 0 else None
+    return ({0: 4, 1: 8, 2: 8}.get(longs, 0), signed) if longs <= 2 else None
+
+
+def _drop_standard_typedefs(source: str) -> str:
+    """The user's own typedefs of fixed-width names that the host's headers already declare
+    alike (``typedef unsigned long long uint64_t;``, common in NVRTC kernels, which have no
+    <cstdint>): blanked, since C++ refuses a second typedef of another spelling of the same
+    width. A typedef that would change a width is left for the compiler to refuse."""
+    code = _mask_comments_and_literals(source)
+    spans = []
+    for match in _STANDARD_TYPEDEF.finditer(code):
+        words, name = (match.group(1), match.group(2)) if match.group(1) else match.group(4, 3)
+        if name in _STANDARD_WIDTHS and _integer_width(words) == _STANDARD_WIDTHS[name]:
+            spans.append(match.span())
+    for start, end in reversed(spans):
+        source = source[:start] + _blank(source[start:end]) + source[end:]
+    return source
+
+
 def _translate(source: str, preprocessed: str) -> _Translation:
     """Readies ``source`` for g++, deciding from ``preprocessed`` (the preprocessor's output for
     it, so that macros, user headers and ``#if`` are accounted for) what the launchers need.
@@ -276,7 +332,7 @@ def _translate(source: str, preprocessed: str) -> _Translation:
     _refuse_unsupported(code)
     # The whole text for these two, so that nothing escapes them: a stray mention only costs speed.
     return _Translation(
-        source=_rewrite_shared(source),
+        source=_rewrite_shared(_drop_standard_typedefs(source)),
         kernels=tuple(_find_kernels(code)),
         cooperative=bool(_SYNC.search(preprocessed)),
         shared_statics=bool(_SHARED.search(preprocessed)),
@@ -427,8 +483,11 @@ def _precompiled_header(compiler: list[str], version: str, cache: Path) -> Path 
 
 def _emulator_files() -> list[bytes]:
     """The contents of the header and of the stub CUDA headers, for cache keys."""
-    stubs = sorted(STUB_INCLUDE.iterdir())
-    return [HEADER.read_bytes(), *(f"{p.name}\0".encode() + p.read_bytes() for p in stubs)]
+    stubs = sorted(path for path in STUB_INCLUDE.rglob("*") if path.is_file())
+    return [
+        HEADER.read_bytes(),
+        *(f"{p.relative_to(STUB_INCLUDE)}\0".encode() + p.read_bytes() for p in stubs),
+    ]
 
 
 def _preprocess(compiler: list[str], source: str, flags: Sequence[str]) -> str:

@@ -409,26 +409,52 @@ void fiber_make(FiberContext& context, unsigned char* low, std::size_t size, voi
 #endif
 }
 
+enum class FiberState : unsigned char { kReady, kAtBarrier, kAtWarp, kExited };
+
 struct Fiber {
   FiberContext context;
-  uint3 index;  // its threadIdx
-  bool exited = false;
+  uint3 index;      // its threadIdx
+  unsigned lane;    // its lane in its warp (linear thread index % 32)
+  unsigned warp;    // its warp in the block (linear thread index / 32)
+  FiberState state = FiberState::kReady;
 };
 
-// The threads of one block as fibers, on one host thread, block after block. They run in turn:
-// each until its next barrier or its return, and when every fiber still in the kernel is at the
-// barrier (fibers that returned count as arrived, as on a GPU) the next phase begins with the
-// first of them. A fiber that returns waits, parked, for the next block, which starts all the
-// fibers again from the kernel's beginning.
+// What the lanes of one warp exchange at a warp-level operation (shuffle, vote, match, reduce,
+// __syncwarp): each lane that arrives leaves its value and what it asks for; once every lane the
+// masks name that is still in the kernel has arrived, the answers are worked out for all of them
+// at once (so that a lane going on to the next operation cannot overwrite a value another lane has
+// yet to read) and they all go on.
+enum class WarpOp : unsigned char {
+  kSync, kShuffle, kBallot, kMatchAny, kMatchAll, kAdd, kMin, kMax, kAnd, kOr, kXor
+};
+
+struct Warp {
+  unsigned arrived = 0;  // lanes at the current operation
+  unsigned named = 0;    // the lanes their masks name
+  WarpOp op[32];
+  bool is_signed[32];
+  std::uint64_t in[32];
+  unsigned source[32];   // for a shuffle: the lane to read (itself when out of range)
+  std::uint64_t out[32];
+};
+
+// The threads of one block as fibers, on one host thread, block after block. A scheduler on the
+// host thread runs the ready fibers in turn, each until it waits or returns: at __syncthreads() a
+// fiber waits for every fiber still in the kernel (fibers that returned count as arrived, as on a
+// GPU); at a warp-level operation it waits for the lanes of its warp that the operation names. A
+// fiber that returns waits, parked, for the next block, which starts all the fibers again from the
+// kernel's beginning. Waits that can never end (a warp operation naming a lane that waits at a
+// barrier) end the launch with an error instead of hanging.
 struct FiberTeam {
   std::vector<Fiber> fibers;
-  std::vector<unsigned> order;  // fibers of the current phase, in turn: first `count` entries
-  unsigned count = 0;
-  unsigned position = 0;  // order[position] is the running fiber
+  std::vector<Warp> warps;
+  unsigned current = 0;   // the running fiber
+  unsigned live = 0;      // fibers not returned
+  unsigned at_barrier = 0;
   int votes = 0;          // true predicates given to the barrier of the current phase
   int vote_count = 0;     // the outcome of the last phase
   int voters = 0;         // fibers at the barrier of the last phase (not returned)
-  FiberContext host;      // the scheduler, waiting for the end of the block
+  FiberContext host;      // the scheduler
   void (*body)(const void*) = nullptr;  // runs one CUDA thread; must not throw
   const void* data = nullptr;
   unsigned char* stacks = nullptr;
@@ -441,43 +467,139 @@ struct FiberTeam {
     if (stacks) munmap(stacks, mapped);
   }
 
-  // Called by the running fiber at a barrier, or when its kernel has returned.
-  void arrive(bool returned) {
-    Fiber& self = fibers[order[position]];
-    self.exited = returned;
-    if (++position == count) {
-      unsigned kept = 0;
-      for (unsigned i = 0; i < count; ++i) {
-        if (!fibers[order[i]].exited) order[kept++] = order[i];
-      }
-      count = kept;
-      position = 0;
-      vote_count = votes;
-      votes = 0;
-      voters = static_cast<int>(kept);
-      if (kept == 0) {  // the block is over
-        fiber_switch(self.context, host);
-        return;
-      }
-    }
-    Fiber& next = fibers[order[position]];
-    if (&next != &self) {
-      threadIdx = next.index;
-      fiber_switch(self.context, next.context);
-    }
+  Fiber& self() { return fibers[current]; }
+
+  // Called by the running fiber: it waits in `state` (or has returned) until the scheduler
+  // resumes it.
+  void wait(FiberState state) {
+    Fiber& fiber = self();
+    fiber.state = state;
+    fiber_switch(fiber.context, host);
   }
 
-  // Runs every thread of the current block (blockIdx) to its end.
-  void run_block() {
-    for (unsigned i = 0; i < fibers.size(); ++i) {
-      fibers[i].exited = false;
-      order[i] = i;
+  // The lanes of warp `w` still in the kernel.
+  unsigned live_lanes(unsigned w) const {
+    unsigned mask = 0;
+    for (unsigned i = w * 32; i < fibers.size() && i < w * 32 + 32; ++i) {
+      if (fibers[i].state != FiberState::kExited) mask |= 1u << (i % 32);
     }
-    count = static_cast<unsigned>(fibers.size());
-    position = 0;
+    return mask;
+  }
+
+  // Answers warp w's operation once every lane it needs has arrived.
+  void complete(unsigned w) {
+    Warp& warp = warps[w];
+    if (!warp.arrived) return;
+    unsigned needed = warp.named & live_lanes(w);
+    if ((warp.arrived & needed) != needed) return;
+    const unsigned lanes = warp.arrived;
+    unsigned ballot = 0;
+    for (unsigned l = 0; l < 32; ++l) {
+      if ((lanes >> l & 1u) && warp.in[l]) ballot |= 1u << l;
+    }
+    for (unsigned l = 0; l < 32; ++l) {
+      if (!(lanes >> l & 1u)) continue;
+      std::uint64_t result = 0;
+      switch (warp.op[l]) {
+        case WarpOp::kSync:
+          break;
+        case WarpOp::kShuffle: {
+          unsigned from = warp.source[l];
+          result = (from < 32 && (lanes >> from & 1u)) ? warp.in[from] : warp.in[l];
+          break;
+        }
+        case WarpOp::kBallot:
+          result = ballot;
+          break;
+        case WarpOp::kMatchAny:
+        case WarpOp::kMatchAll: {
+          unsigned same = 0;
+          for (unsigned o = 0; o < 32; ++o) {
+            if ((lanes >> o & 1u) && warp.in[o] == warp.in[l]) same |= 1u << o;
+          }
+          result = warp.op[l] == WarpOp::kMatchAny ? same : (same == lanes ? lanes : 0);
+          break;
+        }
+        default:
+          result = reduce(warp, lanes, l);
+      }
+      warp.out[l] = result;
+      fibers[w * 32 + l].state = FiberState::kReady;
+    }
+    warp.arrived = warp.named = 0;
+  }
+
+  static std::uint64_t reduce(const Warp& warp, unsigned lanes, unsigned l) {
+    bool first = true;
+    std::uint64_t acc = 0;
+    for (unsigned o = 0; o < 32; ++o) {
+      if (!(lanes >> o & 1u)) continue;
+      std::uint64_t v = warp.in[o];
+      if (first) {
+        acc = v;
+        first = false;
+        continue;
+      }
+      const bool s = warp.is_signed[l];
+      const auto as_signed = [](std::uint64_t x) { return static_cast<std::int32_t>(x); };
+      switch (warp.op[l]) {
+        case WarpOp::kAdd:
+          acc = static_cast<std::uint32_t>(acc + v);
+          break;
+        case WarpOp::kMin:
+          acc = s ? (as_signed(v) < as_signed(acc) ? v : acc) : std::min(acc, v);
+          break;
+        case WarpOp::kMax:
+          acc = s ? (as_signed(v) > as_signed(acc) ? v : acc) : std::max(acc, v);
+          break;
+        case WarpOp::kAnd:
+          acc &= v;
+          break;
+        case WarpOp::kOr:
+          acc |= v;
+          break;
+        default:
+          acc ^= v;
+      }
+    }
+    return acc;
+  }
+
+  // Runs every thread of the current block (blockIdx) to its end; false when the block can
+  // never end (its fibers wait for each other).
+  bool run_block() {
+    for (Fiber& fiber : fibers) fiber.state = FiberState::kReady;
+    for (Warp& warp : warps) warp.arrived = warp.named = 0;
+    live = static_cast<unsigned>(fibers.size());
+    at_barrier = 0;
     votes = 0;
-    threadIdx = fibers[0].index;
-    fiber_switch(host, fibers[0].context);
+    for (;;) {
+      bool ran = false;
+      for (unsigned i = 0; i < fibers.size(); ++i) {
+        Fiber& fiber = fibers[i];
+        if (fiber.state != FiberState::kReady) continue;
+        ran = true;
+        current = i;
+        threadIdx = fiber.index;
+        fiber_switch(host, fiber.context);
+        if (fiber.state == FiberState::kAtBarrier) {
+          ++at_barrier;
+        } else {
+          if (fiber.state == FiberState::kExited) --live;
+          complete(fiber.warp);  // an arrival, or a lane the others no longer wait for
+        }
+      }
+      if (live == 0) return true;
+      if (ran) continue;
+      if (at_barrier != live) return false;
+      for (Fiber& fiber : fibers) {
+        if (fiber.state == FiberState::kAtBarrier) fiber.state = FiberState::kReady;
+      }
+      vote_count = votes;
+      votes = 0;
+      voters = static_cast<int>(live);
+      at_barrier = 0;
+    }
   }
 };
 
@@ -487,7 +609,7 @@ thread_local FiberTeam* g_team = nullptr;
   FiberTeam* team = g_team;
   for (;;) {
     team->body(team->data);
-    team->arrive(true);
+    team->wait(FiberState::kExited);
   }
 }
 
@@ -537,13 +659,15 @@ bool make_team(FiberTeam& team, const dim3& block, std::size_t stack, bool split
   team.stacks = static_cast<unsigned char*>(memory);
   team.mapped = each * n;
   team.fibers = std::vector<Fiber>(n);
-  team.order.assign(n, 0);
+  team.warps = std::vector<Warp>((n + 31) / 32);
   team.body = body;
   team.data = data;
   for (unsigned i = 0; i < n; ++i) {
     unsigned char* low = team.stacks + i * each;
     install_guard(low, page, split);
     team.fibers[i].index = {i % block.x, i / block.x % block.y, i / block.x / block.y};
+    team.fibers[i].lane = i % 32;
+    team.fibers[i].warp = i / 32;
     fiber_make(team.fibers[i].context, low + page, stack, &fiber_main);
   }
   return true;
@@ -554,8 +678,48 @@ bool make_team(FiberTeam& team, const dim3& block, std::size_t stack, bool split
 int sync_count(int predicate) {
   FiberTeam* team = g_team;
   if (predicate) ++team->votes;
-  team->arrive(false);
+  team->wait(FiberState::kAtBarrier);
   return team->vote_count;
+}
+
+// One lane's part in a warp-level operation: waits for the lanes `mask` names, returns its answer.
+std::uint64_t warp_exchange(unsigned mask, WarpOp op, std::uint64_t value, unsigned source = 32,
+                            bool is_signed = false) {
+  FiberTeam* team = g_team;
+  Fiber& fiber = team->self();
+  Warp& warp = team->warps[fiber.warp];
+  const unsigned lane = fiber.lane;
+  warp.op[lane] = op;
+  warp.is_signed[lane] = is_signed;
+  warp.in[lane] = value;
+  warp.source[lane] = source;
+  warp.arrived |= 1u << lane;
+  warp.named |= mask;
+  team->wait(FiberState::kAtWarp);
+  return warp.out[lane];
+}
+
+unsigned lane_id() { return g_team->self().lane; }
+
+// The lane `__shfl_sync` reads: `target` within the lane's own segment of `width` lanes.
+unsigned shuffle_source(int target, int width) {
+  const unsigned w = (width <= 0 || width > 32) ? 32u : static_cast<unsigned>(width);
+  return lane_id() / w * w + static_cast<unsigned>(target) % w;
+}
+
+template <class T>
+std::uint64_t to_bits(T value) {
+  static_assert(sizeof(T) <= 8, "warp shuffles move values of at most 8 bytes");
+  std::uint64_t bits = 0;
+  memcpy(&bits, &value, sizeof(T));
+  return bits;
+}
+
+template <class T>
+T from_bits(std::uint64_t bits) {
+  T value;
+  memcpy(&value, &bits, sizeof(T));
+  return value;
 }
 
 }  // namespace
@@ -569,7 +733,92 @@ int sync_count(int predicate) {
   ((e) ? (void)0 : ::gpupool_emu::assert_fail(#e, __FILE__, __LINE__, __PRETTY_FUNCTION__))
 #endif
 
-static inline void __syncthreads() { gpupool_emu::g_team->arrive(false); }
+static inline void __syncthreads() {
+  gpupool_emu::g_team->wait(gpupool_emu::FiberState::kAtBarrier);
+}
+
+// Warp-level primitives: the lanes of a warp meet (see FiberTeam), so shuffles, votes and warp
+// reductions give a GPU's results. Only kernels of a module that uses them or a barrier call
+// them, and those always run as fibers.
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  gpupool_emu::warp_exchange(mask, gpupool_emu::WarpOp::kSync, 0);
+}
+static inline unsigned __activemask() {
+  gpupool_emu::FiberTeam* team = gpupool_emu::g_team;
+  return team->live_lanes(team->self().warp);
+}
+template <class T>
+static inline T __shfl_sync(unsigned mask, T var, int srcLane, int width = warpSize) {
+  unsigned source = gpupool_emu::shuffle_source(srcLane, width);
+  return gpupool_emu::from_bits<T>(gpupool_emu::warp_exchange(
+      mask, gpupool_emu::WarpOp::kShuffle, gpupool_emu::to_bits(var), source));
+}
+template <class T>
+static inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+  const unsigned lane = gpupool_emu::lane_id();
+  const unsigned w = (width <= 0 || width > 32) ? 32u : static_cast<unsigned>(width);
+  const unsigned source = lane % w >= delta ? lane - delta : lane;
+  return gpupool_emu::from_bits<T>(gpupool_emu::warp_exchange(
+      mask, gpupool_emu::WarpOp::kShuffle, gpupool_emu::to_bits(var), source));
+}
+template <class T>
+static inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+  const unsigned lane = gpupool_emu::lane_id();
+  const unsigned w = (width <= 0 || width > 32) ? 32u : static_cast<unsigned>(width);
+  const unsigned source = lane % w + delta < w ? lane + delta : lane;
+  return gpupool_emu::from_bits<T>(gpupool_emu::warp_exchange(
+      mask, gpupool_emu::WarpOp::kShuffle, gpupool_emu::to_bits(var), source));
+}
+template <class T>
+static inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize) {
+  const unsigned lane = gpupool_emu::lane_id();
+  const unsigned w = (width <= 0 || width > 32) ? 32u : static_cast<unsigned>(width);
+  const unsigned target = lane ^ static_cast<unsigned>(laneMask);
+  // a lane may read earlier segments of `width` lanes, not later ones (it then keeps its own)
+  const unsigned source = target < 32 && target / w <= lane / w ? target : lane;
+  return gpupool_emu::from_bits<T>(gpupool_emu::warp_exchange(
+      mask, gpupool_emu::WarpOp::kShuffle, gpupool_emu::to_bits(var), source));
+}
+static inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return static_cast<unsigned>(
+      gpupool_emu::warp_exchange(mask, gpupool_emu::WarpOp::kBallot, predicate != 0));
+}
+static inline int __any_sync(unsigned mask, int predicate) {
+  return __ballot_sync(mask, predicate) != 0;
+}
+static inline int __all_sync(unsigned mask, int predicate) {
+  return __ballot_sync(mask, predicate) == (mask & __activemask());
+}
+static inline int __uni_sync(unsigned mask, int predicate) {
+  unsigned votes = __ballot_sync(mask, predicate);
+  return votes == 0 || votes == (mask & __activemask());
+}
+template <class T>
+static inline unsigned __match_any_sync(unsigned mask, T value) {
+  return static_cast<unsigned>(gpupool_emu::warp_exchange(
+      mask, gpupool_emu::WarpOp::kMatchAny, gpupool_emu::to_bits(value)));
+}
+template <class T>
+static inline unsigned __match_all_sync(unsigned mask, T value, int* pred) {
+  unsigned result = static_cast<unsigned>(gpupool_emu::warp_exchange(
+      mask, gpupool_emu::WarpOp::kMatchAll, gpupool_emu::to_bits(value)));
+  *pred = result != 0;
+  return result;
+}
+#define GPUPOOL_EMU_WARP_REDUCE(NAME, OP)                                                       static inline unsigned NAME(unsigned mask, unsigned value) {                                    return static_cast<unsigned>(gpupool_emu::warp_exchange(mask, OP, value));                  }                                                                                             static inline int NAME(unsigned mask, int value) {                                              return static_cast<int>(gpupool_emu::warp_exchange(                                               mask, OP, static_cast<std::uint32_t>(value), 32, true));                                }
+GPUPOOL_EMU_WARP_REDUCE(__reduce_add_sync, gpupool_emu::WarpOp::kAdd)
+GPUPOOL_EMU_WARP_REDUCE(__reduce_min_sync, gpupool_emu::WarpOp::kMin)
+GPUPOOL_EMU_WARP_REDUCE(__reduce_max_sync, gpupool_emu::WarpOp::kMax)
+#undef GPUPOOL_EMU_WARP_REDUCE
+static inline unsigned __reduce_and_sync(unsigned mask, unsigned value) {
+  return static_cast<unsigned>(gpupool_emu::warp_exchange(mask, gpupool_emu::WarpOp::kAnd, value));
+}
+static inline unsigned __reduce_or_sync(unsigned mask, unsigned value) {
+  return static_cast<unsigned>(gpupool_emu::warp_exchange(mask, gpupool_emu::WarpOp::kOr, value));
+}
+static inline unsigned __reduce_xor_sync(unsigned mask, unsigned value) {
+  return static_cast<unsigned>(gpupool_emu::warp_exchange(mask, gpupool_emu::WarpOp::kXor, value));
+}
 static inline int __syncthreads_count(int predicate) { return gpupool_emu::sync_count(predicate); }
 static inline int __syncthreads_and(int predicate) {
   int count = gpupool_emu::sync_count(predicate);  // before voters: that is the phase's outcome
@@ -1126,8 +1375,11 @@ void run_cooperative(LaunchContext& ctx, const Tuple& args) {
     }
     g_team = &team;
     take_blocks(ctx, next, chunk, [&] {
-      team.run_block();
-      return true;
+      if (team.run_block()) return true;
+      ctx.fail(kLaunchFailure,
+               "threads of a block wait for each other forever (a warp operation naming a lane"
+               " that waits at __syncthreads, or the reverse)");
+      return false;
     });
     g_team = nullptr;
   });

@@ -7,6 +7,7 @@ the session's worker, and the front reads nothing more from it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -21,18 +22,20 @@ from gpupool.addresses import join_host_port
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server.executor import error_message
-from gpupool.server.service import DaemonService
+from gpupool.server import service as front
+from gpupool.server.service import DaemonService, refuse
 from gpupool.transport.frames import MESSAGE, FrameSocket
 from gpupool.transport.payload import MAX_STRIPES
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT_S = 10.0  # a connection that has not said what it is by then is dropped
 # An opening frame (open with its grant, or attach) is small: a stranger's claimed length must
 # not make the front set aside up to MAX_MESSAGE bytes for each connection it holds.
 HELLO_MAX = 64 << 10
 BACKLOG = 128
+ACCEPT_PAUSE_S = 0.01  # after an accept that failed for want of descriptors; doubled up to
+ACCEPT_PAUSE_MAX_S = 1.0
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class FrameListener:
@@ -54,6 +57,7 @@ class FrameListener:
         """
         self._service = service
         self._listeners: list[socket.socket] = []
+        self._closed = False
         self.endpoints: list[str] = []
         self._folder = tempfile.mkdtemp(prefix="gpupool-")
         os.chmod(self._folder, 0o711)  # other local users may connect, not list
@@ -74,6 +78,7 @@ class FrameListener:
 
     def close(self) -> None:
         """Stop accepting (open sessions go on until their workers end)."""
+        self._closed = True
         for listener in self._listeners:
             try:
                 listener.shutdown(socket.SHUT_RDWR)
@@ -90,19 +95,35 @@ class FrameListener:
         ).start()
 
     def _accept(self, listener: socket.socket, shared_memory: bool) -> None:
+        pause = ACCEPT_PAUSE_S
         while True:
             try:
                 sock, _peer = listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(
-                target=self._serve, args=(sock, shared_memory), name="frame-session", daemon=True
-            ).start()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES or self._closed:
+                    return  # closed
+                # Out of descriptors (a burst of connections): the pending ones wait in the
+                # backlog until some close; the listener must not end for good.
+                log.warning("accept failed: backing off", extra=fields(reason=str(exc)))
+                time.sleep(pause)
+                pause = min(2 * pause, ACCEPT_PAUSE_MAX_S)
+                continue
+            pause = ACCEPT_PAUSE_S
+            try:
+                serve = threading.Thread(
+                    target=self._serve, args=(sock, shared_memory), name="frame-session"
+                )
+                serve.daemon = True
+                serve.start()
+            except RuntimeError as exc:  # no thread to be had: drop this one, go on
+                log.warning("connection dropped", extra=fields(reason=str(exc)))
+                sock.close()
 
     def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
         frames = FrameSocket(sock)
         try:
-            kind, first, payload = frames.receive(HELLO_MAX, time.monotonic() + HELLO_TIMEOUT_S)
+            deadline = time.monotonic() + front.OPENING_DEADLINE_S  # read now: tests set it
+            kind, first, payload = frames.receive(HELLO_MAX, deadline)
             sock.settimeout(None)
         except (ConnectionLost, OSError):
             frames.close()
@@ -118,9 +139,7 @@ class FrameListener:
             self._service.attach_peer(frames, request.attach_peer, shared_memory)
         elif kind == MESSAGE and request.open.stripes > MAX_STRIPES:
             problem = f"{request.open.stripes} stripes asked for; a session may use {MAX_STRIPES}"
-            refusal = CUDARuntimeError("cudaErrorInvalidValue", problem)
-            frames.send(MESSAGE, pb.Reply(error=error_message(refusal)).SerializeToString())
-            frames.close()
+            refuse(frames, CUDARuntimeError("cudaErrorInvalidValue", problem))
         elif kind == MESSAGE and not payload:
             self._service.serve_connection(frames, first, shared_memory)
         else:

@@ -25,10 +25,13 @@ _IN_FLIGHT = 8  # requests waiting for the worker before the endpoint is read on
 
 
 class _Call:
-    """What ``DaemonService.session`` needs of a gRPC call: callbacks for the client's end."""
+    """What ``DaemonService.session`` needs of a gRPC call: callbacks for the client's end,
+    and a way for the daemon to end the call (a session that did not open in time)."""
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, endpoint: Any, requests: queue.Queue[bytes | None]) -> None:
         self._peer = peer
+        self._endpoint = endpoint
+        self._requests = requests
         self._callbacks: list[Callable[[], None]] = []
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -38,9 +41,21 @@ class _Call:
     def peer(self) -> str:
         return self._peer
 
-    def cancel(self) -> None:
+    def client_gone(self) -> None:
         for callback in self._callbacks:
             callback()
+
+    def cancel(self) -> None:
+        """End the session from the daemon's side (from a thread other than the loop's)."""
+        self.client_gone()
+        try:
+            self._requests.put_nowait(None)  # the session's request iterator stops
+        except queue.Full:
+            pass  # requests are queued: the session is open and reads on
+        try:
+            run(self._endpoint.close(), 5.0)
+        except Exception as exc:
+            log.debug("ucx endpoint close failed", extra=fields(reason=repr(exc)))
 
 
 class UcxListener:
@@ -62,7 +77,7 @@ class UcxListener:
 
     async def _serve(self, endpoint: Any) -> None:
         requests: queue.Queue[bytes | None] = queue.Queue(_IN_FLIGHT)
-        call = _Call(f"ucx:{id(endpoint):x}")
+        call = _Call(f"ucx:{id(endpoint):x}", endpoint, requests)
         threading.Thread(
             target=self._replies, args=(endpoint, requests, call), name="ucx-session", daemon=True
         ).start()
@@ -74,7 +89,7 @@ class UcxListener:
                 await asyncio.to_thread(requests.put, bytes(obj[1:]))
         except Exception as exc:  # the client went away without ending the session
             log.debug("ucx endpoint closed", extra=fields(reason=repr(exc)))
-            call.cancel()
+            call.client_gone()
         await asyncio.to_thread(requests.put, None)
 
     def _replies(self, endpoint: Any, requests: queue.Queue[bytes | None], call: _Call) -> None:

@@ -8,9 +8,11 @@ from gpupool.cupy.cuda.memory import (
     MemoryPointer,
     MemoryPool,
     OutOfMemoryError,
+    UnownedMemory,
     alloc,
     get_allocator,
     set_allocator,
+    using_allocator,
 )
 from gpupool.cupy.cuda.pinned_memory import (
     PinnedMemory,
@@ -41,6 +43,7 @@ __all__ = [
     "PinnedMemoryPointer",
     "PinnedMemoryPool",
     "Stream",
+    "UnownedMemory",
     "alloc",
     "alloc_pinned_memory",
     "compiler",
@@ -54,4 +57,5 @@ __all__ = [
     "runtime",
     "set_allocator",
     "set_pinned_memory_allocator",
+    "using_allocator",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 ALLOCATION_UNIT = 512  # CuPy's pools round every block up to this
@@ -97,3 +98,14 @@ class AllocatorChoice(Generic[Pool, Pointer]):
         if self._allocator is not None:
             return self._allocator
         return self.default_pool().malloc
+
+    @contextlib.contextmanager
+    def using(self, allocator: Callable[[int], Pointer] | None) -> Iterator[None]:
+        """``set(allocator)`` for a while, then the choice made before (process-wide, not per
+        thread as CuPy's)."""
+        previous = self._allocator
+        self.set(allocator)
+        try:
+            yield
+        finally:
+            self._allocator = previous

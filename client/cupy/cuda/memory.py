@@ -11,6 +11,7 @@ queued free) when the last pointer to it is collected.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
 import weakref
@@ -50,6 +51,20 @@ class Memory:
         return self.ptr
 
 
+class UnownedMemory:
+    """Device memory another object owns (one exposing ``__cuda_array_interface__``): used,
+    never freed here; ``owner`` is kept alive as long as the pointer is."""
+
+    def __init__(self, ptr: int, size: int, owner: Any, device_id: int = -1) -> None:
+        self.device_id: int = runtime.getDevice() if device_id < 0 else device_id
+        self.size: int = size
+        self.ptr: int = ptr
+        self._owner = owner
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
 class PooledMemory:
     """A block lent by a pool: handed back to the pool, not freed, when collected."""
 
@@ -78,7 +93,7 @@ def _stream_ptr(stream: Stream | None) -> int:
 class MemoryPointer:
     """A pointer into an allocation, keeping it alive, with CuPy's copy methods."""
 
-    def __init__(self, mem: Memory | PooledMemory, offset: int) -> None:
+    def __init__(self, mem: Memory | PooledMemory | UnownedMemory, offset: int) -> None:
         self.mem = mem
         self.ptr: int = mem.ptr + offset
         self.device_id: int = mem.device_id
@@ -293,6 +308,11 @@ def set_allocator(allocator: Allocator | None = None) -> None:
 
 def get_allocator() -> Allocator:
     return _choice.get()
+
+
+def using_allocator(allocator: Allocator | None = None) -> contextlib.AbstractContextManager[None]:
+    """Allocate with ``allocator`` inside a ``with`` block (None: no pool), as CuPy's."""
+    return _choice.using(allocator)
 
 
 def alloc(size: int) -> MemoryPointer:

@@ -30,16 +30,32 @@ def get_current_stream(device_id: int | None = None) -> Stream:
     return _current_streams().get(device, Stream.null)
 
 
+class _PerThreadDefault:
+    """``Stream.ptds``: this thread's own default stream on the current device, made on first
+    use (work on it is not ordered with other threads', as CUDA's per-thread stream)."""
+
+    def __get__(self, instance: object, owner: type) -> Stream:
+        streams: dict[int, Stream] | None = getattr(_local, "ptds", None)
+        if streams is None:
+            streams = _local.ptds = {}
+        device = runtime.getDevice()
+        if device not in streams:
+            streams[device] = Stream(null=True, ptds=True)
+        return streams[device]
+
+
 class Stream:
-    """A CUDA stream on the device current when it was made; ``Stream.null`` is the null stream."""
+    """A CUDA stream on the device current when it was made; ``Stream.null`` is the null stream,
+    ``Stream.ptds`` this thread's per-thread default stream."""
 
     null: Stream  # set below
+    ptds = _PerThreadDefault()
 
     def __init__(self, null: bool = False, non_blocking: bool = False, ptds: bool = False) -> None:
-        if ptds:
-            raise NotImplementedError(
-                "Stream(ptds=True): per-thread default streams are not supported (docs/cupy.md)"
-            )
+        if ptds and not null:
+            raise ValueError("ptds requires null=True")
+        if ptds:  # this thread's own default stream: not ordered with other threads' work
+            null, non_blocking = False, True
         self.non_blocking = non_blocking
         self._device_id: int | None = None
         self.ptr = 0
@@ -49,6 +65,17 @@ class Stream:
             flags = runtime.streamNonBlocking if non_blocking else 0
             self.ptr = runtime.streamCreateWithFlags(flags)
             release_at_collection(self, self._device_id, runtime.streamDestroy, self.ptr)
+
+    @classmethod
+    def from_external(cls, ptr: int, device_id: int = -1) -> Stream:
+        """A ``Stream`` object for a stream handle made elsewhere (``runtime.streamCreate``):
+        it is used, never destroyed here."""
+        stream = cls.__new__(cls)
+        stream.non_blocking = False
+        stream._device_id = runtime.getDevice() if device_id < 0 else device_id
+        stream.ptr = int(ptr)
+        stream._previous = []
+        return stream
 
     @property
     def device_id(self) -> int:
