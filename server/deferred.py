@@ -8,8 +8,9 @@ it go, in order, to one thread (the stream), while calls that touch no device me
 carried out and answered at once; a waiting stream call is answered by the thread when it
 gets there. When the thread has caught up, calls run directly again, at no extra cost.
 
-A host-to-device copy whose payload follows its request waits for the thread first (its
-bytes are on the connection now); the executor releases its lock while a transfer waits for
+A host-to-device copy whose payload follows its request, and a device-to-host copy whose
+data goes back on the connection, wait for the thread first and run on the worker's loop (the
+connection is read there); the executor releases its lock while a transfer waits for
 a peer, so the immediate calls are not held up by it.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.executor import DeviceData, SessionExecutor
+from gpupool.server.peers import PEER_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,13 @@ IMMEDIATE = frozenset(
     }
 )
 Send = Callable[[pb.Reply | DeviceData], None]
+
+
+def reads_back(call: pb.Request) -> bool:
+    """A device-to-host copy whose data travels back on the session's own connection: over
+    shm:// its ring's slots are answered on the socket this loop reads, so it runs here,
+    once the stream thread has caught up."""
+    return call.WhichOneof("call") == "memcpy_dtoh" and not call.memcpy_dtoh.HasField("host")
 
 
 def has_peer_call(request: pb.Request) -> bool:
@@ -75,6 +84,9 @@ class StreamThread:
             return
         for call in calls:  # an immediate call needs nothing queued before it
             if call.WhichOneof("call") in IMMEDIATE:
+                yield from self._executor.handle(call)
+            elif reads_back(call):  # its data may flow through the ring, answered on our socket
+                self.drain(PEER_TIMEOUT_S)
                 yield from self._executor.handle(call)
             else:
                 self._put(call)

@@ -82,6 +82,16 @@ def test_pointers_name_their_device_and_default_copies_cross_daemons(node: None)
         assert np.array_equal(out, host)
     assert moved() == before + 4 * host.nbytes
     assert rt.deviceCanAccessPeer(0, 3) == 1 and rt.deviceCanAccessPeer(1, 1) == 0
+    small = np.arange(100, dtype=np.uint8)  # under 64 KiB: through the destination's ring
+    rt.setDevice(0)
+    tiny = rt.malloc(100)
+    rt.memcpy(tiny, small.ctypes.data, 100, rt.memcpyHostToDevice)
+    rt.setDevice(1)
+    other = rt.malloc(100)
+    rt.memcpy(other, tiny, 100, rt.memcpyDefault)
+    back = np.zeros_like(small)
+    rt.memcpy(back.ctypes.data, other, 100, rt.memcpyDeviceToHost)
+    assert np.array_equal(back, small)
     with pytest.raises(CUDARuntimeError, match="cudaErrorInvalidValue"):
         rt.memcpyPeer(pointers[3], 2, pointers[0], 0, 16)  # pointer 3 is not on device 2
 
