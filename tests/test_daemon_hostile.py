@@ -23,13 +23,13 @@ import pytest
 
 from gpupool.client.context import DaemonLinks
 from gpupool.client.session import Session
-from gpupool.client.transports import OPENERS
 from gpupool.errors import GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
 from gpupool.server.daemon import Daemon, start_daemon
 from gpupool.server.lifecycle import Limits
+from gpupool.transport.links import OPENERS
 from tests.daemons import DaemonProcess, gone_within
 
 MiB = 1 << 20
