@@ -60,13 +60,31 @@ def _numpy(code: int) -> Callable[[np.generic], tuple[int, bytes]]:
     return convert
 
 
+def _numpy_word(code: int) -> Callable[[np.generic], tuple[int, bytes]]:
+    """A 64-bit NumPy integer: a device pointer made one (``np.uint64(ptr)``) passes as the
+    daemon's own address, as a Python int does."""
+    plain = _numpy(code)
+
+    def convert(value: np.generic) -> tuple[int, bytes]:
+        if int(value) >> 62 == 1:
+            return code, _POINTER.pack(addressing.raw(int(value)))
+        return plain(value)
+
+    return convert
+
+
+_WORDS = (np.dtype(np.int64).type, np.dtype(np.uint64).type)
+
 # Converters by exact type, tried first: the types nearly every argument has.
 _CONVERT: dict[type, Callable[[Any], tuple[int, bytes]]] = {
     int: _int,
     float: _float,
     bool: _bool,
     complex: _complex,
-    **{dtype.type: _numpy(code) for code, dtype in DTYPE_OF.items()},
+    **{
+        dtype.type: (_numpy_word if dtype.type in _WORDS else _numpy)(code)
+        for code, dtype in DTYPE_OF.items()
+    },
 }
 
 
