@@ -16,7 +16,6 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
@@ -27,34 +26,10 @@ from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto import gpupool_pb2_grpc as pb_grpc
 from gpupool.proto.limits import GRPC_OPTIONS
+from gpupool.tls import TLS
 from gpupool.transport.links import OPENERS, Endpoint, Link, candidates
 
 ENV_DAEMONS = "GPUPOOL_DAEMONS"
-ENV_TLS = ("GPUPOOL_TLS_CA", "GPUPOOL_TLS_CERT", "GPUPOOL_TLS_KEY")
-
-
-@dataclass(frozen=True)
-class TLS:
-    """PEM files for ``grpc://`` with TLS: the CA that signed the daemons' certificates, and
-    this client's own certificate and key where the daemons require one."""
-
-    ca: Path
-    cert: Path | None = None
-    key: Path | None = None
-
-    @classmethod
-    def from_env(cls) -> TLS | None:
-        ca, cert, key = (os.environ.get(name) for name in ENV_TLS)
-        if not ca:
-            return None
-        return cls(Path(ca), Path(cert) if cert else None, Path(key) if key else None)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            self.ca.read_bytes(),
-            self.key.read_bytes() if self.key else None,
-            self.cert.read_bytes() if self.cert else None,
-        )
 
 
 class DaemonLinks:

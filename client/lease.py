@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import grpc
 
+from gpupool import tls
 from gpupool.errors import AllocationError, GpupoolError
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 
 ENV_ALLOCATION = "GPUPOOL_ALLOCATION"
 ENV_SCHEDULER = "GPUPOOL_SCHEDULER"
+ENV_TOKEN = "GPUPOOL_TOKEN"
 CALL_TIMEOUT_S = 10.0
+MAX_WAIT_S = 3600.0  # past the scheduler's bound on waits (scheduler/limits.py)
 T = TypeVar("T")
 
 
@@ -60,27 +63,44 @@ def scheduler_address(given: str | None = None) -> str:
 
 
 class SchedulerClient:
-    """Calls to the scheduler, with its refusals raised as :class:`AllocationError`."""
+    """Calls to the scheduler, with its refusals raised as :class:`AllocationError`.
 
-    def __init__(self, address: str) -> None:
+    Each call carries the API token (``token``, else ``GPUPOOL_TOKEN``) where there is one;
+    the channel uses TLS where ``GPUPOOL_TLS_CA`` is set (:mod:`gpupool.tls`).
+    """
+
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address, GRPC_OPTIONS)
+        self._channel = tls.channel(address, GRPC_OPTIONS)
         self._stub = spb_grpc.SchedulerStub(self._channel)
+        token = token or os.environ.get(ENV_TOKEN, "")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def allocate(self, request: spb.AllocationRequest) -> spb.Allocation:
-        timeout = CALL_TIMEOUT_S + request.wait_s
-        return self._call(lambda: self._stub.Allocate(request, timeout=timeout))
+        # the scheduler refuses a wait past its bound (or NaN) at once; the deadline must
+        # still be a number gRPC takes, so that the refusal is what the caller hears
+        wait = request.wait_s if 0 <= request.wait_s <= MAX_WAIT_S else 0.0
+        timeout = CALL_TIMEOUT_S + wait
+        return self._call(
+            lambda: self._stub.Allocate(request, timeout=timeout, metadata=self._metadata)
+        )
 
     def renew(self, allocation_id: str) -> spb.Allocation:
         ref = spb.LeaseRef(id=allocation_id)
-        return self._call(lambda: self._stub.Renew(ref, timeout=CALL_TIMEOUT_S))
+        return self._call(
+            lambda: self._stub.Renew(ref, timeout=CALL_TIMEOUT_S, metadata=self._metadata)
+        )
 
     def release(self, allocation_id: str) -> None:
         ref = spb.LeaseRef(id=allocation_id)
-        self._call(lambda: self._stub.Release(ref, timeout=CALL_TIMEOUT_S))
+        self._call(lambda: self._stub.Release(ref, timeout=CALL_TIMEOUT_S, metadata=self._metadata))
 
     def pool(self) -> spb.PoolState:
-        return self._call(lambda: self._stub.Pool(spb.PoolRequest(), timeout=CALL_TIMEOUT_S))
+        return self._call(
+            lambda: self._stub.Pool(
+                spb.PoolRequest(), timeout=CALL_TIMEOUT_S, metadata=self._metadata
+            )
+        )
 
     def close(self) -> None:
         self._channel.close()

@@ -14,8 +14,11 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from google.protobuf.message import Message
 
 from gpupool.errors import CUDARuntimeError, GpupoolError
 
@@ -84,16 +87,84 @@ def verify(token: str, secret: bytes, node: str, device: int, now: float) -> Gra
     return grant
 
 
-def node_proof(name: str, secret: bytes) -> str:
-    """What a daemon sends with its registration and heartbeats to show that it holds the
-    cluster secret: without it, anyone who reaches the scheduler could register a node (and
-    draw clients and their grants to it) or read a node's allocation ids (capabilities) from
-    a heartbeat's reply."""
-    return _b64(_mac(b"gpupool node " + name.encode(), secret))
+PROOF_WINDOW_S = 30.0  # how far a node call's time may be from the scheduler's clock
 
 
-def check_node_proof(name: str, proof: str, secret: bytes) -> bool:
-    return hmac.compare_digest(proof.encode(), node_proof(name, secret).encode())
+def node_proof(call: str, node: str, body: bytes, secret: bytes, now: float, nonce: str) -> str:
+    """What a daemon sends with each registration, heartbeat and allocation check to show
+    that it holds the cluster secret: without it, anyone who reaches the scheduler could
+    register a node (and draw clients and their grants to it) or read a node's allocation
+    ids (capabilities) from a heartbeat's reply.
+
+    The MAC covers the call, the node, the time, a nonce and the message itself (``body``:
+    the message serialized without its proof), so a captured proof is good for that one
+    message, once (:class:`ProofGuard`), within :data:`PROOF_WINDOW_S` of when it was made.
+    """
+    stamp = f"{now:.6f}"
+    return f"{stamp}:{nonce}:{_b64(_mac(_proven(call, node, stamp, nonce, body), secret))}"
+
+
+class ProofGuard:
+    """The scheduler's side of :func:`node_proof`: checks proofs and remembers the nonces
+    of the ones it accepted until they are too old to be accepted anyway, so a replayed
+    message (a heartbeat seen on the wire, sent again) is refused."""
+
+    def __init__(self, secret: bytes, window: float = PROOF_WINDOW_S) -> None:
+        self._secret = secret
+        self._window = window
+        # (node, nonce) -> when it was accepted, in that order
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def check(self, call: str, node: str, body: bytes, proof: str, now: float) -> str | None:
+        """Why ``proof`` does not prove ``body`` (a ``call`` of ``node``) now, or None."""
+        try:
+            stamp, nonce, mac_text = proof.split(":")
+            when = float(stamp)
+            mac = _unb64(mac_text)
+        except ValueError:
+            return "no proof of the cluster secret"
+        if not hmac.compare_digest(
+            mac, _mac(_proven(call, node, stamp, nonce, body), self._secret)
+        ):
+            return (
+                "the proof does not match the message and this scheduler's cluster secret"
+                " (another secret, or a message altered on the way)"
+            )
+        if not abs(now - when) <= self._window:  # NaN too
+            return (
+                f"the proof was made {now - when:.0f} s from the scheduler's time (more than"
+                f" {self._window:g} s: a replay, or clocks apart; run NTP)"
+            )
+        while self._seen:  # oldest first: forget those that are past replaying anyway
+            key, accepted = next(iter(self._seen.items()))
+            if now - accepted <= 2 * self._window:  # its time is at least accepted - window
+                break
+            del self._seen[key]
+        if (node, nonce) in self._seen:
+            return "the proof was used before (a replayed message)"
+        self._seen[node, nonce] = now
+        return None
+
+
+def prove(call: str, message: Message, node: str, secret: bytes, now: float) -> None:
+    """Set ``message.proof`` to a fresh proof of ``message`` (a node's ``call``)."""
+    proof = node_proof(call, node, message_body(message), secret, now, secrets.token_hex(16))
+    message.proof = proof  # type: ignore[attr-defined]
+
+
+def message_body(message: Message) -> bytes:
+    """What a node proof of ``message`` covers: the message without its proof."""
+    bare = type(message)()
+    bare.CopyFrom(message)
+    bare.ClearField("proof")
+    return bare.SerializeToString(deterministic=True)
+
+
+def _proven(call: str, node: str, stamp: str, nonce: str, body: bytes) -> bytes:
+    """The bytes a node proof's MAC covers: each part length-prefixed, so none can spill
+    into another."""
+    parts = [b"gpupool node v2", call.encode(), node.encode(), stamp.encode(), nonce.encode()]
+    return b"".join(len(part).to_bytes(4, "big") + part for part in [*parts, body])
 
 
 def read(token: str) -> Grant:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgpupool/proto/scheduler.proto\x12\ngpupool.v1\"D\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06memory\x18\x04 \x01(\x04\"\x8e\x01\n\x10NodeRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12!\n\x04gpus\x18\x03 \x03(\x0b\x32\x13.gpupool.v1.GpuInfo\x12\x18\n\x10oversubscription\x18\x04 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\t\"#\n\x0cNodeAccepted\x12\x13\n\x0bheartbeat_s\x18\x01 \x01(\x01\"W\n\nGpuFigures\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bmemory_used\x18\x02 \x01(\x04\x12\x13\n\x0butilization\x18\x03 \x01(\r\x12\x10\n\x08sessions\x18\x04 \x03(\t\"R\n\rNodeHeartbeat\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04gpus\x18\x02 \x03(\x0b\x32\x16.gpupool.v1.GpuFigures\x12\r\n\x05proof\x18\x03 \x01(\t\"9\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x18\n\x10live_allocations\x18\x02 \x03(\t\"\xb6\x01\n\x11\x41llocationRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x12\n\x08\x66raction\x18\x02 \x01(\x01H\x00\x12\x10\n\x06memory\x18\x03 \x01(\x04H\x00\x12\"\n\x06policy\x18\x04 \x01(\x0e\x32\x12.gpupool.v1.Policy\x12\x11\n\tsame_node\x18\x05 \x01(\x08\x12\r\n\x05ttl_s\x18\x06 \x01(\x01\x12\x0e\n\x06wait_s\x18\x07 \x01(\x01\x12\r\n\x05owner\x18\x08 \x01(\tB\x07\n\x05share\"{\n\x0c\x41llocatedGpu\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06memory\x18\x05 \x01(\x04\x12\x10\n\x08\x66raction\x18\x06 \x01(\x01\x12\r\n\x05grant\x18\x07 \x01(\t\"r\n\nAllocation\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04gpus\x18\x02 \x03(\x0b\x32\x18.gpupool.v1.AllocatedGpu\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\r\n\x05ttl_s\x18\x04 \x01(\x01\x12\r\n\x05owner\x18\x05 \x01(\t\"\x16\n\x08LeaseRef\x12\n\n\x02id\x18\x01 \x01(\t\"\n\n\x08Released\"\r\n\x0bPoolRequest\"\xc9\x01\n\x07PoolGpu\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06memory\x18\x04 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x05 \x01(\x04\x12\x15\n\rfraction_free\x18\x06 \x01(\x01\x12\x13\n\x0butilization\x18\x07 \x01(\r\x12\n\n\x02up\x18\x08 \x01(\x08\x12\x13\n\x0b\x61llocations\x18\t \x03(\t\x12\x10\n\x08sessions\x18\n \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\"[\n\tPoolState\x12!\n\x04gpus\x18\x01 \x03(\x0b\x32\x13.gpupool.v1.PoolGpu\x12+\n\x0b\x61llocations\x18\x02 \x03(\x0b\x32\x16.gpupool.v1.Allocation*\x1e\n\x06Policy\x12\x08\n\x04PACK\x10\x00\x12\n\n\x06SPREAD\x10\x01\x32\xfc\x02\n\tScheduler\x12\x42\n\x08Register\x12\x1c.gpupool.v1.NodeRegistration\x1a\x18.gpupool.v1.NodeAccepted\x12\x42\n\tHeartbeat\x12\x19.gpupool.v1.NodeHeartbeat\x1a\x1a.gpupool.v1.HeartbeatReply\x12\x41\n\x08\x41llocate\x12\x1d.gpupool.v1.AllocationRequest\x1a\x16.gpupool.v1.Allocation\x12\x35\n\x05Renew\x12\x14.gpupool.v1.LeaseRef\x1a\x16.gpupool.v1.Allocation\x12\x35\n\x07Release\x12\x14.gpupool.v1.LeaseRef\x1a\x14.gpupool.v1.Released\x12\x36\n\x04Pool\x12\x17.gpupool.v1.PoolRequest\x1a\x15.gpupool.v1.PoolStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgpupool/proto/scheduler.proto\x12\ngpupool.v1\"D\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06memory\x18\x04 \x01(\x04\"\x8e\x01\n\x10NodeRegistration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12!\n\x04gpus\x18\x03 \x03(\x0b\x32\x13.gpupool.v1.GpuInfo\x12\x18\n\x10oversubscription\x18\x04 \x01(\x01\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\t\"#\n\x0cNodeAccepted\x12\x13\n\x0bheartbeat_s\x18\x01 \x01(\x01\"W\n\nGpuFigures\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0bmemory_used\x18\x02 \x01(\x04\x12\x13\n\x0butilization\x18\x03 \x01(\r\x12\x10\n\x08sessions\x18\x04 \x03(\t\"b\n\rNodeHeartbeat\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04gpus\x18\x02 \x03(\x0b\x32\x16.gpupool.v1.GpuFigures\x12\r\n\x05proof\x18\x03 \x01(\t\x12\x0e\n\x06wait_s\x18\x04 \x01(\x01\"B\n\x0f\x41llocationCheck\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nallocation\x18\x02 \x01(\t\x12\r\n\x05proof\x18\x03 \x01(\t\" \n\x10\x41llocationStatus\x12\x0c\n\x04live\x18\x01 \x01(\x08\"9\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12\x18\n\x10live_allocations\x18\x02 \x03(\t\"\xb6\x01\n\x11\x41llocationRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x12\n\x08\x66raction\x18\x02 \x01(\x01H\x00\x12\x10\n\x06memory\x18\x03 \x01(\x04H\x00\x12\"\n\x06policy\x18\x04 \x01(\x0e\x32\x12.gpupool.v1.Policy\x12\x11\n\tsame_node\x18\x05 \x01(\x08\x12\r\n\x05ttl_s\x18\x06 \x01(\x01\x12\x0e\n\x06wait_s\x18\x07 \x01(\x01\x12\r\n\x05owner\x18\x08 \x01(\tB\x07\n\x05share\"{\n\x0c\x41llocatedGpu\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06memory\x18\x05 \x01(\x04\x12\x10\n\x08\x66raction\x18\x06 \x01(\x01\x12\r\n\x05grant\x18\x07 \x01(\t\"\x8e\x01\n\nAllocation\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x04gpus\x18\x02 \x03(\x0b\x32\x18.gpupool.v1.AllocatedGpu\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\r\n\x05ttl_s\x18\x04 \x01(\x01\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0c\n\x04team\x18\x06 \x01(\t\x12\x0c\n\x04user\x18\x07 \x01(\t\"\x16\n\x08LeaseRef\x12\n\n\x02id\x18\x01 \x01(\t\"\n\n\x08Released\"\r\n\x0bPoolRequest\"\xc9\x01\n\x07PoolGpu\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06memory\x18\x04 \x01(\x04\x12\x13\n\x0bmemory_used\x18\x05 \x01(\x04\x12\x15\n\rfraction_free\x18\x06 \x01(\x01\x12\x13\n\x0butilization\x18\x07 \x01(\r\x12\n\n\x02up\x18\x08 \x01(\x08\x12\x13\n\x0b\x61llocations\x18\t \x03(\t\x12\x10\n\x08sessions\x18\n \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x0b \x01(\t\"\x81\x01\n\tPoolState\x12!\n\x04gpus\x18\x01 \x03(\x0b\x32\x13.gpupool.v1.PoolGpu\x12+\n\x0b\x61llocations\x18\x02 \x03(\x0b\x32\x16.gpupool.v1.Allocation\x12$\n\x05teams\x18\x03 \x03(\x0b\x32\x15.gpupool.v1.TeamUsage\"\xeb\x01\n\tTeamUsage\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x0c\n\x04gpus\x18\x02 \x01(\x01\x12\x0e\n\x06memory\x18\x03 \x01(\x04\x12\x13\n\x0b\x61llocations\x18\x04 \x01(\r\x12\x17\n\nquota_gpus\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cquota_memory\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x1e\n\x11quota_allocations\x18\x07 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x0bgpu_seconds\x18\x08 \x01(\x01\x42\r\n\x0b_quota_gpusB\x0f\n\r_quota_memoryB\x14\n\x12_quota_allocations*\x1e\n\x06Policy\x12\x08\n\x04PACK\x10\x00\x12\n\n\x06SPREAD\x10\x01\x32\xca\x03\n\tScheduler\x12\x42\n\x08Register\x12\x1c.gpupool.v1.NodeRegistration\x1a\x18.gpupool.v1.NodeAccepted\x12\x42\n\tHeartbeat\x12\x19.gpupool.v1.NodeHeartbeat\x1a\x1a.gpupool.v1.HeartbeatReply\x12\x41\n\x08\x41llocate\x12\x1d.gpupool.v1.AllocationRequest\x1a\x16.gpupool.v1.Allocation\x12\x35\n\x05Renew\x12\x14.gpupool.v1.LeaseRef\x1a\x16.gpupool.v1.Allocation\x12\x35\n\x07Release\x12\x14.gpupool.v1.LeaseRef\x1a\x14.gpupool.v1.Released\x12\x36\n\x04Pool\x12\x17.gpupool.v1.PoolRequest\x1a\x15.gpupool.v1.PoolState\x12L\n\x0f\x43heckAllocation\x12\x1b.gpupool.v1.AllocationCheck\x1a\x1c.gpupool.v1.AllocationStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gpupool.proto.scheduler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICY']._serialized_start=1303
-  _globals['_POLICY']._serialized_end=1333
+  _globals['_POLICY']._serialized_start=1727
+  _globals['_POLICY']._serialized_end=1757
   _globals['_GPUINFO']._serialized_start=45
   _globals['_GPUINFO']._serialized_end=113
   _globals['_NODEREGISTRATION']._serialized_start=116
@@ -42,25 +42,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPUFIGURES']._serialized_start=297
   _globals['_GPUFIGURES']._serialized_end=384
   _globals['_NODEHEARTBEAT']._serialized_start=386
-  _globals['_NODEHEARTBEAT']._serialized_end=468
-  _globals['_HEARTBEATREPLY']._serialized_start=470
-  _globals['_HEARTBEATREPLY']._serialized_end=527
-  _globals['_ALLOCATIONREQUEST']._serialized_start=530
-  _globals['_ALLOCATIONREQUEST']._serialized_end=712
-  _globals['_ALLOCATEDGPU']._serialized_start=714
-  _globals['_ALLOCATEDGPU']._serialized_end=837
-  _globals['_ALLOCATION']._serialized_start=839
-  _globals['_ALLOCATION']._serialized_end=953
-  _globals['_LEASEREF']._serialized_start=955
-  _globals['_LEASEREF']._serialized_end=977
-  _globals['_RELEASED']._serialized_start=979
-  _globals['_RELEASED']._serialized_end=989
-  _globals['_POOLREQUEST']._serialized_start=991
-  _globals['_POOLREQUEST']._serialized_end=1004
-  _globals['_POOLGPU']._serialized_start=1007
-  _globals['_POOLGPU']._serialized_end=1208
-  _globals['_POOLSTATE']._serialized_start=1210
-  _globals['_POOLSTATE']._serialized_end=1301
-  _globals['_SCHEDULER']._serialized_start=1336
-  _globals['_SCHEDULER']._serialized_end=1716
+  _globals['_NODEHEARTBEAT']._serialized_end=484
+  _globals['_ALLOCATIONCHECK']._serialized_start=486
+  _globals['_ALLOCATIONCHECK']._serialized_end=552
+  _globals['_ALLOCATIONSTATUS']._serialized_start=554
+  _globals['_ALLOCATIONSTATUS']._serialized_end=586
+  _globals['_HEARTBEATREPLY']._serialized_start=588
+  _globals['_HEARTBEATREPLY']._serialized_end=645
+  _globals['_ALLOCATIONREQUEST']._serialized_start=648
+  _globals['_ALLOCATIONREQUEST']._serialized_end=830
+  _globals['_ALLOCATEDGPU']._serialized_start=832
+  _globals['_ALLOCATEDGPU']._serialized_end=955
+  _globals['_ALLOCATION']._serialized_start=958
+  _globals['_ALLOCATION']._serialized_end=1100
+  _globals['_LEASEREF']._serialized_start=1102
+  _globals['_LEASEREF']._serialized_end=1124
+  _globals['_RELEASED']._serialized_start=1126
+  _globals['_RELEASED']._serialized_end=1136
+  _globals['_POOLREQUEST']._serialized_start=1138
+  _globals['_POOLREQUEST']._serialized_end=1151
+  _globals['_POOLGPU']._serialized_start=1154
+  _globals['_POOLGPU']._serialized_end=1355
+  _globals['_POOLSTATE']._serialized_start=1358
+  _globals['_POOLSTATE']._serialized_end=1487
+  _globals['_TEAMUSAGE']._serialized_start=1490
+  _globals['_TEAMUSAGE']._serialized_end=1725
+  _globals['_SCHEDULER']._serialized_start=1760
+  _globals['_SCHEDULER']._serialized_end=2218
 # @@protoc_insertion_point(module_scope)

@@ -61,14 +61,32 @@ class GpuFigures(_message.Message):
     def __init__(self, index: _Optional[int] = ..., memory_used: _Optional[int] = ..., utilization: _Optional[int] = ..., sessions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeHeartbeat(_message.Message):
-    __slots__ = ("name", "gpus", "proof")
+    __slots__ = ("name", "gpus", "proof", "wait_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     gpus: _containers.RepeatedCompositeFieldContainer[GpuFigures]
     proof: str
-    def __init__(self, name: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ..., proof: _Optional[str] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, name: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuFigures, _Mapping]]] = ..., proof: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class AllocationCheck(_message.Message):
+    __slots__ = ("node", "allocation", "proof")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    allocation: str
+    proof: str
+    def __init__(self, node: _Optional[str] = ..., allocation: _Optional[str] = ..., proof: _Optional[str] = ...) -> None: ...
+
+class AllocationStatus(_message.Message):
+    __slots__ = ("live",)
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    live: bool
+    def __init__(self, live: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("known", "live_allocations")
@@ -117,18 +135,22 @@ class AllocatedGpu(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., index: _Optional[int] = ..., name: _Optional[str] = ..., memory: _Optional[int] = ..., fraction: _Optional[float] = ..., grant: _Optional[str] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("id", "gpus", "expires_at", "ttl_s", "owner")
+    __slots__ = ("id", "gpus", "expires_at", "ttl_s", "owner", "team", "user")
     ID_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     id: str
     gpus: _containers.RepeatedCompositeFieldContainer[AllocatedGpu]
     expires_at: float
     ttl_s: float
     owner: str
-    def __init__(self, id: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[AllocatedGpu, _Mapping]]] = ..., expires_at: _Optional[float] = ..., ttl_s: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
+    team: str
+    user: str
+    def __init__(self, id: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[AllocatedGpu, _Mapping]]] = ..., expires_at: _Optional[float] = ..., ttl_s: _Optional[float] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
 
 class LeaseRef(_message.Message):
     __slots__ = ("id",)
@@ -171,9 +193,31 @@ class PoolGpu(_message.Message):
     def __init__(self, node: _Optional[str] = ..., index: _Optional[int] = ..., name: _Optional[str] = ..., memory: _Optional[int] = ..., memory_used: _Optional[int] = ..., fraction_free: _Optional[float] = ..., utilization: _Optional[int] = ..., up: _Optional[bool] = ..., allocations: _Optional[_Iterable[str]] = ..., sessions: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class PoolState(_message.Message):
-    __slots__ = ("gpus", "allocations")
+    __slots__ = ("gpus", "allocations", "teams")
     GPUS_FIELD_NUMBER: _ClassVar[int]
     ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
     gpus: _containers.RepeatedCompositeFieldContainer[PoolGpu]
     allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
-    def __init__(self, gpus: _Optional[_Iterable[_Union[PoolGpu, _Mapping]]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ...) -> None: ...
+    teams: _containers.RepeatedCompositeFieldContainer[TeamUsage]
+    def __init__(self, gpus: _Optional[_Iterable[_Union[PoolGpu, _Mapping]]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., teams: _Optional[_Iterable[_Union[TeamUsage, _Mapping]]] = ...) -> None: ...
+
+class TeamUsage(_message.Message):
+    __slots__ = ("team", "gpus", "memory", "allocations", "quota_gpus", "quota_memory", "quota_allocations", "gpu_seconds")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_GPUS_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    GPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    gpus: float
+    memory: int
+    allocations: int
+    quota_gpus: float
+    quota_memory: int
+    quota_allocations: int
+    gpu_seconds: float
+    def __init__(self, team: _Optional[str] = ..., gpus: _Optional[float] = ..., memory: _Optional[int] = ..., allocations: _Optional[int] = ..., quota_gpus: _Optional[float] = ..., quota_memory: _Optional[int] = ..., quota_allocations: _Optional[int] = ..., gpu_seconds: _Optional[float] = ...) -> None: ...

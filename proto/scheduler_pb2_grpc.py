@@ -64,6 +64,11 @@ class SchedulerStub:
                 request_serializer=gpupool_dot_proto_dot_scheduler__pb2.PoolRequest.SerializeToString,
                 response_deserializer=gpupool_dot_proto_dot_scheduler__pb2.PoolState.FromString,
                 _registered_method=True)
+        self.CheckAllocation = channel.unary_unary(
+                '/gpupool.v1.Scheduler/CheckAllocation',
+                request_serializer=gpupool_dot_proto_dot_scheduler__pb2.AllocationCheck.SerializeToString,
+                response_deserializer=gpupool_dot_proto_dot_scheduler__pb2.AllocationStatus.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -106,6 +111,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckAllocation(self, request, context):
+        """A daemon asks, as a session opens, whether the allocation of its grant still holds: a
+        released allocation's grants open no session, even before the next heartbeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +151,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Pool,
                     request_deserializer=gpupool_dot_proto_dot_scheduler__pb2.PoolRequest.FromString,
                     response_serializer=gpupool_dot_proto_dot_scheduler__pb2.PoolState.SerializeToString,
+            ),
+            'CheckAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAllocation,
+                    request_deserializer=gpupool_dot_proto_dot_scheduler__pb2.AllocationCheck.FromString,
+                    response_serializer=gpupool_dot_proto_dot_scheduler__pb2.AllocationStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +320,33 @@ class Scheduler:
             '/gpupool.v1.Scheduler/Pool',
             gpupool_dot_proto_dot_scheduler__pb2.PoolRequest.SerializeToString,
             gpupool_dot_proto_dot_scheduler__pb2.PoolState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpupool.v1.Scheduler/CheckAllocation',
+            gpupool_dot_proto_dot_scheduler__pb2.AllocationCheck.SerializeToString,
+            gpupool_dot_proto_dot_scheduler__pb2.AllocationStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,10 @@ device of this node (:mod:`gpupool.grants`), and passes the grant's limits (memo
 compute fraction) to the worker in ``OpenSession.limits``, replacing whatever the client put
 there. It keeps the sessions it admitted by allocation, so that when the scheduler's
 heartbeat reply no longer lists an allocation (released, or its lease expired) their workers
-are ended and their memory goes back to the device.
+are ended and their memory goes back to the device. As a session opens it also asks the
+scheduler whether the grant's allocation still holds (:meth:`Admission.check_with`), so a
+released allocation's grants open nothing even before the next heartbeat; where the
+scheduler cannot say (away, or slow), the grant alone decides, as it did before.
 """
 
 from __future__ import annotations
@@ -67,6 +70,13 @@ class Admission:
         self._keys = itertools.count()
         self._live: set[str] = set()
         self._ended: dict[str, float] = {}  # allocation id -> when this daemon learned it
+        self._check: Callable[[str], bool | None] = lambda allocation: None
+
+    def check_with(self, check: Callable[[str], bool | None]) -> None:
+        """Ask ``check`` at each opening whether the grant's allocation still holds: False
+        refuses the session (and ends the allocation's open ones), None leaves it to the
+        grant (the scheduler cannot say)."""
+        self._check = check
 
     def admit(self, first: bytes, device: int) -> Admitted:
         """Check a session's opening request; raises cudaErrorNotPermitted naming why not."""
@@ -80,6 +90,9 @@ class Admission:
         with self._lock:
             if grant.allocation in self._ended:
                 raise lease_ended(grant.allocation)
+        if self._check(grant.allocation) is False:
+            self._end_allocation(grant.allocation)
+            raise lease_ended(grant.allocation)
         request.open.limits.CopyFrom(
             pb.SessionLimits(
                 allocation=grant.allocation, memory=grant.memory, fraction=grant.fraction
@@ -148,6 +161,19 @@ class Admission:
                 extra=fields(allocation=each.allocation, device=each.device),
             )
             each.end(lease_ended(each.allocation))
+
+    def _end_allocation(self, allocation: str) -> None:
+        """The scheduler says ``allocation`` has ended: refuse its grants, end its sessions."""
+        with self._lock:
+            self._ended.setdefault(allocation, self._clock())
+            self._live.discard(allocation)
+            doomed = [
+                self._open.pop(key)
+                for key, each in list(self._open.items())
+                if each.allocation == allocation
+            ]
+        for each in doomed:
+            each.end(lease_ended(allocation))
 
     def _forget(self, key: int) -> None:
         with self._lock:

@@ -6,7 +6,6 @@ import logging
 import resource
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
@@ -21,6 +20,7 @@ from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
 from gpupool.server.service import MAX_OPENING, DaemonService
 from gpupool.server.transports.listener import FrameListener
+from gpupool.tls import TLSFiles
 
 try:
     from gpupool.server.transports.ucx_listener import UcxListener
@@ -46,21 +46,6 @@ def raise_descriptor_limit() -> int:
         except (ValueError, OSError) as exc:
             log.warning("descriptor limit not raised", extra=fields(reason=str(exc)))
     return soft
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for a daemon's TLS: its certificate and key, and, to require client
-    certificates, the CA that signs them."""
-
-    cert: Path
-    key: Path
-    client_ca: Path | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        pair = (self.key.read_bytes(), self.cert.read_bytes())
-        ca = self.client_ca.read_bytes() if self.client_ca else None
-        return grpc.ssl_server_credentials([pair], ca, require_client_auth=ca is not None)
 
 
 class Daemon:
@@ -202,10 +187,12 @@ def start_daemon(
             config.kind,
             devices,
             membership.oversubscription,
-            membership.secret,
             reserved=warm * config.idle_worker_memory,
         )
-        registration = Registration(membership.scheduler, node, devices, pools, admission)
+        registration = Registration(
+            membership.scheduler, node, devices, pools, admission, membership.secret
+        )
+        admission.check_with(registration.allocation_live)
         registration.start()
     elif not hosts.loopback:
         log.warning(

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO, TypeVar
 
+import numpy as np
+
 from gpupool.errors import CUDARuntimeError
 from gpupool.units import format_size
 
@@ -113,7 +115,7 @@ class QuotaAccount:
         """Record that this worker holds ``held`` bytes, unless with the other sessions of its
         allocation that passes ``limit``: cudaErrorMemoryAllocation for ``asked`` more."""
         with self._ledger.locked() as cells:
-            others = _held_by(cells, cells[2 * self._slot], self._slot)
+            others = 0 if limit is None else _held_by(cells, cells[2 * self._slot], self._slot)
             if limit is not None and others + held > limit:
                 in_use = format_size(others + held - asked)
                 raise CUDARuntimeError(
@@ -128,8 +130,7 @@ def _held_by(cells: memoryview, group: int, besides: int) -> int:
     """Bytes held by the slots of ``group`` other than ``besides`` (none for group 0)."""
     if group == 0:
         return 0
-    return sum(
-        cells[index + 1]
-        for index in range(0, len(cells), 2)
-        if cells[index] == group and index != 2 * besides
+    rows = np.frombuffer(cells, np.int64).reshape(-1, 2)  # a view: (group, bytes) a slot
+    return int(rows[rows[:, 0] == group, 1].sum()) - (
+        rows[besides, 1] if rows[besides, 0] == group else 0
     )

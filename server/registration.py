@@ -4,9 +4,15 @@ The node's name is its identity: a daemon that restarts registers again under th
 and the scheduler keeps its GPUs (and the allocations on them) rather than adding new ones.
 Each heartbeat carries the live figures of every device (memory used, utilisation, the
 allocation of each open session); the reply lists the allocations whose leases hold, and
-the sessions of any other one are ended (:meth:`Admission.sync`). So the scheduler never
-needs a connection to the daemon. A scheduler that is away is retried every interval;
-meanwhile sessions go on.
+the sessions of any other one are ended (:meth:`Admission.sync`). The scheduler holds each
+heartbeat's reply for up to an interval and answers as soon as one of the node's
+allocations ends, so a released allocation's sessions end at once; and a session opening
+asks whether its allocation still holds (:meth:`Registration.allocation_live`). So the
+scheduler never needs a connection to the daemon. A scheduler that is away is retried
+every interval; meanwhile sessions go on, and open on their grants alone.
+
+Every call carries a fresh proof of the cluster secret over that very message
+(:func:`grants.node_proof`): one seen on the wire cannot be sent again.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from gpupool import grants
+from gpupool import grants, tls
 from gpupool.logs import fields
 from gpupool.proto import scheduler_pb2 as spb
 from gpupool.proto import scheduler_pb2_grpc as spb_grpc
@@ -30,6 +36,7 @@ from gpupool.server.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 5.0
+CHECK_TIMEOUT_S = 2.0  # the most a session's opening waits to hear whether its lease holds
 REFUSALS = (
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -47,14 +54,16 @@ class Registration:
         devices: Sequence[DeviceInfo],
         pools: Sequence[WorkerPool],
         admission: Admission,
+        secret: bytes,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._node = node
+        self._secret = secret
         self._devices = list(devices)
         self._pools = list(pools)
         self._admission = admission
         self._clock = clock
-        self._channel = grpc.insecure_channel(scheduler, GRPC_OPTIONS)
+        self._channel = tls.channel(scheduler, GRPC_OPTIONS)
         self._stub = spb_grpc.SchedulerStub(self._channel)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registration", daemon=True)
@@ -62,36 +71,68 @@ class Registration:
         self.interval = 1.0
         self.registered = threading.Event()
         self.refused = ""  # why the scheduler last refused to register this node
+        self.reachable = False  # did the last registration or heartbeat get an answer?
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        self._channel.close()  # ends a heartbeat the scheduler holds, at once
         self._thread.join()
-        self._channel.close()
+
+    def allocation_live(self, allocation: str) -> bool | None:
+        """Whether the scheduler still holds ``allocation`` on this node; None when it cannot
+        say (unreachable, or not answering within ``CHECK_TIMEOUT_S``): the grant alone then
+        decides, as it does while the scheduler is away."""
+        if not self.reachable:
+            return None  # no wait on every session's opening while the scheduler is away
+        check = spb.AllocationCheck(node=self._node.name, allocation=allocation)
+        grants.prove("check", check, self._node.name, self._secret, self._clock())
+        try:
+            return self._stub.CheckAllocation(check, timeout=CHECK_TIMEOUT_S).live
+        except grpc.RpcError as exc:
+            log.warning(
+                "cannot check an allocation with the scheduler; the grant decides",
+                extra=fields(allocation=allocation, code=exc.code().name),
+            )
+            return None
 
     def _run(self) -> None:
-        known, reachable = False, True
+        known, live = False, None
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 if not known:
-                    accepted = self._stub.Register(self._node, timeout=CALL_TIMEOUT_S)
+                    registration = spb.NodeRegistration()
+                    registration.CopyFrom(self._node)
+                    grants.prove(
+                        "register", registration, self._node.name, self._secret, self._clock()
+                    )
+                    accepted = self._stub.Register(registration, timeout=CALL_TIMEOUT_S)
                     self.interval = accepted.heartbeat_s or self.interval
                     known = True
+                    self.reachable = True  # it answers: sessions opening may ask it
                     self.registered.set()
                     log.info("registered with the scheduler", extra=fields(node=self._node.name))
                 asked_at = self._clock()
-                reply = self._stub.Heartbeat(self._heartbeat(), timeout=CALL_TIMEOUT_S)
-                if reply.known:
-                    self._admission.sync(reply.live_allocations, asked_at)
-                else:
+                reply = self._stub.Heartbeat(
+                    self._heartbeat(), timeout=CALL_TIMEOUT_S + self.interval
+                )
+                if not reply.known:
                     known = False
                     continue
-                if not reachable:
+                self._admission.sync(reply.live_allocations, asked_at)
+                if not self.reachable:
                     log.info("scheduler reachable again", extra=fields(node=self._node.name))
-                reachable = True
+                self.reachable = True
+                ended = live is not None and not set(live) <= set(reply.live_allocations)
+                live = list(reply.live_allocations)
+                if ended:
+                    continue  # answered early, as an allocation ended: listen again at once
             except grpc.RpcError as exc:
+                if self._stopping.is_set():
+                    return  # the channel closed under the call: stopping, nothing to say
                 if exc.code() in REFUSALS:  # it answers, and says no: say why, try again later
                     if self.refused != exc.details():
                         log.error(
@@ -100,13 +141,13 @@ class Registration:
                         )
                     self.refused = exc.details() or exc.code().name
                 else:
-                    if reachable:
+                    if self.reachable:
                         log.warning(
                             "scheduler unreachable; sessions go on",
                             extra=fields(code=exc.code().name, node=self._node.name),
                         )
-                    reachable = False
-            self._stopping.wait(self.interval)
+                    self.reachable = False
+            self._stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def _heartbeat(self) -> spb.NodeHeartbeat:
         gpus = []
@@ -124,7 +165,9 @@ class Registration:
                     sessions=self._admission.sessions(index),
                 )
             )
-        return spb.NodeHeartbeat(name=self._node.name, gpus=gpus, proof=self._node.proof)
+        beat = spb.NodeHeartbeat(name=self._node.name, gpus=gpus, wait_s=self.interval)
+        grants.prove("heartbeat", beat, self._node.name, self._secret, self._clock())
+        return beat
 
 
 class _Nvml:
@@ -169,18 +212,16 @@ def node_registration(
     backend: str,
     devices: Sequence[DeviceInfo],
     oversubscription: float,
-    secret: bytes,
     reserved: int = 0,
 ) -> spb.NodeRegistration:
-    """What the scheduler learns of this node when it registers, with the proof that it
-    holds the cluster secret. Each GPU offers its memory less ``reserved`` bytes, which the
-    daemon's warm workers hold: shares of the rest fit on the GPU beside them."""
+    """What the scheduler learns of this node when it registers (each registration adds a
+    fresh proof). Each GPU offers its memory less ``reserved`` bytes, which the daemon's warm
+    workers hold: shares of the rest fit on the GPU beside them."""
     return spb.NodeRegistration(
         name=name,
         address=address,
         backend=backend,
         oversubscription=oversubscription,
-        proof=grants.node_proof(name, secret),
         gpus=[
             spb.GpuInfo(
                 index=index, uuid=d.uuid, name=d.name, memory=max(0, d.total_memory - reserved)

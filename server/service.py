@@ -44,7 +44,7 @@ OPENING_DEADLINE_S = 10.0
 # Streams (gRPC, UCX) waiting for their opening request at once; more are refused at once, so
 # idle streams can never take the threads that GetInfo and open sessions need.
 MAX_OPENING = 512
-HANGUP_POLL_S = 0.5  # how often a frame session's front looks for its client's hang-up
+HANGUP_POLL_S = 0.5  # without pidfds (old kernels): how often a frame session's front looks
 
 
 class SessionCall(Protocol):

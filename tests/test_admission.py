@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -88,14 +89,49 @@ def test_sessions_of_ended_leases_are_ended_and_their_grants_refused() -> None:
     assert expired.value.name == "cudaErrorNotPermitted"
 
 
+def test_an_opening_asks_the_scheduler_and_a_released_allocation_opens_nothing() -> None:
+    """The scheduler's answer at the opening decides before any heartbeat: False refuses
+    (and ends the allocation's open sessions), None (it cannot say) leaves it to the grant."""
+    answers: dict[str, bool | None] = {"live": True, "away": None}
+    asked: list[str] = []
+    admission = Admission("n1", SECRET, Clock(), mps_running=lambda: False)
+    admission.check_with(lambda allocation: (asked.append(allocation), answers[allocation])[1])
+    ended: list[str] = []
+    for allocation in ("live", "away"):
+        admitted = admission.admit(opening(token(allocation)), 0)
+        admission.watch(admitted, 0, lambda why, name=allocation: ended.append(name))
+    assert asked == ["live", "away"]
+    answers["live"] = False  # released at the scheduler; no heartbeat since
+    with pytest.raises(CUDARuntimeError, match="live was released or has expired") as refused:
+        admission.admit(opening(token("live")), 0)
+    assert refused.value.name == "cudaErrorNotPermitted"
+    assert ended == ["live"]  # its open session is ended too
+    asked.clear()
+    with pytest.raises(CUDARuntimeError, match="was released"):
+        admission.admit(opening(token("live")), 0)
+    assert asked == []  # known to have ended: not asked again
+    assert admission.sessions(0) == ["away"]
+
+
+def _environ_once_started(pid: int) -> bytes:
+    """A fresh worker's environment: empty until its interpreter is running (a new process
+    may still be between fork and exec when it is handed out), so read it again a while."""
+    deadline = time.monotonic() + 10
+    while True:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        if environ or time.monotonic() > deadline:
+            return environ
+        time.sleep(0.02)
+
+
 def test_a_worker_asked_with_mps_settings_is_fresh_and_has_them() -> None:
     pool = WorkerPool(BackendConfig("emu", 1, 1 << 20), 0, warm=1, log_level="warning")
     try:
         worker = pool.acquire({"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"})
-        environ = Path(f"/proc/{worker.pid}/environ").read_bytes().split(b"\0")
+        environ = _environ_once_started(worker.pid).split(b"\0")
         assert b"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50" in environ
         warm = pool.acquire()
-        assert b"CUDA_MPS" not in Path(f"/proc/{warm.pid}/environ").read_bytes()
+        assert b"CUDA_MPS" not in _environ_once_started(warm.pid)
         for each in (worker, warm):
             each.kill()
             pool.release(each)

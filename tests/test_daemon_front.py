@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -39,7 +40,7 @@ from gpupool.server.lifecycle import Limits
 from gpupool.server.pool import Worker
 from gpupool.server.worker import EXIT_ORPHANED, WorkerSpec
 from gpupool.transport.frames import MESSAGE, FrameSocket
-from tests.conftest import run_client
+from tests.conftest import GPUPOOL, run_client
 from tests.daemons import DaemonProcess, call, gone_within, open_raw_tcp, tcp_address
 
 MiB = 1 << 20
@@ -432,6 +433,43 @@ def test_an_endless_kernel_ends_when_its_client_is_gone(transport: str) -> None:
         daemon.stop()
 
 
+def _group(leader: int) -> list[int]:
+    """The processes of ``leader``'s process group (a worker and what it started)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == leader:
+                    members.append(int(entry.name))
+    return members
+
+
+def test_a_long_compile_ends_with_its_client_compiler_and_all() -> None:
+    """A 600 s compile kept burning CPU after its client had gone."""
+    daemon = start_daemon(emu_devices=1, emu_memory=256 * MiB, limits=Limits(stop_grace_s=1))
+    slow = SLOW_COMPILE.replace("SALT", f"gone {time.time_ns()}")
+    code = f"import gpupool; gpupool.Module.from_source({slow!r}).get_function('k')"
+    env = dict(os.environ, GPUPOOL_DAEMONS=daemon.address, GPUPOOL_TRANSPORT="tcp")
+    compiling = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        group: list[int] = []
+        while time.monotonic() < deadline:  # the worker and its compiler
+            busy = daemon.pools[0].busy_pids()
+            group = _group(busy[0]) if busy else []
+            if len(group) > 1:
+                break
+            time.sleep(0.1)
+        assert len(group) > 1, "the compiler was running"
+        compiling.kill()
+        compiling.wait()
+        assert gone_within(group, 10), "the worker and its compiler outlived the client"
+    finally:
+        compiling.kill()
+        compiling.wait()
+        daemon.stop()
+
+
 def test_kernels_and_compiles_past_their_limits_get_typed_errors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -467,15 +505,17 @@ def test_kernels_and_compiles_past_their_limits_get_typed_errors(
         quick.stop()
 
 
-# a compile that takes the host compiler many seconds (constant evaluation of a long loop)
+# A compile that takes the host compiler many seconds: constant evaluation of 9 million loop
+# turns (each loop under GCC's 262,144-turn limit for one constexpr loop).
 SLOW_COMPILE = """
 // SALT
 constexpr unsigned long long churn(unsigned long long n) {
     unsigned long long x = 0;
-    for (unsigned long long i = 0; i < n; ++i) x = x * 6364136223846793005ULL + i;
+    for (unsigned long long i = 0; i < n; ++i)
+        for (unsigned long long j = 0; j < n; ++j) x = x * 6364136223846793005ULL + i + j;
     return x;
 }
-constexpr unsigned long long value = churn(200000000ULL);
+constexpr unsigned long long value = churn(3000ULL);
 extern "C" __global__ void k(unsigned long long *out) { *out = value; }
 """
 
@@ -574,3 +614,19 @@ def test_refusals_to_strangers_who_left_print_no_traceback() -> None:
     finally:
         log = daemon.stop()
     assert "Traceback" not in log and "BrokenPipe" not in log, log[-3000:]
+
+
+def test_limits_come_from_options_then_the_environment_and_must_be_finite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GPUPOOL_KERNEL_TIME_LIMIT", "30")
+    limits = Limits.from_env(compile_s=9.0)
+    assert (limits.kernel_s, limits.compile_s, limits.stop_grace_s) == (30.0, 9.0, 5.0)
+    for bad in ("abc", "inf", "nan", "-1", "0"):
+        monkeypatch.setenv("GPUPOOL_KERNEL_TIME_LIMIT", bad)
+        with pytest.raises(ValueError, match="seconds"):
+            Limits.from_env()
+    result = subprocess.run(
+        [*GPUPOOL, "daemon", "--kernel-time-limit", "inf"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "not a positive number of seconds" in result.stderr

@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -412,8 +413,8 @@ def test_a_node_that_would_break_placement_is_refused_and_the_pool_goes_on(
         address="127.0.0.1:1",
         oversubscription=float("nan"),
         gpus=[spb.GpuInfo()],
-        proof=grants.node_proof("nan", SECRET),
     )
+    grants.prove("register", bad, "nan", SECRET, time.time())
     channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
     try:
         with pytest.raises(grpc.RpcError) as refused:
@@ -457,23 +458,27 @@ def test_only_nodes_with_the_cluster_secret_register_or_hear_allocation_ids(
         node = lease.placements[0].node
         channel = grpc.insecure_channel(pool.address, GRPC_OPTIONS)
         stub = spb_grpc.SchedulerStub(channel)
-        forged = grants.node_proof(node, b"not-the-cluster-secret!")
-        calls = {
-            "register": lambda proof: stub.Register(
-                spb.NodeRegistration(name=node, address="127.0.0.1:1", proof=proof), timeout=10
-            ),
-            "heartbeat": lambda proof: stub.Heartbeat(
-                spb.NodeHeartbeat(name=node, proof=proof), timeout=10
-            ),
+        messages = {
+            "register": spb.NodeRegistration(name=node, address="127.0.0.1:1"),
+            "heartbeat": spb.NodeHeartbeat(name=node),
         }
+        calls = {"register": stub.Register, "heartbeat": stub.Heartbeat}
+
+        def signed(call: str, secret: bytes) -> Any:
+            message = type(messages[call])()
+            message.CopyFrom(messages[call])
+            grants.prove(call, message, node, secret, time.time())
+            return message
+
         try:
-            for call in calls.values():
-                for proof in ("", forged):
+            for call, send in calls.items():
+                unproven = messages[call]
+                for message in (unproven, signed(call, b"not-the-cluster-secret!")):
                     with pytest.raises(grpc.RpcError) as refused:
-                        call(proof)
+                        send(message, timeout=10)
                     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
                     assert "cluster secret" in (refused.value.details() or "")
-            reply = calls["heartbeat"](grants.node_proof(node, SECRET))
+            reply = calls["heartbeat"](signed("heartbeat", SECRET), timeout=10)
             assert lease.id in reply.live_allocations  # the genuine node hears them
         finally:
             channel.close()
@@ -589,6 +594,7 @@ def test_run_without_a_scheduler_allocates_from_an_embedded_pool(tmp_path: Path)
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent(PROG))
     env = {k: v for k, v in os.environ.items() if k not in ("GPUPOOL_SCHEDULER", grants.ENV_SECRET)}
+    env["GPUPOOL_TOKEN"] = "gpt_0123_of-another-pool"  # its own open pool does not use it
     result = subprocess.run(
         [
             *GPUPOOL,

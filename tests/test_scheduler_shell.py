@@ -29,7 +29,7 @@ def test_the_store_is_durable_wal_and_gives_back_what_it_was_given(tmp_path: Pat
         store.close()
     reopened = Store(path)
     try:
-        assert reopened.load() == ([node], [kept])
+        assert reopened.load() == ([node], [kept], [])
     finally:
         reopened.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -86,12 +87,26 @@ def test_requests_that_can_never_fit_fail_at_once_with_the_reason() -> None:
 @pytest.mark.parametrize(
     ("asked", "problem"),
     [
-        ({"count": 0}, "at least one GPU"),
-        ({"fraction": 1.5}, "a fraction is in (0, 1], not 1.5"),
-        ({"fraction": 0.0}, "a fraction is in (0, 1], not 0"),
+        ({"count": 0}, "count: a request asks for 1 to 1024 GPUs, not 0"),
+        ({"count": 1 << 31}, "count: a request asks for 1 to 1024 GPUs"),
+        ({"fraction": 1.5}, "fraction: a share of a GPU in [0.01, 1], not 1.5"),
+        ({"fraction": 0.0}, "fraction: a share of a GPU in [0.01, 1], not 0.0"),
+        # Critical 1: a share that rounds to nothing was a grant of quota 0
+        ({"fraction": 1e-10}, "fraction: a share of a GPU in [0.01, 1], not 1e-10"),
+        ({"fraction": float("nan")}, "fraction: a share of a GPU in [0.01, 1], not nan"),
+        ({"fraction": None, "memory": 1}, "memory: a memory share from 1MiB"),
+        ({"fraction": None, "memory": 1 << 62}, "memory: a memory share from 1MiB to 1024TiB"),
         ({"fraction": None}, "either a fraction or a memory size"),
-        ({"policy": "random"}, "unknown policy 'random'"),
-        ({"ttl": 0}, "positive time-to-live"),
+        ({"policy": "random"}, "policy: unknown policy 'random'"),
+        ({"ttl": 0}, "ttl_s: a number of seconds in [1, 604800], not 0"),
+        ({"ttl": float("nan")}, "ttl_s: a number of seconds in [1, 604800], not nan"),
+        ({"ttl": float("inf")}, "ttl_s: a number of seconds in [1, 604800], not inf"),
+        ({"ttl": 1e308}, "ttl_s: a number of seconds in [1, 604800], not 1e+308"),
+        ({"wait": float("inf")}, "wait_s: a number of seconds in [0, 600], not inf"),
+        ({"wait": float("nan")}, "wait_s: a number of seconds in [0, 600], not nan"),
+        ({"wait": -1.0}, "wait_s: a number of seconds in [0, 600], not -1.0"),
+        ({"owner": "x" * (10 << 20)}, "owner: at most 256 characters, not 10485760"),
+        ({"owner": "me\nforged log line"}, "owner: printable characters only"),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_problem(
@@ -201,7 +216,8 @@ def test_leases_expire_unless_renewed() -> None:
     assert renewed[-1] == sm.Reply(7, machine.allocations[allocation.id])
     assert machine.allocations[allocation.id].expires_at == 18.0
     assert machine.handle(sm.Tick(17.9)) == []
-    assert sm.DeleteAllocation(allocation.id, "expired") in machine.handle(sm.Tick(18.0))
+    expired = sm.DeleteAllocation(allocation.id, "expired", "", gpu_seconds=18.0, nodes=("a",))
+    assert expired in machine.handle(sm.Tick(18.0))  # a whole GPU held 18 s
     gone = refused(machine.handle(sm.Renew(8, allocation.id, 19.0)))
     assert gone.code == "NOT_FOUND" and "released or its lease expired" in gone.reason
     assert refused(machine.handle(sm.Release(9, allocation.id, 19.0))).code == "NOT_FOUND"
@@ -272,3 +288,130 @@ def test_grants_verify_only_genuine_unexpired_and_for_their_device() -> None:
         with pytest.raises(CUDARuntimeError, match=why) as caught:
             grants.verify(token_, SECRET, node_, device, now)
         assert caught.value.name == "cudaErrorNotPermitted"
+
+
+def test_every_share_holds_at_least_the_minimum_and_never_a_quota_of_nothing() -> None:
+    """Critical 1: a share rounding to nothing was granted with quota 0 on a GPU shown free."""
+    machine = pool(node("a", gpus=1))
+    tiny = granted(allocate(machine, fraction=None, memory=1 << 20))  # 1 MiB of 8 GiB
+    assert tiny.slices[0].units == sm.limits.MIN_UNITS  # takes 1% of the GPU, not 128 millionths
+    assert tiny.slices[0].memory == 1 << 20
+    small_gpu = pool(sm.Node("s", "s:1", (sm.Gpu(0, "u", "emu", 50 << 20),)))
+    never = refused(allocate(small_gpu, fraction=0.01))  # 1% of 50 MiB is under 1 MiB
+    assert never.code == "FAILED_PRECONDITION"
+    for fraction in (1e-10, 0.0099):
+        assert refused(allocate(machine, fraction=fraction)).code == "INVALID_ARGUMENT"
+    for allocation in machine.allocations.values():
+        assert all(p.units >= sm.limits.MIN_UNITS and p.memory > 0 for p in allocation.slices)
+
+
+def test_team_quotas_are_enforced_with_typed_refusals_and_usage_is_counted() -> None:
+    machine = pool(node("a"), node("b"))
+    quota = sm.TeamQuota(gpus=1.5, memory=10 * GiB, allocations=2)
+
+    def ask(
+        team: str = "ml", limit: sm.TeamQuota | None = quota, **asked: object
+    ) -> list[sm.Instruction]:
+        request = sm.Request(**{"count": 1, "fraction": 0.5, "team": team, **asked})  # type: ignore[arg-type]
+        return machine.handle(sm.Allocate(next(_asks), request, f"q{next(_asks)}", 0.0, limit))
+
+    first = granted(ask(count=2))  # one GPU's worth, 8 GiB of memory quotas
+    assert machine.usage("ml") == sm.Usage(sm.UNITS, 8 * GiB, 1)
+    over_gpus = refused(ask(count=2))
+    assert over_gpus.code == "RESOURCE_EXHAUSTED"
+    assert "quota: team 'ml' holds 1 GPUs and asks 1 more" in over_gpus.reason
+    over_memory = refused(ask(fraction=None, memory=4 * GiB))
+    assert "quota: team 'ml' holds 8GiB and asks 4GiB more" in over_memory.reason
+    granted(ask(fraction=0.25))
+    over_count = refused(ask(fraction=0.01))
+    assert "holds 2 allocation(s), its quota is 2" in over_count.reason
+    never = refused(ask(count=4))
+    assert never.code == "FAILED_PRECONDITION" and "team 'ml''s quota is 1.5 GPUs" in never.reason
+    granted(ask(team="other", limit=None, count=3))  # another team: ml's quota is its own
+    assert set(machine.teams()) == {"ml", "other"}
+    machine.handle(sm.Release(1, first.id, 10.0, team="ml"))
+    assert machine.usage("ml").allocations == 1
+
+
+def test_another_teams_allocation_cannot_be_renewed_or_released() -> None:
+    machine = pool(node("a"))
+    request = sm.Request(1, fraction=0.5, team="ml", user="ann")
+    mine = granted(machine.handle(sm.Allocate(1, request, "m", 0.0)))
+    assert (mine.team, mine.user) == ("ml", "ann")
+    for event in (sm.Renew(2, "m", 1.0, team="vision"), sm.Release(3, "m", 1.0, team="")):
+        refusal = refused(machine.handle(event))
+        assert refusal.code == "PERMISSION_DENIED" and "belongs to team 'ml'" in refusal.reason
+    assert "m" in machine.allocations
+    granted(machine.handle(sm.Renew(4, "m", 1.0, team="ml")))
+    assert machine.handle(sm.Release(5, "m", 1.0, team=None))[-1] == sm.Reply(5, None)
+
+
+def test_the_queue_is_bounded_and_a_waiting_head_holds_others_back_only_for_its_wait() -> None:
+    machine = pool(node("a", gpus=1))
+    granted(allocate(machine))  # the GPU is taken
+    for _ in range(sm.limits.MAX_WAITING_PER_TEAM):
+        assert allocate(machine, wait=600.0) == []  # queued
+    full = refused(allocate(machine, wait=600.0))
+    assert full.code == "RESOURCE_EXHAUSTED" and "the queue is full" in full.reason
+    at_once = refused(allocate(machine, now=100.0, fraction=0.1))
+    assert "earlier request(s) wait" in at_once.reason and "within 500 s" in at_once.reason
+    machine.handle(sm.Tick(600.0))  # every wait is over: the queue holds nobody back
+    assert machine.waiting == 0
+    assert refused(allocate(machine, now=600.0, fraction=0.1)).reason.startswith("cannot fit now")
+    for wait in (float("inf"), 1e308, 601.0):  # never a wait past the bound
+        assert refused(allocate(machine, wait=wait)).code == "INVALID_ARGUMENT"
+
+
+def test_restore_leaves_out_rows_a_live_request_could_not_have_made() -> None:
+    machine = pool(node("a"))
+    good = granted(allocate(machine, ttl=60.0))
+    forever = dataclasses.replace(good, id="nan", ttl=float("nan"))
+    far = dataclasses.replace(good, id="far", ttl=60.0, expires_at=1e308)
+    huge = dataclasses.replace(good, id="huge", ttl=1e308)
+    nothing = dataclasses.replace(
+        good, id="nothing", slices=(dataclasses.replace(good.slices[0], units=0, memory=0),)
+    )
+    bad_node = node("bad", oversubscription=float("nan"))
+    restarted = sm.SchedulerState()
+    dropped = restarted.restore(
+        [*machine.nodes.values(), bad_node], [good, forever, far, huge, nothing], now=100.0
+    )
+    assert {key for _, key, _ in dropped} == {"bad", "nan", "huge", "nothing"}
+    assert set(restarted.allocations) == {good.id, "far"}
+    assert restarted.allocations["far"].expires_at == 160.0  # one ttl from now, no more
+    assert all(a.expires_at <= 100.0 + sm.limits.MAX_TTL_S for a in restarted.allocations.values())
+
+
+def test_node_proofs_are_good_once_for_their_call_and_message_and_not_when_stale() -> None:
+    guard = grants.ProofGuard(SECRET)
+    message = b"the heartbeat's bytes"
+    proof = grants.node_proof("heartbeat", "a", message, SECRET, 100.0, "n1")
+    assert guard.check("heartbeat", "a", message, proof, 101.0) is None
+    assert "used before" in (guard.check("heartbeat", "a", message, proof, 102.0) or "")  # replay
+    fresh = grants.node_proof("heartbeat", "a", message, SECRET, 100.0, "n2")
+    for call, name, body, now, why in [
+        ("register", "a", message, 101.0, "does not match"),  # another call
+        ("heartbeat", "b", message, 101.0, "does not match"),  # another node
+        ("heartbeat", "a", message + b"!", 101.0, "does not match"),  # another message
+        ("heartbeat", "a", message, 131.0, "more than 30 s"),  # too old
+        ("heartbeat", "a", message, 69.0, "more than 30 s"),  # from the future
+    ]:
+        assert why in (guard.check(call, name, body, fresh, now) or ""), (call, name, now)
+    forged = grants.node_proof("heartbeat", "a", message, b"another-secret-of-ours", 100.0, "n3")
+    assert "cluster secret" in (guard.check("heartbeat", "a", message, forged, 100.0) or "")
+    for garbage in ("", "x", "nan:n:AAAA", "1:2:3:4"):
+        assert guard.check("heartbeat", "a", message, garbage, 100.0) is not None
+    assert guard.check("heartbeat", "a", message, fresh, 101.0) is None  # unused until now
+
+
+def test_a_later_request_goes_ahead_only_onto_gpus_no_waiting_request_could_use() -> None:
+    big = sm.Node("big", "big:1", (sm.Gpu(0, "b", "H100", 80 * GiB),))
+    small = sm.Node("small", "small:1", (sm.Gpu(0, "s", "T4", 16 * GiB),))
+    machine = pool(big, small)
+    granted(allocate(machine, fraction=None, memory=60 * GiB))  # the big GPU is mostly taken
+    assert allocate(machine, fraction=None, memory=40 * GiB, wait=600.0) == []  # waits: big only
+    beside = granted(allocate(machine, fraction=None, memory=4 * GiB))  # the small GPU: no delay
+    assert places(beside) == [("small", 0)]
+    behind = refused(allocate(machine, fraction=None, memory=10 * GiB, count=2))
+    assert "1 earlier request(s) wait" in behind.reason  # it would need the big GPU too
+    assert machine.waiting == 1

@@ -27,11 +27,11 @@ from cryptography.x509.oid import NameOID
 
 import gpupool
 from gpupool import runtime as rt
-from gpupool.client.context import TLS
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.server import service
-from gpupool.server.daemon import Daemon, TLSFiles, start_daemon
+from gpupool.server.daemon import Daemon, start_daemon
+from gpupool.tls import TLS, TLSFiles
 from gpupool.transport.frames import HEADER, MAX_MESSAGE, MESSAGE, FrameSocket
 from gpupool.transport.links import OPENERS
 from gpupool.transport.payload import RING_SLOT_SIZE, RING_SLOTS, STRIPE_ALIGN, STRIPE_MIN, split

@@ -10,11 +10,22 @@ import argparse
 from collections.abc import Sequence
 
 from gpupool import logs
-from gpupool.cli import bench, daemon, pool_list, release, request, run, scheduler, smi
+from gpupool.cli import (
+    bench,
+    daemon,
+    pool_list,
+    release,
+    request,
+    run,
+    scheduler,
+    smi,
+    teams,
+    tokens,
+)
 
 COMMANDS = {
     module.NAME: module
-    for module in (daemon, run, scheduler, pool_list, smi, request, release, bench)
+    for module in (daemon, run, scheduler, pool_list, smi, request, release, tokens, teams, bench)
 }
 
 

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 
 from gpupool.cli.options import add_scheduler_option, count, fraction, seconds, size, start_daemon
-from gpupool.client.lease import ENV_SCHEDULER, Lease, allocate, scheduler_address
+from gpupool.client.lease import ENV_SCHEDULER, ENV_TOKEN, Lease, allocate, scheduler_address
 from gpupool.errors import AllocationError, GpupoolError
 
 
@@ -32,7 +32,10 @@ def add_allocation_options(
     )
     share = parser.add_mutually_exclusive_group()
     share.add_argument(
-        "--fraction", type=fraction, metavar="F", help="share of each GPU, 0 < F <= 1 (default 1)"
+        "--fraction",
+        type=fraction,
+        metavar="F",
+        help="share of each GPU, 0.01 <= F <= 1 (default 1)",
     )
     share.add_argument("--memory", type=size, metavar="SIZE", help="memory of each GPU, e.g. 4GiB")
     parser.add_argument(
@@ -117,6 +120,9 @@ def local_pool(args: argparse.Namespace) -> Iterator[str]:
     from gpupool.server.daemon import PoolMembership
 
     secret = secrets.token_bytes(32)
+    # an open pool of its own: a token for some other pool would be unknown to it, and
+    # refused, here and in the command's processes (which inherit this environment)
+    os.environ.pop(ENV_TOKEN, None)
     with tempfile.TemporaryDirectory(prefix="gpupool-pool-") as folder:
         scheduler = start_scheduler("127.0.0.1:0", os.path.join(folder, "pool.db"), secret)
         try:

@@ -6,10 +6,9 @@ import argparse
 import signal
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
-from gpupool.cli.options import add_daemon_options, factor, start_daemon
+from gpupool.cli.options import add_daemon_options, add_tls_options, factor, start_daemon, tls_files
 from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
@@ -39,25 +38,16 @@ def add(commands: Any) -> None:
         metavar="F",
         help="fractions on one GPU may sum to F (default 1: none)",
     )
-    tls = parser.add_argument_group("TLS (gRPC only: tcp:// is then not offered)")
-    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the daemon's certificate")
-    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
-    tls.add_argument(
-        "--tls-client-ca", type=Path, metavar="PEM", help="require client certificates of this CA"
-    )
+    add_tls_options(parser, "clients", "TLS (gRPC only: tcp:// is then not offered)")
 
 
 def main(args: argparse.Namespace) -> int:
     from gpupool.grants import load_secret
-    from gpupool.server.daemon import PoolMembership, TLSFiles
+    from gpupool.server.daemon import PoolMembership
 
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("gpupool daemon: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
-    if args.tls_client_ca and not args.tls_cert:
-        print("gpupool daemon: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
-        return 2
-    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    tls = tls_files(args, NAME)
+    if isinstance(tls, int):
+        return tls
     try:
         pool = None
         if args.scheduler:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpupool import logs
 from gpupool.units import parse_size
 
 if TYPE_CHECKING:
-    from gpupool.server.daemon import Daemon, PoolMembership, TLSFiles
+    from gpupool.server.daemon import Daemon, PoolMembership
+    from gpupool.tls import TLSFiles
 
 
 def size(text: str) -> int:
@@ -103,13 +106,17 @@ def start_daemon(
 
 
 def fraction(text: str) -> float:
-    """A share of a GPU: 0 < f <= 1."""
+    """A share of a GPU, as the scheduler takes one: from 1% to all of it."""
+    from gpupool.scheduler.limits import MIN_FRACTION
+
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction of a GPU is in (0, 1], not {text!r}")
+    if not MIN_FRACTION <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"a fraction of a GPU is in [{MIN_FRACTION:g}, 1], not {text!r}"
+        )
     return value
 
 
@@ -133,6 +140,44 @@ def seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     return value
+
+
+def add_tls_options(parser: argparse.ArgumentParser, peers: str, title: str = "TLS") -> None:
+    """``--tls-cert``/``--tls-key`` (serve gRPC over TLS) and ``--tls-client-ca`` (mTLS)."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate")
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key")
+    group.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help=f"require {peers} to show certificates of this CA",
+    )
+
+
+def tls_files(args: argparse.Namespace, command: str) -> TLSFiles | int | None:
+    """The TLS options' files (None: no TLS), or the exit status of options that do not go
+    together (said on stderr)."""
+    from gpupool.tls import TLSFiles
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print(f"gpupool {command}: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_client_ca and not args.tls_cert:
+        print(f"gpupool {command}: --tls-client-ca needs --tls-cert and --tls-key", file=sys.stderr)
+        return 2
+    return TLSFiles(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+
+
+def add_db_option(parser: argparse.ArgumentParser) -> None:
+    """The scheduler's state file: the scheduler's, and the admin commands' (tokens, teams)."""
+    parser.add_argument(
+        "--db",
+        default="gpupool-scheduler.db",
+        metavar="PATH",
+        help="the scheduler's SQLite file of its state, made if missing"
+        " (default gpupool-scheduler.db)",
+    )
 
 
 def positive_seconds(text: str) -> float:

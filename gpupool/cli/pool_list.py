@@ -52,5 +52,29 @@ def main(args: argparse.Namespace) -> int:
             f"{gpu.fraction_free:.2f}",
             "up" if gpu.up else "down",
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if state.teams:
+        console.print(teams_table(state))
     return 0
+
+
+def teams_table(state: spb.PoolState) -> Table:
+    """What each team holds now against its quota, and what it has used."""
+    table = Table(title="teams: held / quota")
+    for column in ("team", "GPUs", "memory", "allocations", "GPU-hours used"):
+        table.add_column(column)
+    for team in state.teams:
+        quota_gpus = f"{team.quota_gpus:g}" if team.HasField("quota_gpus") else "-"
+        quota_memory = format_size(team.quota_memory) if team.HasField("quota_memory") else "-"
+        quota_allocations = (
+            str(team.quota_allocations) if team.HasField("quota_allocations") else "-"
+        )
+        table.add_row(
+            team.team or "(no token)",
+            f"{team.gpus:g} / {quota_gpus}",
+            f"{format_size(team.memory)} / {quota_memory}",
+            f"{team.allocations} / {quota_allocations}",
+            f"{team.gpu_seconds / 3600:.2f}",
+        )
+    return table

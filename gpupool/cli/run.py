@@ -19,7 +19,7 @@ from gpupool.cli.allocation import (
 from gpupool.cli.options import add_daemon_options, start_daemon
 from gpupool.client import import_hook
 from gpupool.client.context import ENV_DAEMONS
-from gpupool.client.lease import ENV_ALLOCATION
+from gpupool.client.lease import ENV_ALLOCATION, ENV_TOKEN
 from gpupool.errors import GpupoolError
 
 NAME = "run"
@@ -59,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
             with contextlib.ExitStack() as stack:
                 if not scheduler_named(args):
                     args.scheduler = stack.enter_context(local_pool(args))
+                    env.pop(ENV_TOKEN, None)  # the embedded pool is open (see local_pool)
                 lease = stack.enter_context(held(args))
                 env.pop(ENV_DAEMONS, None)
                 env[ENV_ALLOCATION] = lease.env_value

@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Any
 
-from gpupool.cli.options import add_log_level, seconds
+from gpupool.cli.options import add_db_option, add_log_level, add_tls_options, seconds, tls_files
 from gpupool.errors import GpupoolError
 from gpupool.grants import load_secret
 
@@ -25,12 +25,7 @@ def add(commands: Any) -> None:
     parser.add_argument(
         "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
     )
-    parser.add_argument(
-        "--db",
-        default="gpupool-scheduler.db",
-        metavar="PATH",
-        help="SQLite file of the state, made if missing (default gpupool-scheduler.db)",
-    )
+    add_db_option(parser)
     parser.add_argument("--secret-file", metavar="FILE", help="the cluster secret")
     parser.add_argument(
         "--node-timeout",
@@ -46,6 +41,13 @@ def add(commands: Any) -> None:
         metavar="S",
         help="how often nodes send heartbeats (default 2)",
     )
+    parser.add_argument(
+        "--require-tokens",
+        action="store_true",
+        help="refuse client calls without a live API token (gpupool token create); without"
+        " it, callers without a token may use the pool (an open pool, for trusted networks)",
+    )
+    add_tls_options(parser, "clients")
     add_log_level(parser, "info")
 
 
@@ -60,13 +62,26 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    tls = tls_files(args, NAME)
+    if isinstance(tls, int):
+        return tls
     try:
         secret = load_secret(args.secret_file)
-        scheduler = start_scheduler(args.listen, args.db, secret, args.node_timeout, args.heartbeat)
+        scheduler = start_scheduler(
+            args.listen,
+            args.db,
+            secret,
+            args.node_timeout,
+            args.heartbeat,
+            tls=tls,
+            require_tokens=args.require_tokens,
+        )
     except (GpupoolError, OSError) as exc:
         print(f"gpupool scheduler: {exc}", file=sys.stderr)
         return 1
-    print(f"gpupool scheduler on {scheduler.address} (state in {args.db})", flush=True)
+    how = ", TLS" if tls else ""
+    how += ", API tokens required" if args.require_tokens else ", open to callers without a token"
+    print(f"gpupool scheduler on {scheduler.address} (state in {args.db}{how})", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
     try:
         scheduler.wait()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gpupool.cli.options import add_scheduler_option
-from gpupool.cli.pool_list import fetch
+from gpupool.cli.pool_list import fetch, teams_table
 from gpupool.units import format_size
 
 NAME = "smi"
@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         )
     console.print(gpus)
     leases = Table(title="leases")
-    for column in ("allocation", "owner", "GPUs", "expires in"):
+    for column in ("allocation", "owner", "team/user", "GPUs", "expires in"):
         leases.add_column(column)
     now = time.time()
     for allocation in state.allocations:
@@ -50,8 +50,11 @@ def main(args: argparse.Namespace) -> int:
             f"{gpu.node}:{gpu.index} x {gpu.fraction:g} ({format_size(gpu.memory)})"
             for gpu in allocation.gpus
         )
+        who = f"{allocation.team}/{allocation.user}" if allocation.team else "-"
         leases.add_row(
-            allocation.id, allocation.owner, placed, f"{allocation.expires_at - now:.0f} s"
+            allocation.id, allocation.owner, who, placed, f"{allocation.expires_at - now:.0f} s"
         )
     console.print(leases)
+    if state.teams:
+        console.print(teams_table(state))
     return 0
