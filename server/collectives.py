@@ -47,10 +47,18 @@ def _invalid(problem: str) -> CUDARuntimeError:
 class RingCollective:
     """One rank's part of ``call``, checked on construction."""
 
-    def __init__(self, call: pb.Collective, backend: Backend, stream: object) -> None:
+    def __init__(
+        self,
+        call: pb.Collective,
+        backend: Backend,
+        stream: object,
+        failed: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """``failed`` says the walk only passes an error on now: nothing is copied or reduced."""
         self.call = call
         self.backend = backend
         self.stream = stream
+        self._failed = failed
         try:
             self.dtype = np.dtype(call.dtype)
         except TypeError:
@@ -202,11 +210,11 @@ class RingCollective:
         return self.backend.view(ptr, nbytes, 0, (count,), (self.itemsize,), self.dtype)
 
     def _copy(self, dst: int, src: int, nbytes: int) -> None:
-        if dst != src and nbytes:
+        if dst != src and nbytes and not self._failed():
             self.backend.copy(dst, src, nbytes, self.stream)
 
     def _reduce(self, dst: int, src: int, count: int) -> None:
-        if not count:
+        if not count or self._failed():
             return
         xp = self.backend.array_module()
         with self.backend.on_stream(self.stream):
@@ -214,7 +222,7 @@ class RingCollective:
             _reducers(xp)[self.call.op](target, self._view(src, count), out=target)
 
     def _finish_average(self, ptr: int, count: int) -> None:
-        if self.call.op != "avg" or not count:
+        if self.call.op != "avg" or not count or self._failed():
             return
         with self.backend.on_stream(self.stream):
             target = self._view(ptr, count)

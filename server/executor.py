@@ -38,7 +38,7 @@ from gpupool.server.collectives import RingCollective
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.launches import PreparedLaunches
 from gpupool.server.ledger import QuotaAccount
-from gpupool.server.peers import Inbound, Outbound, Peers
+from gpupool.server.peers import Peers
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 log = logging.getLogger(__name__)
@@ -772,39 +772,50 @@ class SessionExecutor:
             raise CUDARuntimeError(error.name, f"peer copy: {error.message}")
 
     def _do_collective(self, call: pb.Collective) -> None:
+        """This rank's walk of a collective. A rank that refuses the call (a buffer outside
+        its memory) or hears of a refusal walks on all the same, passing the error in place
+        of data, so that every rank ends its walk at once with that error rather than wait
+        for a neighbour that has stopped."""
         peers = self._peer_links()
         stream = self._streams.get(call.stream)
-        collective = RingCollective(call, self.backend, stream)
+        failed: list[CUDARuntimeError] = []
+        collective = RingCollective(call, self.backend, stream, lambda: bool(failed))
         send_bytes, recv_bytes = collective.buffer_sizes()
-        self._allocations.check(call.send, send_bytes, "collective send buffer")
-        self._allocations.check(call.recv, recv_bytes, "collective receive buffer")
+        try:
+            self._allocations.check(call.send, send_bytes, "collective send buffer")
+            self._allocations.check(call.recv, recv_bytes, "collective receive buffer")
+        except CUDARuntimeError as exc:
+            failed.append(exc)
         outbound = peers.outbound(call.next) if call.ranks > 1 else None
         with self._unlocked():
             inbound = peers.inbound.get(call.prev) if call.ranks > 1 else None
-        scratch = collective.scratch_bytes()
+        scratch = 0 if failed else collective.scratch_bytes()
         self._quota.reserve(scratch, self.backend.own_memory())
         ptr = self.backend.malloc(scratch) if scratch else 0
+
+        def send(src: int, size: int) -> None:
+            assert outbound is not None
+            if failed:
+                outbound.send_error(error_message(failed[0]))
+            else:
+                outbound.send(size, _DeviceSource(self, src, stream))
+
+        def receive(dst: int, size: int) -> None:
+            assert inbound is not None
+            sink: Sink = DiscardSink() if failed else _PeerSink(self, dst, stream)
+            error = inbound.receive(size, sink, DiscardSink())
+            if error is not None and not failed:
+                failed.append(CUDARuntimeError(error.name, f"collective: {error.message}"))
+
         try:
             with self._unlocked():
-                collective.run(
-                    ptr,
-                    send=lambda src, size: self._ring_send(outbound, src, size, stream),
-                    receive=lambda dst, size: self._ring_receive(inbound, dst, size, stream),
-                )
+                collective.run(ptr, send, receive)
         finally:
             if ptr:
                 self.backend.free(ptr)
             self._quota.release(scratch, self.backend.own_memory())
-
-    def _ring_send(self, link: Outbound | None, src: int, size: int, stream: object) -> None:
-        assert link is not None
-        link.send(size, _DeviceSource(self, src, stream))
-
-    def _ring_receive(self, link: Inbound | None, dst: int, size: int, stream: object) -> None:
-        assert link is not None
-        error = link.receive(size, _PeerSink(self, dst, stream), DiscardSink())
-        if error is not None:
-            raise CUDARuntimeError(error.name, f"collective: {error.message}")
+        if failed:
+            raise failed[0]
 
 
 # The calls an open session serves, by the name of the Request field that carries each; any

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -391,3 +392,31 @@ def test_the_16_device_example_under_gpupool_run(
     lines = result.stdout.splitlines()
     assert lines[0] == "40 steps on 16 device(s): 0.0 round trips a step", result.stdout
     assert lines[-1] == "equal to NumPy's on every device: True"
+
+
+def test_a_rank_that_refuses_a_collective_ends_every_ranks_walk_at_once(node: None) -> None:
+    comms = nccl.NcclCommunicator.initAll(3)
+    buffers = []
+    for device in range(3):
+        with cp.cuda.Device(device):
+            buffers.append(cp.ones(1000, cp.float32))
+    with cp.cuda.Device(1):
+        small = cp.zeros(10, cp.float32)  # rank 1 receives into too small a buffer
+    start = time.monotonic()
+    nccl.groupStart()
+    for device, comm in enumerate(comms):
+        target = small if device == 1 else buffers[device]
+        with cp.cuda.Device(device):
+            comm.allReduce(buffers[device].data.ptr, target.data.ptr, 1000, 7, 0, 0)
+    nccl.groupEnd()
+    for device in range(3):
+        with pytest.raises(CUDARuntimeError, match="collective receive buffer"):
+            rt.setDevice(device)
+            rt.deviceSynchronize()
+    assert time.monotonic() - start < 20  # not the 60 s a stopped neighbour would cost
+    for device, comm in enumerate(comms):  # and every rank goes on (its buffers undefined)
+        with cp.cuda.Device(device):
+            buffers[device].fill(1)
+            comm.allReduce(buffers[device].data.ptr, buffers[device].data.ptr, 1000, 7, 0, 0)
+    for array in buffers:
+        assert float(array.sum()) == 3000.0
