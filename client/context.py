@@ -164,6 +164,9 @@ class Context:
     def session(self, ordinal: int | None = None) -> Session:
         """The session on ``ordinal`` (the current device by default), opened on first use."""
         ordinal = self.current_device if ordinal is None else ordinal
+        session = self._sessions.get(ordinal)  # no lock for a session that is open
+        if session is not None:
+            return session
         with self._lock:
             session = self._sessions.get(ordinal)
             if session is None:

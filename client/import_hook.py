@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -115,3 +116,46 @@ def run_next_sitecustomize(own_dir: str) -> None:
         sys.path[:] = saved_path
         if ours is not None:
             sys.modules["sitecustomize"] = ours
+
+
+class AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``hook`` once the module ``name`` has been imported (its top level executed):
+    ``gpupool run --torch`` adapts torch as soon as the program imports it, and costs a
+    program that never does nothing."""
+
+    def __init__(self, name: str, hook: Callable[[], None]) -> None:
+        self.name = name
+        self.hook = hook
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once, and not for the lookup below
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, hook = spec.loader, self.hook
+
+        class _Then(importlib.abc.Loader):
+            def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: ModuleType) -> None:
+                loader.exec_module(module)
+                hook()
+
+        spec.loader = _Then()
+        return spec
+
+
+def after_import(name: str, hook: Callable[[], None]) -> None:
+    """Run ``hook`` right after ``name`` is first imported (at once if it already was)."""
+    if name in sys.modules:
+        hook()
+    else:
+        sys.meta_path.insert(0, AfterImport(name, hook))

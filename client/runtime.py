@@ -15,7 +15,7 @@ import ctypes
 from typing import Any
 
 from gpupool.client import addressing, context
-from gpupool.client.session import Session, new_handle
+from gpupool.client.session import STATS, Session, new_handle
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 
@@ -177,6 +177,7 @@ def memGetInfo() -> tuple[int, int]:
 def malloc(size: int) -> int:
     ctx = context.current()
     ordinal = ctx.current_device
+    STATS.mallocs += 1
     raw = ctx.session(ordinal).call(pb.Request(malloc=pb.Malloc(size=_size(size)))).ptr
     return addressing.tag(ordinal, raw)
 

@@ -43,6 +43,7 @@ class Stats:
     round_trips: int = 0  # calls that waited for a reply
     bytes_sent: int = 0  # payload of host-to-device copies (peer copies send none)
     bytes_received: int = 0  # payload of device-to-host copies
+    mallocs: int = 0  # allocations that reached the daemon (the pools carve most from arenas)
 
 
 STATS = Stats()

@@ -131,6 +131,7 @@ ARRAY_ERRORS: dict[str, type[Exception]] = {
     "OverflowError": OverflowError,
     "FloatingPointError": FloatingPointError,
     "ArithmeticError": ArithmeticError,
+    "RuntimeError": RuntimeError,  # PyTorch's operators raise it for their arguments
 }
 
 

@@ -443,7 +443,7 @@ class Batch(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op", "peer_connect", "peer_send", "peer_recv", "collective", "attach", "attach_peer")
+    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op", "torch_op", "peer_connect", "peer_send", "peer_recv", "collective", "attach", "attach_peer")
     WAIT_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     MEM_GET_INFO_FIELD_NUMBER: _ClassVar[int]
@@ -471,6 +471,7 @@ class Request(_message.Message):
     DEVICE_SYNCHRONIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ARRAY_OP_FIELD_NUMBER: _ClassVar[int]
+    TORCH_OP_FIELD_NUMBER: _ClassVar[int]
     PEER_CONNECT_FIELD_NUMBER: _ClassVar[int]
     PEER_SEND_FIELD_NUMBER: _ClassVar[int]
     PEER_RECV_FIELD_NUMBER: _ClassVar[int]
@@ -504,13 +505,14 @@ class Request(_message.Message):
     device_synchronize: DeviceSynchronize
     batch: Batch
     array_op: ArrayOp
+    torch_op: TorchOp
     peer_connect: PeerConnect
     peer_send: PeerSend
     peer_recv: PeerRecv
     collective: Collective
     attach: AttachStripe
     attach_peer: AttachPeer
-    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ..., peer_connect: _Optional[_Union[PeerConnect, _Mapping]] = ..., peer_send: _Optional[_Union[PeerSend, _Mapping]] = ..., peer_recv: _Optional[_Union[PeerRecv, _Mapping]] = ..., collective: _Optional[_Union[Collective, _Mapping]] = ..., attach: _Optional[_Union[AttachStripe, _Mapping]] = ..., attach_peer: _Optional[_Union[AttachPeer, _Mapping]] = ...) -> None: ...
+    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ..., torch_op: _Optional[_Union[TorchOp, _Mapping]] = ..., peer_connect: _Optional[_Union[PeerConnect, _Mapping]] = ..., peer_send: _Optional[_Union[PeerSend, _Mapping]] = ..., peer_recv: _Optional[_Union[PeerRecv, _Mapping]] = ..., collective: _Optional[_Union[Collective, _Mapping]] = ..., attach: _Optional[_Union[AttachStripe, _Mapping]] = ..., attach_peer: _Optional[_Union[AttachPeer, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("name", "message", "log")
@@ -659,6 +661,94 @@ class ArrayOp(_message.Message):
     stream: int
     generator: int
     def __init__(self, function: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Operand, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[Keyword, _Mapping]]] = ..., out: _Optional[_Iterable[_Union[ArrayDesc, _Mapping]]] = ..., stream: _Optional[int] = ..., generator: _Optional[int] = ...) -> None: ...
+
+class TorchOp(_message.Message):
+    __slots__ = ("config", "pointers", "stream")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    POINTERS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    config: bytes
+    pointers: bytes
+    stream: int
+    def __init__(self, config: _Optional[bytes] = ..., pointers: _Optional[bytes] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class TorchOpConfig(_message.Message):
+    __slots__ = ("op", "args", "kwargs", "out")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    KWARGS_FIELD_NUMBER: _ClassVar[int]
+    OUT_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    args: _containers.RepeatedCompositeFieldContainer[TorchValue]
+    kwargs: _containers.RepeatedCompositeFieldContainer[TorchKeyword]
+    out: _containers.RepeatedCompositeFieldContainer[TorchTensor]
+    def __init__(self, op: _Optional[str] = ..., args: _Optional[_Iterable[_Union[TorchValue, _Mapping]]] = ..., kwargs: _Optional[_Iterable[_Union[TorchKeyword, _Mapping]]] = ..., out: _Optional[_Iterable[_Union[TorchTensor, _Mapping]]] = ...) -> None: ...
+
+class TorchTensor(_message.Message):
+    __slots__ = ("shape", "strides", "dtype")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    STRIDES_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    strides: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., strides: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class TorchValueList(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[TorchValue]
+    def __init__(self, items: _Optional[_Iterable[_Union[TorchValue, _Mapping]]] = ...) -> None: ...
+
+class TorchValue(_message.Message):
+    __slots__ = ("tensor", "integer", "real", "boolean", "none", "list", "dtype", "memory_format", "layout", "complex", "text", "cpu_scalar")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    BOOLEAN_FIELD_NUMBER: _ClassVar[int]
+    NONE_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    COMPLEX_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CPU_SCALAR_FIELD_NUMBER: _ClassVar[int]
+    tensor: TorchTensor
+    integer: int
+    real: float
+    boolean: bool
+    none: bool
+    list: TorchValueList
+    dtype: str
+    memory_format: str
+    layout: str
+    complex: ComplexOperand
+    text: str
+    cpu_scalar: TorchCpuScalar
+    def __init__(self, tensor: _Optional[_Union[TorchTensor, _Mapping]] = ..., integer: _Optional[int] = ..., real: _Optional[float] = ..., boolean: _Optional[bool] = ..., none: _Optional[bool] = ..., list: _Optional[_Union[TorchValueList, _Mapping]] = ..., dtype: _Optional[str] = ..., memory_format: _Optional[str] = ..., layout: _Optional[str] = ..., complex: _Optional[_Union[ComplexOperand, _Mapping]] = ..., text: _Optional[str] = ..., cpu_scalar: _Optional[_Union[TorchCpuScalar, _Mapping]] = ...) -> None: ...
+
+class TorchCpuScalar(_message.Message):
+    __slots__ = ("dtype", "integer", "real", "boolean", "complex")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    REAL_FIELD_NUMBER: _ClassVar[int]
+    BOOLEAN_FIELD_NUMBER: _ClassVar[int]
+    COMPLEX_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    integer: int
+    real: float
+    boolean: bool
+    complex: ComplexOperand
+    def __init__(self, dtype: _Optional[str] = ..., integer: _Optional[int] = ..., real: _Optional[float] = ..., boolean: _Optional[bool] = ..., complex: _Optional[_Union[ComplexOperand, _Mapping]] = ...) -> None: ...
+
+class TorchKeyword(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: TorchValue
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[_Union[TorchValue, _Mapping]] = ...) -> None: ...
 
 class ShareHost(_message.Message):
     __slots__ = ("block",)

@@ -45,8 +45,9 @@ class AllocationTable:
         base = self._bases[index]
         return (base, self._sizes[base]) if ptr < base + self._sizes[base] else None
 
-    def check(self, ptr: int, size: int, what: str) -> None:
-        """Raise unless ``[ptr, ptr + size)`` lies inside one allocation of this session."""
+    def check(self, ptr: int, size: int, what: str) -> int:
+        """Raise unless ``[ptr, ptr + size)`` lies inside one allocation of this session;
+        the base of that allocation."""
         index = bisect.bisect_right(self._bases, ptr) - 1
         if index < 0:
             raise self._not_owned(ptr, what)
@@ -60,6 +61,7 @@ class AllocationTable:
                 f"{what} of {size} bytes at 0x{ptr:x} runs {ptr + size - end} bytes past the end"
                 f" of its {end - base}-byte allocation at 0x{base:x}",
             )
+        return base
 
     @staticmethod
     def _not_owned(ptr: int, what: str) -> CUDARuntimeError:

@@ -7,6 +7,11 @@ before the backend makes a view of them, and only numeric dtypes are accepted, s
 reach memory the session does not own. The same table runs on NumPy (the emulator) and on
 CuPy (a GPU): the backend says which module provides the functions.
 
+A program passes the same arrays to operation after operation, so a view, once checked, is
+kept by its descriptor's bytes, and an operation's decoded operands by the operation's bytes
+(:class:`ByAllocation`), until an allocation they reach is freed: a repeated operation costs
+a dictionary lookup, not its checks and new views. Only what passed every check is kept.
+
 Errors an array function raises for its arguments (a bad index, a singular matrix) go back as
 their Python type (``ArrayFunctionError``), reported at the client's next synchronizing call
 like any asynchronous error.
@@ -362,6 +367,7 @@ TEXT_KEYWORDS: dict[str, frozenset[str] | None] = {
 }
 NUMERIC_KINDS = "biufc"
 MAX_DIMS = 64  # NumPy's limit
+MAX_VIEWS = 4096  # checked views kept; the oldest goes first past this
 
 
 @functools.lru_cache(maxsize=256)
@@ -371,6 +377,45 @@ def checked_dtype(text: str) -> np.dtype:
     if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.shape:
         raise TypeError(f"dtype {text!r} is not a numeric dtype")
     return dtype
+
+
+class ByAllocation:
+    """Things made from checked descriptors (views, decoded operations), by the bytes they were
+    made from, each with the bases of the allocations its views lie in: freeing one of those
+    drops them (a view would reach memory the session no longer owns, or another allocation
+    at the same address). At most ``limit`` entries; the oldest goes first past it."""
+
+    def __init__(self, limit: int = MAX_VIEWS) -> None:
+        self._limit = limit
+        self._entries: dict[bytes, tuple[tuple[int, ...], Any]] = {}
+        self._by_base: dict[int, set[bytes]] = {}
+
+    def get(self, key: bytes) -> tuple[tuple[int, ...], Any] | None:
+        """(bases, thing) kept under ``key``."""
+        return self._entries.get(key)
+
+    def keep(self, key: bytes, bases: tuple[int, ...], thing: Any) -> None:
+        if len(self._entries) >= self._limit:
+            oldest = next(iter(self._entries))
+            self._forget(oldest, self._entries.pop(oldest)[0])
+        self._entries[key] = (bases, thing)
+        for base in bases:
+            self._by_base.setdefault(base, set()).add(key)
+
+    def drop(self, base: int) -> None:
+        """Forget everything that reaches the allocation at ``base``."""
+        for key in self._by_base.pop(base, ()):
+            found = self._entries.pop(key, None)
+            if found is not None:
+                self._forget(key, found[0])
+
+    def _forget(self, key: bytes, bases: tuple[int, ...]) -> None:
+        for base in bases:
+            keys = self._by_base.get(base)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_base[base]
 
 
 class ArrayFunctions:
@@ -384,6 +429,14 @@ class ArrayFunctions:
         self._random_states: dict[int, Any] = {}
         self._generators: set[int] = set()  # ids of the states that are Generators
         self._table = self._make_table(self._xp)
+        self._views = ByAllocation()
+        self._prepared = ByAllocation()  # decoded operations: (function, args, kwargs, outs)
+        self._bases: list[int] = []  # of the views the operation being decoded takes
+
+    def freed(self, base: int) -> None:
+        """The allocation at ``base`` was freed: no kept view may reach it any more."""
+        self._views.drop(base)
+        self._prepared.drop(base)
 
     def run(self, call: pb.ArrayOp, stream: object) -> None:
         function = self._table.get(call.function)
@@ -393,11 +446,12 @@ class ArrayFunctions:
             )
         try:
             with self._backend.on_stream(stream):
-                outs = [self._array(desc, "output") for desc in call.out]
-                args = [self._operand(operand) for operand in call.args]
-                kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
-                if call.function.startswith("random."):
+                if call.function.startswith("random."):  # a state to look up, never kept
+                    args, kwargs, outs = self._decode(call)
                     args.insert(0, self._random_state(call))
+                else:  # kept: the function gets lists of its own to change
+                    args, kwargs, outs = self._prepare(call)
+                    args, kwargs, outs = list(args), {**kwargs}, list(outs)
                 function(args, kwargs, outs)
         except MemoryError as exc:  # the function's temporaries: CUDA's out of memory
             raise CUDARuntimeError(
@@ -408,7 +462,32 @@ class ArrayFunctions:
 
     # operands
 
+    def _prepare(self, call: pb.ArrayOp) -> tuple[list[Any], dict[str, Any], list[Any]]:
+        """The operation's operands, decoded and checked once for the same bytes: a program
+        repeats its operations on the same arrays."""
+        key = call.SerializeToString()
+        found = self._prepared.get(key)
+        if found is not None:
+            decoded: tuple[list[Any], dict[str, Any], list[Any]] = found[1]
+            return decoded
+        decoded = self._decode(call)
+        self._prepared.keep(key, tuple(set(self._bases)), decoded)
+        return decoded
+
+    def _decode(self, call: pb.ArrayOp) -> tuple[list[Any], dict[str, Any], list[Any]]:
+        """The operands, checked; ``_bases`` the allocations their views lie in."""
+        self._bases = []
+        outs = [self._array(desc, "output") for desc in call.out]
+        args = [self._operand(operand) for operand in call.args]
+        kwargs = {keyword.name: self._keyword(keyword) for keyword in call.kwargs}
+        return args, kwargs, outs
+
     def _array(self, desc: pb.ArrayDesc, what: str) -> Any:
+        key = desc.SerializeToString()
+        found = self._views.get(key)
+        if found is not None:
+            self._bases += found[0]
+            return found[1]
         dtype = checked_dtype(desc.dtype)
         shape, strides = tuple(desc.shape), tuple(desc.strides)
         if len(shape) != len(strides) or len(shape) > MAX_DIMS:
@@ -424,31 +503,21 @@ class ArrayFunctions:
         if desc.ptr % dtype.alignment or any(s % dtype.alignment for s in strides):
             raise ValueError(f"{what} array at 0x{desc.ptr:x} is not aligned for {dtype}")
         low, high = array_extent(desc.ptr, shape, strides, dtype.itemsize)
-        self._allocations.check(low, high - low, f"array {what}")
-        return self._backend.view(low, high - low, desc.ptr - low, shape, strides, dtype)
+        base = self._allocations.check(low, high - low, f"array {what}")
+        view = self._backend.view(low, high - low, desc.ptr - low, shape, strides, dtype)
+        self._views.keep(key, (base,), view)
+        self._bases.append(base)
+        return view
 
     def _operand(self, operand: pb.Operand) -> Any:
         kind = operand.WhichOneof("value")
-        if kind == "array":
-            return self._array(operand.array, "operand")
-        if kind == "scalar":
-            return from_scalar(operand.scalar)
-        if kind in ("integer", "unsigned", "real", "boolean"):
-            return getattr(operand, kind)  # kind is one of the four names above
-        if kind == "complex":
-            return complex(operand.complex.real, operand.complex.imag)
-        if kind == "sequence":
-            return tuple(self._operand(item) for item in operand.sequence.items)
-        if kind == "slice":
-            bounds = operand.slice
-            return slice(*(getattr(bounds, f) if bounds.HasField(f) else None for f in _SLICE))
-        if kind == "none":
-            return None
-        if kind == "ellipsis":
-            return Ellipsis
-        if kind == "dtype":
-            return checked_dtype(operand.dtype)
-        raise TypeError(f"operand of kind {kind} is not accepted here")
+        decode = _OPERANDS.get(kind or "")
+        if decode is None:
+            raise TypeError(f"operand of kind {kind} is not accepted here")
+        return decode(self, operand)
+
+    def _sequence(self, operand: pb.Operand) -> tuple[Any, ...]:
+        return tuple(self._operand(item) for item in operand.sequence.items)
 
     def _keyword(self, keyword: pb.Keyword) -> Any:
         if keyword.name not in KEYWORDS:
@@ -647,6 +716,24 @@ _SLICE = ("start", "stop", "step")
 # makes float64 and the output casts).
 _INTEGER_SAMPLES = ("randint", "integers")
 _FLOAT_SAMPLES = ("random", "standard_normal")
+
+# An operand's kind -> its value (a string is taken only as a keyword's, see _keyword).
+_OPERANDS: dict[str, Callable[[ArrayFunctions, pb.Operand], Any]] = {
+    "array": lambda self, operand: self._array(operand.array, "operand"),
+    "real": lambda self, operand: operand.real,
+    "integer": lambda self, operand: operand.integer,
+    "unsigned": lambda self, operand: operand.unsigned,
+    "boolean": lambda self, operand: operand.boolean,
+    "scalar": lambda self, operand: from_scalar(operand.scalar),
+    "complex": lambda self, operand: complex(operand.complex.real, operand.complex.imag),
+    "sequence": ArrayFunctions._sequence,
+    "slice": lambda self, operand: slice(
+        *(getattr(operand.slice, f) if operand.slice.HasField(f) else None for f in _SLICE)
+    ),
+    "none": lambda self, operand: None,
+    "ellipsis": lambda self, operand: Ellipsis,
+    "dtype": lambda self, operand: checked_dtype(operand.dtype),
+}
 
 
 def _provided(module: ModuleType, names: Sequence[str]) -> Iterator[tuple[str, Callable[..., Any]]]:

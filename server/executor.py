@@ -22,8 +22,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpupool import grants
 from gpupool.errors import ArrayFunctionError, CompileError, CUDARuntimeError, GpupoolError
@@ -40,6 +39,9 @@ from gpupool.server.launches import PreparedLaunches
 from gpupool.server.ledger import QuotaAccount
 from gpupool.server.peers import Peers
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
+
+if TYPE_CHECKING:
+    from gpupool.server.torch_ops import TorchOps
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +200,23 @@ class _DeviceSource:
         self._executor._guarded(lambda: backend.read_into(ptr, target, self._stream))
 
 
-@dataclass(frozen=True)
 class DeviceData:
-    """The data of a device-to-host reply, read from the device as the transport sends it."""
+    """The data of a device-to-host reply, read from the device as the transport sends it.
+    (A plain class: one is made for every synchronizing copy, a dataclass costs more.)"""
 
-    size: int
-    source: Source
+    __slots__ = ("size", "source")
+
+    def __init__(self, size: int, source: Source) -> None:
+        self.size = size
+        self.source = source
+
+    def small_reply(self) -> pb.Reply:
+        """The whole data in one reply (it is at most a chunk)."""
+        view = self.source.direct(0, self.size)
+        if view is None:
+            view = memoryview(bytearray(self.size))
+            self.source.copy_into(0, view)
+        return pb.Reply(data=bytes(view))
 
 
 def as_replies(item: pb.Reply | DeviceData) -> Iterator[pb.Reply]:
@@ -250,6 +263,7 @@ class SessionExecutor:
         self._allocations = AllocationTable()
         self._quota = MemoryQuota()
         self._arrays = ArrayFunctions(backend, self._allocations)
+        self._torch: TorchOps | None = None  # made (and torch imported) by the first torch op
         self._streams = _Streams("stream")
         self._events = _Handles("event")
         self._modules = _Handles("module")
@@ -401,13 +415,18 @@ class SessionExecutor:
             raise CUDARuntimeError(
                 "cudaErrorInvalidValue", "only the last call of a batch may wait, and the batch not"
             )
-        launch = self._launches.launch
+        # The calls a batch holds thousands of: straight to the prepared launch or the array
+        # function, without the generators and lookups of the path every other call takes.
+        launch, array_op = self._launches.launch, self._do_array_op
+        fast: dict[str, Callable[[pb.Request], None]] = {
+            "launch": lambda each: launch(each.launch),
+            "array_op": lambda each: array_op(each.array_op),
+        }
         for each, call in zip(inner, calls, strict=True):
-            if call == "launch" and not each.wait and self._copy is None:
-                # the call a batch holds thousands of: straight to the prepared launch,
-                # without the generators and lookups of the path every other call takes
+            run = fast.get(call or "") if not each.wait and self._copy is None else None
+            if run is not None:
                 try:
-                    self._guarded(functools.partial(launch, each.launch))
+                    self._guarded(functools.partial(run, each))
                 except Exception as exc:
                     yield from self._failed(False, self._as_error(exc, call))
             else:
@@ -585,6 +604,7 @@ class SessionExecutor:
         if call.ptr == 0:
             return
         size = self._allocations.remove(call.ptr)
+        self._arrays.freed(call.ptr)
         self._exports.pop(call.ptr, None)
         self.backend.free(call.ptr)
         self._quota.release(size, self.backend.own_memory())
@@ -670,6 +690,13 @@ class SessionExecutor:
 
     def _do_array_op(self, call: pb.ArrayOp) -> None:
         self._arrays.run(call, self._streams.get(call.stream))
+
+    def _do_torch_op(self, call: pb.TorchOp) -> None:
+        if self._torch is None:
+            from gpupool.server.torch_ops import TorchOps  # torch is loaded only for torch
+
+            self._torch = TorchOps(self.backend, self._allocations)
+        self._torch.run(call, self._streams.get(call.stream))
 
     # Peer links: copies and collectives straight between workers (server/peers.py).
 
@@ -843,6 +870,7 @@ _CALLS: dict[str, Callable[[SessionExecutor, Any], pb.Reply | None]] = {
     "event_elapsed_time": SessionExecutor._do_event_elapsed_time,
     "device_synchronize": SessionExecutor._do_device_synchronize,
     "array_op": SessionExecutor._do_array_op,
+    "torch_op": SessionExecutor._do_torch_op,
     "peer_connect": SessionExecutor._do_peer_connect,
     "peer_send": SessionExecutor._do_peer_send,
     "peer_recv": SessionExecutor._do_peer_recv,

@@ -157,7 +157,7 @@ class InboundLinks:
             frames.send_with_fds(opened.SerializeToString(), [fd])
             os.close(fd)
             return Inbound(frames, ring, self._unregister)
-        stripes = Stripes(sock, max(1, min(peer.stripes, MAX_STRIPES)), self._staging)
+        stripes = Stripes(frames, max(1, min(peer.stripes, MAX_STRIPES)), self._staging)
         frames.send(MESSAGE, opened.SerializeToString())
         return Inbound(frames, stripes)
 

@@ -18,7 +18,7 @@ def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> No
     result = subprocess.run(
         [
             *(sys.executable, "-m", "gpupool.cli", "bench", "all"),
-            *("--sizes", "4KiB,5MiB", "--stripes", "2"),
+            *("--sizes", "4KiB,5MiB", "--stripes", "2", "--ops", "64"),
             *("--json", str(out), "--plot", str(picture), "--emu-devices", "1"),
         ],
         capture_output=True,
@@ -53,6 +53,14 @@ def test_bench_all_writes_every_record_for_every_transport(tmp_path: Path) -> No
         assert launch["per_s"] > 0 and abs(launch["us"] * launch["per_s"] - 1e6) < 1
     assert all(set(r) >= {"op", "transport", "size_bytes", "native"} for r in records)
     assert picture.read_bytes().startswith(b"\x89PNG")
+    assert "Small array operations" in result.stdout
+    for loop in ("elementwise", "in-place", "reduce", "mlp-step"):
+        assert index[(f"ops-{loop}", "native", 1024)]["us"] > 0
+        for name in ("grpc", "tcp", "shm"):
+            small = index[(f"ops-{loop}", name, 1024)]
+            assert small["us"] > 0 and small["client_us"] > 0 and small["ratio"] > 0
+            assert small["worker_us"] >= 0  # the local daemon's processes, from /proc
+            assert small["round_trips"] == 0 and small["mallocs"] == 0  # only the closing wait
 
 
 def test_shm_is_read_against_native_pageable_and_pinned_shm_against_native_pinned() -> None:

@@ -739,10 +739,10 @@ def _submit(op: pb.ArrayOp) -> None:
 
 
 def test_a_descriptor_outside_the_sessions_memory_is_refused(connected: Daemon) -> None:
-    a = cp.arange(4, dtype=np.float64)
-    outside = pb.ArrayDesc(
-        ptr=addressing.raw(a.data.ptr) + 4096, shape=[4], strides=[8], dtype="<f8"
-    )
+    # an allocation of its own (the pool's blocks lie inside arenas the session owns whole)
+    a = cp.ndarray(4, np.float64, memptr=cp.cuda.MemoryPointer(cp.cuda.memory.Memory(32), 0))
+    a[...] = cp.arange(4, dtype=np.float64)
+    outside = pb.ArrayDesc(ptr=4096, shape=[4], strides=[8], dtype="<f8")
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=outside)], out=[outside]))
     with pytest.raises(CUDARuntimeError, match="not inside an allocation") as caught:
         rt.deviceSynchronize()
@@ -787,3 +787,25 @@ def test_a_wrong_output_shape_is_refused_not_guessed(connected: Daemon) -> None:
     )
     with pytest.raises(ValueError, match=re.escape("result of shape () for an output of (2,)")):
         rt.deviceSynchronize()
+
+
+def test_kept_views_go_when_their_memory_is_freed(connected: Daemon) -> None:
+    """The daemon keeps checked views and decoded operations of repeated operations (on the
+    GPU too); a freed allocation takes them with it, so the same descriptor is refused."""
+    own = cp.cuda.MemoryPointer(cp.cuda.memory.Memory(64), 0)
+    a = cp.ndarray(8, np.float64, memptr=own)
+    a[...] = cp.arange(8, dtype=np.float64)
+    for _ in range(50):
+        cp.negative(a, out=a)  # the same operation's bytes, again and again
+    same(a, np.arange(8.0))
+    desc = descriptor(a)
+    ptr = a.data.ptr
+    del a, own
+    gc.collect()
+    _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=desc)], out=[desc]))
+    with pytest.raises(CUDARuntimeError, match=f"0x{ptr:x} is not inside an allocation"):
+        rt.deviceSynchronize()
+    b = cp.arange(8, dtype=np.float64)
+    for _ in range(3):
+        b = b * 2  # blocks carved from an arena, their descriptors kept
+    same(b, np.arange(8.0) * 8)

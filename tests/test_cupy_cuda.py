@@ -98,16 +98,29 @@ def fresh_pool(connected: Daemon) -> Iterator[cuda.MemoryPool]:
 
 
 def test_the_pool_reuses_blocks_without_round_trips(fresh_pool: cuda.MemoryPool) -> None:
-    first = cp.empty(1000, np.float32)  # 4000 bytes: a 4096-byte block
-    assert (fresh_pool.used_bytes(), fresh_pool.total_bytes()) == (4096, 4096)
+    arena = cuda.memory.ARENA_SIZE
+    mallocs = gpupool.stats().mallocs
+    first = cp.empty(1000, np.float32)  # 4000 bytes: a 4096-byte block, carved from an arena
+    assert (fresh_pool.used_bytes(), fresh_pool.total_bytes()) == (4096, arena)
+    assert gpupool.stats().mallocs == mallocs + 1
     address = first.data.ptr
     del first
     gc.collect()
     assert (fresh_pool.used_bytes(), fresh_pool.free_bytes(), fresh_pool.n_free_blocks()) == (
         0,
-        4096,
+        arena,
         1,
     )
+    before = gpupool.stats().round_trips
+    kept = [cp.empty(512, np.uint8) for _ in range(arena // 512 - 8)]  # the rest of the arena
+    assert gpupool.stats().round_trips == before and gpupool.stats().mallocs == mallocs + 1
+    assert {block.data.ptr for block in kept}.isdisjoint({address})
+    cp.empty(512, np.uint8)  # the arena is full: the next block comes from a new one
+    assert gpupool.stats().mallocs == mallocs + 2
+    assert fresh_pool.total_bytes() == 2 * arena
+    del kept
+    gc.collect()
+    cached = fresh_pool.n_free_blocks()
     before = gpupool.stats().round_trips
     for _ in range(100):
         again = cp.empty(1024, np.float32)
@@ -119,9 +132,12 @@ def test_the_pool_reuses_blocks_without_round_trips(fresh_pool: cuda.MemoryPool)
     assert other.data.ptr != address
     del other
     gc.collect()
-    assert fresh_pool.n_free_blocks() == 2
-    fresh_pool.free_all_blocks()
+    assert fresh_pool.n_free_blocks() == cached + 1
+    fresh_pool.free_all_blocks()  # no block is lent: every arena goes back to the daemon
     assert (fresh_pool.total_bytes(), fresh_pool.n_free_blocks()) == (0, 0)
+    freed = gpupool.stats().calls
+    cuda.Device().synchronize()
+    assert gpupool.stats().calls == freed + 1  # the frees were queued: they went with the sync
     cuda.set_allocator(None)  # no pool: every allocation asks the daemon
     before = gpupool.stats().round_trips
     cp.empty(10, np.float32)

@@ -193,3 +193,48 @@ def test_a_session_opens_once(executor: SessionExecutor) -> None:
     assert first.HasField("opened")
     (again,) = run(executor, open=pb.OpenSession(device=1))
     assert again.error.message == "the session is already open"
+
+
+def _batch(*requests: pb.Request) -> pb.Batch:
+    return pb.Batch(requests=list(requests))
+
+
+def _negate(ptr: int, count: int = 4) -> pb.Request:
+    desc = pb.ArrayDesc(ptr=ptr, shape=[count], strides=[8], dtype="<f8")
+    return pb.Request(
+        array_op=pb.ArrayOp(function="negative", args=[pb.Operand(array=desc)], out=[desc])
+    )
+
+
+def _read(executor: SessionExecutor, ptr: int, count: int = 4) -> np.ndarray:
+    replies = run(executor, memcpy_dtoh=pb.MemcpyDtoH(src=ptr, size=8 * count))
+    return np.frombuffer(b"".join(reply.data for reply in replies), np.float64)
+
+
+def test_a_kept_view_goes_with_the_memory_it_lies_in(executor: SessionExecutor) -> None:
+    """Array operations in a batch take the fast path and keep their checked views; freeing
+    the allocation drops them, so the same descriptor is checked (and refused) again."""
+    ptr = malloc(executor, 32)
+    data = np.arange(4, dtype=np.float64)
+    (copied,) = run(executor, memcpy_htod=pb.MemcpyHtoD(dst=ptr, size=32, data=data.tobytes()))
+    assert not copied.HasField("error")
+    (reply,) = run(executor, batch=_batch(_negate(ptr), _negate(ptr), _negate(ptr)), wait=True)
+    assert not reply.HasField("error")
+    np.testing.assert_array_equal(_read(executor, ptr), -data)
+    assert run(executor, wait=False, free=pb.Free(ptr=ptr)) == []
+    (reply,) = run(executor, batch=_batch(_negate(ptr)), wait=True)
+    assert reply.error.name == "cudaErrorInvalidValue"
+    assert "not inside an allocation" in reply.error.message
+    (reply,) = run(executor, batch=_batch(_negate(ptr, 1 << 20)), wait=True)  # still checked
+    assert reply.error.name == "cudaErrorInvalidValue"
+
+
+def test_an_error_in_a_batch_of_array_operations_is_held_and_the_rest_run(
+    executor: SessionExecutor,
+) -> None:
+    ptr = malloc(executor, 32)
+    bad = pb.Request(array_op=pb.ArrayOp(function="no-such-function"))
+    (reply,) = run(executor, batch=_batch(_negate(ptr), bad, _negate(ptr)), wait=True)
+    assert reply.error.name == "cudaErrorNotSupported"  # the first error, at the sync
+    (ok,) = run(executor, device_synchronize=pb.DeviceSynchronize())
+    assert not ok.HasField("error")

@@ -52,7 +52,8 @@ class StagedSink:
 
 def _both_ends(count: int) -> tuple[Stripes, Stripes, list[socket.socket]]:
     pairs = [socket.socketpair() for _ in range(count)]
-    left, right = Stripes(pairs[0][0], count), Stripes(pairs[0][1], count)
+    left = Stripes(FrameSocket(pairs[0][0]), count)
+    right = Stripes(FrameSocket(pairs[0][1]), count)
     for index, (a, b) in enumerate(pairs[1:], start=1):
         left.attach(index, a)
         right.attach(index, b)

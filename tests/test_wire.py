@@ -4,9 +4,12 @@ its byte order, and batches the client assembles from bytes are the ones protobu
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpupool.client.launches import LaunchEncoder, kernel_arg, kernel_args
 from gpupool.proto import batch
@@ -111,3 +114,79 @@ def test_the_encoder_keeps_one_head_per_configuration_and_exact_types_only() -> 
 class _Device:
     def __init__(self, ptr: int) -> None:
         self.__cuda_array_interface__ = {"data": (ptr, False)}
+
+
+class _At:
+    """Device memory at an address, as far as an array's pointer needs (no daemon)."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+        self.device_id = 0
+
+
+_DTYPES = st.sampled_from([np.dtype(t) for t in ("<f4", "<f8", "<i8", "|b1", "<c8", "|u1")])
+_SHAPES = st.lists(st.integers(0, 6), max_size=4).map(tuple)
+
+
+@st.composite
+def _arrays(draw: st.DrawFn) -> Any:
+    from gpupool.cupy import cuda
+    from gpupool.cupy._ndarray import ndarray
+
+    shape = draw(_SHAPES)
+    strides = draw(st.lists(st.integers(-(2**40), 2**40), min_size=len(shape), max_size=len(shape)))
+    ptr = draw(st.integers(0, 2**48))
+    return ndarray(shape, draw(_DTYPES), cuda.MemoryPointer(_At(ptr), 0), strides)  # type: ignore[arg-type]
+
+
+_OPERANDS = st.one_of(
+    _arrays(),
+    st.floats(allow_nan=False),
+    st.integers(-(2**63), 2**64 - 1),
+    st.booleans(),
+    st.none(),
+    st.sampled_from([np.float32(1.5), np.int8(-3), slice(1, None, 2), Ellipsis, np.dtype("<f4")]),
+    st.tuples(st.integers(-5, 5), _arrays()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    function=st.sampled_from(["add", "getitem", "random.normal", "x" * 300]),
+    args=st.lists(_OPERANDS, max_size=4),
+    kwargs=st.dictionaries(st.sampled_from(["axis", "keepdims"]), _OPERANDS, max_size=2),
+    out=st.lists(_arrays(), max_size=2),
+    stream=st.integers(0, 2**40),
+    generator=st.integers(0, 2**20),
+)
+def test_an_array_operation_is_packed_as_protobuf_serializes_it(
+    function: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    out: list[Any],
+    stream: int,
+    generator: int,
+) -> None:
+    """The shim packs an operation's entry from kept bytes; the daemon parses it as protobuf."""
+    from gpupool.cupy import _remote
+
+    packed = _remote.entry(function, args, kwargs, out, stream, generator)
+    op = pb.ArrayOp(
+        function=function,
+        args=[_remote.operand(arg) for arg in args],
+        kwargs=[pb.Keyword(name=k, value=_remote.operand(v)) for k, v in kwargs.items()],
+        out=[_remote.descriptor(array) for array in out],
+        stream=stream,
+        generator=generator,
+    )
+    assert packed == batch.entry(pb.Request(array_op=op).SerializeToString())
+    again = [_remote.wire(array) for array in out]  # kept with the array: the same bytes
+    assert _remote.entry(function, args, kwargs, out, stream, generator) == packed
+    assert again == [_remote.wire(array) for array in out]
+
+
+def test_an_integer_past_uint64_is_refused_as_for_any_dtype() -> None:
+    from gpupool.cupy import _remote
+
+    with pytest.raises(OverflowError, match="out of bounds"):
+        _remote.entry("add", [2**64], None, (), 0)

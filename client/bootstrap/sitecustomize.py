@@ -12,4 +12,12 @@ except ImportError:
     )
 else:
     import_hook.install()
+    if os.environ.get("GPUPOOL_TORCH") == "cuda":  # gpupool run --torch
+
+        def _cuda_as_pool() -> None:
+            from gpupool.torch import cuda
+
+            cuda.install()
+
+        import_hook.after_import("torch", _cuda_as_pool)
     import_hook.run_next_sitecustomize(os.path.dirname(os.path.abspath(__file__)))

@@ -36,6 +36,8 @@ def meta(value: Any) -> Any:
 def meta_key(value: Any) -> Any:
     """What an operand's stand-in depends on: its dtype, or its Python type; for a Python int
     also its sign and size, since whether it fits a dtype (else OverflowError) depends on them."""
+    if type(value) is ndarray:
+        return value._dtype
     if isinstance(value, ndarray | np.generic):
         return value.dtype
     if isinstance(value, int) and not isinstance(value, bool):
@@ -102,7 +104,7 @@ def result_array(
     outs = output_arrays(out)
     if not outs:
         with _remote.on_device(device):
-            return ndarray(shape, dtype)
+            return ndarray._result(tuple(shape), np.dtype(dtype))
     (result,) = outs
     if result.shape != shape:
         raise ValueError(f"output array has shape {result.shape}, {name} gives {shape}")

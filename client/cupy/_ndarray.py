@@ -49,9 +49,15 @@ def layout(array: ndarray) -> np.ndarray:
     """A NumPy array with ``array``'s shape, dtype and strides whose data must never be read.
 
     NumPy's views of it (basic indexing, reshape without copy, transpose) are exactly the
-    views CuPy makes; :meth:`ndarray._view` turns one back into a remote array.
+    views CuPy makes; :meth:`ndarray._view` turns one back into a remote array. Made once an
+    array (``shape``'s setter drops it).
     """
-    return np.asarray(_Layout(array.shape, array.dtype, array.strides))
+    made: np.ndarray | None = array.__dict__.get("_layout")
+    if made is None:
+        made = array.__dict__["_layout"] = np.asarray(
+            _Layout(array.shape, array.dtype, array.strides)
+        )
+    return made
 
 
 def shape_tuple(shape: Any) -> tuple[int, ...]:
@@ -71,6 +77,9 @@ def _contiguous_strides(shape: tuple[int, ...], itemsize: int, order: str) -> tu
         step *= max(extent, 1)
     strides.reverse()
     return tuple(strides) if order == "C" else tuple(strides[::-1])
+
+
+_STRIDES: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}  # C strides by shape, itemsize
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,25 @@ class ndarray:
         self._base: ndarray | None = None
         self.data = memory.alloc(self.nbytes) if memptr is None else memptr
 
+    @classmethod
+    def _result(cls, shape: tuple[int, ...], dtype: np.dtype) -> ndarray:
+        """A new C-contiguous array on the current device, from a shape and a dtype already
+        checked (an operation's result: made for every operation, so without the checks of
+        the constructor)."""
+        array = cls.__new__(cls)
+        array._shape, array._dtype = shape, dtype
+        strides = _STRIDES.get((shape, dtype.itemsize))
+        if strides is None:
+            strides = _contiguous_strides(shape, dtype.itemsize, "C")
+            if len(_STRIDES) >= 4096:
+                _STRIDES.clear()
+            _STRIDES[shape, dtype.itemsize] = strides
+        array._strides = strides
+        array._owner = True
+        array._base = None
+        array.data = memory.alloc(math.prod(shape) * dtype.itemsize)
+        return array
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self._shape
@@ -128,7 +156,8 @@ class ndarray:
         except ValueError as exc:
             raise AttributeError(f"incompatible shape: {exc}") from None
         self._shape, self._strides = view.shape, view.strides
-        self.__dict__.pop("_descriptor", None)  # the wire form has the old shape
+        self.__dict__.pop("_wire", None)  # the wire form and the layout have the old shape
+        self.__dict__.pop("_layout", None)
 
     dtype = property(lambda self: self._dtype)
     strides = property(lambda self: self._strides)
@@ -209,9 +238,12 @@ class ndarray:
     def _view(self, view: np.ndarray) -> ndarray:
         """The remote array a view of :func:`layout` (of this array) stands for."""
         offset = view.__array_interface__["data"][0] - _FAKE_ADDRESS
-        result = ndarray(view.shape, view.dtype, self.data + offset, view.strides)
-        result._base = self if self._base is None else self._base  # the owner, as CuPy's
-        return result
+        array = ndarray.__new__(ndarray)  # NumPy made the shape and strides: no checks
+        array._shape, array._dtype, array._strides = view.shape, view.dtype, view.strides
+        array._owner = False
+        array.data = self.data + offset
+        array._base = self if self._base is None else self._base  # the owner, as CuPy's
+        return array
 
     @property
     def base(self) -> ndarray | None:
@@ -646,6 +678,7 @@ def _resolve_order(array: ndarray, order: str) -> Literal["C", "F"]:
 
 # A kernel argument of every launch: its pointer, without a __cuda_array_interface__ each time.
 register_device_array(ndarray, lambda array: array.data.ptr)
+_remote.register_array(ndarray)  # an operand of every array operation: its kept wire fields
 
 # These build on ndarray; imported last so that either side may be imported first.
 from gpupool.cupy import (  # noqa: E402

@@ -22,9 +22,17 @@ def _arrays(name: str, a: Any, b: Any) -> tuple[ndarray, ndarray]:
     return a, b
 
 
+# (product, dtypes and dimensions of its operands) -> its result's dtype: NumPy asked once
+_DTYPES: dict[tuple[Any, ...], np.dtype] = {}
+
+
 def _product(name: str, a: ndarray, b: ndarray, shape: tuple[int, ...], out: Any) -> ndarray:
-    ones_a, ones_b = np.ones((1,) * a.ndim, a.dtype), np.ones((1,) * b.ndim, b.dtype)
-    return compute(name, (a, b), shape, infer(getattr(np, name), ones_a, ones_b), out=out)
+    key = (name, a.dtype, a.ndim, b.dtype, b.ndim)
+    dtype = _DTYPES.get(key)
+    if dtype is None:
+        ones_a, ones_b = np.ones((1,) * a.ndim, a.dtype), np.ones((1,) * b.ndim, b.dtype)
+        dtype = _DTYPES[key] = infer(getattr(np, name), ones_a, ones_b)
+    return compute(name, (a, b), shape, dtype, out=out)
 
 
 def _not_aligned(a: ndarray, b: ndarray, axis_b: int) -> ValueError:

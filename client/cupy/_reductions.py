@@ -12,6 +12,11 @@ import numpy as np
 
 from gpupool.cupy._infer import check_arrays, compute, infer, reduced_shape, stand_in
 from gpupool.cupy._ndarray import ndarray
+from gpupool.cupy._remote import exact_key, flat_key
+
+# (function, dtype, which dimensions are empty, keepdims, options) -> the result's dtype: what
+# the stand-in depends on, so NumPy is asked once (its errors are not kept: asked again)
+_DTYPES: dict[Any, np.dtype] = {}
 
 
 def _array(a: Any, name: str) -> ndarray:
@@ -25,8 +30,18 @@ def _reduce(
     a = _array(a, name)
     given = {"axis": axis, "dtype": None if dtype is None else np.dtype(dtype), **extra}
     options = {key: value for key, value in given.items() if value is not None}
-    numpy_function = getattr(np, name)  # name is one of this module's constant names
-    result_dtype = infer(numpy_function, stand_in(a), keepdims=keepdims, **options)
+    empty = tuple(1 if n else 0 for n in a.shape)
+    options_key, keepdims_key = flat_key(options), exact_key(keepdims)
+    exact = options_key is not None and keepdims_key is not None
+    key = (name, a.dtype, empty, keepdims_key, options_key) if exact else None
+    result_dtype = _DTYPES.get(key) if key is not None else None
+    if result_dtype is None:
+        numpy_function = getattr(np, name)  # name is one of this module's constant names
+        result_dtype = infer(numpy_function, stand_in(a), keepdims=keepdims, **options)
+        if key is not None:
+            if len(_DTYPES) >= 4096:
+                _DTYPES.clear()
+            _DTYPES[key] = result_dtype
     shape = reduced_shape(a.shape, axis, keepdims)
     return compute(name, (a,), shape, result_dtype, {**options, "keepdims": keepdims}, out)
 

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from gpupool.client import runtime
 from gpupool.cupy import _remote
 from gpupool.cupy import _ufunc_methods as _methods
 from gpupool.cupy._infer import broadcast_shape, common_device, meta, meta_key, output_arrays
@@ -36,7 +37,7 @@ def elementwise(
         if len(outs) != nout:
             raise ValueError(f"{name} has {nout} output(s), {len(outs)} given")
         for out in outs:
-            if np.broadcast_shapes(shape, out.shape) != out.shape:
+            if out.shape != shape and np.broadcast_shapes(shape, out.shape) != out.shape:
                 raise ValueError(
                     f"non-broadcastable output operand with shape {out.shape} doesn't match"
                     f" the broadcast shape {shape}"
@@ -80,6 +81,38 @@ def _result_dtypes(
     return dtypes
 
 
+def _same_shape(function: ufunc, inputs: tuple[Any, ...]) -> ndarray | None:
+    """The common case, fast: arrays of one shape on one device (and Python numbers) into a
+    new array. None for anything else, which :func:`elementwise` then handles (and refuses
+    with NumPy's errors). The same result: the same dtype table, shape and device."""
+    if len(inputs) != function.nin:
+        return None
+    shape = device = None
+    for value in inputs:
+        if type(value) is ndarray:
+            if shape is None:
+                shape, device = value._shape, value.data.device_id
+            elif value._shape != shape or value.data.device_id != device:
+                return None
+        elif type(value) not in _NUMBERS:
+            return None
+        elif type(value) is int and not _WIRE_INTS[0] <= value <= _WIRE_INTS[1]:
+            return None  # beyond every dtype: comparisons take it their own way
+    if shape is None or device is None:
+        return None
+    (dtype,) = _result_dtypes(function.name, function._numpy, inputs, (), {})
+    if device == runtime.getDevice():
+        result = ndarray._result(shape, dtype)
+    else:
+        with _remote.on_device(device):
+            result = ndarray._result(shape, dtype)
+    _remote.enqueue(function.name, device, inputs, None, (result,))
+    return result
+
+
+_NUMBERS = (float, int, bool, complex)
+
+
 class ufunc:
     """A CuPy universal function: elementwise, broadcasting, with ``out=`` and ``dtype=``."""
 
@@ -92,6 +125,10 @@ class ufunc:
         self.__name__ = name
 
     def __call__(self, *args: Any, out: Any = None, dtype: Any = None, **kwargs: Any) -> Any:
+        if out is None and dtype is None and not kwargs and self.nout == 1:
+            result = _same_shape(self, args)
+            if result is not None:
+                return result
         if kwargs:
             unsupported(f"cupy.{self.name} with {', '.join(sorted(kwargs))}=")
         if len(args) not in (self.nin, self.nargs):

@@ -71,6 +71,42 @@ def print_tables(records: Sequence[Record], console: Console) -> None:
             dim = record.native or record.transport.startswith("raw-")
             table.add_row(*cells, style="dim" if dim else None)
         console.print(table)
+    print_ops_table(records, console)
+
+
+def print_ops_table(records: Sequence[Record], console: Console) -> None:
+    """Small operations: a row per loop and target, with what one operation cost."""
+    rows = [r for r in records if r.op.startswith("ops-")]
+    if not rows:
+        return
+    table = Table(title="Small array operations, per operation (median)")
+    for header in (
+        "loop",
+        "target",
+        "time",
+        "client CPU",
+        "daemon CPU",
+        "round trips",
+        "mallocs",
+        "remote/native",
+    ):
+        table.add_column(header, justify="left" if header in ("loop", "target") else "right")
+    previous = None
+    for record in rows:
+        loop = record.op.removeprefix("ops-")
+        table.add_row(
+            loop if loop != previous else "",
+            record.transport,
+            f"{record.us:.1f} µs",
+            "" if record.client_us is None else f"{record.client_us:.1f} µs",
+            "" if record.worker_us is None else f"{record.worker_us:.1f} µs",
+            "" if record.round_trips is None else f"{record.round_trips:.4f}",
+            "" if record.mallocs is None else f"{record.mallocs:.4f}",
+            "" if record.native else _times(record.ratio),
+            style="dim" if record.native else None,
+        )
+        previous = loop
+    console.print(table)
 
 
 def write_json(records: Sequence[Record], path: Path, meta: dict[str, object]) -> None:

@@ -11,9 +11,11 @@ import os
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
+from gpupool.bench import ops
 from gpupool.bench.rawlink import RawLink
+from gpupool.bench.record import Record
 from gpupool.bench.targets import (
     PinnedRemoteTarget,
     RawMemoryTarget,
@@ -23,7 +25,7 @@ from gpupool.bench.targets import (
     native_targets,
 )
 
-KINDS = ("bandwidth", "latency", "launch")
+KINDS = ("bandwidth", "latency", "launch", "ops")
 COPIES = ("h2d", "d2h", "d2d")
 EMULATOR_SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]
 GPU_SIZES = [*EMULATOR_SIZES, 1 << 30]
@@ -42,34 +44,13 @@ PINNED = ("shm",)  # transports also measured from pinned host memory
 SINGLE_STREAM = "tcp-x1"  # tcp:// on one connection, beside the striped default
 
 
-@dataclass
-class Record:
-    """One figure: ``gbps`` for a copy, ``us`` (and ``per_s``) for latency and launches.
-
-    ``ratio`` is against native (remote/native: bandwidth and launch rate as a share of
-    native, latency as a multiple of it); ``link_ratio`` likewise against the raw link.
-    """
-
-    op: str
-    transport: str
-    size_bytes: int
-    native: bool
-    gbps: float | None = None
-    us: float | None = None
-    per_s: float | None = None
-    ratio: float | None = None
-    link_ratio: float | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
-
-
 @dataclass(frozen=True)
 class Plan:
     kinds: Sequence[str]
     sizes: Sequence[int]
     transports: Sequence[str]
     stripes: int
+    ops: int = ops.OPS  # small operations a loop makes in one turn
 
     def steps(self, targets: Sequence[Target]) -> int:
         """Measurements the plan makes with ``targets`` (for the progress bar)."""
@@ -77,7 +58,10 @@ class Plan:
         bandwidth = sum(reps(size) for size in self.sizes) if "bandwidth" in self.kinds else 0
         latency = len(targets) if "latency" in self.kinds else 0
         launch = len(device) if "launch" in self.kinds else 0
-        return bandwidth * len(targets) + latency + launch
+        small = (
+            (1 + len(self.transports)) * len(ops.LOOPS) * ops.TURNS if "ops" in self.kinds else 0
+        )
+        return bandwidth * len(targets) + latency + launch + small
 
 
 def reps(size: int) -> int:
@@ -124,13 +108,23 @@ def _single_stream(address: str) -> Target:
 
 
 def run(
-    address: str, plan: Plan, start: Callable[[int], None], advance: Callable[[str], None]
+    address: str,
+    plan: Plan,
+    start: Callable[[int], None],
+    advance: Callable[[str], None],
+    daemon_pid: int | None = None,
 ) -> list[Record]:
     """Measure ``plan`` against device 0 of the daemon at ``address``.
 
     ``start`` learns how many steps there will be, ``advance`` is told each one's name.
+    ``daemon_pid``: the daemon's process where it runs here, whose CPU time (its workers'
+    included) the small operations are read with.
     """
     records: list[Record] = []
+    copies = [kind for kind in plan.kinds if kind != "ops"]
+    if not copies:
+        start(plan.steps([]))
+        return _with_ratios(ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops))
     with targets(address, plan) as chosen:
         start(plan.steps(chosen))
         if "bandwidth" in plan.kinds:
@@ -140,6 +134,8 @@ def run(
             records += _latency(chosen, advance)
         if "launch" in plan.kinds:
             records += _launches(chosen, advance)
+    if "ops" in plan.kinds:
+        records += ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops)
     return _with_ratios(records)
 
 

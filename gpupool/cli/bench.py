@@ -37,6 +37,15 @@ def stripes(text: str) -> int:
     return int(text)
 
 
+def count(text: str) -> int:
+    """A number of operations: a positive integer, at least a training step's."""
+    from gpupool.bench.ops import MLP_OPS
+
+    if not text.isdigit() or int(text) < MLP_OPS:
+        raise argparse.ArgumentTypeError(f"a number of operations, {MLP_OPS} or more: {text!r}")
+    return int(text)
+
+
 def picture(text: str) -> Path:
     """A file matplotlib can draw into, known before the run rather than after it."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -51,13 +60,16 @@ def picture(text: str) -> Path:
 
 
 def add(commands: Any) -> None:
+    from gpupool.bench.ops import OPS
     from gpupool.bench.runner import KINDS
 
     parser = commands.add_parser(
         NAME,
-        help="measure remote against native copies, round trips and launches",
+        help="measure remote against native copies, round trips, launches and small operations",
         description="Measure, in one run and alternating, native copies (CuPy on a local GPU,"
-        " else NumPy) and remote ones over each transport, plus the raw link. Without"
+        " else NumPy) and remote ones over each transport, plus the raw link; `ops`: loops of"
+        " small array operations natively and through the CuPy shim, with the client's and"
+        " the daemon's CPU time and the round trips per operation. Without"
         " --daemons an embedded local daemon serves (as `gpupool run` does).",
     )
     parser.add_argument(
@@ -97,15 +109,23 @@ def add(commands: Any) -> None:
         metavar="N",
         help="peer/collective without --daemons: local daemon processes to start (default 2)",
     )
+    parser.add_argument(
+        "--ops",
+        type=count,
+        default=OPS,
+        metavar="N",
+        help=f"small operations a loop makes in one turn (`ops`; default {OPS})",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the records here")
     parser.add_argument("--plot", type=picture, metavar="FILE.png", help="draw bandwidth curves")
     add_daemon_options(parser, log_level="warning")
 
 
 @contextmanager
-def daemon_process(args: argparse.Namespace) -> Iterator[str]:
+def daemon_process(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     """A local daemon in a process of its own, as a real one runs: its front would otherwise
-    share this process (and its GIL) with the client being measured. Yields its address."""
+    share this process (and its GIL) with the client being measured. Yields its address and
+    its process id (its CPU time, its workers' included, is read for small operations)."""
     command = [
         *(sys.executable, "-m", "gpupool.cli", "daemon", "--listen", "127.0.0.1:0"),
         *("--backend", args.backend, "--emu-devices", str(args.emu_devices)),
@@ -119,7 +139,7 @@ def daemon_process(args: argparse.Namespace) -> Iterator[str]:
         found = re.search(r" on (\S+) \(", banner)
         if found is None:
             raise SystemExit(f"gpupool bench: the local daemon did not start ({banner!r})")
-        yield found.group(1)
+        yield found.group(1), process.pid
     finally:
         process.terminate()
         try:
@@ -144,10 +164,11 @@ def main(args: argparse.Namespace) -> int:
     if args.what in VIRTUAL:
         return _virtual(args, console)
     with ExitStack() as stack:
+        daemon_pid = None
         if args.daemons:
             address = args.daemons.split(",")[0]
         else:
-            address = stack.enter_context(daemon_process(args))
+            address, daemon_pid = stack.enter_context(daemon_process(args))
         try:
             probe = Context([address])
         except GpupoolError as exc:
@@ -169,6 +190,7 @@ def main(args: argparse.Namespace) -> int:
             sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
             transports=wanted,
             stripes=args.stripes,
+            ops=args.ops,
         )
         os.environ[ENV_STRIPES] = str(args.stripes)
         with Progress(
@@ -180,6 +202,7 @@ def main(args: argparse.Namespace) -> int:
                 plan,
                 lambda total: progress.update(task, total=total),
                 lambda what: progress.update(task, advance=1, description=what),
+                daemon_pid,
             )
     daemon = address if args.daemons else "embedded (a local daemon process)"
     return _report(records, args, console, backend_name, daemon, list(wanted))

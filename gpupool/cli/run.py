@@ -23,6 +23,7 @@ from gpupool.client.lease import ENV_ALLOCATION, ENV_TOKEN
 from gpupool.errors import GpupoolError
 
 NAME = "run"
+ENV_TORCH = "GPUPOOL_TORCH"  # "cuda": the bootstrap reads torch's cuda as gpupool
 
 
 def add(commands: Any) -> None:
@@ -36,6 +37,12 @@ def add(commands: Any) -> None:
         " it ends; with no scheduler named, from an embedded one whose daemon serves this host.",
     )
     parser.add_argument("--daemons", metavar="HOST:PORT[,...]", help="daemons to use, in order")
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="run a PyTorch program written for CUDA on the pool's devices: 'cuda' is read as"
+        " 'gpupool' (docs/torch.md)",
+    )
     add_daemon_options(parser, log_level="warning")  # the command's output is what matters
     add_allocation_options(parser.add_argument_group("GPUs from the pool"), 60.0, None)
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
@@ -47,6 +54,8 @@ def main(args: argparse.Namespace) -> int:
         print("gpupool run: no command given (gpupool run -- python prog.py)", file=sys.stderr)
         return 2
     env = dict(os.environ)
+    if args.torch:
+        env[ENV_TORCH] = "cuda"
     if wants_allocation(args) and args.daemons:
         print(
             "gpupool run: --daemons names the daemons to use, -n/--fraction/--memory/--scheduler"

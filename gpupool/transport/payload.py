@@ -104,12 +104,15 @@ class Stripes:
 
     def __init__(
         self,
-        primary: socket.socket,
+        primary: FrameSocket,
         count: int,
         staging: Callable[[int], memoryview] = lambda n: memoryview(bytearray(n)),
     ) -> None:
+        """``primary``: the session's own connection, stripe 0, whose frames and read-ahead
+        the payload shares."""
         self.count = count
-        self._sockets: dict[int, socket.socket] = {0: primary}
+        self._primary = primary
+        self._sockets: dict[int, socket.socket] = {0: primary.sock}
         self._attached = threading.Condition()
         self._staging = staging
         self._local = threading.local()
@@ -130,6 +133,12 @@ class Stripes:
 
     def receive(self, size: int, sink: Sink) -> None:
         self._each(size, lambda sock, offset, n: self._receive_share(sock, sink, offset, n))
+
+    def _reader(self, sock: socket.socket) -> Callable[[memoryview], None]:
+        """How to read a share from ``sock``: stripe 0 through its frames' read-ahead."""
+        if sock is self._primary.sock:
+            return self._primary.receive_into
+        return lambda view: receive_exactly(sock, view)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -168,14 +177,15 @@ class Stripes:
         return stages
 
     def _receive_share(self, sock: socket.socket, sink: Sink, offset: int, size: int) -> None:
+        read = self._reader(sock)
         direct = sink.target(offset, size)
         if direct is not None:
-            receive_exactly(sock, direct)
+            read(direct)
             return
         stages, writing = self._stages(), None
         for index, (piece_offset, n) in enumerate(pieces(size, STAGE, offset)):
             stage = stages[index % 2][:n]
-            receive_exactly(sock, stage)  # while the piece before goes to the device
+            read(stage)  # while the piece before goes to the device
             if writing is not None:
                 writing.result()
             writing = self._copiers.submit(sink.write, piece_offset, stage)

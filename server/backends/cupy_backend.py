@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from types import ModuleType
+from typing import Any
 
 import cupy
 import numpy as np
@@ -76,11 +77,15 @@ class CupyBackend(Backend):
         return int(runtime.malloc(size))
 
     def own_memory(self) -> int:
-        return int(cupy.get_default_memory_pool().total_bytes())
+        return int(cupy.get_default_memory_pool().total_bytes()) + _torch_reserved()
 
     def limit_own_memory(self, limit: int) -> None:
         # CuPy-side temporaries of array operations come from CuPy's pool in this worker
         cupy.get_default_memory_pool().set_limit(size=max(limit, 1))  # 0 would mean none
+        torch = _torch_on_gpu()
+        if torch is not None:  # and the ATen operators' from PyTorch's caching allocator
+            total = runtime.memGetInfo()[1]
+            torch.cuda.set_per_process_memory_fraction(min(1.0, max(limit, 1) / total))
 
     def context_memory(self) -> int:
         # NVML knows what this process holds on the device; less what it allocated itself.
@@ -278,6 +283,19 @@ def _uuid(raw: bytes) -> str:
         return ""
     text = raw[:16].hex()
     return f"GPU-{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _torch_on_gpu() -> Any:
+    """PyTorch, where a torch operation of this session has loaded it and its CUDA."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_initialized() else None
+
+
+def _torch_reserved() -> int:
+    """What PyTorch's caching allocator holds in this worker (its operators' results and
+    temporaries before they are copied into the session's outputs)."""
+    torch = _torch_on_gpu()
+    return int(torch.cuda.memory_reserved()) if torch is not None else 0
 
 
 def _stream(stream: object) -> cupy.cuda.Stream:

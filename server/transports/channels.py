@@ -97,7 +97,7 @@ class FrameChannel:
             register(self.ring.view)
         else:
             stripes = max(1, decode(handover.first).open.stripes)
-            self._stripes = Stripes(sock, stripes, staging)
+            self._stripes = Stripes(self.frames, stripes, staging)
 
     def next(self) -> tuple[pb.Request, int] | None:
         if self._first is not None:
@@ -122,9 +122,10 @@ class FrameChannel:
         self._payload().receive(size, sink)
 
     def send(self, item: pb.Reply | DeviceData) -> None:
-        if isinstance(item, DeviceData) and item.size <= INLINE_LIMIT:
-            item = next(as_replies(item))  # one reply: INLINE_LIMIT is within a chunk
         if isinstance(item, DeviceData):
+            if item.size <= INLINE_LIMIT:  # one reply: INLINE_LIMIT is within a chunk
+                self.frames.send(MESSAGE, item.small_reply().SerializeToString())
+                return
             self.frames.send(MESSAGE, b"", item.size)
             self._payload().send(item.size, item.source)
             return

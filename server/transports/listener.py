@@ -120,7 +120,7 @@ class FrameListener:
                 sock.close()
 
     def _serve(self, sock: socket.socket, shared_memory: bool) -> None:
-        frames = FrameSocket(sock)
+        frames = FrameSocket(sock, read_ahead=False)  # the rest is the worker's to read
         try:
             deadline = time.monotonic() + front.OPENING_DEADLINE_S  # read now: tests set it
             kind, first, payload = frames.receive(HELLO_MAX, deadline)

@@ -3,10 +3,16 @@
 ``alloc`` goes through the current allocator, by default the process's ``MemoryPool``. As in
 CuPy, the pool rounds blocks up to 512 bytes and keeps freed blocks (per device, size and
 stream) to hand out again, so a loop that allocates and frees arrays of the same sizes makes
-no call to the daemon at all after its first round. When the daemon answers a malloc with
-``cudaErrorMemoryAllocation`` the pool frees its cached blocks and tries once more before
-raising CuPy's ``OutOfMemoryError``. Memory goes back (to the pool, or to the daemon with a
-queued free) when the last pointer to it is collected.
+no call to the daemon at all after its first round. A malloc is a round trip to the daemon
+(it waits for everything queued before it), so the pool also carves new small blocks out of
+arenas of ``ARENA_SIZE`` bytes it allocates ahead: a program that keeps a new small array
+each step (a loss, say) makes a malloc call once an arena, not once a step. The daemon
+checks every pointer against what was really allocated (the arenas) and counts them against
+the session's quota. When the daemon answers a malloc with ``cudaErrorMemoryAllocation``
+the pool asks for the block's own size instead of an arena, then frees its cached blocks
+and tries once more before raising CuPy's ``OutOfMemoryError``. Memory goes back (to the
+pool, or to the daemon with a queued free) when the last pointer to it is collected; an
+arena, once none of its blocks is lent or cached.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +30,8 @@ from gpupool.cupy.cuda.stream import Stream, get_current_stream
 from gpupool.errors import CUDARuntimeError
 
 Allocator = Callable[[int], "MemoryPointer"]
+ARENA_SIZE = 2 << 20  # what the pool allocates at once for small blocks
+MAX_CARVED = ARENA_SIZE // 4  # larger blocks get an allocation of their own
 
 
 class OutOfMemoryError(MemoryError):
@@ -65,15 +72,54 @@ class UnownedMemory:
         return self.ptr
 
 
-class PooledMemory:
-    """A block lent by a pool: handed back to the pool, not freed, when collected."""
+class Arena:
+    """One device allocation of a pool, which its blocks are carved from (a block of
+    ``MAX_CARVED`` bytes or more has one of its own). The blocks keep it alive; when the last
+    goes, the allocation is freed (a queued call) and the pool stops counting it."""
 
-    def __init__(self, block: MemoryPointer, pool: SingleDeviceMemoryPool, stream: int) -> None:
+    def __init__(self, pool: SingleDeviceMemoryPool, allocation: MemoryPointer, size: int) -> None:
+        self.allocation = allocation
+        self.device_id: int = allocation.device_id
+        self.ptr: int = allocation.ptr
+        self.size = size
+        self.top = 0  # bytes carved so far
+        self._pool = pool
+
+    def carve(self, size: int) -> MemoryPointer | None:
+        """The next ``size`` bytes, or None when the arena has not that many left."""
+        if self.top + size > self.size:
+            return None
+        block = MemoryPointer(self, self.top)
+        self.top += size
+        return block
+
+    def __del__(self) -> None:
+        self._pool._released(self.size)
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
+class PooledMemory:
+    """A block lent by a pool: handed back to the pool, not freed, when collected.
+
+    ``__del__`` rather than a ``weakref.finalize``: an array of every operation holds one,
+    and a finalizer costs more to make than the rest of the block."""
+
+    __slots__ = ("_block", "_pool", "_stream", "device_id", "ptr", "size")
+
+    def __init__(
+        self, block: MemoryPointer, pool: SingleDeviceMemoryPool, stream: int, size: int
+    ) -> None:
         self.device_id: int = block.device_id
-        self.size: int = block.mem.size
+        self.size: int = size
         self.ptr: int = block.ptr
-        finalizer = weakref.finalize(self, pool._give_back, stream, self.size, block)
-        finalizer.atexit = False
+        self._block = block
+        self._pool = pool
+        self._stream = stream
+
+    def __del__(self) -> None:
+        self._pool._give_back(self._stream, self.size, self._block)
 
     def __int__(self) -> int:
         return self.ptr
@@ -93,7 +139,9 @@ def _stream_ptr(stream: Stream | None) -> int:
 class MemoryPointer:
     """A pointer into an allocation, keeping it alive, with CuPy's copy methods."""
 
-    def __init__(self, mem: Memory | PooledMemory | UnownedMemory, offset: int) -> None:
+    __slots__ = ("device_id", "mem", "ptr")
+
+    def __init__(self, mem: Memory | PooledMemory | Arena | UnownedMemory, offset: int) -> None:
         self.mem = mem
         self.ptr: int = mem.ptr + offset
         self.device_id: int = mem.device_id
@@ -184,38 +232,71 @@ def _is_out_of_memory(error: CUDARuntimeError) -> bool:
 
 
 class SingleDeviceMemoryPool(BlockPool[MemoryPointer]):
-    """The pool of one device: blocks rounded to 512 bytes, freed ones kept per size and stream."""
+    """The pool of one device: blocks rounded to 512 bytes, freed ones kept per size and stream,
+    new small ones carved from arenas (per stream, as the blocks are kept)."""
 
     def __init__(self, device_id: int, allocator: Allocator) -> None:
         super().__init__()
         self.device_id = device_id
         self._allocator = allocator
         self._limit = 0
+        self._arenas: dict[int, Arena] = {}  # stream -> the arena it carves from now
+        self._held = 0  # bytes of the arenas alive
 
     def malloc(self, size: int) -> MemoryPointer:
         if size == 0:
             return MemoryPointer(Memory(0), 0)
         rounded = round_size(size)
         stream = get_current_stream(self.device_id).ptr
-        block = self._lend(stream, rounded, lambda: self._allocate(rounded))
-        return MemoryPointer(PooledMemory(block, self, stream), 0)
+        block = self._lend(stream, rounded, lambda: self._allocate(stream, rounded))
+        return MemoryPointer(PooledMemory(block, self, stream, rounded), 0)
 
-    def _allocate(self, size: int) -> MemoryPointer:
-        """A new block from the allocator. As CuPy: past the limit, or when the daemon has no
-        room, free the cached blocks (then collect garbage too) and try again before raising
-        OutOfMemoryError. The frees are queued calls that reach the daemon before the retry."""
+    def total_bytes(self) -> int:
+        """Bytes this pool holds on the device: its arenas (lent, cached or not yet carved)."""
+        return self._held
+
+    def free_bytes(self) -> int:
+        return self._held - self._used
+
+    def _allocate(self, stream: int, size: int) -> MemoryPointer:
+        """A new block: carved from the stream's arena, else from a new allocation. As CuPy:
+        past the limit, or when the daemon has no room, free the cached blocks (then collect
+        garbage too) and try again before raising OutOfMemoryError. The frees are queued calls
+        that reach the daemon before the retry."""
+        with self._lock:
+            arena = self._arenas.get(stream)
+            block = None if arena is None or size >= MAX_CARVED else arena.carve(size)
+        if block is not None:
+            return block
         refused: CUDARuntimeError | None = None
         for make_room in (_nothing, self.free_all_blocks, self._collect_and_free):
             make_room()
-            if self._limit and self.total_bytes() + size > self._limit:
-                continue
-            try:
-                return self._allocator(size)
-            except CUDARuntimeError as error:
-                if not _is_out_of_memory(error):
-                    raise
-                refused = error
+            # an arena for a small block, else (or where the daemon has no room for one, or
+            # the limit none) an allocation of the block's own size
+            for whole in (ARENA_SIZE, size) if size < MAX_CARVED else (size,):
+                if self._limit and self.total_bytes() + whole > self._limit:
+                    continue
+                try:
+                    allocation = self._allocator(whole)
+                except CUDARuntimeError as error:
+                    if not _is_out_of_memory(error):
+                        raise
+                    refused = error
+                    continue
+                with self._lock:
+                    arena = Arena(self, allocation, whole)
+                    self._held += whole
+                    if whole > size:
+                        self._arenas[stream] = arena
+                block = arena.carve(size)
+                assert block is not None
+                return block
         raise OutOfMemoryError(size, self.total_bytes(), self._limit) from refused
+
+    def _released(self, size: int) -> None:
+        """An arena was collected: its allocation is freed (a queued call)."""
+        with self._lock:
+            self._held -= size
 
     def _collect_and_free(self) -> None:
         """Collect garbage (arrays in reference cycles hold blocks), then free the cache."""
@@ -223,7 +304,13 @@ class SingleDeviceMemoryPool(BlockPool[MemoryPointer]):
         self.free_all_blocks()
 
     def free_all_blocks(self, stream: Stream | None = None) -> None:
-        self._forget_free(None if stream is None else stream.ptr)
+        """Drop the cached blocks and stop carving from the current arenas: an arena whose
+        blocks are none of them lent any more goes back to the daemon."""
+        key = None if stream is None else stream.ptr
+        with self._lock:
+            for found in [s for s in self._arenas if key is None or s == key]:
+                del self._arenas[found]
+        self._forget_free(key)
 
     def set_limit(self, size: int | None = None, fraction: float | None = None) -> None:
         if size is not None and fraction is not None:
@@ -256,6 +343,10 @@ class MemoryPool:
     def _pool(self) -> SingleDeviceMemoryPool:
         current = context.current()
         device = current.current_device
+        if self._context is current:  # no lock for a pool that is there: every alloc asks
+            found = self._pools.get(device)
+            if found is not None:
+                return found
         with self._lock:
             if self._context is not current:
                 self._pools, self._context = {}, current

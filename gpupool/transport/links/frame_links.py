@@ -142,9 +142,7 @@ class TcpLink(FrameLink):
         self._address = address
         self.stripes = stripes
         self._attach = attach
-        self._payload = (
-            Stripes(sock, stripes) if staging is None else Stripes(sock, stripes, staging)
-        )
+        self._payload = Stripes(self.frames, stripes, *(() if staging is None else (staging,)))
 
     def opened(self, opened: pb.SessionOpened) -> None:
         assert isinstance(self._payload, Stripes)
@@ -247,6 +245,7 @@ class ShmLink(FrameLink):
         reply = pb.Reply.FromString(message)
         if fds:
             self._payload = Ring.attach(self.frames, fds[0])
+        self.frames.descriptors = False  # the worker sends none after the ring
         return reply
 
 
