@@ -1,7 +1,8 @@
 """The layer order, checked on the source: each module imports only its own layer or lower ones.
 
 core (errors, units, addresses, logs, grants, proto) → transport → client / server / scheduler
-(which do not import one another) → shims (gpupool.cupy, gpupool.torch) → CLI / bench. Every
+(which do not import one another) → shims (gpupool.cupy, then gpupool.torch, which builds on
+its memory pools) → CLI / bench (and gpupool run's start-up hook, client/bootstrap). Every
 import counts, at module level or inside a function, so a lazy import cannot hide a
 dependency; so does ``importlib.import_module`` of a constant name.
 """
@@ -39,9 +40,10 @@ LAYERS: list[tuple[str, int, str]] = [
     ("gpupool.server", 2, "server"),
     ("gpupool.scheduler", 2, "scheduler"),
     ("gpupool.cupy", 3, "cupy"),
-    ("gpupool.torch", 3, "torch"),
-    ("gpupool.cli", 4, "cli"),
-    ("gpupool.bench", 4, "cli"),
+    ("gpupool.torch", 4, "torch"),  # on the CuPy shim's memory pools
+    ("gpupool.cli", 5, "cli"),
+    ("gpupool.bench", 5, "cli"),
+    ("gpupool.client.bootstrap", 5, "cli"),  # `gpupool run`'s start-up hook: loads the shims
 ]
 NAMES = {"core", "transport", "client", "server", "scheduler", "cupy", "torch", "cli"}
 
