@@ -400,14 +400,14 @@ def test_a_rank_that_refuses_a_collective_ends_every_ranks_walk_at_once(node: No
     for device in range(3):
         with cp.cuda.Device(device):
             buffers.append(cp.ones(1000, cp.float32))
-    with cp.cuda.Device(1):
-        small = cp.zeros(10, cp.float32)  # rank 1 receives into too small a buffer
+    with cp.cuda.Device(1):  # rank 1 receives into too small a buffer, an allocation of its own
+        small = cp.cuda.MemoryPointer(cp.cuda.memory.Memory(40), 0)
     start = time.monotonic()
     nccl.groupStart()
     for device, comm in enumerate(comms):
-        target = small if device == 1 else buffers[device]
+        target = small if device == 1 else buffers[device].data
         with cp.cuda.Device(device):
-            comm.allReduce(buffers[device].data.ptr, target.data.ptr, 1000, 7, 0, 0)
+            comm.allReduce(buffers[device].data.ptr, target.ptr, 1000, 7, 0, 0)
     nccl.groupEnd()
     for device in range(3):
         with pytest.raises(CUDARuntimeError, match="collective receive buffer"):
