@@ -249,7 +249,8 @@ def _virtual(args: argparse.Namespace, console: Any) -> int:
         if args.daemons:
             addresses = [part.strip() for part in args.daemons.split(",") if part.strip()]
         else:
-            addresses = [stack.enter_context(daemon_process(args)) for _ in range(args.nodes)]
+            started = [stack.enter_context(daemon_process(args)) for _ in range(args.nodes)]
+            addresses = [address for address, _pid in started]
         sizes = args.sizes or VIRTUAL_SIZES
         with Progress(TextColumn("{task.description:<28}"), BarColumn(), console=console) as bar:
             task = bar.add_task("starting", total=None)
