@@ -123,10 +123,17 @@ class Lease:
         self._client = client
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._on_release: list[Callable[[], None]] = []
+        self._released = False
         self._update(allocation)
         self.ttl = allocation.ttl_s
         self._thread = threading.Thread(target=self._renew_forever, name="lease", daemon=True)
         self._thread.start()
+
+    @property
+    def scheduler(self) -> str:
+        """The scheduler's address."""
+        return self._client.address
 
     @property
     def env_value(self) -> str:
@@ -142,9 +149,20 @@ class Lease:
         """Extend the lease now (and take its fresh grants)."""
         self._update(self._client.renew(self.id))
 
+    def on_release(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` run when the lease is released (a context detaches its GPUs)."""
+        self._on_release.append(callback)
+
     def release(self) -> None:
-        """Give the GPUs back; the daemons end the sessions on them."""
+        """Give the GPUs back; the daemons end the sessions on them, and the contexts that
+        attached them detach them."""
+        if self._released:
+            return
+        self._released = True
         self.close()
+        callbacks, self._on_release = self._on_release, []
+        for callback in callbacks:
+            callback()
         try:
             self._client.release(self.id)
         except AllocationError as exc:
@@ -168,6 +186,7 @@ class Lease:
     def _update(self, allocation: spb.Allocation) -> None:
         with self._lock:
             self.id = allocation.id
+            self.expires_at = allocation.expires_at
             self._placements = [
                 Placement(g.node, g.address, g.index, g.name, g.memory, g.fraction, g.grant)
                 for g in allocation.gpus

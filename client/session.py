@@ -11,12 +11,14 @@ session as it ends a CUDA context: every later call raises the same error.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Concatenate, NoReturn, ParamSpec, TypeVar
 
+from gpupool.client import interrupts
 from gpupool.errors import (
     ARRAY_ERRORS,
     ArrayFunctionError,
@@ -47,6 +49,8 @@ class Stats:
 
 
 STATS = Stats()
+P = ParamSpec("P")
+R = TypeVar("R")
 _handles = itertools.count(1)  # streams, events, modules and functions: unique per process
 
 
@@ -64,24 +68,54 @@ def raise_for(error: pb.Error) -> None:
     raise CUDARuntimeError(error.name, error.message)
 
 
+def _exchange(method: Callable[Concatenate[Session, P], R]) -> Callable[Concatenate[Session, P], R]:
+    """A session method that talks to the daemon: Ctrl-C waits until it is done (see
+    ``gpupool.client.interrupts``); a second one abandons the session."""
+
+    @functools.wraps(method)
+    def run(self: Session, *args: P.args, **kwargs: P.kwargs) -> R:
+        with interrupts.held:
+            try:
+                return method(self, *args, **kwargs)
+            except interrupts.Abandoned:
+                self._abandon("a call on it was interrupted twice and cut short")
+                raise
+
+    return run
+
+
 class Session:
-    """A session on one device of one daemon."""
+    """A session on one device of one daemon.
+
+    Every method that talks to the daemon runs as one exchange (``_exchange``): a Ctrl-C in
+    it is raised once the exchange is complete, so the stream is never left mid-message.
+    """
 
     def __init__(
         self,
         link: Link,
         device: int,
         token: str = "",
+        label: str = "",
+        watch: Callable[[Session], None] | None = None,
         before_wait: Callable[[Session], None] | None = None,
     ) -> None:
-        """``before_wait`` runs ahead of every call that waits (the context sends the other
-        devices' queued work then, so that they run meanwhile)."""
+        """``label`` names the session's daemon and device in its errors; ``watch`` is
+        given the session before it opens, so that a daemon that stops answering during the
+        opening fails it too (``gpupool.client.liveness``); ``before_wait`` runs ahead of every
+        call that waits (the context sends the other devices' queued work then, so that they
+        run meanwhile)."""
         self._link = link
         self._before_wait = before_wait
+        self.session_id = ""
+        self.label = label or f"device {device}"
         self._queued: list[bytes] = []  # batch entries, serialized as they were queued
         self._queued_bytes = 0
         self._lock = threading.RLock()
         self._sticky: CUDARuntimeError | None = None
+        self._broken: ConnectionLost | None = None  # abandoned: no further call is sent
+        if watch is not None:
+            watch(self)
         try:
             reply = self.call(pb.Request(open=pb.OpenSession(device=device, token=token)))
         except GpupoolError:
@@ -110,7 +144,7 @@ class Session:
             self._queued.append(entry)
             self._queued_bytes += len(entry)
             if len(self._queued) >= MAX_QUEUED_CALLS or self._queued_bytes >= MAX_QUEUED_BYTES:
-                self._flush()
+                self._flush_now()
 
     def flush(self) -> None:
         """Send what is queued now, without waiting: the device works on it meanwhile.
@@ -120,7 +154,7 @@ class Session:
         with self._lock:
             if self._queued and self._sticky is None:
                 try:
-                    self._flush()
+                    self._flush_now()
                 except GpupoolError:
                     pass
 
@@ -128,6 +162,11 @@ class Session:
     def queued(self) -> bool:
         return bool(self._queued)
 
+    @_exchange
+    def _flush_now(self) -> None:
+        self._flush()
+
+    @_exchange
     def call(self, request: pb.Request) -> pb.Reply:
         """Send ``request`` with everything queued and return its reply (raising its error)."""
         if self._before_wait is not None:
@@ -137,6 +176,7 @@ class Session:
             self._send_with_queue(request)
             return self._final_reply()
 
+    @_exchange
     def read(self, request: pb.Request, target: memoryview) -> None:
         """Send a device-to-host copy and write its data into ``target`` as it arrives (or
         have the worker write it there, where it can reach ``target`` itself)."""
@@ -162,6 +202,7 @@ class Session:
                     f"daemon sent {received} bytes for a {len(target)}-byte copy",
                 )
 
+    @_exchange
     def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
         """Send a host-to-device copy: inline when small, by reference when the worker can
         reach the host memory itself (``Link.host_ref``), else its header then its payload."""
@@ -195,6 +236,7 @@ class Session:
             if wait:
                 self._final_reply()
 
+    @_exchange
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Send what is queued and end the session; the daemon frees its memory.
 
@@ -202,7 +244,7 @@ class Session:
         session, then drops the connection (which ends the worker at once).
         """
         with self._lock:
-            if self._sticky is None:
+            if self._sticky is None and self._broken is None:
                 try:
                     self._flush()
                 except GpupoolError:
@@ -214,6 +256,21 @@ class Session:
     def _check_alive(self) -> None:
         if self._sticky is not None:
             raise self._sticky
+        if self._broken is not None:
+            raise self._broken
+
+    def _abandon(self, why: str) -> None:
+        """Give the session up: its stream may be mid-message, so nothing more is sent."""
+        if self._broken is None:
+            self._broken = ConnectionLost(f"{self.label}: {why}")
+            self._link.close(0)
+
+    def fail(self, error: ConnectionLost) -> None:
+        """End the session from any thread (its daemon or worker stopped answering): a call
+        blocked on it, and every later one, raises ``error``."""
+        if self._broken is None and self._sticky is None:
+            self._broken = error
+            self._link.abort()
 
     def _host_ref(self, view: memoryview) -> pb.HostRef | None:
         """The link's reference to host memory its worker can reach (shared pinned memory)."""
@@ -284,4 +341,6 @@ class Session:
     def _lost(self, why: str) -> GpupoolError:
         if self._sticky is not None:
             return self._sticky
-        return ConnectionLost(f"session {getattr(self, 'session_id', '?')}: {why}")
+        if self._broken is not None:
+            return self._broken
+        return ConnectionLost(f"{self.label} (session {self.session_id or '?'}): {why}")

@@ -1,6 +1,7 @@
 """gpupool: remote GPUs that look local.
 
-``gpupool.connect`` names the daemons (or ``GPUPOOL_DAEMONS`` does); ``gpupool.runtime``
+``gpupool.connect`` names the daemons (or ``GPUPOOL_DAEMONS`` does), ``gpupool.attach`` and
+``gpupool.detach`` add and remove GPUs of the pool in a live process; ``gpupool.runtime``
 mirrors ``cupy.cuda.runtime``; ``gpupool.Module`` loads CUDA C, PTX or cubin.
 
 The client's names are loaded on first use (PEP 562): a daemon's worker imports
@@ -24,6 +25,8 @@ from gpupool.errors import (
 if TYPE_CHECKING:
     from gpupool.client import connect, disconnect, stats
     from gpupool.client.module import Function, Module
+    from gpupool.elastic import attach, detach, devices, install_cupy, local_pool
+    from gpupool.elastic.magics import load_ipython_extension
 
 __version__ = "0.1.0"
 
@@ -32,6 +35,12 @@ _LAZY = {
     "connect": "gpupool.client",
     "disconnect": "gpupool.client",
     "stats": "gpupool.client",
+    "attach": "gpupool.elastic",
+    "detach": "gpupool.elastic",
+    "devices": "gpupool.elastic",
+    "install_cupy": "gpupool.elastic",
+    "local_pool": "gpupool.elastic",
+    "load_ipython_extension": "gpupool.elastic.magics",  # %load_ext gpupool
     "Function": "gpupool.client.module",
     "Module": "gpupool.client.module",
 }
@@ -58,7 +67,13 @@ __all__ = [
     "GpupoolError",
     "Module",
     "__version__",
+    "attach",
     "connect",
+    "detach",
+    "devices",
     "disconnect",
+    "install_cupy",
+    "load_ipython_extension",
+    "local_pool",
     "stats",
 ]

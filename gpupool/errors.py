@@ -99,7 +99,29 @@ class CompileError(GpupoolError):
 
 
 class ConnectionLost(GpupoolError):
-    """The connection to a daemon broke; always chained to the transport's own error."""
+    """The connection to a daemon broke; always chained to the transport's own error.
+
+    Its kinds, told apart as httpx tells them (``gpupool.transport.failures`` translates a
+    transport's own errors into them, in one place): :class:`ConnectError`,
+    :class:`ReadError`, :class:`WriteError` and :class:`ConnectionTimeout`.
+    """
+
+
+class ConnectError(ConnectionLost):
+    """No connection could be opened (refused, no route, a name that does not resolve)."""
+
+
+class ReadError(ConnectionLost):
+    """Receiving from the daemon failed: the connection was reset or ended mid-reply."""
+
+
+class WriteError(ConnectionLost):
+    """Sending to the daemon failed: the connection was reset or closed."""
+
+
+class ConnectionTimeout(ConnectionLost):
+    """The daemon, or the session's worker, did not answer within the liveness timeout
+    (``GPUPOOL_TIMEOUT``): stopped, hung, or cut off by the network."""
 
 
 class AllocationError(GpupoolError):

@@ -41,8 +41,10 @@ COMPLEX64: ScalarType
 COMPLEX128: ScalarType
 
 class InfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sessions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeviceProperties(_message.Message):
     __slots__ = ("name", "total_memory", "major", "minor", "multiprocessor_count", "max_threads_per_block", "warp_size", "shared_memory_per_block", "clock_rate_khz", "pci_bus_id", "uuid")
@@ -71,16 +73,20 @@ class DeviceProperties(_message.Message):
     def __init__(self, name: _Optional[str] = ..., total_memory: _Optional[int] = ..., major: _Optional[int] = ..., minor: _Optional[int] = ..., multiprocessor_count: _Optional[int] = ..., max_threads_per_block: _Optional[int] = ..., warp_size: _Optional[int] = ..., shared_memory_per_block: _Optional[int] = ..., clock_rate_khz: _Optional[int] = ..., pci_bus_id: _Optional[str] = ..., uuid: _Optional[str] = ...) -> None: ...
 
 class DaemonInfo(_message.Message):
-    __slots__ = ("version", "backend", "devices", "endpoints")
+    __slots__ = ("version", "backend", "devices", "endpoints", "stopped_sessions", "unknown_sessions")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     version: str
     backend: str
     devices: _containers.RepeatedCompositeFieldContainer[DeviceProperties]
     endpoints: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., backend: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceProperties, _Mapping]]] = ..., endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
+    stopped_sessions: _containers.RepeatedScalarFieldContainer[str]
+    unknown_sessions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., backend: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceProperties, _Mapping]]] = ..., endpoints: _Optional[_Iterable[str]] = ..., stopped_sessions: _Optional[_Iterable[str]] = ..., unknown_sessions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Dim3(_message.Message):
     __slots__ = ("x", "y", "z")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 from concurrent import futures
@@ -10,11 +11,14 @@ from dataclasses import dataclass
 import grpc
 
 from gpupool.addresses import ListenHosts, join_host_port
+from gpupool.errors import GpupoolError
 from gpupool.logs import fields
 from gpupool.proto.limits import SERVER_OPTIONS
+from gpupool.server import confinement
 from gpupool.server.admission import Admission
-from gpupool.server.backends import resolve
+from gpupool.server.backends import BackendConfig, resolve
 from gpupool.server.backends.base import DeviceInfo
+from gpupool.server.backends.emu_compile_service import CompileService
 from gpupool.server.lifecycle import Limits
 from gpupool.server.pool import MAX_WORKERS, WorkerPool
 from gpupool.server.registration import Registration, node_registration
@@ -62,8 +66,11 @@ class Daemon:
         listeners: list[FrameListener | UcxListener],
         endpoints: list[str],
         registration: Registration | None = None,
+        compile_service: CompileService | None = None,
     ) -> None:
         self.server = server
+        self.confined = compile_service is not None  # emulator workers confine themselves
+        self.compile_service = compile_service
         self.registration = registration
         self.port = port
         self.host = host
@@ -99,6 +106,8 @@ class Daemon:
         self.server.stop(grace).wait()
         for pool in self._pools:
             pool.close()
+        if self.compile_service is not None:
+            self.compile_service.close()
         log.info("daemon stopped", extra=fields(address=self.address))
 
     def __enter__(self) -> Daemon:
@@ -117,6 +126,7 @@ def start_daemon(
     log_level: str = "info",
     tls: TLSFiles | None = None,
     membership: PoolMembership | None = None,
+    trusted_emulator: bool = False,
     limits: Limits | None = None,
 ) -> Daemon:
     """Start a daemon listening on ``listen`` (port 0 picks a free port) and return it.
@@ -127,14 +137,27 @@ def start_daemon(
     Besides gRPC on ``listen`` it serves ``shm://`` on a Unix socket and, without TLS,
     ``tcp://`` (and ``ucx://`` where ucxx is installed) on other ports of the same host
     (those carry no TLS: a daemon with TLS offers only encrypted gRPC across hosts).
+
+    On the emulator, workers are confined where the daemon can confine them (as root; see
+    ``server/confinement.py``); where it cannot, a daemon in a pool refuses to start unless
+    ``trusted_emulator`` says the pool's tenants are trusted (``gpupool run -n``'s embedded pool
+    is the user's own). A bare daemon serves unconfined: its sessions are its user's.
+
     ``limits`` bound a session's kernels and compiles (default: :meth:`Limits.from_env`).
     """
     limits = limits or Limits.from_env()
     raise_descriptor_limit()
     config, devices = resolve(backend, emu_devices, emu_memory)
+    compile_service = _confine_emulator(config, membership is not None, trusted_emulator)
+    if compile_service is not None:
+        config = dataclasses.replace(config, confined=True)
+    if tls is not None and compile_service is not None and tls.key.stat().st_mode & 0o004:
+        # confined workers run as users of their own: they could read it
+        log.warning("the TLS key file is world-readable", extra=fields(path=str(tls.key)))
     pooled = membership is not None
     pools = [
-        WorkerPool(config, index, warm, log_level, limits, pooled) for index in range(len(devices))
+        WorkerPool(config, index, warm, log_level, limits, pooled, compile_service)
+        for index in range(len(devices))
     ]
     admission = Admission(membership.name, membership.secret) if membership else Admission()
     service = DaemonService(config.kind, devices, pools, admission)
@@ -156,6 +179,8 @@ def start_daemon(
     if port == 0:
         for pool in pools:
             pool.close()
+        if compile_service is not None:
+            compile_service.close()
         raise OSError(f"cannot listen on {listen} (in use?)") from cause
     server.start()
     hosts = ListenHosts.of(listen)
@@ -201,8 +226,35 @@ def start_daemon(
         )
     endpoints = list(service.endpoints)
     return Daemon(
-        server, port, hosts.local, pools, devices, config.kind, listeners, endpoints, registration
+        server,
+        port,
+        hosts.local,
+        pools,
+        devices,
+        config.kind,
+        listeners,
+        endpoints,
+        registration,
+        compile_service,
     )
+
+
+def _confine_emulator(config: BackendConfig, pooled: bool, trusted: bool) -> CompileService | None:
+    """The compile service of confined emulator workers; None for a GPU or unconfined ones."""
+    if config.kind != "emu":
+        return None
+    reason = confinement.unavailable()
+    if reason is None:
+        return CompileService()
+    if pooled and not (trusted or confinement.trusted_from_environment()):
+        raise GpupoolError(
+            f"cannot confine the emulator's kernels ({reason}): a pool's tenants would run"
+            " native code with the daemon's rights. Run the daemon as root, or pass"
+            f" --trusted-emulator (or {confinement.ENV_TRUSTED}=1) for a trusted development"
+            " pool"
+        )
+    log.warning("emulated kernels run unconfined", extra=fields(reason=reason, pooled=pooled))
+    return None
 
 
 @dataclass(frozen=True)

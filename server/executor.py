@@ -19,9 +19,8 @@ import functools
 import itertools
 import logging
 import os
-import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gpupool import grants
@@ -35,6 +34,7 @@ from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend
 from gpupool.server.collectives import RingCollective
 from gpupool.server.host_memory import SharedHostMemory
+from gpupool.server.includes import check_includes
 from gpupool.server.launches import PreparedLaunches
 from gpupool.server.ledger import QuotaAccount
 from gpupool.server.peers import Peers
@@ -49,28 +49,6 @@ T = TypeVar("T")
 _NOT_IN_A_BATCH = ("batch", "chunk", "open")
 MAX_OPEN_REGIONS = 256  # other workers' allocations a session keeps open, and their bytes
 MAX_OPEN_BYTES = 1 << 30
-_INCLUDE = re.compile(r"^[ \t]*#[ \t]*include(?:_next)?\b(.*)$", re.MULTILINE)
-_HEADER_NAME = re.compile(r"\s*[<\"]([^>\"\n]*)[>\"]")
-
-
-def check_includes(source: str, options: Sequence[str]) -> None:
-    """Refuse includes that reach outside the compiler's own headers.
-
-    The compiler runs on the daemon, and its error log goes back to the client: an
-    ``#include "/etc/passwd"`` would print the daemon's files. Only relative header names
-    without ``..`` are allowed, and no include directories.
-    """
-    for option in options:
-        if option.startswith(("-I", "--include-path")):
-            raise CompileError(f"option {option!r} refused: the daemon's folders are not yours")
-    for match in _INCLUDE.finditer(source):
-        literal = _HEADER_NAME.match(match.group(1))
-        path = literal.group(1) if literal else "/"  # a computed include could name anything
-        if path.startswith("/") or ".." in path.split("/"):
-            raise CompileError(
-                f"#include{match.group(1)} refused: only the compiler's own headers can be"
-                " included; put your header's text in the source"
-            )
 
 
 def error_message(exc: GpupoolError) -> pb.Error:

@@ -24,6 +24,8 @@ from gpupool.logs import fields
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.server.backends import BackendConfig
 from gpupool.server.backends.emu import MemoryLedger
+from gpupool.server.backends.emu_compile_service import CompileService
+from gpupool.server.confinement import worker_environment
 from gpupool.server.ledger import QuotaLedger
 from gpupool.server.lifecycle import Limits
 from gpupool.server.transports.channels import send_handover
@@ -154,10 +156,12 @@ class WorkerPool:
         log_level: str,
         limits: Limits | None = None,
         pooled: bool = False,
+        compile_service: CompileService | None = None,  # of confined emulator workers
     ) -> None:
         self.device = device
         self.limits = limits or Limits()
         self._config = config
+        self._compile_service = compile_service
         self._warm = warm
         self._log_level = log_level
         self._pooled = pooled
@@ -262,6 +266,7 @@ class WorkerPool:
 
     def _start(self, slot: int, env: dict[str, str] | None) -> Worker:
         """Start the worker of ``slot``, on the spawner thread."""
+        compiles = self._compile_service.connect() if self._compile_service else None
         spec = WorkerSpec(
             self._config,
             self.device,
@@ -272,6 +277,7 @@ class WorkerPool:
             front_pid=os.getpid(),
             pooled=self._pooled,
             limits=self.limits,
+            compile_fd=compiles.fileno() if compiles else None,
         )
         ours, theirs = socket.socketpair()
         # Client connections of tcp:// and shm:// sessions go to the worker on a second pair
@@ -292,13 +298,16 @@ class WorkerPool:
                     their_handoffs.fileno(),
                     self.quotas.fileno(),
                     *([self.ledger.fileno()] if self.ledger else []),
+                    *([compiles.fileno()] if compiles else []),
                 ],
                 # Its own session: a Ctrl-C or a signal to the daemon's process group does not
                 # reach workers; the front ends them, and they end when it goes away.
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **env} if env else None,
+                env=worker_environment(env),  # an allow-list: no secret reaches a tenant
             )
+        if compiles is not None:
+            compiles.close()
         log.debug("worker started", extra=fields(device=self.device, pid=process.pid, slot=slot))
         return Worker(process, ours, our_handoffs, slot, self.limits.stop_grace_s)
 

@@ -74,6 +74,7 @@ class DaemonService:
         self.admission = admission or Admission()
         self.endpoints: list[str] = []
         self._keyed: dict[bytes, _Keyed] = {}  # open sessions, by SessionOpened.key
+        self._open: dict[str, Worker] = {}  # every open session, by id: for liveness checks
         self._opening = threading.BoundedSemaphore(MAX_OPENING)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -91,11 +92,22 @@ class DaemonService:
         )
 
     def get_info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.DaemonInfo:
+        """What this daemon has; for a client's liveness check (``request.sessions``), also
+        which of its sessions have a stopped worker and which this daemon does not serve."""
+        stopped, unknown = [], []
+        for session_id in request.sessions:
+            worker = self._open.get(session_id)
+            if worker is None:
+                unknown.append(session_id)
+            elif process_stopped(worker.pid):
+                stopped.append(session_id)
         return pb.DaemonInfo(
             version=__version__,
             backend=self._backend,
             devices=[device.to_message() for device in self._devices],
             endpoints=self.endpoints,
+            stopped_sessions=stopped,
+            unknown_sessions=unknown,
         )
 
     def session(self, requests: Iterator[bytes], context: SessionCall) -> Iterator[bytes]:
@@ -111,6 +123,7 @@ class DaemonService:
             return
         self._keyed[key] = _Keyed(worker, pool.device, admitted.allocation)  # for peer links
         context.add_callback(worker.kill)  # the client went away: end its worker now
+        self._open[session_id] = worker
         ended, forget = self._watch(admitted, pool.device, worker)  # or its lease ends
         log.info(
             "session opened",
@@ -126,6 +139,7 @@ class DaemonService:
         finally:
             forget()
             del self._keyed[key]
+            self._open.pop(session_id, None)
             pool.release(worker)
             log.info("session closed", extra=fields(session=session_id, device=pool.device))
 
@@ -140,6 +154,7 @@ class DaemonService:
         def deliver(worker: Worker) -> None:
             # before the client can learn the key and attach
             self._keyed[key] = _Keyed(worker, pool.device, admitted.allocation)
+            self._open[session_id] = worker  # and before it can ask whether it is alive
             handover = pb.Handover(
                 session_id=session_id,
                 key=key,
@@ -153,6 +168,7 @@ class DaemonService:
             worker = _start_session(pool, deliver, admitted)
         except CUDARuntimeError as exc:
             self._keyed.pop(key, None)
+            self._open.pop(session_id, None)
             refuse(frames, exc)
             return
         transport = "shm" if shared_memory else "tcp"
@@ -170,6 +186,7 @@ class DaemonService:
             pass  # the client is gone too
         finally:
             forget()
+            self._open.pop(session_id, None)
             del self._keyed[key]
             frames.close()
             pool.release(worker)
@@ -290,6 +307,17 @@ class _Keyed:
     worker: Worker
     device: int
     allocation: str  # "" on a bare daemon
+
+
+def process_stopped(pid: int) -> bool:
+    """True when process ``pid`` is stopped (SIGSTOP, SIGTSTP, a debugger's stop): its state
+    in ``/proc/PID/stat``. False where there is no /proc (the check then finds nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields_after_name = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return False
+    return bool(fields_after_name) and fields_after_name[0] in (b"T", b"t")
 
 
 def refuse(frames: FrameSocket, why: CUDARuntimeError) -> None:

@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from gpupool import logs
 from gpupool.errors import ConnectionLost, CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
-from gpupool.server import lifecycle
+from gpupool.server import confinement, lifecycle
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
 from gpupool.server.deferred import StreamThread
@@ -62,6 +62,7 @@ class WorkerSpec:
     front_pid: int  # the front process that started this worker
     pooled: bool = False  # the daemon is in a pool: every session has a quota
     limits: Limits = field(default_factory=lambda: Limits())
+    compile_fd: int | None = None  # a confined emulator worker's compile service, inherited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -76,7 +77,9 @@ class WorkerSpec:
 def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     """Serve one session, arriving on ``conn`` or ``handoffs``; the process's exit status."""
     try:
-        backend, translate = open_backend(spec.backend, spec.device, spec.ledger_fd, spec.slot)
+        backend, translate = open_backend(
+            spec.backend, spec.device, spec.ledger_fd, spec.slot, spec.compile_fd
+        )
     except Exception as exc:
         log.exception("backend failed to start", extra=logs.fields(device=spec.device))
         channel = _first_contact(conn, handoffs, None)
@@ -84,6 +87,12 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
         if channel is not None and channel.next() is not None:
             channel.send(pb.Reply(error=error_message(error)))
         return EXIT_NO_BACKEND
+    account = QuotaLedger.attach(spec.quota_fd).account(spec.slot)  # reopened: still as root
+    if spec.backend.confined:  # an emulator worker of a daemon that confines them
+        confinement.confine()
+        # Taking another user clears the parent-death signal: ask for it again.
+        if not lifecycle.die_with(spec.front_pid):
+            return EXIT_ORPHANED
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
@@ -91,7 +100,6 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     peers = Peers(inbound, backend.staging)
     attach_stripe = channel.attach_stripe if isinstance(channel, FrameChannel) else _refuse
     take_handovers(handoffs, attach_stripe, inbound.add)
-    account = QuotaLedger.attach(spec.quota_fd).account(spec.slot)
     executor = SessionExecutor(backend, translate, channel.host_memory, account, spec.pooled, peers)
     sending = threading.Lock()  # replies come from this loop and from the stream thread
 

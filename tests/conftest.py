@@ -122,3 +122,18 @@ def run_request(executor: SessionExecutor, **call: object) -> list[pb.Reply]:
     wait = bool(call.pop("wait", True))
     items = executor.handle(pb.Request(wait=wait, **call))  # type: ignore[arg-type]
     return [reply for item in items for reply in as_replies(item)]
+
+
+def compilers_of(uid: int) -> list[int]:
+    """The pids of compiler processes (cc1, cc1plus) running as ``uid``: where emulator
+    workers are confined, the daemon's compile service runs them, not the worker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("Name", "").startswith("cc1") and fields["Uid"].split()[0] == str(uid):
+            found.append(int(entry.name))
+    return found

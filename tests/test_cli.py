@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from gpupool import cli, logs
+from gpupool.server.daemon import Daemon
 from gpupool.units import format_size, parse_size
 from tests.conftest import EXAMPLES, GPUPOOL, run_client
 
@@ -105,18 +106,12 @@ def test_readmes_main_job_trains_on_two_gpus_of_an_embedded_pool() -> None:
     assert result.stdout.splitlines()[-1].endswith("with 2 device(s)")
 
 
-def test_run_passes_the_exit_status_on() -> None:
+def test_run_passes_the_exit_status_on(daemon: Daemon) -> None:
+    check = (
+        f"import os, sys; sys.exit(0 if os.environ['GPUPOOL_DAEMONS'] == {daemon.address!r} else 9)"
+    )
     result = subprocess.run(
-        [
-            *GPUPOOL,
-            "run",
-            "--daemons",
-            "127.0.0.1:1",
-            "--",
-            sys.executable,
-            "-c",
-            "import os, sys; sys.exit(0 if os.environ['GPUPOOL_DAEMONS'] == '127.0.0.1:1' else 9)",
-        ],
+        [*GPUPOOL, "run", "--daemons", daemon.address, "--", sys.executable, "-c", check],
         capture_output=True,
         text=True,
         timeout=60,

@@ -868,3 +868,46 @@ def test_preprocessor_errors_carry_the_log() -> None:
     assert "could not preprocess" in caught.value.message
     assert "kernel.cu:1" in caught.value.log
     assert "missing.cuh" in caught.value.log
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '#include "/etc/passwd"\n',
+        '%:include "/etc/passwd"\n',
+        '#/**/include "/etc/passwd"\n',
+        '#inc\\\nlude "/etc/passwd"\n',
+        "#include <../../../../../../../../etc/passwd>\n",
+        '#define P "/etc/passwd"\n#include P\n',
+        '#import "/etc/passwd"\n',
+        '#include_next "/etc/passwd"\n',
+        '#if __has_include("/etc/passwd")\n#include "/etc/passwd"\n#endif\n',
+    ],
+)
+def test_the_emulator_checks_what_its_preprocessor_read(source: str) -> None:
+    """Without the executor's textual filter: the line markers name every file read, however
+    the directive was spelled, and nothing of the file comes back in the log."""
+    with pytest.raises(CompileError, match="refused") as refused:
+        EmuModule.from_source(source + "__global__ void k() {}\n")
+    assert "root:" not in refused.value.log and "root:" not in refused.value.message
+
+
+def test_a_module_cannot_include_the_compilers_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative includes find nothing: the compiler runs in an empty folder of its own (not
+    the daemon's, not the cache of other tenants' modules)."""
+    for folder in (tmp_path, emu_kernels._cache_dir()):
+        (folder / "secret.h").write_text("int leaked = 1;\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompileError, match="could not preprocess") as failed:
+        EmuModule.from_source('#include "secret.h"\n__global__ void k() {}\n')
+    assert "leaked" not in failed.value.log
+
+
+def test_system_headers_still_include() -> None:
+    source = "#include <cmath>\n#include <cstdint>\n#include <cuda_fp16.h>\n"
+    module = EmuModule.from_source(
+        source + 'extern "C" __global__ void k(float* x) { *x = sqrtf(*x); }\n'
+    )
+    assert module.kernel_names == ("k",)

@@ -177,6 +177,23 @@ def test_launch_configurations_are_checked_before_the_backend(
         ('#define P "/etc/passwd"\n#include P\n', []),
         ('#include_next "/etc/hosts"\n', []),
         ("__global__ void k() {}\n", ["-I/etc"]),
+        # The bypasses of issue 11: a digraph, a comment, a backslash-newline in the directive.
+        ('%:include "/etc/passwd"\n', []),
+        ('#/**/include "/etc/passwd"\n', []),
+        ('#inc\\\nlude "/etc/passwd"\n', []),
+        ("# \\\n include </etc/passwd>\n", []),
+        ('#include "/etc/\\\npasswd"\n', []),
+        ('/* a */ # /* b\n c */ include "/etc/passwd"\n', []),
+        ('??=include "/etc/passwd"\n', []),
+        ('#import "/etc/passwd"\n', []),
+        ('#embed "/etc/passwd"\n', []),
+        ("#if __has_embed(<x>)\n#endif\n", []),
+        # Options that read or write the daemon's files.
+        ("__global__ void k() {}\n", ["--pre-include=/etc/passwd"]),
+        ("__global__ void k() {}\n", ["-include", "/etc/passwd"]),
+        ("__global__ void k() {}\n", ["--time=/tmp/gpupool-times"]),
+        ("__global__ void k() {}\n", ["--fdevice-time-trace=/tmp/gpupool-trace"]),
+        ("__global__ void k() {}\n", ["--use-pch=/etc/passwd"]),
     ],
 )
 def test_includes_that_reach_the_daemons_files_are_refused(
@@ -193,6 +210,18 @@ def test_a_session_opens_once(executor: SessionExecutor) -> None:
     assert first.HasField("opened")
     (again,) = run(executor, open=pb.OpenSession(device=1))
     assert again.error.message == "the session is already open"
+
+
+@pytest.mark.parametrize(
+    "options", [["-arch=sm_80", "-std=c++17", "--use_fast_math", "-DN=3", "-D", "M", "-UX"]]
+)
+def test_nvrtc_options_that_name_no_file_pass(
+    executor: SessionExecutor, options: list[str]
+) -> None:
+    source = 'extern "C" __global__ void k(int* p) { *p = N + M; }\n'
+    load = pb.ModuleLoad(module=1, cuda_source=source, options=options)
+    (reply,) = run(executor, module_load=load)
+    assert not reply.HasField("error"), reply.error
 
 
 def _batch(*requests: pb.Request) -> pb.Batch:

@@ -241,11 +241,29 @@ def test_a_released_lease_ends_its_sessions_and_their_memory(pool: Scheduler) ->
         assert rt.memGetInfo() == (GiB, 2 * GiB)
         gpu = next(g for g in state(pool).gpus if g.allocations)
         eventually(lambda: _memory_used(pool, gpu) == GiB, within=2)
-        lease.release()
+        other = SchedulerClient(pool.address)  # released elsewhere (`gpupool release ID`)
+        other.release(lease.id)
+        other.close()
         with pytest.raises(CUDARuntimeError, match="was released or has expired") as told:
             eventually(lambda: rt.memGetInfo() is None, within=3)  # the daemon says why
         assert told.value.name == "cudaErrorNotPermitted" and lease.id in str(told.value)
         with pytest.raises(ConnectionLost):  # and the session is over
+            rt.memGetInfo()
+        eventually(lambda: _memory_used(pool, gpu) == 0, within=2)
+    finally:
+        gpupool.disconnect()
+        lease.close()
+
+
+def test_releasing_a_lease_in_process_detaches_its_gpus(pool: Scheduler) -> None:
+    lease = allocate(pool.address, 1, memory=2 * GiB, ttl=30)
+    gpupool.connect(lease=lease)
+    try:
+        rt.malloc(GiB)
+        gpu = next(g for g in state(pool).gpus if g.allocations)
+        eventually(lambda: _memory_used(pool, gpu) == GiB, within=2)
+        lease.release()
+        with pytest.raises(CUDARuntimeError, match="cudaErrorInvalidDevice: device 0 was detached"):
             rt.memGetInfo()
         eventually(lambda: _memory_used(pool, gpu) == 0, within=2)
     finally:

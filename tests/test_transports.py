@@ -279,7 +279,7 @@ def test_a_payload_that_cannot_be_sent_ends_the_session_instead_of_hanging(
         emu_daemon.address,
         timeout=20,
     )
-    assert "sending failed: [Errno 14] Bad address" in result.stdout, result.stderr
+    assert "sending to the daemon failed: bad address" in result.stdout, result.stderr
     gpupool.connect(emu_daemon.address, transport="tcp")
     try:
         round_trip(5 << 20)

@@ -113,6 +113,8 @@ class RawLink:
         if self._peer.stdin is not None:
             self._peer.stdin.close()
         self._peer.wait(5)
+        if self._peer.stdout is not None:
+            self._peer.stdout.close()
 
     def _timed(
         self, buffer: memoryview, stripes: int, move: Callable[[socket.socket, memoryview], None]

@@ -24,6 +24,7 @@ from gpupool.bench.targets import (
     Target,
     native_targets,
 )
+from gpupool.errors import GpupoolError
 
 KINDS = ("bandwidth", "latency", "launch", "ops")
 COPIES = ("h2d", "d2h", "d2d")
@@ -51,6 +52,25 @@ class Plan:
     transports: Sequence[str]
     stripes: int
     ops: int = ops.OPS  # small operations a loop makes in one turn
+
+    def device_buffers(self) -> int:
+        """Buffers of the largest size held on the device at once while copies alternate:
+        two for each remote target (the raw link and native targets hold none there)."""
+        remote = 0
+        for transport in self.transports:
+            remote += 1
+            remote += transport == "tcp" and self.stripes > 1
+            remote += transport in PINNED and "bandwidth" in self.kinds
+        return 2 * remote
+
+    def fitting(self, free: int) -> tuple[Plan, list[int]]:
+        """This plan with only the copy sizes whose buffers fit in ``free`` device bytes
+        (with a tenth to spare), and the sizes left out."""
+        room = free * 9 // 10
+        kept = [size for size in self.sizes if size * self.device_buffers() <= room]
+        skipped = [size for size in self.sizes if size not in kept]
+        fitted = Plan(self.kinds, kept, self.transports, self.stripes, self.ops)
+        return fitted, skipped if "bandwidth" in self.kinds else []
 
     def steps(self, targets: Sequence[Target]) -> int:
         """Measurements the plan makes with ``targets`` (for the progress bar)."""
@@ -107,13 +127,22 @@ def _single_stream(address: str) -> Target:
             os.environ[ENV_STRIPES] = striped
 
 
+@dataclass
+class Outcome:
+    """What a run measured, and why it stopped early if it did (the records made before
+    that are kept: a failing target does not cost the figures of the others)."""
+
+    records: list[Record]
+    failure: str | None = None
+
+
 def run(
     address: str,
     plan: Plan,
     start: Callable[[int], None],
     advance: Callable[[str], None],
     daemon_pid: int | None = None,
-) -> list[Record]:
+) -> Outcome:
     """Measure ``plan`` against device 0 of the daemon at ``address``.
 
     ``start`` learns how many steps there will be, ``advance`` is told each one's name.
@@ -122,21 +151,25 @@ def run(
     """
     records: list[Record] = []
     copies = [kind for kind in plan.kinds if kind != "ops"]
-    if not copies:
-        start(plan.steps([]))
-        return _with_ratios(ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops))
-    with targets(address, plan) as chosen:
-        start(plan.steps(chosen))
-        if "bandwidth" in plan.kinds:
-            for size in plan.sizes:
-                records += _bandwidth(chosen, size, advance)
-        if "latency" in plan.kinds:
-            records += _latency(chosen, advance)
-        if "launch" in plan.kinds:
-            records += _launches(chosen, advance)
-    if "ops" in plan.kinds:
-        records += ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops)
-    return _with_ratios(records)
+    try:
+        if not copies:
+            start(plan.steps([]))
+            records += ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops)
+            return Outcome(_with_ratios(records))
+        with targets(address, plan) as chosen:
+            start(plan.steps(chosen))
+            if "bandwidth" in plan.kinds:
+                for size in plan.sizes:
+                    records += _bandwidth(chosen, size, advance)
+            if "latency" in plan.kinds:
+                records += _latency(chosen, advance)
+            if "launch" in plan.kinds:
+                records += _launches(chosen, advance)
+        if "ops" in plan.kinds:
+            records += ops.run(address, list(plan.transports), daemon_pid, advance, plan.ops)
+    except (GpupoolError, OSError) as exc:
+        return Outcome(_with_ratios(records), f"{type(exc).__name__}: {exc}")
+    return Outcome(_with_ratios(records))
 
 
 def _bandwidth(chosen: list[Target], size: int, advance: Callable[[str], None]) -> list[Record]:

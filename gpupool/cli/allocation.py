@@ -8,15 +8,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 
-from gpupool.cli.options import add_scheduler_option, count, fraction, seconds, size, start_daemon
+from gpupool.cli.options import (
+    add_scheduler_option,
+    count,
+    fraction,
+    positive_seconds,
+    seconds,
+    size,
+)
 from gpupool.client.lease import ENV_SCHEDULER, ENV_TOKEN, Lease, allocate, scheduler_address
-from gpupool.errors import AllocationError, GpupoolError
+from gpupool.elastic.embedded import EmbeddedPool, PoolSettings
+from gpupool.errors import AllocationError
 
 
 def add_allocation_options(
@@ -47,7 +53,7 @@ def add_allocation_options(
     parser.add_argument("--same-node", action="store_true", help="all GPUs on one node")
     parser.add_argument(
         "--ttl",
-        type=seconds,
+        type=positive_seconds,
         default=ttl,
         metavar="S",
         help=f"lease time-to-live, renewed while in use (default {ttl:g})",
@@ -112,31 +118,19 @@ def _release(lease: Lease) -> None:
 
 
 @contextlib.contextmanager
-def local_pool(args: argparse.Namespace) -> Iterator[str]:
-    """A scheduler and one daemon of this host on loopback, joined by a fresh secret, for as
-    long as the block runs: what ``gpupool run -n`` allocates from when no scheduler is named
-    (the daemon options say what the daemon serves). Yields the scheduler's address."""
-    from gpupool.scheduler.service import start_scheduler
-    from gpupool.server.daemon import PoolMembership
-
-    secret = secrets.token_bytes(32)
+def local_pool(args: argparse.Namespace) -> Iterator[EmbeddedPool]:
+    """The embedded pool (``gpupool.elastic.embedded``) for as long as the block runs: what
+    ``gpupool run -n`` allocates from when no scheduler is named (the daemon options say
+    what its daemon serves)."""
     # an open pool of its own: a token for some other pool would be unknown to it, and
     # refused, here and in the command's processes (which inherit this environment)
     os.environ.pop(ENV_TOKEN, None)
-    with tempfile.TemporaryDirectory(prefix="gpupool-pool-") as folder:
-        scheduler = start_scheduler("127.0.0.1:0", os.path.join(folder, "pool.db"), secret)
-        try:
-            daemon = start_daemon(
-                args, "127.0.0.1:0", PoolMembership(scheduler.address, "local", secret)
-            )
-            try:
-                if daemon.registration is None or not daemon.registration.registered.wait(30):
-                    raise GpupoolError("the embedded daemon did not join the embedded scheduler")
-                yield scheduler.address
-            finally:
-                daemon.stop()
-        finally:
-            scheduler.stop()
+    settings = PoolSettings(args.backend, args.emu_devices, args.emu_memory, args.warm)
+    pool = EmbeddedPool(settings, "--emu-devices N and --emu-memory SIZE make it larger")
+    try:
+        yield pool
+    finally:
+        pool.stop()
 
 
 def scheduler_named(args: argparse.Namespace) -> bool:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpupool.cli.options import add_daemon_options, size
+from gpupool.cli.options import add_daemon_options, console, size
 from gpupool.errors import GpupoolError
+from gpupool.units import format_size
 
 NAME = "bench"
 VIRTUAL = ("peer", "collective")  # a virtual node's paths (gpupool/bench/virtual.py)
@@ -152,17 +153,24 @@ def daemon_process(args: argparse.Namespace) -> Iterator[tuple[str, int]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from gpupool.bench import runner
+    from gpupool.bench import report, runner
     from gpupool.client.context import Context
+    from gpupool.proto import gpupool_pb2 as pb
     from gpupool.transport.links import OPENERS, candidates
     from gpupool.transport.links.frame_links import ENV_STRIPES
 
-    console = Console()
+    out = console()
     if args.what in VIRTUAL:
-        return _virtual(args, console)
+        return _virtual(args, out)
     with ExitStack() as stack:
         daemon_pid = None
         if args.daemons:
@@ -175,65 +183,76 @@ def main(args: argparse.Namespace) -> int:
             print(f"gpupool bench: {exc}", file=sys.stderr)
             return 1
         endpoints = probe.daemons[address].endpoints
-        backend_name = probe.devices[0].properties.name if probe.devices else "?"
+        backend_name = probe.device(0).properties.name if probe.devices else "?"
         on_gpu = probe.daemons[address].backend == "cupy"
-        probe.close()
+        try:
+            free = probe.session(0).call(pb.Request(mem_get_info=pb.MemGetInfo())).mem_info.free
+        except GpupoolError as exc:
+            print(f"gpupool bench: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            probe.close()
         offered = [urlsplit(url).scheme for url in candidates(endpoints)]
         wanted = args.transport.split(",") if args.transport else offered
         missing = [name for name in wanted if name not in offered or name not in OPENERS]
         if missing:
-            console.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
+            out.print(f"[red]not available here: {', '.join(missing)}[/red] (have {offered})")
             return 2
         kinds = runner.KINDS if args.what == "all" else (args.what,)
-        plan = runner.Plan(
+        plan, skipped = runner.Plan(
             kinds=kinds,
             sizes=args.sizes or (runner.GPU_SIZES if on_gpu else runner.EMULATOR_SIZES),
             transports=wanted,
             stripes=args.stripes,
             ops=args.ops,
-        )
+        ).fitting(free)
+        if skipped:
+            out.print(
+                f"skipping {', '.join(format_size(s) for s in skipped)}: the device has"
+                f" {format_size(free)} free, and each size needs {plan.device_buffers()}"
+                " buffers on it at once (--sizes chooses others)"
+            )
         os.environ[ENV_STRIPES] = str(args.stripes)
         with Progress(
-            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), console=console
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=out,
         ) as progress:
             task = progress.add_task("starting targets", total=None)
-            records = runner.run(
+            outcome = runner.run(
                 address,
                 plan,
                 lambda total: progress.update(task, total=total),
                 lambda what: progress.update(task, advance=1, description=what),
                 daemon_pid,
             )
-    daemon = address if args.daemons else "embedded (a local daemon process)"
-    return _report(records, args, console, backend_name, daemon, list(wanted))
-
-
-def _report(
-    records: list[Any],
-    args: argparse.Namespace,
-    console: Any,
-    backend_name: str,
-    daemon: str,
-    transports: list[str],
-) -> int:
-    from gpupool.bench import report
-
-    report.print_tables(records, console)
+    records = outcome.records
+    report.print_tables(records, out)
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "device": backend_name,
-        "daemon": daemon,
-        "transports": transports,
+        "daemon": address if args.daemons else "embedded (a local daemon process)",
+        "transports": list(wanted),
         "stripes": args.stripes,
+        "skipped_sizes": skipped,
     }
+    if outcome.failure is not None:
+        meta["failure"] = outcome.failure
     if args.json:
         report.write_json(records, args.json, meta)
-        console.print(f"records: {args.json}")
+        out.print(f"records: {args.json}")
     if args.plot:
         report.plot(records, args.plot, f"gpupool bench — {backend_name}, {meta['date']}")
-        console.print(f"plot: {args.plot}")
+        out.print(f"plot: {args.plot}")
+    if outcome.failure is not None:
+        print(f"gpupool bench: stopped early: {outcome.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -267,4 +286,21 @@ def _virtual(args: argparse.Namespace, console: Any) -> int:
                 print(f"gpupool bench: {exc}", file=sys.stderr)
                 return 1
     where = ", ".join(addresses) if args.daemons else f"{len(addresses)} local daemon processes"
-    return _report(records, args, console, f"{args.what} ({args.backend})", where, ["tcp", "shm"])
+    from gpupool.bench import report
+
+    report.print_tables(records, console)
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "device": f"{args.what} ({args.backend})",
+        "daemon": where,
+        "stripes": args.stripes,
+    }
+    if args.json:
+        report.write_json(records, args.json, meta)
+        console.print(f"records: {args.json}")
+    if args.plot:
+        report.plot(records, args.plot, f"gpupool bench {args.what}, {meta['date']}")
+        console.print(f"plot: {args.plot}")
+    return 0

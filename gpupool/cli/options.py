@@ -8,11 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpupool import logs
+from gpupool.addresses import split_host_port
 from gpupool.units import parse_size
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from gpupool.server.daemon import Daemon, PoolMembership
     from gpupool.tls import TLSFiles
+
+PIPED_WIDTH = 1000  # columns of a table written to a pipe or file: no address is ever cut
 
 
 def size(text: str) -> int:
@@ -86,6 +91,7 @@ def start_daemon(
     listen: str,
     pool: PoolMembership | None = None,
     tls: TLSFiles | None = None,
+    trusted_emulator: bool = False,
 ) -> Daemon:
     """Start a daemon from the options of ``add_daemon_options``, in ``pool`` if given."""
     from gpupool.server.daemon import start_daemon as start
@@ -101,6 +107,7 @@ def start_daemon(
         log_level=args.log_level,
         membership=pool,
         tls=tls,
+        trusted_emulator=trusted_emulator,
         limits=limits,
     )
 
@@ -129,6 +136,52 @@ def factor(text: str) -> float:
     if not 1 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"a factor is a number of at least 1, not {text!r}")
     return value
+
+
+def _port(text: str, address: str, lowest: int) -> int:
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"HOST:PORT with a port from {lowest} to 65535, not {address!r}"
+        )
+    return int(text)
+
+
+def listen_address(text: str) -> str:
+    """Where to listen: ``HOST:PORT`` (port 0 picks a free one; ``[::1]:7001`` for IPv6)."""
+    host, port = split_host_port(text)
+    _port(port, text, 0)
+    if not text.rpartition(":")[0] or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(f"HOST:PORT to listen on, not {text!r}")
+    return text
+
+
+def address(text: str) -> str:
+    """A daemon's or scheduler's ``HOST:PORT``."""
+    host, port = split_host_port(text)
+    _port(port, text, 1)
+    if not host or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(f"HOST:PORT, not {text!r}")
+    return text
+
+
+def addresses(text: str) -> str:
+    """Comma-separated ``HOST:PORT``s, each checked; kept as given."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("name at least one HOST:PORT")
+    for part in parts:
+        address(part)
+    return ",".join(parts)
+
+
+def console() -> Console:
+    """A rich console whose tables keep every cell whole when written to a pipe or a file
+    (rich would fit them into 80 columns, cutting addresses)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 
 def seconds(text: str) -> float:
@@ -193,5 +246,8 @@ def positive_seconds(text: str) -> float:
 
 def add_scheduler_option(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
-        "--scheduler", metavar="HOST:PORT", help="the pool scheduler (default $GPUPOOL_SCHEDULER)"
+        "--scheduler",
+        type=address,
+        metavar="HOST:PORT",
+        help="the pool scheduler (default $GPUPOOL_SCHEDULER)",
     )

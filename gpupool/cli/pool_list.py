@@ -6,10 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from gpupool.cli.options import add_scheduler_option
+from gpupool.cli.options import add_scheduler_option, console
 from gpupool.client.lease import SchedulerClient, scheduler_address
 from gpupool.errors import GpupoolError
 from gpupool.proto import scheduler_pb2 as spb
@@ -19,7 +18,12 @@ NAME = "list"
 
 
 def add(commands: Any) -> None:
-    parser = commands.add_parser(NAME, help="the pool's GPUs")
+    parser = commands.add_parser(
+        NAME,
+        help="the pool's GPUs",
+        description="List every GPU the scheduler knows: its node, model, memory used of its"
+        " total, the fraction still free, and whether its node is up.",
+    )
     add_scheduler_option(parser)
 
 
@@ -52,10 +56,10 @@ def main(args: argparse.Namespace) -> int:
             f"{gpu.fraction_free:.2f}",
             "up" if gpu.up else "down",
         )
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     if state.teams:
-        console.print(teams_table(state))
+        out.print(teams_table(state))
     return 0
 
 

@@ -14,7 +14,12 @@ NAME = "release"
 
 
 def add(commands: Any) -> None:
-    parser = commands.add_parser(NAME, help="give an allocation back to the pool")
+    parser = commands.add_parser(
+        NAME,
+        help="give an allocation back to the pool",
+        description="Release allocation ID: its GPUs go back to the pool at once, and the"
+        " daemons end the sessions that use them.",
+    )
     parser.add_argument("id", metavar="ID", help="the allocation id (from gpupool request)")
     add_scheduler_option(parser)
 

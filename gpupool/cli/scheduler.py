@@ -7,7 +7,14 @@ import signal
 import sys
 from typing import Any
 
-from gpupool.cli.options import add_db_option, add_log_level, add_tls_options, seconds, tls_files
+from gpupool.cli.options import (
+    add_db_option,
+    add_log_level,
+    add_tls_options,
+    listen_address,
+    seconds,
+    tls_files,
+)
 from gpupool.errors import GpupoolError
 from gpupool.grants import load_secret
 
@@ -23,7 +30,11 @@ def add(commands: Any) -> None:
         " ($GPUPOOL_CLUSTER_SECRET or --secret-file).",
     )
     parser.add_argument(
-        "--listen", default="127.0.0.1:7000", metavar="HOST:PORT", help="(default 127.0.0.1:7000)"
+        "--listen",
+        type=listen_address,
+        default="127.0.0.1:7000",
+        metavar="HOST:PORT",
+        help="(default 127.0.0.1:7000; port 0 picks a free one)",
     )
     add_db_option(parser)
     parser.add_argument("--secret-file", metavar="FILE", help="the cluster secret")

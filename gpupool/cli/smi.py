@@ -6,10 +6,9 @@ import argparse
 import time
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from gpupool.cli.options import add_scheduler_option
+from gpupool.cli.options import add_scheduler_option, console
 from gpupool.cli.pool_list import fetch, teams_table
 from gpupool.units import format_size
 
@@ -17,7 +16,13 @@ NAME = "smi"
 
 
 def add(commands: Any) -> None:
-    parser = commands.add_parser(NAME, help="utilisation, memory and sessions of every GPU")
+    parser = commands.add_parser(
+        NAME,
+        help="utilisation, memory and sessions of every GPU",
+        description="A remote nvidia-smi for the whole pool: each GPU's node and daemon"
+        " address, utilisation, memory, free fraction and open sessions, then the leases"
+        " that hold GPUs and when they expire.",
+    )
     add_scheduler_option(parser)
 
 
@@ -25,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     state = fetch(args, NAME)
     if state is None:
         return 1
-    console = Console()
+    out = console()
     gpus = Table(title="GPUs")
     for column in ("node", "GPU", "model", "util", "memory used/total", "free", "sessions"):
         gpus.add_column(column)
@@ -40,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             f"{gpu.fraction_free:.2f}",
             ", ".join(sessions) or "-",
         )
-    console.print(gpus)
+    out.print(gpus)
     leases = Table(title="leases")
     for column in ("allocation", "owner", "team/user", "GPUs", "expires in"):
         leases.add_column(column)
@@ -54,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         leases.add_row(
             allocation.id, allocation.owner, who, placed, f"{allocation.expires_at - now:.0f} s"
         )
-    console.print(leases)
+    out.print(leases)
     if state.teams:
-        console.print(teams_table(state))
+        out.print(teams_table(state))
     return 0

@@ -147,6 +147,14 @@ class Stripes:
         for sock in list(self._sockets.values())[1:]:
             sock.close()
 
+    def shutdown(self) -> None:
+        """Shut every stripe both ways, from any thread: moves blocked on them end."""
+        for sock in list(self._sockets.values()):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _each(self, size: int, move: Callable[[socket.socket, int, int], None]) -> None:
         shares = split(size, self.count)
         sockets = [self._socket(index) for index in range(len(shares))]
@@ -274,7 +282,10 @@ class Ring:
 
     def close(self) -> None:
         self.view.release()
-        self.memory.close()
+        try:
+            self.memory.close()
+        except BufferError:  # a slot's view outlives a copy cut short (in its traceback):
+            pass  # the map is unmapped with the last view of it
 
     def _slot(self, index: int, size: int) -> memoryview:
         start = (index % RING_SLOTS) * self.slot_size

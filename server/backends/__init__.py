@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -35,6 +36,9 @@ class BackendConfig:
     kind: str  # "cupy" or "emu", never "auto" once resolved
     emu_devices: int = 2
     emu_memory: int = 8 << 30
+    # Emulator workers confine themselves (server/confinement.py) and compile through the
+    # daemon's compile service (a connection of their own, WorkerSpec.compile_fd).
+    confined: bool = False
 
     @property
     def idle_worker_memory(self) -> int:
@@ -62,22 +66,29 @@ def resolve(kind: str, emu_devices: int, emu_memory: int) -> tuple[BackendConfig
 
 
 def open_backend(
-    config: BackendConfig, device: int, ledger_fd: int | None, slot: int
+    config: BackendConfig,
+    device: int,
+    ledger_fd: int | None,
+    slot: int,
+    compile_fd: int | None = None,
 ) -> tuple[Backend, Translate]:
     """The backend for ``device`` in this worker process, and its error translator.
 
-    ``ledger_fd`` and ``slot`` are the emulator's: the device's shared memory ledger and
-    this worker's place in it.
+    ``ledger_fd``, ``slot`` and ``compile_fd`` are the emulator's: the device's shared memory
+    ledger, this worker's place in it, and a confined worker's connection to the compile
+    service.
     """
     if config.kind == "cupy":
         from gpupool.server.backends import cupy_backend
 
         return cupy_backend.CupyBackend(device), cupy_backend.translate
     from gpupool.server.backends.emu import EmuBackend, MemoryLedger
+    from gpupool.server.backends.emu_compile_service import CompileClient
 
     assert ledger_fd is not None
     ledger = MemoryLedger.attach(ledger_fd, config.emu_memory)
-    return EmuBackend(device, ledger, slot), _no_translation
+    compile = None if compile_fd is None else CompileClient(socket.socket(fileno=compile_fd))
+    return EmuBackend(device, ledger, slot, compile), _no_translation
 
 
 def _no_translation(exc: Exception) -> Exception:

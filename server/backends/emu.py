@@ -25,7 +25,7 @@ import numpy as np
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto.kernel_args import Signature
 from gpupool.server.backends.base import Backend, DeviceInfo, Dim
-from gpupool.server.backends.emu_kernels import EmuFunction, EmuModule
+from gpupool.server.backends.emu_kernels import Compile, EmuFunction, EmuModule
 from gpupool.server.ledger import SharedTable
 from gpupool.transport import memcopy, memfd
 
@@ -92,10 +92,13 @@ class _Event:
 class EmuBackend(Backend):
     """One emulated device, for the session of one worker."""
 
-    def __init__(self, index: int, ledger: MemoryLedger, slot: int) -> None:
+    def __init__(
+        self, index: int, ledger: MemoryLedger, slot: int, compile: Compile | None = None
+    ) -> None:
         self._index = index
         self._ledger = ledger
         self._slot = slot
+        self._compile = compile  # a confined worker's compile service; None: compile here
         self._buffers: dict[int, np.ndarray] = {}
         self._shared: dict[int, tuple[mmap.mmap, int, int]] = {}  # base -> map, memfd, size
         self._opened: dict[int, mmap.mmap] = {}  # other workers' memory mapped here
@@ -184,7 +187,7 @@ class EmuBackend(Backend):
                 f"the emulator cannot load {kind.upper()}: send CUDA C source, or use a GPU daemon",
             )
         assert isinstance(image, str)
-        return EmuModule.from_source(image, options)
+        return EmuModule.from_source(image, options, self._compile)
 
     def get_function(self, module: object, name: str) -> object:
         assert isinstance(module, EmuModule)

@@ -34,8 +34,14 @@ wrong results here; and a thread runs until its next barrier or its return, so o
 waiting for another thread of its block (not at a barrier) never ends. Neither is detected.
 
 Compiled modules are cached by content hash and written atomically, because several worker
-processes compile the same kernels at the same time; each module loads a private copy, so that
-its ``__device__`` variables are its own, as in CUDA.
+processes compile the same kernels at the same time; each module loads a private copy (in the
+process's own temporary folder), so that its ``__device__`` variables are its own, as in CUDA.
+A confined worker compiles nothing itself: the daemon's compile service runs
+:func:`compile_module` for it (``emu_compile_service.py``), and it loads the result.
+
+The compiler reads nothing of the daemon's: it runs in an empty folder, and the preprocessor's
+line markers must name only the emulator's and the compiler's own headers
+(:func:`check_included`) before any of its output goes back.
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,7 +402,7 @@ def _compiler_flags(options: Sequence[str]) -> list[str]:
 
 def _cache_dir() -> Path:
     root = os.environ.get("GPUPOOL_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "gpupool"
+    base = Path(root).absolute() if root else Path.home() / ".cache" / "gpupool"
     directory = base / "emu-kernels"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
@@ -421,22 +429,72 @@ def _compiler_version(compiler: tuple[str, ...]) -> str:
     return result.stdout + result.stderr
 
 
+class Cancellation:
+    """Stops a compile that runs on another thread (the compile service's, for a worker that
+    has hung up): its compiler is killed, and the compile raises CompileError."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._process is not None:
+                _kill_group(self._process)
+
+    def start(self, command: Sequence[str], cwd: Path) -> subprocess.Popen[str]:
+        """The compiler, in a process group of its own: killing it kills cc1plus too."""
+        with self._lock:
+            if self.cancelled:
+                raise CompileError("the compile was cancelled: its session has ended")
+            self._process = _popen(command, cwd, own_group=True)
+            return self._process
+
+
+_compiling = threading.local()  # .cancellation: the Cancellation of this thread's compile
+
+
+def _popen(command: Sequence[str], cwd: Path, own_group: bool = False) -> subprocess.Popen[str]:
+    pipe = subprocess.PIPE
+    return subprocess.Popen(
+        command,
+        stdin=pipe,
+        stdout=pipe,
+        stderr=pipe,
+        text=True,
+        cwd=cwd,
+        start_new_session=own_group,
+    )
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """Kill a compiler started in a group of its own, with the programs it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # it has ended
+
+
 def _run_compiler(
     command: Sequence[str], source: str | None, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """Runs the compiler; the one place that does, so tests can count compilations."""
+    cancellation: Cancellation | None = getattr(_compiling, "cancellation", None)
+    process = cancellation.start(command, cwd) if cancellation else _popen(command, cwd)
     try:
-        return subprocess.run(
-            command,
-            input=source,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            check=False,
-            timeout=COMPILE_TIMEOUT_S,
-        )
+        out, err = process.communicate(source, timeout=COMPILE_TIMEOUT_S)
     except subprocess.TimeoutExpired as error:
+        if cancellation is not None:
+            _kill_group(process)
+        else:
+            process.kill()
+        process.communicate()
         raise CompileError(f"the C++ compiler ran past {COMPILE_TIMEOUT_S} s") from error
+    if cancellation is not None and cancellation.cancelled:
+        raise CompileError("the compile was cancelled: its session has ended")
+    return subprocess.CompletedProcess(list(command), process.returncode, out, err)
 
 
 def _digest(*parts: str | bytes) -> str:
@@ -456,8 +514,10 @@ def _publish(
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".")
     os.close(descriptor)
     try:
-        result = _run_compiler([*command, "-o", temporary], source, target.parent)
+        with tempfile.TemporaryDirectory(prefix="gpupool-cxx-") as empty:  # nothing to include
+            result = _run_compiler([*command, "-o", temporary], source, Path(empty))
         if result.returncode == 0:
+            os.chmod(temporary, 0o644)  # confined workers read the compile service's cache
             os.replace(temporary, target)
         return result
     finally:
@@ -505,13 +565,64 @@ def _preprocess(compiler: list[str], source: str, flags: Sequence[str]) -> str:
         "c++",
         "-",
     ]
-    result = _run_compiler(command, scanned, _cache_dir())
+    with tempfile.TemporaryDirectory(prefix="gpupool-cpp-") as empty:
+        result = _run_compiler(command, scanned, Path(empty))
+    # Before any of the compiler's output goes back: its messages quote the files it read.
+    given = [Path(os.path.realpath(flag[2:])) for flag in flags if flag.startswith("-I")]
+    check_included(result.stdout, [*_include_roots(tuple(compiler)), *given])
     if result.returncode != 0:
         raise CompileError(
             f"{Path(compiler[0]).name} could not preprocess the CUDA C module for the CPU emulator",
             log=result.stderr,
         )
     return result.stdout
+
+
+# The line marker of a file the preprocessor enters: `# 1 "name" 1` (flag 1), maybe with 3/4.
+_ENTERED = re.compile(r'^# \d+ "((?:\\.|[^"\\])*)" 1(?: \d)*$', re.MULTILINE)
+
+
+def check_included(preprocessed: str, roots: Sequence[Path]) -> None:
+    """Refuse a module that made the preprocessor read a file outside ``roots``.
+
+    The preprocessor names every file it enters in a line marker, however the directive was
+    spelled (``%:include``, ``#/**/include``, a backslash-newline inside it, ``#import``, a
+    macro, ``#include_next``), so this sees what a textual filter of the source cannot. A name
+    is resolved (``..`` and symbolic links) before it is compared.
+    """
+    for match in _ENTERED.finditer(preprocessed):
+        name = re.sub(r"\\(.)", r"\1", match.group(1))
+        if name.startswith("<") and name.endswith(">"):  # <built-in>, <command-line>
+            continue
+        real = Path(os.path.realpath(name))
+        if not any(real.is_relative_to(root) for root in roots):
+            raise CompileError(
+                f"#include of {name!r} refused: only the compiler's own and the emulator's"
+                " headers can be included; put your header's text in the source"
+            )
+
+
+@functools.lru_cache(maxsize=8)
+def _include_roots(compiler: tuple[str, ...]) -> tuple[Path, ...]:
+    """The folders whose headers a module may include: the emulator's and the compiler's own
+    system folders (as ``-v`` lists them), resolved."""
+    result = subprocess.run(
+        [*compiler, "-x", "c++", "-E", "-v", "-"],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    lines = result.stderr.splitlines()
+    try:
+        start = lines.index("#include <...> search starts here:") + 1
+        end = lines.index("End of search list.", start)
+    except ValueError:
+        start = end = 0
+    system = [line.strip() for line in lines[start:end]]
+    folders = [STUB_INCLUDE, HEADER.parent, *(Path(folder) for folder in system)]
+    return tuple(Path(os.path.realpath(folder)) for folder in folders)
 
 
 def _build(
@@ -560,6 +671,34 @@ def _build(
     return target
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled module in the cache, and the names of its kernels in launcher order."""
+
+    path: Path
+    names: tuple[str, ...]
+
+
+Compile = Callable[[str, Sequence[str]], Compiled]
+
+
+def compile_module(
+    source: str, options: Sequence[str] = (), cancellation: Cancellation | None = None
+) -> Compiled:
+    """Compiles CUDA C ``source`` into the cache (or finds it there); ``cancellation`` can
+    stop it from another thread."""
+    _compiling.cancellation = cancellation
+    try:
+        flags = _compiler_flags(options)
+        compiler = _compiler()
+        preprocessed = _preprocess(compiler, source, flags)
+        translation = _translate(source, preprocessed)
+        path = _build(compiler, translation, flags, preprocessed)
+        return Compiled(path, tuple(translation.names))
+    finally:
+        _compiling.cancellation = None
+
+
 _private_copies = itertools.count()
 
 
@@ -571,9 +710,8 @@ def _load_private_copy(path: Path) -> ctypes.CDLL:
     as it is loaded (the mapping outlives the name), so none is left behind even by a crash; the
     counter in its name keeps the loader from matching the name of an earlier, deleted copy.
     """
-    descriptor, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f"{path.stem}.{next(_private_copies)}.", suffix=".so"
-    )
+    prefix = f"{path.stem}.{next(_private_copies)}."
+    descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".so")  # ours, not the cache's
     os.close(descriptor)
     try:
         shutil.copyfile(path, name)
@@ -704,18 +842,17 @@ class EmuModule:
         self.kernel_names: tuple[str, ...] = tuple(kernel_names)
 
     @classmethod
-    def from_source(cls, source: str, options: Sequence[str] = ()) -> EmuModule:
-        """Compiles CUDA C ``source`` (or takes it from the cache) with NVRTC-style options.
+    def from_source(
+        cls, source: str, options: Sequence[str] = (), compile: Compile | None = None
+    ) -> EmuModule:
+        """Compiles CUDA C ``source`` (or takes it from the cache) with NVRTC-style options,
+        here or with ``compile`` (a confined worker's compile service), and loads it.
 
         Raises CompileError with g++'s output as ``log`` when it does not compile, and without
         a log for constructs the emulator cannot run.
         """
-        flags = _compiler_flags(options)
-        compiler = _compiler()
-        preprocessed = _preprocess(compiler, source, flags)
-        translation = _translate(source, preprocessed)
-        path = _build(compiler, translation, flags, preprocessed)
-        return cls(_load_private_copy(path), translation.names)
+        compiled = (compile or compile_module)(source, options)
+        return cls(_load_private_copy(compiled.path), compiled.names)
 
     def get_function(self, name: str) -> EmuFunction:
         try:

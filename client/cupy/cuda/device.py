@@ -36,7 +36,8 @@ class Device:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        runtime.setDevice(self._previous.pop())
+        # the device current before, even one detached meanwhile (its calls then raise)
+        context.current().restore_device(self._previous.pop())
 
     def synchronize(self) -> None:
         """Wait until everything queued on this device has run (reports held errors)."""
@@ -78,8 +79,8 @@ class Device:
 def _release(
     owner_context: context.Context, device_id: int, release: Callable[[int], None], handle: int
 ) -> None:
-    if context.active() is not owner_context:
-        return  # that connection has ended, and its daemon released everything it held
+    if context.active() is not owner_context or not owner_context.attached(device_id):
+        return  # that connection or device has ended, and its daemon released what it held
     with Device(device_id):
         release(handle)
 
@@ -89,6 +90,6 @@ def release_at_collection(
 ) -> None:
     """Queue ``release(handle)`` on ``device_id`` once ``owner`` is collected (a free, a stream
     or event destroy: queued calls, no round trip). Not at exit: the session's end releases
-    everything it holds; nor after a reconnection, for the same reason."""
+    everything it holds; nor after a reconnection or a detach, for the same reason."""
     finalizer = weakref.finalize(owner, _release, context.current(), device_id, release, handle)
     finalizer.atexit = False

@@ -71,6 +71,12 @@ class Link(ABC):
     def close(self, timeout: float) -> None:
         """End the session after what was sent, waiting up to ``timeout`` s for the daemon."""
 
+    @abstractmethod
+    def abort(self) -> None:
+        """End the connection now, from any thread: a send or receive blocked on it returns
+        (raising ConnectionLost), and nothing more goes out. For a daemon found dead or
+        stopped; :meth:`close` still releases what the link holds."""
+
 
 @dataclass(frozen=True)
 class Endpoint:

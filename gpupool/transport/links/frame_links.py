@@ -20,6 +20,7 @@ from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import INLINE_LIMIT
 from gpupool.transport import host_blocks
+from gpupool.transport.failures import translate
 from gpupool.transport.frames import DROP, MESSAGE, SHARE, FrameSocket
 from gpupool.transport.links import Endpoint, Link
 from gpupool.transport.payload import (
@@ -51,7 +52,7 @@ class FrameLink(Link):
         try:
             self.frames.send(MESSAGE, message)
         except OSError as exc:
-            raise ConnectionLost(f"sending failed: {exc}") from exc
+            raise translate(exc, "write", "the daemon") from exc
 
     def send_copy(self, header: pb.Request, data: memoryview) -> None:
         self.send_payload(header.SerializeToString(), len(data), BufferSource(data))
@@ -64,13 +65,13 @@ class FrameLink(Link):
             self._moves().send(size, source)
         except OSError as exc:
             self._abandon()
-            raise ConnectionLost(f"sending failed: {exc}") from exc
+            raise translate(exc, "write", "the daemon") from exc
 
     def receive(self) -> pb.Reply:
         try:
             kind, message, self._payload_size = self.frames.receive()
         except OSError as exc:
-            raise ConnectionLost(f"receiving failed: {exc}") from exc
+            raise translate(exc, "read", "the daemon") from exc
         except ConnectionLost:
             raise ConnectionLost("the daemon ended the session") from None
         if kind != MESSAGE:
@@ -87,7 +88,7 @@ class FrameLink(Link):
         try:
             self._moves().receive(size, sink)
         except OSError as exc:
-            raise ConnectionLost(f"receiving failed: {exc}") from exc
+            raise translate(exc, "read", "the daemon") from exc
         return size
 
     def close(self, timeout: float) -> None:
@@ -103,6 +104,14 @@ class FrameLink(Link):
             if self._payload is not None:
                 self._payload.close()
             sock.close()
+
+    def abort(self) -> None:
+        try:
+            self.frames.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if isinstance(self._payload, Stripes):
+            self._payload.shutdown()
 
     def _abandon(self) -> None:
         """Give up a payload sent in part (a stripe broke, the host buffer could not be read):
@@ -208,7 +217,7 @@ class ShmLink(FrameLink):
             self.frames.send_with_fd(SHARE, message, block.fd)
             kind, answer, _size = self.frames.receive()
         except OSError as exc:
-            raise ConnectionLost(f"sharing host memory failed: {exc}") from exc
+            raise translate(exc, "write", "the daemon (sharing host memory)") from exc
         reply = pb.Reply.FromString(answer)
         if kind != SHARE:  # the front's notice that the worker ended
             raise ConnectionLost(f"the daemon ended the session: {reply.error.message}")
@@ -231,7 +240,7 @@ class ShmLink(FrameLink):
             try:
                 self.frames.send(DROP, pb.DropHost(blocks=dropped).SerializeToString())
             except OSError as exc:
-                raise ConnectionLost(f"sending failed: {exc}") from exc
+                raise translate(exc, "write", "the daemon") from exc
 
     def receive(self) -> pb.Reply:
         if self._payload is not None:
@@ -239,7 +248,7 @@ class ShmLink(FrameLink):
         try:  # the reply to 'open' brings the ring the worker made
             message, fds = self.frames.receive_with_fds()
         except OSError as exc:
-            raise ConnectionLost(f"receiving failed: {exc}") from exc
+            raise translate(exc, "read", "the daemon") from exc
         for extra in fds[1:]:
             os.close(extra)
         reply = pb.Reply.FromString(message)

@@ -13,6 +13,7 @@ import grpc
 
 from gpupool.errors import ConnectionLost
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.transport.failures import translate
 from gpupool.transport.links import Endpoint
 from gpupool.transport.links.messages import MessageLink
 
@@ -46,7 +47,11 @@ class GrpcLink(MessageLink):
         except StopIteration:
             raise ConnectionLost("the daemon ended the session") from None
         except grpc.RpcError as exc:
-            raise ConnectionLost(f"{exc.code().name}: {exc.details()}") from exc
+            raise translate(exc, "read", "the daemon") from exc
+
+    def abort(self) -> None:
+        self._dead = True
+        self._replies.cancel()
 
     def close(self, timeout: float) -> None:
         try:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from gpupool.errors import ConnectionLost, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
+from gpupool.transport.failures import translate
 from gpupool.transport.links import Endpoint
 from gpupool.transport.links.messages import MessageLink
 from gpupool.transport.ucx import END, MESSAGE, run, ucxx
@@ -29,11 +30,18 @@ class UcxLink(MessageLink):
         try:
             obj = run(self._endpoint.recv_obj())
         except Exception as exc:  # ucxx's errors: the endpoint closed or failed
-            raise ConnectionLost(f"receiving failed: {exc}") from exc
+            raise translate(exc, "read", "the daemon") from exc
         if bytes(obj[:1]) == END:
             self._ended = True
             raise ConnectionLost("the daemon ended the session")
         return pb.Reply.FromString(bytes(obj[1:]))
+
+    def abort(self) -> None:
+        self._ended = True
+        try:
+            run(self._endpoint.close(), 1.0)
+        except Exception:  # already closed or failed: either way nothing more moves
+            pass
 
     def close(self, timeout: float) -> None:
         try:
@@ -53,7 +61,7 @@ class UcxLink(MessageLink):
         try:
             run(self._endpoint.send_obj(obj))
         except Exception as exc:
-            raise ConnectionLost(f"sending failed: {exc}") from exc
+            raise translate(exc, "write", "the daemon") from exc
 
 
 def open_ucx(endpoint: Endpoint, timeout: float) -> UcxLink:
