@@ -208,6 +208,9 @@ class Context:
     @current_device.setter
     def current_device(self, ordinal: int) -> None:
         self.device(ordinal)  # validates
+        self._turn_to(ordinal)
+
+    def _turn_to(self, ordinal: int) -> None:
         previous = self.current_device
         self._local.device = ordinal
         leaving = self._sessions.get(previous) if previous != ordinal else None
@@ -230,7 +233,7 @@ class Context:
         """Make ``ordinal`` current again, unchecked: what a ``with Device(...)`` block
         found current, though it may have been detached meanwhile (its calls then raise
         ``cudaErrorInvalidDevice``, as a lost device's do in CUDA)."""
-        self._local.device = ordinal
+        self._turn_to(ordinal)
 
     def device(self, ordinal: int) -> Device:
         found = self.devices[ordinal] if 0 <= ordinal < len(self.devices) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -128,6 +129,7 @@ def test_bench_peer_and_collective_read_against_the_raw_link(tmp_path: Path) -> 
             capture_output=True,
             text=True,
             timeout=150,
+            env={**os.environ, "GPUPOOL_EMU_CONFINE": "0"},  # workers dial their peer links
         )
         assert result.returncode == 0, result.stdout + result.stderr
         index = {

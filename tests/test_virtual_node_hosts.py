@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gpupool.server.confinement import ENV_CONFINE
 from tests.conftest import GPUPOOL
 
 SUBNET = "10.231.{}.{}"
@@ -68,7 +69,9 @@ def _daemon(namespace: str, address: str) -> tuple[subprocess.Popen[str], str]:
         *("--listen", f"{address}:0", "--backend", "emu", "--emu-devices", "2"),
         *("--emu-memory", "1GiB", "--log-level", "warning"),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # unconfined workers: they dial their peer links themselves (tests/test_virtual_node.py)
+    env = {**os.environ, ENV_CONFINE: "0"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     banner = process.stdout.readline()
     found = re.search(r" on (\S+) \(", banner)
