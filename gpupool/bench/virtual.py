@@ -39,7 +39,8 @@ def peer(
     try:
         by_daemon: dict[str, list[int]] = {}
         for ordinal, device in enumerate(context.devices):
-            by_daemon.setdefault(device.address, []).append(ordinal)
+            if device is not None:  # None: a detached ordinal
+                by_daemon.setdefault(device.address, []).append(ordinal)
         daemons = list(by_daemon.values())
         pairs: dict[str, tuple[int, int]] = {}
         if len(daemons) > 1:
