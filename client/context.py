@@ -21,6 +21,7 @@ import grpc
 
 from gpupool.client.lease import ENV_ALLOCATION, Lease, Placement, attach
 from gpupool.client.liveness import Watchdog, timeout_from_env
+from gpupool.client.peers import PeerLinks
 from gpupool.client.session import Session
 from gpupool.errors import ConnectionLost, CUDARuntimeError, GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
@@ -185,6 +186,7 @@ class Context:
         self._watch_lock = threading.Lock()  # not _lock: a session opens while holding that
         self._live: dict[int, Session] = {}  # sessions open or opening, for the watchdog
         self._lock = threading.RLock()
+        self.peers = PeerLinks(self)
         self._local = threading.local()
         self._default_device = 0  # a thread's current device until it sets one: the first
         timeout = timeout_from_env() if liveness_timeout is None else liveness_timeout
@@ -206,13 +208,32 @@ class Context:
     @current_device.setter
     def current_device(self, ordinal: int) -> None:
         self.device(ordinal)  # validates
+        self._turn_to(ordinal)
+
+    def _turn_to(self, ordinal: int) -> None:
+        previous = self.current_device
         self._local.device = ordinal
+        leaving = self._sessions.get(previous) if previous != ordinal else None
+        if leaving is not None and leaving.queued:
+            leaving.flush()  # the device works on its queue while the program turns away
+
+    def grant(self, ordinal: int) -> str:
+        """The lease's current grant for ``ordinal`` ("" without a lease)."""
+        placement = self.device(ordinal).placement
+        return placement.grant if placement is not None else ""
+
+    def _send_others(self, waiting: Session) -> None:
+        """Before a wait on one device, send every other device's queued work, so the
+        devices run at the same time and none waits on a queue the program left behind."""
+        for session in list(self._sessions.values()):
+            if session is not waiting and session.queued:
+                session.flush()
 
     def restore_device(self, ordinal: int) -> None:
         """Make ``ordinal`` current again, unchecked: what a ``with Device(...)`` block
         found current, though it may have been detached meanwhile (its calls then raise
         ``cudaErrorInvalidDevice``, as a lost device's do in CUDA)."""
-        self._local.device = ordinal
+        self._turn_to(ordinal)
 
     def device(self, ordinal: int) -> Device:
         found = self.devices[ordinal] if 0 <= ordinal < len(self.devices) else None
@@ -275,7 +296,14 @@ class Context:
                 label = f"daemon {device.address}, device {ordinal}"
                 self._watchdog.start()
                 try:
-                    session = Session(link, device.index, token, label, self._watching(ordinal))
+                    session = Session(
+                        link,
+                        device.index,
+                        token,
+                        label,
+                        self._watching(ordinal),
+                        self._send_others,
+                    )
                 except BaseException:
                     self._unwatch([ordinal])
                     raise

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gpupool.client import addressing
 from gpupool.proto import batch
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.kernel_args import POINTER
@@ -31,6 +32,8 @@ _COMPLEX128 = struct.Struct("<dd")
 
 
 def _int(value: int) -> tuple[int, bytes]:
+    if value >> 62 == 1:  # a device pointer from malloc: the daemon's own address
+        return POINTER, _POINTER.pack(addressing.raw(value))
     return pb.INT64, value.to_bytes(8, "little", signed=True)
 
 
@@ -57,13 +60,31 @@ def _numpy(code: int) -> Callable[[np.generic], tuple[int, bytes]]:
     return convert
 
 
+def _numpy_word(code: int) -> Callable[[np.generic], tuple[int, bytes]]:
+    """A 64-bit NumPy integer: a device pointer made one (``np.uint64(ptr)``) passes as the
+    daemon's own address, as a Python int does."""
+    plain = _numpy(code)
+
+    def convert(value: np.generic) -> tuple[int, bytes]:
+        if int(value) >> 62 == 1:
+            return code, _POINTER.pack(addressing.raw(int(value)))
+        return plain(value)
+
+    return convert
+
+
+_WORDS = (np.dtype(np.int64).type, np.dtype(np.uint64).type)
+
 # Converters by exact type, tried first: the types nearly every argument has.
 _CONVERT: dict[type, Callable[[Any], tuple[int, bytes]]] = {
     int: _int,
     float: _float,
     bool: _bool,
     complex: _complex,
-    **{dtype.type: _numpy(code) for code, dtype in DTYPE_OF.items()},
+    **{
+        dtype.type: (_numpy_word if dtype.type in _WORDS else _numpy)(code)
+        for code, dtype in DTYPE_OF.items()
+    },
 }
 
 
@@ -72,7 +93,7 @@ def register_device_array(kind: type, address: Callable[[Any], int]) -> None:
     their ``__cuda_array_interface__`` (a dict) at every launch."""
 
     def convert(value: Any) -> tuple[int, bytes]:
-        return POINTER, _POINTER.pack(address(value))
+        return POINTER, _POINTER.pack(addressing.raw(address(value)))
 
     _CONVERT[kind] = convert
 
@@ -93,7 +114,7 @@ def kernel_arg(value: Any) -> tuple[int, bytes]:
         return wire_scalar(value)
     interface = getattr(value, "__cuda_array_interface__", None)
     if interface is not None:
-        return POINTER, _POINTER.pack(interface["data"][0])
+        return POINTER, _POINTER.pack(addressing.raw(interface["data"][0]))
     if isinstance(value, np.ndarray):
         raise TypeError("a host array cannot be a kernel argument: copy it to the device first")
     if isinstance(value, bool):  # subclasses of Python's scalar types: as their base

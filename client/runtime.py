@@ -1,7 +1,9 @@
 """The CUDA runtime API over the wire, with ``cupy.cuda.runtime``'s names and signatures.
 
-Pointers are the daemon's device addresses (plain ints, as in CuPy). Host buffers are given
-as addresses (``array.ctypes.data``) or as objects with the buffer protocol. Launches, frees,
+Device pointers are plain ints, as in CuPy, each naming its device (unified addressing:
+``gpupool.client.addressing``), so a copy between two devices of the context, on one daemon
+or two, goes worker to worker. Host buffers are given as addresses (``array.ctypes.data``)
+or as objects with the buffer protocol. Launches, frees,
 memsets, device-to-device and small asynchronous copies are queued and do not wait; copies
 to the host, synchronizations, ``malloc`` and queries wait, and report any error an earlier
 queued call caused, with its CUDA error name.
@@ -12,12 +14,15 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from gpupool.client import context
+from gpupool.client import addressing, context
 from gpupool.client.session import STATS, Session, new_handle
 from gpupool.errors import CUDARuntimeError
 from gpupool.proto import gpupool_pb2 as pb
 
 __all__ = [
+    "deviceCanAccessPeer",
+    "deviceDisablePeerAccess",
+    "deviceEnablePeerAccess",
     "deviceSynchronize",
     "driverGetVersion",
     "eventBlockingSync",
@@ -42,6 +47,8 @@ __all__ = [
     "memcpyDeviceToHost",
     "memcpyHostToDevice",
     "memcpyHostToHost",
+    "memcpyPeer",
+    "memcpyPeerAsync",
     "memset",
     "memsetAsync",
     "runtimeGetVersion",
@@ -139,6 +146,26 @@ def deviceSynchronize() -> None:
     _session().call(pb.Request(device_synchronize=pb.DeviceSynchronize()))
 
 
+def deviceCanAccessPeer(device: int, peer_device: int) -> int:
+    """1 for any two devices of the context: their workers copy to each other directly."""
+    ctx = context.current()
+    ctx.device(device)
+    ctx.device(peer_device)
+    return int(device != peer_device)
+
+
+def deviceEnablePeerAccess(peer_device: int, flags: int = 0) -> None:
+    if flags:
+        raise CUDARuntimeError("cudaErrorInvalidValue", f"flags {flags}: must be 0")
+    ctx = context.current()
+    ctx.peers.enable(ctx.current_device, peer_device)
+
+
+def deviceDisablePeerAccess(peer_device: int) -> None:
+    ctx = context.current()
+    ctx.peers.disable(ctx.current_device, peer_device)
+
+
 # memory
 
 
@@ -148,13 +175,31 @@ def memGetInfo() -> tuple[int, int]:
 
 
 def malloc(size: int) -> int:
-    session = _session()
+    ctx = context.current()
+    ordinal = ctx.current_device
     STATS.mallocs += 1
-    return session.call(pb.Request(malloc=pb.Malloc(size=_size(size)))).ptr
+    raw = ctx.session(ordinal).call(pb.Request(malloc=pb.Malloc(size=_size(size)))).ptr
+    return addressing.tag(ordinal, raw)
 
 
 def free(ptr: int) -> None:
-    _session().submit(pb.Request(free=pb.Free(ptr=ptr)))
+    _device_session(ptr).submit(pb.Request(free=pb.Free(ptr=addressing.raw(ptr))))
+
+
+def _device_of(ptr: int) -> int:
+    return addressing.device_of(ptr, context.current().current_device)
+
+
+def _device_session(ptr: int) -> Session:
+    """The session of the device ``ptr`` is on (the current device's for an untagged one)."""
+    ctx = context.current()
+    return ctx.session(addressing.device_of(ptr, ctx.current_device))
+
+
+def _stream_for(ptr: int, stream: int) -> int:
+    """``stream`` (of the current device) where ``ptr`` is on it, else that device's null
+    stream: a stream handle names a stream of one device only."""
+    return stream if _device_of(ptr) == context.current().current_device else 0
 
 
 def memcpy(dst: Any, src: Any, size: int, kind: int) -> None:
@@ -167,23 +212,66 @@ def memcpyAsync(dst: Any, src: Any, size: int, kind: int, stream: int = 0) -> No
     _copy(dst, src, _size(size), kind, stream=stream, wait=False)
 
 
+def memcpyPeer(dst: int, dst_device: int, src: int, src_device: int, size: int) -> None:
+    """Copy between two devices, worker to worker; returns once queued, as CUDA's."""
+    memcpyPeerAsync(dst, dst_device, src, src_device, size, 0)
+
+
+def memcpyPeerAsync(
+    dst: int, dst_device: int, src: int, src_device: int, size: int, stream: int = 0
+) -> None:
+    ctx = context.current()
+    for ptr, device in ((dst, dst_device), (src, src_device)):
+        ctx.device(device)
+        if addressing.device_of(ptr, device) != device:
+            raise CUDARuntimeError(
+                "cudaErrorInvalidValue",
+                f"pointer 0x{ptr:x} is on device {addressing.device_of(ptr, device)}, not {device}",
+            )
+    _device_copy(dst_device, dst, src_device, src, _size(size), stream)
+
+
+def _device_copy(
+    dst_device: int, dst: int, src_device: int, src: int, size: int, stream: int
+) -> None:
+    ctx = context.current()
+    if dst_device == src_device:
+        call = pb.MemcpyDtoD(
+            dst=addressing.raw(dst),
+            src=addressing.raw(src),
+            size=size,
+            stream=stream if dst_device == ctx.current_device else 0,
+        )
+        ctx.session(dst_device).submit(pb.Request(memcpy_dtod=call))
+        return
+    raw_dst, raw_src = addressing.raw(dst), addressing.raw(src)
+    ctx.peers.copy(dst_device, raw_dst, src_device, raw_src, size, stream)
+
+
+def _direction(dst: Any, src: Any) -> int:
+    """memcpyDefault's direction, from which of the pointers are tagged device pointers."""
+    device_dst = isinstance(dst, int) and addressing.is_device(dst)
+    device_src = isinstance(src, int) and addressing.is_device(src)
+    return (memcpyHostToHost, memcpyHostToDevice, memcpyDeviceToHost, memcpyDeviceToDevice)[
+        device_dst + 2 * device_src
+    ]
+
+
 def _copy(dst: Any, src: Any, size: int, kind: int, stream: int, wait: bool) -> None:
+    if kind == memcpyDefault:
+        kind = _direction(dst, src)
     if kind == memcpyHostToDevice:
-        header = pb.Request(memcpy_htod=pb.MemcpyHtoD(dst=dst, size=size, stream=stream))
-        _session().write(header, _host(src, size, writable=False), wait)
+        call = pb.MemcpyHtoD(dst=addressing.raw(dst), size=size, stream=_stream_for(dst, stream))
+        _device_session(dst).write(pb.Request(memcpy_htod=call), _host(src, size, False), wait)
     elif kind == memcpyDeviceToHost:
-        request = pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=src, size=size, stream=stream))
-        _session().read(request, _host(dst, size, writable=True))
+        read = pb.MemcpyDtoH(src=addressing.raw(src), size=size, stream=_stream_for(src, stream))
+        _device_session(src).read(pb.Request(memcpy_dtoh=read), _host(dst, size, writable=True))
     elif kind == memcpyDeviceToDevice:
-        request = pb.Request(memcpy_dtod=pb.MemcpyDtoD(dst=dst, src=src, size=size, stream=stream))
-        _session().submit(request)
+        _device_copy(_device_of(dst), dst, _device_of(src), src, size, stream)
     elif kind == memcpyHostToHost:
         _host(dst, size, writable=True)[:] = _host(src, size, writable=False)
     else:
-        raise CUDARuntimeError(
-            "cudaErrorInvalidMemcpyDirection",
-            f"memcpy kind {kind}: name the direction (memcpyDefault needs unified addressing)",
-        )
+        raise CUDARuntimeError("cudaErrorInvalidMemcpyDirection", f"memcpy kind {kind}")
 
 
 def memset(ptr: int, value: int, size: int) -> None:
@@ -191,8 +279,13 @@ def memset(ptr: int, value: int, size: int) -> None:
 
 
 def memsetAsync(ptr: int, value: int, size: int, stream: int = 0) -> None:
-    request = pb.Memset(ptr=ptr, value=value & 0xFF, size=_size(size), stream=stream)
-    _session().submit(pb.Request(memset=request))
+    request = pb.Memset(
+        ptr=addressing.raw(ptr),
+        value=value & 0xFF,
+        size=_size(size),
+        stream=_stream_for(ptr, stream),
+    )
+    _device_session(ptr).submit(pb.Request(memset=request))
 
 
 # streams

@@ -43,6 +43,8 @@ class Stats:
     calls: int = 0  # runtime calls made (each launch, copy, malloc, ...)
     messages: int = 0  # messages sent on session streams
     round_trips: int = 0  # calls that waited for a reply
+    bytes_sent: int = 0  # payload of host-to-device copies (peer copies send none)
+    bytes_received: int = 0  # payload of device-to-host copies
     mallocs: int = 0  # allocations that reached the daemon (the pools carve most from arenas)
 
 
@@ -96,11 +98,15 @@ class Session:
         token: str = "",
         label: str = "",
         watch: Callable[[Session], None] | None = None,
+        before_wait: Callable[[Session], None] | None = None,
     ) -> None:
         """``label`` names the session's daemon and device in its errors; ``watch`` is
         given the session before it opens, so that a daemon that stops answering during the
-        opening fails it too (``gpupool.client.liveness``)."""
+        opening fails it too (``gpupool.client.liveness``); ``before_wait`` runs ahead of every
+        call that waits (the context sends the other devices' queued work then, so that they
+        run meanwhile)."""
         self._link = link
+        self._before_wait = before_wait
         self.session_id = ""
         self.label = label or f"device {device}"
         self._queued: list[bytes] = []  # batch entries, serialized as they were queued
@@ -117,6 +123,7 @@ class Session:
             raise
         opened = reply.opened
         self.session_id = opened.session_id
+        self.key = opened.key  # names this session to a peer link
         self.properties = opened.properties
         try:
             link.opened(opened)
@@ -139,6 +146,22 @@ class Session:
             if len(self._queued) >= MAX_QUEUED_CALLS or self._queued_bytes >= MAX_QUEUED_BYTES:
                 self._flush_now()
 
+    def flush(self) -> None:
+        """Send what is queued now, without waiting: the device works on it meanwhile.
+
+        A failure is not raised here (the program is busy with another device): the
+        session's next call reports it, as CUDA reports an asynchronous error."""
+        with self._lock:
+            if self._queued and self._sticky is None:
+                try:
+                    self._flush_now()
+                except GpupoolError:
+                    pass
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._queued)
+
     @_exchange
     def _flush_now(self) -> None:
         self._flush()
@@ -146,6 +169,8 @@ class Session:
     @_exchange
     def call(self, request: pb.Request) -> pb.Reply:
         """Send ``request`` with everything queued and return its reply (raising its error)."""
+        if self._before_wait is not None:
+            self._before_wait(self)
         with self._lock:
             request.wait = True
             self._send_with_queue(request)
@@ -155,6 +180,9 @@ class Session:
     def read(self, request: pb.Request, target: memoryview) -> None:
         """Send a device-to-host copy and write its data into ``target`` as it arrives (or
         have the worker write it there, where it can reach ``target`` itself)."""
+        STATS.bytes_received += len(target)
+        if self._before_wait is not None:
+            self._before_wait(self)
         with self._lock:
             host = self._host_ref(target)
             if host is not None:  # the worker writes into the target itself
@@ -178,6 +206,9 @@ class Session:
     def write(self, header: pb.Request, data: memoryview, wait: bool) -> None:
         """Send a host-to-device copy: inline when small, by reference when the worker can
         reach the host memory itself (``Link.host_ref``), else its header then its payload."""
+        STATS.bytes_sent += len(data)
+        if wait and self._before_wait is not None:
+            self._before_wait(self)
         with self._lock:
             size = header.memcpy_htod.size
             if size <= self._link.inline_limit:

@@ -324,6 +324,124 @@ class DeviceSynchronize(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class PeerConnect(_message.Message):
+    __slots__ = ("link", "url", "key", "token", "stripes")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
+    link: int
+    url: str
+    key: bytes
+    token: str
+    stripes: int
+    def __init__(self, link: _Optional[int] = ..., url: _Optional[str] = ..., key: _Optional[bytes] = ..., token: _Optional[str] = ..., stripes: _Optional[int] = ...) -> None: ...
+
+class PeerSend(_message.Message):
+    __slots__ = ("link", "src", "size", "stream")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    link: int
+    src: int
+    size: int
+    stream: int
+    def __init__(self, link: _Optional[int] = ..., src: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class PeerRecv(_message.Message):
+    __slots__ = ("link", "dst", "size", "stream")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    link: int
+    dst: int
+    size: int
+    stream: int
+    def __init__(self, link: _Optional[int] = ..., dst: _Optional[int] = ..., size: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class Collective(_message.Message):
+    __slots__ = ("kind", "send", "recv", "count", "dtype", "op", "rank", "ranks", "root", "next", "prev", "stream")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ALL_REDUCE: _ClassVar[Collective.Kind]
+        REDUCE: _ClassVar[Collective.Kind]
+        BROADCAST: _ClassVar[Collective.Kind]
+        ALL_GATHER: _ClassVar[Collective.Kind]
+        REDUCE_SCATTER: _ClassVar[Collective.Kind]
+    ALL_REDUCE: Collective.Kind
+    REDUCE: Collective.Kind
+    BROADCAST: Collective.Kind
+    ALL_GATHER: Collective.Kind
+    REDUCE_SCATTER: Collective.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    RECV_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    kind: Collective.Kind
+    send: int
+    recv: int
+    count: int
+    dtype: str
+    op: str
+    rank: int
+    ranks: int
+    root: int
+    next: int
+    prev: int
+    stream: int
+    def __init__(self, kind: _Optional[_Union[Collective.Kind, str]] = ..., send: _Optional[int] = ..., recv: _Optional[int] = ..., count: _Optional[int] = ..., dtype: _Optional[str] = ..., op: _Optional[str] = ..., rank: _Optional[int] = ..., ranks: _Optional[int] = ..., root: _Optional[int] = ..., next: _Optional[int] = ..., prev: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
+
+class AttachPeer(_message.Message):
+    __slots__ = ("key", "token", "link", "stripe", "stripes")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    token: str
+    link: int
+    stripe: int
+    stripes: int
+    def __init__(self, key: _Optional[bytes] = ..., token: _Optional[str] = ..., link: _Optional[int] = ..., stripe: _Optional[int] = ..., stripes: _Optional[int] = ...) -> None: ...
+
+class PeerData(_message.Message):
+    __slots__ = ("size", "error", "region", "offset", "region_size", "ipc")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REGION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IPC_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    error: Error
+    region: int
+    offset: int
+    region_size: int
+    ipc: bytes
+    def __init__(self, size: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., region: _Optional[int] = ..., offset: _Optional[int] = ..., region_size: _Optional[int] = ..., ipc: _Optional[bytes] = ...) -> None: ...
+
+class PeerHandover(_message.Message):
+    __slots__ = ("link", "stripe", "stripes")
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    STRIPE_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
+    link: int
+    stripe: int
+    stripes: int
+    def __init__(self, link: _Optional[int] = ..., stripe: _Optional[int] = ..., stripes: _Optional[int] = ...) -> None: ...
+
 class Batch(_message.Message):
     __slots__ = ("requests",)
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -331,7 +449,7 @@ class Batch(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[Request, _Mapping]]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op", "torch_op", "attach")
+    __slots__ = ("wait", "open", "mem_get_info", "malloc", "free", "memcpy_htod", "chunk", "memcpy_dtoh", "memcpy_dtod", "memset", "module_load", "module_unload", "get_function", "launch", "stream_create", "stream_destroy", "stream_synchronize", "stream_wait_event", "event_create", "event_destroy", "event_record", "event_query", "event_synchronize", "event_elapsed_time", "device_synchronize", "batch", "array_op", "torch_op", "peer_connect", "peer_send", "peer_recv", "collective", "attach", "attach_peer")
     WAIT_FIELD_NUMBER: _ClassVar[int]
     OPEN_FIELD_NUMBER: _ClassVar[int]
     MEM_GET_INFO_FIELD_NUMBER: _ClassVar[int]
@@ -360,7 +478,12 @@ class Request(_message.Message):
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ARRAY_OP_FIELD_NUMBER: _ClassVar[int]
     TORCH_OP_FIELD_NUMBER: _ClassVar[int]
+    PEER_CONNECT_FIELD_NUMBER: _ClassVar[int]
+    PEER_SEND_FIELD_NUMBER: _ClassVar[int]
+    PEER_RECV_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
     ATTACH_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_PEER_FIELD_NUMBER: _ClassVar[int]
     wait: bool
     open: OpenSession
     mem_get_info: MemGetInfo
@@ -389,8 +512,13 @@ class Request(_message.Message):
     batch: Batch
     array_op: ArrayOp
     torch_op: TorchOp
+    peer_connect: PeerConnect
+    peer_send: PeerSend
+    peer_recv: PeerRecv
+    collective: Collective
     attach: AttachStripe
-    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ..., torch_op: _Optional[_Union[TorchOp, _Mapping]] = ..., attach: _Optional[_Union[AttachStripe, _Mapping]] = ...) -> None: ...
+    attach_peer: AttachPeer
+    def __init__(self, wait: _Optional[bool] = ..., open: _Optional[_Union[OpenSession, _Mapping]] = ..., mem_get_info: _Optional[_Union[MemGetInfo, _Mapping]] = ..., malloc: _Optional[_Union[Malloc, _Mapping]] = ..., free: _Optional[_Union[Free, _Mapping]] = ..., memcpy_htod: _Optional[_Union[MemcpyHtoD, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., memcpy_dtoh: _Optional[_Union[MemcpyDtoH, _Mapping]] = ..., memcpy_dtod: _Optional[_Union[MemcpyDtoD, _Mapping]] = ..., memset: _Optional[_Union[Memset, _Mapping]] = ..., module_load: _Optional[_Union[ModuleLoad, _Mapping]] = ..., module_unload: _Optional[_Union[ModuleUnload, _Mapping]] = ..., get_function: _Optional[_Union[GetFunction, _Mapping]] = ..., launch: _Optional[_Union[Launch, _Mapping]] = ..., stream_create: _Optional[_Union[StreamCreate, _Mapping]] = ..., stream_destroy: _Optional[_Union[StreamDestroy, _Mapping]] = ..., stream_synchronize: _Optional[_Union[StreamSynchronize, _Mapping]] = ..., stream_wait_event: _Optional[_Union[StreamWaitEvent, _Mapping]] = ..., event_create: _Optional[_Union[EventCreate, _Mapping]] = ..., event_destroy: _Optional[_Union[EventDestroy, _Mapping]] = ..., event_record: _Optional[_Union[EventRecord, _Mapping]] = ..., event_query: _Optional[_Union[EventQuery, _Mapping]] = ..., event_synchronize: _Optional[_Union[EventSynchronize, _Mapping]] = ..., event_elapsed_time: _Optional[_Union[EventElapsedTime, _Mapping]] = ..., device_synchronize: _Optional[_Union[DeviceSynchronize, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., array_op: _Optional[_Union[ArrayOp, _Mapping]] = ..., torch_op: _Optional[_Union[TorchOp, _Mapping]] = ..., peer_connect: _Optional[_Union[PeerConnect, _Mapping]] = ..., peer_send: _Optional[_Union[PeerSend, _Mapping]] = ..., peer_recv: _Optional[_Union[PeerRecv, _Mapping]] = ..., collective: _Optional[_Union[Collective, _Mapping]] = ..., attach: _Optional[_Union[AttachStripe, _Mapping]] = ..., attach_peer: _Optional[_Union[AttachPeer, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("name", "message", "log")
@@ -649,15 +777,17 @@ class AttachStripe(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., stripe: _Optional[int] = ...) -> None: ...
 
 class Handover(_message.Message):
-    __slots__ = ("session_id", "key", "first", "stripe", "shared_memory")
+    __slots__ = ("session_id", "key", "first", "stripe", "shared_memory", "peer")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     FIRST_FIELD_NUMBER: _ClassVar[int]
     STRIPE_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     key: bytes
     first: bytes
     stripe: int
     shared_memory: bool
-    def __init__(self, session_id: _Optional[str] = ..., key: _Optional[bytes] = ..., first: _Optional[bytes] = ..., stripe: _Optional[int] = ..., shared_memory: _Optional[bool] = ...) -> None: ...
+    peer: PeerHandover
+    def __init__(self, session_id: _Optional[str] = ..., key: _Optional[bytes] = ..., first: _Optional[bytes] = ..., stripe: _Optional[int] = ..., shared_memory: _Optional[bool] = ..., peer: _Optional[_Union[PeerHandover, _Mapping]] = ...) -> None: ...

@@ -104,6 +104,21 @@ class Admission:
             env = mps.worker_env(grant.fraction)
         return Admitted(request.SerializeToString(), grant.allocation, env, grant.memory)
 
+    def admit_peer(self, token: str, device: int, allocation: str) -> None:
+        """Check a peer link into a session of ``allocation`` on ``device``: its grant must be
+        for that device and that allocation (any link, on a bare daemon)."""
+        if self._secret is None:
+            return
+        grant = grants.verify(token, self._secret, self.node, device, self._clock())
+        if grant.allocation != allocation:
+            raise CUDARuntimeError(
+                "cudaErrorNotPermitted",
+                f"a grant of allocation {grant.allocation} cannot reach a session of another",
+            )
+        with self._lock:
+            if grant.allocation in self._ended:
+                raise lease_ended(grant.allocation)
+
     def watch(
         self, admitted: Admitted, device: int, end: Callable[[CUDARuntimeError], None]
     ) -> Callable[[], None]:

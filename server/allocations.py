@@ -37,6 +37,14 @@ class AllocationTable:
         self._bases.pop(bisect.bisect_left(self._bases, base))
         return self._sizes.pop(base)
 
+    def find(self, ptr: int) -> tuple[int, int] | None:
+        """The (base, size) of the allocation ``ptr`` lies in, if any."""
+        index = bisect.bisect_right(self._bases, ptr) - 1
+        if index < 0:
+            return None
+        base = self._bases[index]
+        return (base, self._sizes[base]) if ptr < base + self._sizes[base] else None
+
     def check(self, ptr: int, size: int, what: str) -> int:
         """Raise unless ``[ptr, ptr + size)`` lies inside one allocation of this session;
         the base of that allocation."""

@@ -13,9 +13,13 @@ blocked on it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,11 +32,13 @@ from gpupool.server.allocations import AllocationTable, MemoryQuota
 from gpupool.server.arrays import ArrayFunctions, quietly
 from gpupool.server.backends import translated
 from gpupool.server.backends.base import Backend
+from gpupool.server.collectives import RingCollective
 from gpupool.server.counters import Cell, SlotCounters
 from gpupool.server.host_memory import SharedHostMemory
 from gpupool.server.includes import check_includes
 from gpupool.server.launches import PreparedLaunches
 from gpupool.server.ledger import QuotaAccount
+from gpupool.server.peers import Peers
 from gpupool.transport.payload import DiscardSink, Sink, Source, pieces
 
 if TYPE_CHECKING:
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _NOT_IN_A_BATCH = ("batch", "chunk", "open")
+MAX_OPEN_REGIONS = 256  # other workers' allocations a session keeps open, and their bytes
+MAX_OPEN_BYTES = 1 << 30
 
 
 def error_message(exc: GpupoolError) -> pb.Error:
@@ -139,6 +147,22 @@ class _DeviceSink:
                 copy.fatal = exc
 
 
+class _PeerSink:
+    """Device memory at ``ptr`` as the sink of a peer transfer."""
+
+    def __init__(self, executor: SessionExecutor, ptr: int, stream: object) -> None:
+        self._executor = executor
+        self._ptr = ptr
+        self._stream = stream
+
+    def target(self, offset: int, size: int) -> memoryview | None:
+        return self._executor.backend.host_view(self._ptr + offset, size)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        backend, ptr = self._executor.backend, self._ptr + offset
+        self._executor._guarded(lambda: backend.write(ptr, data, self._stream))
+
+
 class _DeviceSource:
     """A device range as a payload source (the daemon's side of a device-to-host copy)."""
 
@@ -200,18 +224,21 @@ class SessionExecutor:
         account: QuotaAccount | None = None,
         pooled: bool = False,
         counters: SlotCounters | None = None,
+        peers: Peers | None = None,
     ) -> None:
         """``translate`` turns a backend library's own exception types into gpupool's;
         ``host_memory`` is what the client shared (shm:// sessions), which copies may name;
         ``account`` is this worker's row of the device's quota ledger, shared with the other
         sessions of its allocation; ``pooled``: the daemon is in a pool, so every session
         has a quota; ``counters`` is the worker's row of the device's counters
-        (``/metrics``)."""
+        (``/metrics``); ``peers`` are the session's links to other workers (none: peer calls
+        are refused)."""
         self.backend = backend
         self._account = account
         self._pooled = pooled
         self._counts = counters or SlotCounters.detached()
         self._host_memory = host_memory
+        self._peers = peers
         self.poisoned = False
         self._device = backend.properties()
         self._translate = translate
@@ -230,9 +257,46 @@ class SessionExecutor:
         self._held: pb.Error | None = None
         self._copy: _PendingCopy | None = None
         self._opened = False
+        # held by every call; released while a peer transfer waits (server/deferred.py)
+        self._lock = threading.RLock()
+        self._exports: dict[int, tuple[int, int, int, bytes, int | None]] = {}  # by base
+        self._regions = itertools.count(1)
+        # (link, region) -> (address, size), oldest first
+        self._opened_regions: dict[tuple[int, int], tuple[int, int]] = {}
 
     def handle(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         """The replies to ``request``: none unless it waits or poisons the context."""
+        with self._lock:
+            yield from self._quiet(request)
+
+    def batch_calls(self, request: pb.Request) -> list[pb.Request] | None:
+        """A request as the calls it holds, to be handled one by one (itself, if not a
+        batch); None for a batch that is refused whole."""
+        if not request.HasField("batch"):
+            return [request]
+        inner = request.batch.requests
+        calls = [each.WhichOneof("call") for each in inner]
+        waiting = [index for index, each in enumerate(inner) if each.wait]
+        if any(call in _NOT_IN_A_BATCH for call in calls) or (
+            waiting and (request.wait or waiting != [len(inner) - 1])
+        ):
+            return None
+        if request.wait:  # the batch's own reply: its last call's
+            if not inner:
+                return [pb.Request(wait=True, device_synchronize=pb.DeviceSynchronize())]
+            inner[-1].wait = True
+        return list(inner)
+
+    @contextlib.contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Let other calls in while a peer transfer waits for the other worker."""
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+
+    def _quiet(self, request: pb.Request) -> Iterator[pb.Reply | DeviceData]:
         if request.HasField("array_op") or request.HasField("batch"):
             # Once a message, and only where array functions may run: silencing warnings
             # costs more than a launch or a small copy, and a batch holds thousands.
@@ -533,6 +597,7 @@ class SessionExecutor:
             return
         size = self._allocations.remove(call.ptr)
         self._arrays.freed(call.ptr)
+        self._exports.pop(call.ptr, None)
         self.backend.free(call.ptr)
         self._quota.release(size, self.backend.own_memory())
         self._cap_backend_memory()
@@ -629,6 +694,152 @@ class SessionExecutor:
         self._torch.run(call, self._streams.get(call.stream))
         self._counts.array_op()  # a tensor operation is an array operation on the device
 
+    # Peer links: copies and collectives straight between workers (server/peers.py).
+
+    def _peer_links(self) -> Peers:
+        if self._peers is None:
+            raise CUDARuntimeError(
+                "cudaErrorPeerAccessUnsupported", "this session's worker has no peer links"
+            )
+        return self._peers
+
+    def _do_peer_connect(self, call: pb.PeerConnect) -> None:
+        self._peer_links().connect(call)
+
+    def _do_peer_send(self, call: pb.PeerSend) -> None:
+        """Send a device range on a link; a refusal still goes to the receiver (as an error
+        in place of the data), so that it does not wait for bytes that never come."""
+        link = self._peer_links().outbound(call.link)
+        try:
+            self._allocations.check(call.src, call.size, "peer copy source")
+            stream = self._streams.get(call.stream)
+        except CUDARuntimeError as exc:
+            link.send_error(error_message(exc))
+            raise
+        exported = self._exported(call.src) if link.local else None
+        with self._unlocked():
+            if exported is None:
+                link.send(call.size, _DeviceSource(self, call.src, stream))
+            else:
+                region, base, size, handle, fd = exported
+                link.send_region(region, call.src - base, call.size, size, handle, fd)
+
+    def _exported(self, ptr: int) -> tuple[int, int, int, bytes, int | None] | None:
+        """The allocation ``ptr`` is in as a region a worker of this daemon can open: (id,
+        base, size, handle, descriptor); None where the backend cannot share it."""
+        found = self._allocations.find(ptr)
+        if found is None:
+            return None
+        base, size = found
+        known = self._exports.get(base)
+        if known is None:
+            export = self.backend.export_memory(base, size)
+            if export is None:
+                return None
+            known = self._exports[base] = (next(self._regions), base, size, *export)
+        return known
+
+    def _open_region(
+        self, link: int, header: pb.PeerData, fd: int | None, dst: int, stream: object
+    ) -> pb.Error | None:
+        """Copy a transfer from another worker's memory, opened here once per region."""
+        if header.offset + header.size > header.region_size:
+            if fd is not None:
+                os.close(fd)
+            return pb.Error(name="cudaErrorInvalidValue", message="peer copy past its region")
+        key = (link, header.region)
+        opened = self._opened_regions.pop(key, None)  # and back in, as the newest
+        if opened is None:
+            self._close_regions(MAX_OPEN_REGIONS - 1, MAX_OPEN_BYTES - header.region_size)
+            address = self.backend.open_peer_memory(header.ipc, fd, header.region_size)
+            opened = (address, header.region_size)
+        elif fd is not None:
+            os.close(fd)
+        self._opened_regions[key] = opened
+        base = opened[0]
+        self._guarded(lambda: self.backend.copy(dst, base + header.offset, header.size, stream))
+        return None
+
+    def _close_regions(self, count: int, size: int) -> None:
+        """Close the oldest opened regions until at most ``count`` of at most ``size`` bytes
+        stay open: a region the sender has freed is kept alive by its mapping here."""
+        held = sum(each for _base, each in self._opened_regions.values())
+        while self._opened_regions and (len(self._opened_regions) > count or held > size):
+            base, each = self._opened_regions.pop(next(iter(self._opened_regions)))
+            self.backend.close_peer_memory(base)
+            held -= each
+
+    def _do_peer_recv(self, call: pb.PeerRecv) -> None:
+        with self._unlocked():
+            link = self._peer_links().inbound.get(call.link)
+        refused: CUDARuntimeError | None = None
+        try:
+            self._allocations.check(call.dst, call.size, "peer copy destination")
+            stream = self._streams.get(call.stream)
+        except CUDARuntimeError as exc:
+            refused, stream = exc, None
+        sink: Sink = DiscardSink() if refused else _PeerSink(self, call.dst, stream)
+
+        def local(header: pb.PeerData, fd: int | None) -> pb.Error | None:
+            if refused is not None or header.size != call.size:
+                if fd is not None:
+                    os.close(fd)
+                return None if refused else pb.Error(name="cudaErrorInvalidValue")
+            return self._open_region(call.link, header, fd, call.dst, stream)
+
+        with self._unlocked():
+            error = link.receive(call.size, sink, DiscardSink(), local)
+        if refused is not None:
+            raise refused
+        if error is not None:
+            raise CUDARuntimeError(error.name, f"peer copy: {error.message}")
+
+    def _do_collective(self, call: pb.Collective) -> None:
+        """This rank's walk of a collective. A rank that refuses the call (a buffer outside
+        its memory) or hears of a refusal walks on all the same, passing the error in place
+        of data, so that every rank ends its walk at once with that error rather than wait
+        for a neighbour that has stopped."""
+        peers = self._peer_links()
+        stream = self._streams.get(call.stream)
+        failed: list[CUDARuntimeError] = []
+        collective = RingCollective(call, self.backend, stream, lambda: bool(failed))
+        send_bytes, recv_bytes = collective.buffer_sizes()
+        try:
+            self._allocations.check(call.send, send_bytes, "collective send buffer")
+            self._allocations.check(call.recv, recv_bytes, "collective receive buffer")
+        except CUDARuntimeError as exc:
+            failed.append(exc)
+        outbound = peers.outbound(call.next) if call.ranks > 1 else None
+        with self._unlocked():
+            inbound = peers.inbound.get(call.prev) if call.ranks > 1 else None
+        scratch = 0 if failed else collective.scratch_bytes()
+        self._quota.reserve(scratch, self.backend.own_memory())
+        ptr = self.backend.malloc(scratch) if scratch else 0
+
+        def send(src: int, size: int) -> None:
+            assert outbound is not None
+            if failed:
+                outbound.send_error(error_message(failed[0]))
+            else:
+                outbound.send(size, _DeviceSource(self, src, stream))
+
+        def receive(dst: int, size: int) -> None:
+            assert inbound is not None
+            sink: Sink = DiscardSink() if failed else _PeerSink(self, dst, stream)
+            error = inbound.receive(size, sink, DiscardSink())
+            if error is not None and not failed:
+                failed.append(CUDARuntimeError(error.name, f"collective: {error.message}"))
+
+        try:
+            with self._unlocked():
+                collective.run(ptr, send, receive)
+        finally:
+            if ptr:
+                self.backend.free(ptr)
+            self._quota.release(scratch, self.backend.own_memory())
+        if failed:
+            raise failed[0]
+
 
 # The calls an open session serves, by the name of the Request field that carries each; any
 # other field of the oneof (``attach``, which only opens a stripe connection) is refused.
@@ -656,4 +867,8 @@ _CALLS: dict[str, Callable[[SessionExecutor, Any], pb.Reply | None]] = {
     "device_synchronize": SessionExecutor._do_device_synchronize,
     "array_op": SessionExecutor._do_array_op,
     "torch_op": SessionExecutor._do_torch_op,
+    "peer_connect": SessionExecutor._do_peer_connect,
+    "peer_send": SessionExecutor._do_peer_send,
+    "peer_recv": SessionExecutor._do_peer_recv,
+    "collective": SessionExecutor._do_collective,
 }

@@ -17,6 +17,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -74,7 +75,7 @@ class DaemonService:
         self._pools = list(pools)
         self.admission = admission or Admission()
         self.endpoints: list[str] = []
-        self._keyed: dict[bytes, Worker] = {}  # open frame sessions, by SessionOpened.key
+        self._keyed: dict[bytes, _Keyed] = {}  # open sessions, by SessionOpened.key
         self._open: dict[str, Worker] = {}  # every open session, by id: for liveness checks
         self._opening = threading.BoundedSemaphore(MAX_OPENING)
 
@@ -115,7 +116,7 @@ class DaemonService:
         self, requests: Iterator[bytes], context: SessionCall, transport: str = "grpc"
     ) -> Iterator[bytes]:
         """One session: open it on a worker, then relay until either side ends."""
-        session_id = uuid.uuid4().hex[:12]
+        session_id, key = uuid.uuid4().hex[:12], os.urandom(16)
         try:
             pool, admitted = self._admit(self._opening_request(requests, context))
             worker = _start_session(pool, lambda worker: worker.send(admitted.request), admitted)
@@ -126,6 +127,7 @@ class DaemonService:
             yield pb.Reply(error=error_message(exc)).SerializeToString()
             return
         closed = self.metrics.session_opened(pool, worker.slot, transport, admitted.memory)
+        self._keyed[key] = _Keyed(worker, pool.device, admitted.allocation)  # for peer links
         context.add_callback(worker.kill)  # the client went away: end its worker now
         self._open[session_id] = worker
         ended, forget = self._watch(admitted, pool.device, worker)  # or its lease ends
@@ -139,9 +141,10 @@ class DaemonService:
             threading.Thread(
                 target=_pump, args=(requests, worker), name=f"pump-{session_id}", daemon=True
             ).start()
-            yield from self._replies(worker, session_id, ended)
+            yield from self._replies(worker, session_id, key, ended)
         finally:
             forget()
+            del self._keyed[key]
             self._open.pop(session_id, None)
             pool.release(worker)
             closed()
@@ -156,7 +159,8 @@ class DaemonService:
         session_id, key = uuid.uuid4().hex[:12], os.urandom(16)
 
         def deliver(worker: Worker) -> None:
-            self._keyed[key] = worker  # before the client can learn the key and attach
+            # before the client can learn the key and attach
+            self._keyed[key] = _Keyed(worker, pool.device, admitted.allocation)
             self._open[session_id] = worker  # and before it can ask whether it is alive
             handover = pb.Handover(
                 session_id=session_id,
@@ -200,18 +204,38 @@ class DaemonService:
 
     def attach_stripe(self, frames: FrameSocket, attach: pb.AttachStripe) -> None:
         """Give an open session's worker another connection for its payloads."""
-        worker = self._keyed.get(attach.key)
-        if worker is None:
+        keyed = self._keyed.get(attach.key)
+        if keyed is None:
             refuse(
                 frames, CUDARuntimeError("cudaErrorInvalidValue", "no open session has that key")
             )
             return
         try:
-            worker.hand_over(frames.sock, pb.Handover(stripe=attach.stripe))
+            keyed.worker.hand_over(frames.sock, pb.Handover(stripe=attach.stripe))
         except OSError:
             pass  # the session ended meanwhile; closing tells the client
         finally:
             frames.close()
+
+    def attach_peer(self, frames: FrameSocket, attach: pb.AttachPeer, shared_memory: bool) -> None:
+        """Give an open session's worker a connection of another worker's peer link, if the
+        connection holds that session's key and (on a pooled daemon) a grant of its
+        allocation: a tenant's workers reach only that tenant's devices."""
+        keyed = self._keyed.get(attach.key)
+        try:
+            if keyed is None:
+                raise CUDARuntimeError("cudaErrorInvalidValue", "no open session has that key")
+            self.admission.admit_peer(attach.token, keyed.device, keyed.allocation)
+            peer = pb.PeerHandover(link=attach.link, stripe=attach.stripe, stripes=attach.stripes)
+            handover = pb.Handover(peer=peer, shared_memory=shared_memory)
+            keyed.worker.hand_over(frames.sock, handover)
+        except CUDARuntimeError as exc:
+            log.info("peer link refused", extra=fields(reason=exc.detail))
+            refuse(frames, exc)
+            return
+        except OSError:
+            pass  # the session ended meanwhile; closing tells the peer
+        frames.close()
 
     def _opening_request(self, requests: Iterator[bytes], call: SessionCall) -> bytes:
         """A relayed session's first request, within the opening deadline; refused at once
@@ -270,19 +294,29 @@ class DaemonService:
         return ended, self.admission.watch(admitted, device, end)
 
     def _replies(
-        self, worker: Worker, session_id: str, ended: list[CUDARuntimeError]
+        self, worker: Worker, session_id: str, key: bytes, ended: list[CUDARuntimeError]
     ) -> Iterator[bytes]:
         first = True
         for raw in worker.replies():
-            if first:  # the reply to 'open': give the session its id
+            if first:  # the reply to 'open': give the session its id and key
                 reply = pb.Reply.FromString(raw)
                 if reply.HasField("opened"):
                     reply.opened.session_id = session_id
+                    reply.opened.key = key
                 raw, first = reply.SerializeToString(), False
             yield raw
         notice = _last_word(worker, session_id, ended)
         if notice is not None:
             yield notice
+
+
+@dataclass(frozen=True)
+class _Keyed:
+    """An open session as other connections name it: its worker, device and allocation."""
+
+    worker: Worker
+    device: int
+    allocation: str  # "" on a bare daemon
 
 
 def process_stopped(pid: int) -> bool:

@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -29,15 +30,18 @@ from gpupool.server import confinement, lifecycle
 from gpupool.server.backends import BackendConfig, Translate, open_backend
 from gpupool.server.backends.base import Backend
 from gpupool.server.counters import SlotCounters
+from gpupool.server.deferred import StreamThread
 from gpupool.server.executor import DeviceData, SessionExecutor, error_message
 from gpupool.server.host_memory import SharedHostMemory, share_limit
 from gpupool.server.ledger import QuotaLedger
 from gpupool.server.lifecycle import Limits, Watchdog
+from gpupool.server.peers import PEER_TIMEOUT_S, InboundLinks, Peers
 from gpupool.server.transports.channels import (
     Channel,
     FrameChannel,
     RelayChannel,
     receive_handover,
+    take_handovers,
 )
 
 log = logging.getLogger(__name__)
@@ -102,32 +106,52 @@ def serve(conn: Connection, handoffs: socket.socket, spec: WorkerSpec) -> int:
     channel = _first_contact(conn, handoffs, (backend, translate))
     if channel is None:
         return 0
+    inbound = InboundLinks(backend.staging, backend.register_host, backend.unregister_host)
+    peers = Peers(inbound, backend.staging)
+    attach_stripe = channel.attach_stripe if isinstance(channel, FrameChannel) else _refuse
+    take_handovers(handoffs, attach_stripe, inbound.add)
     executor = SessionExecutor(
-        backend, translate, channel.host_memory, account, spec.pooled, counters
+        backend, translate, channel.host_memory, account, spec.pooled, counters, peers
     )
+    sending = threading.Lock()  # replies come from this loop and from the stream thread
+
+    def send(reply: pb.Reply | DeviceData) -> None:
+        with sending:
+            channel.send(reply)
+
     watchdog = Watchdog(
-        spec.limits, lambda error: channel.send(pb.Reply(error=error_message(error))), EXIT_POISONED
+        spec.limits, lambda error: send(pb.Reply(error=error_message(error))), EXIT_POISONED
     )
+    stream = StreamThread(executor, send)
     try:
         while (item := channel.next()) is not None:
             started = time.perf_counter_ns()
             request, payload = item
             if payload:
+                stream.drain(PEER_TIMEOUT_S)
                 receive = functools.partial(channel.receive_payload, payload)
-                replies = executor.handle_payload(request, payload, receive)
+                replies: Iterator[pb.Reply | DeviceData] = executor.handle_payload(
+                    request, payload, receive
+                )
             else:
-                replies = executor.handle(request)
+                replies = stream.dispatch(request)
             for reply in _timed(replies, watchdog, request.HasField("module_load")):
-                channel.send(reply)
+                send(reply)
             counters.busy(time.perf_counter_ns() - started)
             if executor.poisoned:
                 return EXIT_POISONED
+        stream.drain(PEER_TIMEOUT_S)  # the client closed: finish what it sent
     except (ConnectionLost, OSError) as exc:  # the client went away mid-transfer
         log.info("session connection lost", extra=logs.fields(reason=str(exc)))
     finally:
+        peers.close()
         if channel.host_memory is not None:
             channel.host_memory.close()
     return 0
+
+
+def _refuse(index: int, sock: socket.socket) -> None:
+    sock.close()  # a relayed session has no stripes
 
 
 def _timed(
@@ -162,14 +186,12 @@ def _first_contact(
         except (ConnectionLost, OSError):
             return None
         if opened is None:  # no backend: the channel only carries the refusal
-            return FrameChannel(sock, handover, handoffs, _plain_buffer, lambda view: None)
+            return FrameChannel(sock, handover, _plain_buffer, lambda view: None)
         backend, translate = opened
         shared = None
         if handover.shared_memory:  # the client may share its pinned memory
             shared = SharedHostMemory(backend, translate, share_limit())
-        return FrameChannel(
-            sock, handover, handoffs, backend.staging, backend.register_host, shared
-        )
+        return FrameChannel(sock, handover, backend.staging, backend.register_host, shared)
     try:
         first = conn.recv_bytes()
     except (EOFError, OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -112,3 +113,35 @@ def test_bench_names_bad_arguments_before_running() -> None:
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"gpupool bench: cannot reach daemon {nobody}")
     assert "Traceback" not in result.stderr
+
+
+def test_bench_peer_and_collective_read_against_the_raw_link(tmp_path: Path) -> None:
+    """Two local daemon processes of two devices: cross- and same-daemon peer copies, and a
+    4-rank all-reduce with its bus bandwidth (nccl-tests: algbw x 2(N-1)/N)."""
+    for what in ("peer", "collective"):
+        out = tmp_path / f"{what}.json"
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "gpupool.cli", "bench", what, "--sizes", "1MiB"),
+                *("--json", str(out), "--plot", str(tmp_path / f"{what}.png")),
+                *("--emu-devices", "2", "--emu-memory", "1GiB", "--stripes", "2"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            env={**os.environ, "GPUPOOL_EMU_CONFINE": "0"},  # workers dial their peer links
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        index = {
+            (r["transport"], r["size_bytes"]): r for r in json.loads(out.read_text())["records"]
+        }
+        for size in (1 << 20,):
+            if what == "peer":
+                for name in ("cross-daemon", "same-daemon"):
+                    record = index[(name, size)]
+                    assert record["gbps"] > 0 and record["ratio"] > 0 and record["link_ratio"] > 0
+                assert index[("raw-tcp", size)]["gbps"] > 0 and index[("native", size)]["native"]
+            else:
+                algbw, busbw = index[("ring-4 algbw", size)], index[("ring-4 busbw", size)]
+                assert abs(busbw["gbps"] - algbw["gbps"] * 2 * 3 / 4) < 1e-9 * busbw["gbps"] + 1e-12
+                assert busbw["link_ratio"] > 0

@@ -16,6 +16,7 @@ import pytest
 import gpupool
 import gpupool.cupy as cp
 from gpupool import runtime as rt
+from gpupool.client import addressing
 from gpupool.cupy import cuda
 from gpupool.cupy._remote import descriptor
 from gpupool.errors import CUDARuntimeError
@@ -746,11 +747,11 @@ def test_a_descriptor_outside_the_sessions_memory_is_refused(connected: Daemon) 
     with pytest.raises(CUDARuntimeError, match="not inside an allocation") as caught:
         rt.deviceSynchronize()
     assert caught.value.name == "cudaErrorInvalidValue"
-    past = pb.ArrayDesc(ptr=a.data.ptr, shape=[1 << 20], strides=[8], dtype="<f8")
+    past = pb.ArrayDesc(ptr=addressing.raw(a.data.ptr), shape=[1 << 20], strides=[8], dtype="<f8")
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=past)], out=[past]))
     with pytest.raises(CUDARuntimeError, match="past the end"):
         rt.deviceSynchronize()
-    backwards = pb.ArrayDesc(ptr=a.data.ptr, shape=[4], strides=[-8], dtype="<f8")
+    backwards = pb.ArrayDesc(ptr=addressing.raw(a.data.ptr), shape=[4], strides=[-8], dtype="<f8")
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=backwards)], out=[backwards]))
     with pytest.raises(CUDARuntimeError, match="not inside an allocation"):
         rt.deviceSynchronize()
@@ -759,11 +760,11 @@ def test_a_descriptor_outside_the_sessions_memory_is_refused(connected: Daemon) 
 
 def test_the_daemon_refuses_what_its_table_does_not_hold(connected: Daemon) -> None:
     a = cp.arange(4, dtype=np.float64)
-    desc = pb.ArrayDesc(ptr=a.data.ptr, shape=[4], strides=[8], dtype="<f8")
+    desc = pb.ArrayDesc(ptr=addressing.raw(a.data.ptr), shape=[4], strides=[8], dtype="<f8")
     _submit(pb.ArrayOp(function="__import__", args=[pb.Operand(text="os")], out=[desc]))
     with pytest.raises(CUDARuntimeError, match="not in the table"):
         rt.deviceSynchronize()
-    objects = pb.ArrayDesc(ptr=a.data.ptr, shape=[4], strides=[8], dtype="|O")
+    objects = pb.ArrayDesc(ptr=addressing.raw(a.data.ptr), shape=[4], strides=[8], dtype="|O")
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=objects)], out=[desc]))
     with pytest.raises(TypeError, match="not a numeric dtype"):
         rt.deviceSynchronize()
@@ -798,7 +799,7 @@ def test_kept_views_go_when_their_memory_is_freed(connected: Daemon) -> None:
         cp.negative(a, out=a)  # the same operation's bytes, again and again
     same(a, np.arange(8.0))
     desc = descriptor(a)
-    ptr = a.data.ptr
+    ptr = addressing.raw(a.data.ptr)  # the daemon's own address, as it reports it
     del a, own
     gc.collect()
     _submit(pb.ArrayOp(function="negative", args=[pb.Operand(array=desc)], out=[desc]))

@@ -114,7 +114,10 @@ def test_copy_and_array_move_an_array_to_the_current_device(connected: Daemon) -
     here = cp.arange(4.0)
     moved, made, fortran = remote.copy(), cp.array(remote[:, ::2]), remote.copy(order="F")
     assert moved.device_id == made.device_id == fortran.device_id == 0
-    assert cp.asarray(remote) is remote  # asarray copies nothing, as CuPy's
+    assert cp.asarray(here) is here  # asarray copies nothing on the current device, as CuPy's
+    brought = cp.asarray(remote)  # and moves an array of another device here, as CuPy's
+    assert brought is not remote and brought.device_id == 0
+    np.testing.assert_array_equal(brought.get(), values)
     np.testing.assert_array_equal((moved + here).get(), values + np.arange(4.0))
     np.testing.assert_array_equal(made.get(), values[:, ::2])
     assert fortran.flags.f_contiguous

@@ -1,7 +1,8 @@
 """The layer order, checked on the source: each module imports only its own layer or lower ones.
 
 core (errors, units, addresses, logs, grants, proto) → transport → client / server / scheduler
-(which do not import one another) → shims (gpupool.cupy, gpupool.torch) → CLI / bench. Every
+(which do not import one another) → shims (gpupool.cupy, then gpupool.torch, which builds on
+its memory pools) → CLI / bench (and gpupool run's start-up hook, client/bootstrap). Every
 import counts, at module level or inside a function, so a lazy import cannot hide a
 dependency; so does ``importlib.import_module`` of a constant name.
 """
@@ -157,10 +158,12 @@ def test_the_checker_sees_imports_inside_functions() -> None:
 def test_a_worker_never_imports_the_client() -> None:
     """A daemon's worker is a fresh interpreter running gpupool.server.worker."""
     check = (
-        "import sys, gpupool.server.worker, gpupool.server.daemon\n"
+        "import sys, gpupool.server.worker\n"
+        "grpc = 'grpc' in sys.modules  # a worker reaches peers over tcp:// and shm:// only\n"
+        "import gpupool.server.daemon\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[:2] == ['gpupool', 'client'])\n"
-        "print(bad)\n"
-        "sys.exit(1 if bad else 0)\n"
+        "print(bad, grpc)\n"
+        "sys.exit(1 if bad or grpc else 0)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=50

@@ -21,7 +21,7 @@ import pytest
 
 import gpupool
 from gpupool import runtime as rt
-from gpupool.client import context
+from gpupool.client import addressing, context
 from gpupool.client.session import Session
 from gpupool.cupy.cuda.pinned_memory import PinnedMemory, PinnedMemoryPointer
 from gpupool.errors import CUDARuntimeError
@@ -162,6 +162,7 @@ def test_forged_references_are_refused_and_the_session_goes_on(shm_session: Sess
     ptr = rt.malloc(size)
     rt.memcpy(ptr, host.ctypes.data, size, rt.memcpyHostToDevice)  # shares the block
     block = block_id(host)
+    raw = addressing.raw(ptr)  # the daemon's own address, as requests on the wire carry it
     forged = [
         (pb.HostRef(block=block + 1000, offset=0), size, "was not shared with this session"),
         (pb.HostRef(block=block, offset=1), size, f"offset 1 of host block {block} reach past"),
@@ -169,11 +170,11 @@ def test_forged_references_are_refused_and_the_session_goes_on(shm_session: Sess
     ]
     for ref, n, said in forged:
         with pytest.raises(CUDARuntimeError, match=said) as refused:
-            shm_session.call(pb.Request(memcpy_htod=pb.MemcpyHtoD(dst=ptr, size=n, host=ref)))
+            shm_session.call(pb.Request(memcpy_htod=pb.MemcpyHtoD(dst=raw, size=n, host=ref)))
         assert refused.value.name == "cudaErrorInvalidValue"
         with pytest.raises(CUDARuntimeError, match=said):
-            shm_session.call(pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=ptr, size=n, host=ref)))
-    outside = pb.MemcpyHtoD(dst=ptr + size, size=size, host=pb.HostRef(block=block))
+            shm_session.call(pb.Request(memcpy_dtoh=pb.MemcpyDtoH(src=raw, size=n, host=ref)))
+    outside = pb.MemcpyHtoD(dst=raw + size, size=size, host=pb.HostRef(block=block))
     with pytest.raises(CUDARuntimeError, match="host-to-device copy"):
         shm_session.call(pb.Request(memcpy_htod=outside))
     host[:] = 9  # the session goes on, with its block
@@ -190,7 +191,7 @@ def test_a_reference_over_a_transport_without_shared_memory_is_refused(
         gpupool.connect(daemon.address, transport=transport)
         try:
             session = context.current().session()
-            ptr = rt.malloc(MiB)
+            ptr = addressing.raw(rt.malloc(MiB))
             copy = pb.MemcpyHtoD(dst=ptr, size=MiB, host=pb.HostRef(block=1))
             with pytest.raises(CUDARuntimeError, match="only over shm://"):
                 session.call(pb.Request(memcpy_htod=copy))
@@ -203,7 +204,7 @@ def test_a_reference_over_a_transport_without_shared_memory_is_refused(
 def raw_shm(daemon: Daemon) -> Iterator[ShmLink]:
     """An open shm:// session's link, to send frames a well-behaved client never sends."""
     url = next(url for url in daemon.endpoints if urlsplit(url).scheme == "shm")
-    link = open_shm(Endpoint(url, None), 10)  # type: ignore[arg-type]
+    link = open_shm(Endpoint(url), 10)
     assert isinstance(link, ShmLink)
     session = Session(link, 0)
     yield link

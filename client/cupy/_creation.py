@@ -159,8 +159,8 @@ def array(
 
         obj = stack([asarray(each) for each in obj])
     if isinstance(obj, ndarray):
-        if copy and obj.device_id != runtime.getDevice():
-            # CuPy: "an array on the current device"; the move is the copy
+        if obj.device_id != runtime.getDevice():
+            # an array on the current device (asarray too): the move, a peer copy, is the copy
             obj, copy = obj.copy(order="K" if order in ("A", "K") else order), False
         result = obj.astype(obj.dtype if dtype is None else dtype, order=order, copy=copy)
     else:

@@ -345,14 +345,15 @@ class ndarray:
 
     def copy(self, order: str = "C") -> ndarray:
         """A copy on the current device, as CuPy's (the way to move an array between devices:
-        through the host when it is on another device, which may be another daemon)."""
+        a peer copy, worker to worker, even when the other device is on another daemon)."""
         current = runtime.getDevice()
         if current == self.device_id:
             return self.astype(self._dtype, order=order)
         layout_order = _resolve_order(self, order)
-        host = self.get()  # a synchronizing call, as CuPy's peer copy waits for the source
+        # made contiguous on its own device first, then moved whole
+        source = self if self.flags.c_contiguous else self.astype(self._dtype, order="C")
         moved = ndarray(self._shape, self._dtype)  # on the current device
-        moved.set(host)
+        moved.data.copy_from_device_async(source.data, self.nbytes)
         return moved if layout_order == "C" else moved.astype(self._dtype, order="F")
 
     def fill(self, value: Any) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpupool.client import context, runtime
+from gpupool.client import addressing, context, runtime
 from gpupool.cupy import cuda
 from gpupool.proto import batch
 from gpupool.proto import gpupool_pb2 as pb
@@ -89,7 +89,10 @@ def on_device(device: int) -> Iterator[None]:
 def descriptor(array: ndarray) -> pb.ArrayDesc:
     """The wire form of an array (an array's pointer, shape and strides are fixed)."""
     return pb.ArrayDesc(
-        ptr=array.data.ptr, shape=array.shape, strides=array.strides, dtype=array.dtype.str
+        ptr=addressing.raw(array.data.ptr),
+        shape=array.shape,
+        strides=array.strides,
+        dtype=array.dtype.str,
     )
 
 
@@ -100,7 +103,7 @@ def wire(array: ndarray) -> tuple[bytes, bytes]:
     encode, for the next array with that pointer, shape and strides."""
     fields: tuple[bytes, bytes] | None = array.__dict__.get("_wire")
     if fields is None:
-        key = (array.data.ptr, array._shape, array._strides, array._dtype)
+        key = (addressing.raw(array.data.ptr), array._shape, array._strides, array._dtype)
         fields = _WIRES.get(key)
         if fields is None:
             desc = _descriptor_bytes(*key)

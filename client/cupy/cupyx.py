@@ -1,10 +1,12 @@
-"""``cupyx`` under ``gpupool run``: CuPy's extras that the shim covers (none yet).
+"""``cupyx`` under ``gpupool run``: CuPy's extras that the shim covers (``cupyx.distributed``).
 
-A program that imports ``cupyx`` starts; using a name from it raises ``NotImplementedError``
-naming it, so that nothing silently runs differently (docs/cupy.md).
+A program that imports ``cupyx`` starts; using another name from it raises
+``NotImplementedError`` naming it, so that nothing silently runs differently (docs/cupy.md).
 """
 
 from typing import NoReturn
+
+from gpupool.cupy import distributed
 
 
 def __getattr__(name: str) -> NoReturn:
@@ -13,3 +15,6 @@ def __getattr__(name: str) -> NoReturn:
     raise NotImplementedError(
         f"cupyx.{name} is not supported by gpupool's CuPy shim (docs/cupy.md)"
     )
+
+
+__all__ = ["distributed"]

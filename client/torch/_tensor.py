@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gpupool.client import addressing
 from gpupool.cupy.cuda.memory import MemoryPointer
 
 
@@ -44,7 +45,8 @@ class RemoteTensor(torch.Tensor):
         )
         tensor._mem = mem
         tensor._index = index
-        tensor._ptr = mem.ptr + offset * dtype.itemsize
+        # the daemon's own address: what the torch shim's requests carry
+        tensor._ptr = addressing.raw(mem.ptr) + offset * dtype.itemsize
         tensor._key = (dtype, shape, strides, offset, index)
         return tensor
 

@@ -12,6 +12,8 @@ from rich.table import Table
 from gpupool.bench.runner import COPIES, Record
 from gpupool.units import format_size
 
+BANDWIDTH = (*COPIES, "peer", "allreduce")  # the operations figured in GB/s, by size
+
 
 def _columns(records: Sequence[Record]) -> list[str]:
     """Targets in the order they were measured: natives, raw links, then transports."""
@@ -39,6 +41,8 @@ def print_tables(records: Sequence[Record], console: Console) -> None:
     names = _columns(records)
     for op, title in (
         *((copy, f"{copy.upper()} bandwidth (median)") for copy in COPIES),
+        ("peer", "Device-to-device copies between devices, worker to worker (median)"),
+        ("allreduce", "All-reduce of float32 (sum): algorithm and bus bandwidth (nccl-tests)"),
         ("latency", "Synchronizing 4-byte copy: median round trip"),
         ("launch", "Asynchronous kernel launches"),
     ):
@@ -48,7 +52,7 @@ def print_tables(records: Sequence[Record], console: Console) -> None:
         )
         if not rows:
             continue
-        copies = op in COPIES
+        copies = op in BANDWIDTH
         table = Table(title=title)
         headers = ("size", "target", "figure", "remote/native", "remote/raw link")
         shown = headers if copies else headers[1:] if op == "latency" else headers[1:4]
@@ -117,10 +121,11 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(COPIES), figsize=(5 * len(COPIES), 4.2), sharey=False)
+    panels = [op for op in BANDWIDTH if any(r.op == op and r.gbps for r in records)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     names = _columns(records)
     colors = {name: f"C{index % 10}" for index, name in enumerate(names)}  # same in each panel
-    for axis, op in zip(axes, COPIES, strict=True):
+    for axis, op in zip(axes[0], panels, strict=True):
         for name in names:
             points = sorted(
                 (r.size_bytes, r.gbps) for r in records if r.op == op and r.transport == name
@@ -132,7 +137,7 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_title(op.upper())
-        axis.set_xlabel("copy size (bytes)")
+        axis.set_xlabel("size (bytes)")
         axis.set_ylabel("GB/s")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)

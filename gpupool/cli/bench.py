@@ -20,6 +20,8 @@ from gpupool.errors import GpupoolError
 from gpupool.units import format_size
 
 NAME = "bench"
+VIRTUAL = ("peer", "collective")  # a virtual node's paths (gpupool/bench/virtual.py)
+VIRTUAL_SIZES = [64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20]
 
 
 def sizes(text: str) -> list[int]:
@@ -71,8 +73,16 @@ def add(commands: Any) -> None:
         " the daemon's CPU time and the round trips per operation. Without"
         " --daemons an embedded local daemon serves (as `gpupool run` does).",
     )
-    parser.add_argument("what", choices=[*KINDS, "all"], help="what to measure")
-    parser.add_argument("--daemons", metavar="HOST:PORT", help="the daemon to measure (device 0)")
+    parser.add_argument(
+        "what",
+        choices=[*KINDS, "all", *VIRTUAL],
+        help="what to measure (peer, collective: between the devices of several daemons)",
+    )
+    parser.add_argument(
+        "--daemons",
+        metavar="HOST:PORT[,...]",
+        help="the daemon to measure (device 0); peer/collective use every one given",
+    )
     parser.add_argument(
         "--transport",
         metavar="T[,T...]",
@@ -92,6 +102,13 @@ def add(commands: Any) -> None:
         default=DEFAULT_STRIPES,
         metavar="N",
         help=f"tcp:// connections (default here {DEFAULT_STRIPES}: up to 4, one a core)",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="peer/collective without --daemons: local daemon processes to start (default 2)",
     )
     parser.add_argument(
         "--ops",
@@ -152,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
     from gpupool.transport.links.frame_links import ENV_STRIPES
 
     out = console()
+    if args.what in VIRTUAL:
+        return _virtual(args, out)
     with ExitStack() as stack:
         daemon_pid = None
         if args.daemons:
@@ -234,4 +253,54 @@ def main(args: argparse.Namespace) -> int:
     if outcome.failure is not None:
         print(f"gpupool bench: stopped early: {outcome.failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _virtual(args: argparse.Namespace, console: Any) -> int:
+    """``peer`` or ``collective``: on the daemons named, else on local daemon processes."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from gpupool.bench import virtual
+    from gpupool.transport.links.frame_links import ENV_STRIPES
+
+    os.environ[ENV_STRIPES] = str(args.stripes)
+    with ExitStack() as stack:
+        if args.daemons:
+            addresses = [part.strip() for part in args.daemons.split(",") if part.strip()]
+        else:
+            started = [stack.enter_context(daemon_process(args)) for _ in range(args.nodes)]
+            addresses = [address for address, _pid in started]
+        sizes = args.sizes or VIRTUAL_SIZES
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), console=console) as bar:
+            task = bar.add_task("starting", total=None)
+
+            def advance(what: str) -> None:
+                bar.update(task, description=what)
+
+            try:
+                if args.what == "peer":
+                    records = virtual.peer(addresses, sizes, args.stripes, advance)
+                else:
+                    records = virtual.collective(addresses, sizes, advance)
+            except GpupoolError as exc:
+                print(f"gpupool bench: {exc}", file=sys.stderr)
+                return 1
+    where = ", ".join(addresses) if args.daemons else f"{len(addresses)} local daemon processes"
+    from gpupool.bench import report
+
+    report.print_tables(records, console)
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "device": f"{args.what} ({args.backend})",
+        "daemon": where,
+        "stripes": args.stripes,
+    }
+    if args.json:
+        report.write_json(records, args.json, meta)
+        console.print(f"records: {args.json}")
+    if args.plot:
+        report.plot(records, args.plot, f"gpupool bench {args.what}, {meta['date']}")
+        console.print(f"plot: {args.plot}")
     return 0

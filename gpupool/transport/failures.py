@@ -9,9 +9,8 @@ words, chained to the original error.
 from __future__ import annotations
 
 import errno
-from typing import Literal
-
-import grpc
+import sys
+from typing import Any, Literal
 
 from gpupool.errors import (
     ConnectError,
@@ -28,7 +27,18 @@ _KINDS: dict[str, type[ConnectionLost]] = {
     "write": WriteError,
 }
 _VERBS = {"connect": "cannot reach", "read": "receiving from", "write": "sending to"}
-_TIMEOUT_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED,)
+
+
+def _rpc_error(exc: BaseException) -> Any:
+    """``exc`` as a ``grpc.RpcError``, or None. gRPC is not imported for this: an error can
+    be gRPC's only where gRPC is loaded already (a worker reaching peers over tcp:// and
+    shm:// never loads it)."""
+    grpc = sys.modules.get("grpc")
+    return exc if grpc is not None and isinstance(exc, grpc.RpcError) else None
+
+
+def _deadline_passed(rpc: Any) -> bool:
+    return bool(rpc.code() == sys.modules["grpc"].StatusCode.DEADLINE_EXCEEDED)
 
 
 def translate(exc: BaseException, doing: Doing, peer: str) -> ConnectionLost:
@@ -37,9 +47,8 @@ def translate(exc: BaseException, doing: Doing, peer: str) -> ConnectionLost:
     if isinstance(exc, ConnectionLost):
         return exc
     cause = describe(exc)
-    timed_out = isinstance(exc, TimeoutError) or (
-        isinstance(exc, grpc.RpcError) and exc.code() in _TIMEOUT_CODES
-    )
+    rpc = _rpc_error(exc)
+    timed_out = isinstance(exc, TimeoutError) or (rpc is not None and _deadline_passed(rpc))
     kind = ConnectionTimeout if timed_out else _KINDS[doing]
     if doing == "connect":
         return kind(f"{_VERBS[doing]} {peer}: {cause}")
@@ -48,9 +57,10 @@ def translate(exc: BaseException, doing: Doing, peer: str) -> ConnectionLost:
 
 def describe(exc: BaseException) -> str:
     """The cause of ``exc`` in a few words: 'connection refused', 'no answer in 10 s'."""
-    if isinstance(exc, grpc.RpcError):
-        code, details = exc.code(), exc.details() or ""
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    rpc = _rpc_error(exc)
+    if rpc is not None:
+        code, details = rpc.code(), rpc.details() or ""
+        if _deadline_passed(rpc):
             return "no answer before the deadline"
         # "failed to connect to all addresses; last error: UNKNOWN: ipv4:...: Connection refused"
         tail = details.rsplit(": ", 1)[-1].strip()

@@ -147,6 +147,21 @@ class Backend(ABC):
     @abstractmethod
     def copy(self, dst: int, src: int, size: int, stream: object) -> None: ...
 
+    # Another worker of this daemon copying straight from this one's memory (peer copies)
+
+    def export_memory(self, base: int, size: int) -> tuple[bytes, int | None] | None:
+        """What another worker of this host needs to open the allocation at ``base``: a CUDA
+        IPC handle, or the descriptor of the emulator's shared memory; None if it cannot."""
+        return None
+
+    def open_peer_memory(self, handle: bytes, fd: int | None, size: int) -> int:
+        """Map another worker's exported allocation of ``size`` bytes; its address here."""
+        raise CUDARuntimeError("cudaErrorNotSupported", "this backend opens no peer memory")
+
+    def close_peer_memory(self, ptr: int) -> None:
+        """Undo :meth:`open_peer_memory`."""
+        return None
+
     @abstractmethod
     def memset(self, ptr: int, value: int, size: int, stream: object) -> None: ...
 

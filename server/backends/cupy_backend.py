@@ -107,6 +107,19 @@ class CupyBackend(Backend):
     def free(self, ptr: int) -> None:
         runtime.free(ptr)
 
+    def export_memory(self, base: int, size: int) -> tuple[bytes, int | None] | None:
+        # CUDA IPC: a worker of the same host opens the allocation and copies device to
+        # device (over NVLink or PCIe peer access where the GPUs have it)
+        return bytes(runtime.ipcGetMemHandle(base)), None
+
+    def open_peer_memory(self, handle: bytes, fd: int | None, size: int) -> int:
+        if fd is not None:
+            os.close(fd)
+        return int(runtime.ipcOpenMemHandle(handle))
+
+    def close_peer_memory(self, ptr: int) -> None:
+        runtime.ipcCloseMemHandle(ptr)
+
     def write(self, ptr: int, data: memoryview, stream: object) -> None:
         host = np.frombuffer(data, np.uint8)
         runtime.memcpyAsync(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import sys
 import time
@@ -26,9 +27,10 @@ from gpupool.proto.kernel_args import Signature
 from gpupool.server.backends.base import Backend, DeviceInfo, Dim
 from gpupool.server.backends.emu_kernels import Compile, EmuFunction, EmuModule
 from gpupool.server.ledger import SharedTable
-from gpupool.transport import memcopy
+from gpupool.transport import memcopy, memfd
 
 ALIGNMENT = 256  # cudaMalloc's alignment
+SHAREABLE_MIN = 64 << 10  # from this size an allocation is a memfd a peer worker can map
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -98,6 +100,8 @@ class EmuBackend(Backend):
         self._slot = slot
         self._compile = compile  # a confined worker's compile service; None: compile here
         self._buffers: dict[int, np.ndarray] = {}
+        self._shared: dict[int, tuple[mmap.mmap, int, int]] = {}  # base -> map, memfd, size
+        self._opened: dict[int, mmap.mmap] = {}  # other workers' memory mapped here
 
     def properties(self) -> DeviceInfo:
         return emulated_device(self._index, self._ledger.total)
@@ -108,8 +112,18 @@ class EmuBackend(Backend):
     def malloc(self, size: int) -> int:
         self._ledger.reserve(self._slot, size)
         try:
+            if size >= SHAREABLE_MIN:  # shared memory, which a peer worker can map
+                fd = memfd.create(f"gpupool-emu-{os.getpid()}", size)
+                try:
+                    mapping = mmap.mmap(fd, size)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                ptr = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+                self._shared[ptr] = (mapping, fd, size)
+                return ptr
             buffer = np.empty(size + ALIGNMENT, np.uint8)
-        except MemoryError as exc:
+        except (MemoryError, OSError) as exc:
             self._ledger.release(self._slot, size)
             raise CUDARuntimeError("cudaErrorMemoryAllocation", str(exc)) from exc
         ptr = -buffer.ctypes.data % ALIGNMENT + buffer.ctypes.data
@@ -117,8 +131,39 @@ class EmuBackend(Backend):
         return ptr
 
     def free(self, ptr: int) -> None:
+        shared = self._shared.pop(ptr, None)
+        if shared is not None:
+            mapping, fd, size = shared
+            mapping.close()
+            os.close(fd)
+            self._ledger.release(self._slot, size)
+            return
         buffer = self._buffers.pop(ptr)
         self._ledger.release(self._slot, buffer.size - ALIGNMENT)
+
+    def export_memory(self, base: int, size: int) -> tuple[bytes, int | None] | None:
+        shared = self._shared.get(base)
+        return None if shared is None else (b"", shared[1])
+
+    def open_peer_memory(self, handle: bytes, fd: int | None, size: int) -> int:
+        if fd is None:
+            raise CUDARuntimeError("cudaErrorInvalidValue", "no memory came with the region")
+        try:
+            if memfd.check(fd) < size:
+                raise ValueError("the file is smaller than the region")
+            mapping = mmap.mmap(fd, size)
+        except (ValueError, OSError) as exc:
+            raise CUDARuntimeError("cudaErrorInvalidValue", f"peer memory refused: {exc}") from exc
+        finally:
+            os.close(fd)
+        ptr = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+        self._opened[ptr] = mapping
+        return ptr
+
+    def close_peer_memory(self, ptr: int) -> None:
+        mapping = self._opened.pop(ptr, None)
+        if mapping is not None:
+            mapping.close()
 
     def write(self, ptr: int, data: memoryview, stream: object) -> None:
         memcopy.copy(memoryview(_at(ptr, len(data))).cast("B"), data)

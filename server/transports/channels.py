@@ -80,7 +80,6 @@ class FrameChannel:
         self,
         sock: socket.socket,
         handover: pb.Handover,
-        handoffs: socket.socket,
         staging: Callable[[int], memoryview],
         register: Callable[[memoryview], None],
         host_memory: SharedHostMemory | None = None,
@@ -99,9 +98,6 @@ class FrameChannel:
         else:
             stripes = max(1, decode(handover.first).open.stripes)
             self._stripes = Stripes(self.frames, stripes, staging)
-            threading.Thread(
-                target=self._take_stripes, args=(handoffs,), name="stripes", daemon=True
-            ).start()
 
     def next(self) -> tuple[pb.Request, int] | None:
         if self._first is not None:
@@ -170,18 +166,40 @@ class FrameChannel:
         assert payload is not None
         return payload
 
-    def _take_stripes(self, handoffs: socket.socket) -> None:
-        """Attach the stripe connections the front hands over while the session lives."""
-        assert self._stripes is not None
+    def attach_stripe(self, index: int, sock: socket.socket) -> None:
+        if self._stripes is None:
+            sock.close()
+            return
+        try:
+            self._stripes.attach(index, sock)
+        except ConnectionLost as exc:
+            log.warning("stripe refused", extra=fields(reason=str(exc)))
+
+
+def take_handovers(
+    handoffs: socket.socket,
+    stripe: Callable[[int, socket.socket], None],
+    peer: Callable[[pb.PeerHandover, socket.socket, bool], None],
+) -> threading.Thread:
+    """Take the connections the front hands over while the session lives, in a thread: the
+    session's own stripes (``stripe``) and other workers' peer links (``peer``)."""
+
+    def take() -> None:
         while True:
             try:
                 handover, sock = receive_handover(handoffs)
             except (ConnectionLost, OSError):
                 return
-            try:
-                self._stripes.attach(handover.stripe, sock)
-            except ConnectionLost as exc:
-                log.warning("stripe refused", extra=fields(reason=str(exc)))
+            if handover.HasField("peer"):
+                peer(handover.peer, sock, handover.shared_memory)
+            elif handover.stripe:
+                stripe(handover.stripe, sock)
+            else:
+                sock.close()
+
+    thread = threading.Thread(target=take, name="handovers", daemon=True)
+    thread.start()
+    return thread
 
 
 def send_handover(handoffs: socket.socket, handover: pb.Handover, sock: socket.socket) -> None:

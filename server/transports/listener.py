@@ -135,6 +135,8 @@ class FrameListener:
             request = pb.Request()
         if kind == MESSAGE and not payload and request.HasField("attach") and not shared_memory:
             self._service.attach_stripe(frames, request.attach)
+        elif kind == MESSAGE and not payload and request.HasField("attach_peer"):
+            self._service.attach_peer(frames, request.attach_peer, shared_memory)
         elif kind == MESSAGE and request.open.stripes > MAX_STRIPES:
             problem = f"{request.open.stripes} stripes asked for; a session may use {MAX_STRIPES}"
             refuse(frames, CUDARuntimeError("cudaErrorInvalidValue", problem))

@@ -1,7 +1,7 @@
 """``gpupool.cupy.cuda``: devices, streams, events and memory, with CuPy's names."""
 
 from gpupool.client import runtime
-from gpupool.cupy.cuda import compiler, memory, pinned_memory
+from gpupool.cupy.cuda import compiler, memory, nccl, pinned_memory
 from gpupool.cupy.cuda.device import Device
 from gpupool.cupy.cuda.memory import (
     Memory,
@@ -52,6 +52,7 @@ __all__ = [
     "get_elapsed_time",
     "is_available",
     "memory",
+    "nccl",
     "pinned_memory",
     "runtime",
     "set_allocator",

@@ -56,6 +56,10 @@ class Device:
         with self:
             return runtime.memGetInfo()
 
+    def can_access_peer(self, peer_device_id: int) -> bool:
+        """True for any other device of the context: its worker copies to this one's."""
+        return runtime.deviceCanAccessPeer(self.id, int(peer_device_id)) == 1
+
     def __int__(self) -> int:
         return self.id
 

@@ -12,13 +12,15 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import grpc
 
 from gpupool.errors import GpupoolError
 from gpupool.proto import gpupool_pb2 as pb
 from gpupool.proto.limits import CHUNK_SIZE
+
+if TYPE_CHECKING:
+    import grpc
 
 ENV_TRANSPORT = "GPUPOOL_TRANSPORT"
 PREFERENCE = ("shm", "ucx", "tcp", "grpc")
@@ -78,10 +80,11 @@ class Link(ABC):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a daemon can be reached, and the gRPC channel every daemon has."""
+    """Where a daemon can be reached, and the gRPC channel every daemon has (None for a
+    worker's peer link, which uses only the frame transports)."""
 
     url: str
-    channel: grpc.Channel
+    channel: grpc.Channel | None = None
 
     @property
     def scheme(self) -> str:
@@ -117,10 +120,18 @@ def candidates(endpoints: Sequence[str], wanted: str | None = None) -> list[str]
     return sorted(usable, key=lambda url: rank.get(urlsplit(url).scheme, len(rank)))
 
 
-def _register_builtin() -> None:
-    from gpupool.transport.links import frame_links, grpc_link
+def _open_grpc(endpoint: Endpoint, timeout: float) -> Link:
+    """gRPC's opener, importing gRPC only when used: a worker reaching another worker over
+    tcp:// or shm:// has no use for it (and starts faster without)."""
+    from gpupool.transport.links import grpc_link
 
-    register("grpc", grpc_link.open_grpc)
+    return grpc_link.open_grpc(endpoint, timeout)
+
+
+def _register_builtin() -> None:
+    from gpupool.transport.links import frame_links
+
+    register("grpc", _open_grpc)
     register("tcp", frame_links.open_tcp)
     register("shm", frame_links.open_shm)
     try:

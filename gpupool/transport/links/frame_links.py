@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from gpupool.errors import ConnectionLost, GpupoolError
@@ -28,6 +29,7 @@ from gpupool.transport.payload import (
     BufferSource,
     DiscardSink,
     Ring,
+    Source,
     Stripes,
 )
 
@@ -53,9 +55,14 @@ class FrameLink(Link):
             raise translate(exc, "write", "the daemon") from exc
 
     def send_copy(self, header: pb.Request, data: memoryview) -> None:
+        self.send_payload(header.SerializeToString(), len(data), BufferSource(data))
+
+    def send_payload(self, header: bytes, size: int, source: Source) -> None:
+        """Send a serialized message and ``size`` payload bytes read from ``source`` (a
+        worker's device, on a peer link)."""
         try:
-            self.frames.send(MESSAGE, header.SerializeToString(), len(data))
-            self._moves().send(len(data), BufferSource(data))
+            self.frames.send(MESSAGE, header, size)
+            self._moves().send(size, source)
         except OSError as exc:
             self._abandon()
             raise translate(exc, "write", "the daemon") from exc
@@ -124,19 +131,33 @@ class FrameLink(Link):
         return self._payload
 
 
+def _attach_stripe(opened: pb.SessionOpened, index: int) -> pb.Request:
+    return pb.Request(attach=pb.AttachStripe(key=opened.key, stripe=index))
+
+
 class TcpLink(FrameLink):
-    def __init__(self, sock: socket.socket, address: tuple[str, int], stripes: int) -> None:
+    """``attach`` is the first frame of each further stripe: a session's own (AttachStripe)
+    or, on a worker's peer link, an AttachPeer."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        stripes: int,
+        attach: Callable[[pb.SessionOpened, int], pb.Request] = _attach_stripe,
+        staging: Callable[[int], memoryview] | None = None,
+    ) -> None:
         super().__init__(sock)
         self._address = address
         self.stripes = stripes
-        self._payload = Stripes(self.frames, stripes)
+        self._attach = attach
+        self._payload = Stripes(self.frames, stripes, *(() if staging is None else (staging,)))
 
     def opened(self, opened: pb.SessionOpened) -> None:
         assert isinstance(self._payload, Stripes)
         for index in range(1, self.stripes):
             sock = socket.create_connection(self._address)
-            attach = pb.Request(attach=pb.AttachStripe(key=opened.key, stripe=index))
-            FrameSocket(sock).send(MESSAGE, attach.SerializeToString())
+            FrameSocket(sock).send(MESSAGE, self._attach(opened, index).SerializeToString())
             self._payload.attach(index, sock)
 
     def send(self, request: pb.Request) -> None:
@@ -237,17 +258,27 @@ class ShmLink(FrameLink):
         return reply
 
 
-def open_tcp(endpoint: Endpoint, timeout: float) -> Link:
-    parts = urlsplit(endpoint.url)
-    if parts.hostname is None or parts.port is None:
-        raise GpupoolError(f"bad tcp endpoint {endpoint.url!r}")
+def stripes_wanted() -> int:
+    """``GPUPOOL_STRIPES``, checked: the connections a tcp:// link uses."""
     text = os.environ.get(ENV_STRIPES, str(DEFAULT_STRIPES))
     if not text.isdigit() or not 1 <= int(text) <= MAX_STRIPES:
         raise GpupoolError(f"{ENV_STRIPES}={text!r}: a number of connections, 1 to {MAX_STRIPES}")
-    address = (parts.hostname, parts.port)
+    return int(text)
+
+
+def tcp_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise GpupoolError(f"bad tcp endpoint {url!r}")
+    return parts.hostname, parts.port
+
+
+def open_tcp(endpoint: Endpoint, timeout: float) -> Link:
+    address = tcp_address(endpoint.url)
+    stripes = stripes_wanted()
     sock = socket.create_connection(address, timeout)
     sock.settimeout(None)
-    return TcpLink(sock, address, int(text))
+    return TcpLink(sock, address, stripes)
 
 
 def open_shm(endpoint: Endpoint, timeout: float) -> Link:

@@ -70,4 +70,6 @@ class GrpcLink(MessageLink):
 
 
 def open_grpc(endpoint: Endpoint, timeout: float) -> GrpcLink:
+    if endpoint.channel is None:
+        raise OSError(f"{endpoint.url}: no gRPC channel to it")
     return GrpcLink(endpoint.channel)
