@@ -193,3 +193,23 @@ def compilers_of(uid: int) -> list[int]:
         if fields.get("Name", "").startswith("cc1") and fields["Uid"].split()[0] == str(uid):
             found.append(int(entry.name))
     return found
+
+
+@pytest.fixture(scope="module")
+def unconfined_workers() -> Iterator[None]:
+    """Daemons started by the module run their emulator workers unconfined, as a trusted
+    development pool's (docs/limits.md). For the peer links, which a confined worker (no
+    sockets of its own) cannot dial yet, and for gpupool.torch, whose lazy imports a confined
+    worker cannot make where the interpreter lies in a folder only root may read (as here,
+    under /root)."""
+    from gpupool.server.confinement import ENV_CONFINE, ENV_TRUSTED
+
+    unconfined = {ENV_CONFINE: "0", ENV_TRUSTED: "1"}
+    saved = {name: os.environ.get(name) for name in unconfined}
+    os.environ.update(unconfined)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value

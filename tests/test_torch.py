@@ -28,6 +28,8 @@ from gpupool.torch.cuda import cuda_as_pool
 from tests.conftest import EXAMPLES, GPUPOOL
 
 DEV = torch.device("gpupool", 0)
+# a confined worker cannot make torch's lazy imports from an interpreter only root may read
+pytestmark = pytest.mark.usefixtures("unconfined_workers")
 
 
 @pytest.fixture(scope="module")

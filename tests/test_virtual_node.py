@@ -40,23 +40,11 @@ from tests.conftest import EXAMPLES, GPUPOOL
 from tests.test_pool import FAST, SECRET, join
 
 MiB = 1 << 20
-# Peer links are dialled by the workers themselves, which a confined emulator worker (no
-# sockets of its own: server/confinement.py) cannot do yet, so these daemons run their
-# workers unconfined, as a trusted development pool's (docs/limits.md). Until the front dials
-# for its workers, a confined worker's PeerConnect fails with cudaErrorPeerAccessUnsupported.
-UNCONFINED = {ENV_CONFINE: "0", ENV_TRUSTED: "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unconfined() -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in UNCONFINED}
-    os.environ.update(UNCONFINED)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = value
+# Peer links are dialled by the workers themselves, which a confined emulator worker cannot do
+# yet: until the front dials for its workers, a confined worker's PeerConnect fails with
+# cudaErrorPeerAccessUnsupported.
+pytestmark = pytest.mark.usefixtures("unconfined_workers")
+UNCONFINED = {ENV_CONFINE: "0", ENV_TRUSTED: "1"}  # for the programs the tests start
 
 
 @pytest.fixture(scope="module")
