@@ -19,6 +19,25 @@ from numpy.lib.array_utils import normalize_axis_index, normalize_axis_tuple
 
 Shape = tuple[int, ...]
 
+# The ``method=`` of quantile and percentile: NumPy's names, which CuPy takes too.
+QUANTILE_METHODS = frozenset(
+    {
+        "inverted_cdf",
+        "averaged_inverted_cdf",
+        "closest_observation",
+        "interpolated_inverted_cdf",
+        "hazen",
+        "weibull",
+        "linear",
+        "median_unbiased",
+        "normal_unbiased",
+        "lower",
+        "higher",
+        "midpoint",
+        "nearest",
+    }
+)
+
 _SUBSCRIPTS = re.compile(r"[A-Za-z,. ]*(->[A-Za-z. ]*)?")
 MAX_SUBSCRIPTS = 256
 

@@ -342,23 +342,7 @@ TEXT_KEYWORDS: dict[str, frozenset[str] | None] = {
     "subscripts": None,
     "ord": frozenset({"fro", "nuc"}),  # norm's
     "p": frozenset({"fro", "nuc"}),  # cond's
-    "method": frozenset(
-        {
-            "inverted_cdf",
-            "averaged_inverted_cdf",
-            "closest_observation",
-            "interpolated_inverted_cdf",
-            "hazen",
-            "weibull",
-            "linear",
-            "median_unbiased",
-            "normal_unbiased",
-            "lower",
-            "higher",
-            "midpoint",
-            "nearest",
-        }
-    ),
+    "method": arrayshapes.QUANTILE_METHODS,
     "side": frozenset({"left", "right"}),
     "mode": frozenset({"full", "same", "valid", "reduced", "complete", "r"}),
     "UPLO": frozenset({"L", "U"}),

@@ -723,6 +723,7 @@ class SessionExecutor:
             else:
                 region, base, size, handle, fd = exported
                 link.send_region(region, call.src - base, call.size, size, handle, fd)
+        self._counts.peer_copied("sent", call.size)
 
     def _exported(self, ptr: int) -> tuple[int, int, int, bytes, int | None] | None:
         """The allocation ``ptr`` is in as a region a worker of this daemon can open: (id,
@@ -793,6 +794,7 @@ class SessionExecutor:
             raise refused
         if error is not None:
             raise CUDARuntimeError(error.name, f"peer copy: {error.message}")
+        self._counts.peer_copied("received", call.size)
 
     def _do_collective(self, call: pb.Collective) -> None:
         """This rank's walk of a collective. A rank that refuses the call (a buffer outside
@@ -816,12 +818,15 @@ class SessionExecutor:
         self._quota.reserve(scratch, self.backend.own_memory())
         ptr = self.backend.malloc(scratch) if scratch else 0
 
+        kind = pb.Collective.Kind.Name(call.kind).lower()  # the names counters.COLLECTIVES has
+
         def send(src: int, size: int) -> None:
             assert outbound is not None
             if failed:
                 outbound.send_error(error_message(failed[0]))
             else:
                 outbound.send(size, _DeviceSource(self, src, stream))
+                self._counts.collective(kind, size)
 
         def receive(dst: int, size: int) -> None:
             assert inbound is not None

@@ -380,3 +380,48 @@ def test_a_workers_row_counts_into_its_transports_totals_and_stays_after_it_ends
             row.close()
     finally:
         block.close()
+
+
+@pytest.mark.usefixtures("unconfined_workers")  # a confined worker cannot dial a peer link yet
+def test_peer_copies_and_collectives_are_counted_on_both_devices() -> None:
+    from gpupool.cupy.cuda import nccl
+
+    daemon = start_daemon(
+        backend="emu", emu_devices=2, emu_memory=1 << 30, metrics_listen="127.0.0.1:0"
+    )
+    try:
+        assert daemon.metrics is not None
+        before = scrape(daemon.metrics.url)
+        gpupool.connect(daemon.address)
+        try:
+            size = 1 << 20
+            host = np.arange(size // 4, dtype=np.float32)
+            pointers = []
+            for device in range(2):
+                rt.setDevice(device)
+                pointers.append(rt.malloc(size))
+            rt.memcpy(pointers[0], host.ctypes.data, size, rt.memcpyHostToDevice)
+            rt.memcpyPeer(pointers[1], 1, pointers[0], 0, size)
+            comms = nccl.NcclCommunicator.initAll(2)
+            nccl.groupStart()
+            for device, comm in enumerate(comms):
+                rt.setDevice(device)
+                comm.allReduce(pointers[device], pointers[device], size // 4, 7, 0, 0)
+            nccl.groupEnd()
+            out = np.empty_like(host)
+            rt.setDevice(1)
+            rt.memcpy(out.ctypes.data, pointers[1], size, rt.memcpyDeviceToHost)
+            assert np.array_equal(out, 2 * host)
+            during = scrape(daemon.metrics.url)
+        finally:
+            gpupool.disconnect()
+    finally:
+        daemon.stop()
+
+    def grew(name: str, **labels: str) -> float:
+        return value(during, name, **labels) - value(before, name, **labels)
+
+    assert grew("gpupool_peer_copy_bytes_total", device="0", direction="sent") == size
+    assert grew("gpupool_peer_copy_bytes_total", device="1", direction="received") == size
+    for device in ("0", "1"):  # a ring of two: each rank sends half, then the reduced half
+        assert grew("gpupool_collective_bytes_total", device=device, op="all_reduce") == size

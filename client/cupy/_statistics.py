@@ -17,54 +17,26 @@ from gpupool import arrayshapes
 from gpupool.cupy import _remote
 from gpupool.cupy._infer import check_arrays, compute, infer, reduced_shape, stand_in
 from gpupool.cupy._ndarray import ndarray
+from gpupool.cupy._reductions import _reduce
 from gpupool.cupy._support import unsupported
-
-_METHODS = frozenset(
-    {
-        "inverted_cdf",
-        "averaged_inverted_cdf",
-        "closest_observation",
-        "interpolated_inverted_cdf",
-        "hazen",
-        "weibull",
-        "linear",
-        "median_unbiased",
-        "normal_unbiased",
-        "lower",
-        "higher",
-        "midpoint",
-        "nearest",
-    }
-)
-
-
-def _nan_reduce(
-    name: str, a: Any, axis: Any, out: Any, keepdims: bool, dtype: Any = None, **extra: Any
-) -> ndarray:
-    check_arrays(name, a)
-    given = {"axis": axis, "dtype": None if dtype is None else np.dtype(dtype), **extra}
-    options = {key: value for key, value in given.items() if value is not None}
-    result_dtype = infer(getattr(np, name), stand_in(a), keepdims=keepdims, **options)
-    shape = reduced_shape(a.shape, axis, keepdims)
-    return compute(name, (a,), shape, result_dtype, {**options, "keepdims": keepdims}, out)
 
 
 def nansum(
     a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False
 ) -> ndarray:
-    return _nan_reduce("nansum", a, axis, out, keepdims, dtype)
+    return _reduce("nansum", a, axis, out, keepdims, dtype)
 
 
 def nanprod(
     a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False
 ) -> ndarray:
-    return _nan_reduce("nanprod", a, axis, out, keepdims, dtype)
+    return _reduce("nanprod", a, axis, out, keepdims, dtype)
 
 
 def nanmean(
     a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False
 ) -> ndarray:
-    return _nan_reduce("nanmean", a, axis, out, keepdims, dtype)
+    return _reduce("nanmean", a, axis, out, keepdims, dtype)
 
 
 def nanvar(
@@ -75,7 +47,7 @@ def nanvar(
     ddof: int = 0,
     keepdims: bool = False,
 ) -> ndarray:
-    return _nan_reduce("nanvar", a, axis, out, keepdims, dtype, ddof=ddof or None)
+    return _reduce("nanvar", a, axis, out, keepdims, dtype, ddof=ddof or None)
 
 
 def nanstd(
@@ -86,15 +58,15 @@ def nanstd(
     ddof: int = 0,
     keepdims: bool = False,
 ) -> ndarray:
-    return _nan_reduce("nanstd", a, axis, out, keepdims, dtype, ddof=ddof or None)
+    return _reduce("nanstd", a, axis, out, keepdims, dtype, ddof=ddof or None)
 
 
 def nanmin(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> ndarray:
-    return _nan_reduce("nanmin", a, axis, out, keepdims)
+    return _reduce("nanmin", a, axis, out, keepdims)
 
 
 def nanmax(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> ndarray:
-    return _nan_reduce("nanmax", a, axis, out, keepdims)
+    return _reduce("nanmax", a, axis, out, keepdims)
 
 
 def _nan_arg(name: str, a: Any, axis: Any, out: Any, keepdims: bool) -> ndarray:
@@ -208,8 +180,10 @@ def _quantile(
     overwrite_input: bool = False,
 ) -> ndarray:
     check_arrays(name, a)
-    if method not in _METHODS:
-        raise ValueError(f"'{method}' is not a valid method. Use one of: {sorted(_METHODS)}")
+    if method not in arrayshapes.QUANTILE_METHODS:
+        raise ValueError(
+            f"'{method}' is not a valid method. Use one of: {sorted(arrayshapes.QUANTILE_METHODS)}"
+        )
     q = _q_operand(q, a.device_id)
     q_shape = tuple(getattr(q, "shape", ()))
     # NumPy checks q's range on its values; a device array's are checked on the daemon
@@ -225,60 +199,29 @@ def _quantile(
     return compute(name, (a, q), shape, dtype, options, out)
 
 
-def quantile(
-    a: Any,
-    q: Any,
-    axis: Any = None,
-    out: Any = None,
-    overwrite_input: bool = False,
-    method: str = "linear",
-    keepdims: bool = False,
-    *,
-    interpolation: str | None = None,
-) -> ndarray:
-    return _quantile("quantile", a, q, axis, out, interpolation or method, keepdims)
+def _quantile_function(name: str) -> Any:
+    def function(
+        a: Any,
+        q: Any,
+        axis: Any = None,
+        out: Any = None,
+        overwrite_input: bool = False,
+        method: str = "linear",
+        keepdims: bool = False,
+        *,
+        interpolation: str | None = None,
+    ) -> ndarray:
+        return _quantile(name, a, q, axis, out, interpolation or method, keepdims)
+
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = f"``numpy.{name}``'s result, computed on the daemon."
+    return function
 
 
-def percentile(
-    a: Any,
-    q: Any,
-    axis: Any = None,
-    out: Any = None,
-    overwrite_input: bool = False,
-    method: str = "linear",
-    keepdims: bool = False,
-    *,
-    interpolation: str | None = None,
-) -> ndarray:
-    return _quantile("percentile", a, q, axis, out, interpolation or method, keepdims)
-
-
-def nanquantile(
-    a: Any,
-    q: Any,
-    axis: Any = None,
-    out: Any = None,
-    overwrite_input: bool = False,
-    method: str = "linear",
-    keepdims: bool = False,
-    *,
-    interpolation: str | None = None,
-) -> ndarray:
-    return _quantile("nanquantile", a, q, axis, out, interpolation or method, keepdims)
-
-
-def nanpercentile(
-    a: Any,
-    q: Any,
-    axis: Any = None,
-    out: Any = None,
-    overwrite_input: bool = False,
-    method: str = "linear",
-    keepdims: bool = False,
-    *,
-    interpolation: str | None = None,
-) -> ndarray:
-    return _quantile("nanpercentile", a, q, axis, out, interpolation or method, keepdims)
+quantile = _quantile_function("quantile")
+percentile = _quantile_function("percentile")
+nanquantile = _quantile_function("nanquantile")
+nanpercentile = _quantile_function("nanpercentile")
 
 
 def _median(name: str, a: Any, axis: Any, out: Any, keepdims: bool) -> ndarray:
