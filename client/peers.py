@@ -32,7 +32,26 @@ class PeerLinks:
         self._context = context
         self._links: dict[tuple[int, int], int] = {}
         self._enabled: set[tuple[int, int]] = set()
+        self._unreachable: set[tuple[int, int]] = set()  # pairs whose source refused a link
         self.lock = threading.RLock()  # the order in which peer calls are queued
+
+    def reachable(self, src: int, dst: int) -> bool:
+        """Whether ``src``'s worker can open a link to ``dst``'s: tried once a pair (a round
+        trip, the first time), False where the worker refuses peer links
+        (``cudaErrorPeerAccessUnsupported``: a confined emulator worker has no sockets)."""
+        with self.lock:
+            if (src, dst) in self._links:
+                return True
+            if (src, dst) in self._unreachable:
+                return False
+            try:
+                self.link(src, dst, wait=True)
+            except CUDARuntimeError as exc:
+                if exc.name != "cudaErrorPeerAccessUnsupported":
+                    raise
+                self._unreachable.add((src, dst))
+                return False
+            return True
 
     def link(self, src: int, dst: int, wait: bool = False) -> int:
         """The id of the link from ``src``'s worker to ``dst``'s, opened on first use."""

@@ -245,7 +245,16 @@ def _device_copy(
         ctx.session(dst_device).submit(pb.Request(memcpy_dtod=call))
         return
     raw_dst, raw_src = addressing.raw(dst), addressing.raw(src)
-    ctx.peers.copy(dst_device, raw_dst, src_device, raw_src, size, stream)
+    if ctx.peers.reachable(src_device, dst_device):
+        ctx.peers.copy(dst_device, raw_dst, src_device, raw_src, size, stream)
+        return
+    # the source's worker opens no peer links (a confined emulator worker has no sockets of
+    # its own): the bytes go through this process, as they did before peer links
+    host = memoryview(bytearray(size))
+    read = pb.MemcpyDtoH(src=raw_src, size=size, stream=_stream_for(src, stream))
+    ctx.session(src_device).read(pb.Request(memcpy_dtoh=read), host)
+    write = pb.MemcpyHtoD(dst=raw_dst, size=size, stream=_stream_for(dst, stream))
+    ctx.session(dst_device).write(pb.Request(memcpy_htod=write), host, False)
 
 
 def _direction(dst: Any, src: Any) -> int:

@@ -94,6 +94,8 @@ class Registration:
         grants.prove("check", check, self._node.name, self._secret, self._clock())
         try:
             return self._stub.CheckAllocation(check, timeout=CHECK_TIMEOUT_S).live
+        except ValueError:  # the channel is closed: the daemon is stopping
+            return None
         except grpc.RpcError as exc:
             log.warning(
                 "cannot check an allocation with the scheduler; the grant decides",
@@ -133,6 +135,10 @@ class Registration:
                 live = list(reply.live_allocations)
                 if ended:
                     continue  # answered early, as an allocation ended: listen again at once
+            except ValueError:  # gRPC's "closed channel": stop() closed it before the call
+                if self._stopping.is_set():
+                    return
+                raise
             except grpc.RpcError as exc:
                 if self._stopping.is_set():
                     return  # the channel closed under the call: stopping, nothing to say
