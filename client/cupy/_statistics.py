@@ -109,14 +109,14 @@ def _cumulative(
     name: str, x: Any, axis: Any, dtype: Any, out: Any, include_initial: bool
 ) -> ndarray:
     check_arrays(name, x)
+    if x.ndim == 0:
+        raise ValueError("0-d array: cumulative functions need at least one dimension")
     if axis is None:
         if x.ndim > 1:
             raise ValueError(
                 "For arrays which have more than one dimension ``axis`` argument is required."
             )
-        axis = 0 if x.ndim else None
-    if x.ndim == 0:
-        raise ValueError("0-d array: cumulative functions need at least one dimension")
+        axis = 0
     extra = {"include_initial": True} if include_initial else {}
     return _scan(name, x, axis, dtype, out, **extra)
 
